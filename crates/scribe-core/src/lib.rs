@@ -1,0 +1,13 @@
+//! Scribe's vocabulary and its pure decision logic.
+//!
+//! This crate owns the types every other crate speaks in — [`Lsn`], [`Term`], [`Position`] and
+//! the position token clients carry — and, as the project grows, the decision logic that must be
+//! testable without I/O (commit tracking, failover eligibility, divergence). It does no I/O and
+//! knows nothing of tokio, SQLite or the network.
+//!
+//! Modules:
+//! - [`position`]: log sequence numbers, terms, and the `(term, lsn)` position token.
+
+pub mod position;
+
+pub use position::{Lsn, ParsePositionError, Position, Term};

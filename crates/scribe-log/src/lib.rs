@@ -1,0 +1,26 @@
+//! Scribe's write-ahead change log.
+//!
+//! The change log is the source of truth of a Scribe node: every committed transaction is one
+//! [`Record`] carrying its `(term, lsn)`, appended to segment files and fsynced before the
+//! transaction becomes visible in SQLite. This crate owns the record format, the segment files,
+//! group commit (many appends, one write and one fsync), reading from an LSN, recovery at start-up
+//! (a torn tail is cut, corruption anywhere else stops start-up) and deleting old segments. It
+//! knows nothing of what a record's payload means: that is `scribe-sqlite`'s business.
+//!
+//! Modules:
+//! - [`record`]: the record and its checksummed, versioned frame.
+//! - [`segment`]: segment file names, headers, and scanning a segment's frames.
+//! - [`log`]: the [`Log`] itself: recovery, append, sync, rotation, deletion.
+//! - [`reader`]: iterating durable records from an LSN.
+//! - [`error`]: [`LogError`], split into "this append failed" and "this log must stop".
+
+pub mod error;
+pub mod log;
+pub mod reader;
+pub mod record;
+pub mod segment;
+
+pub use error::LogError;
+pub use log::{Log, LogOptions, Recovery, SyncReport};
+pub use reader::LogReader;
+pub use record::Record;

@@ -1,0 +1,342 @@
+//! The [`Log`]: recovery at open, append, group-commit sync, segment rotation and deletion.
+//!
+//! One owner (the node's writer) appends records to an in-memory batch and calls
+//! [`Log::sync`], which writes the batch with one `pwrite` and makes it durable with one
+//! `fdatasync`. Only then may the caller make the batch visible anywhere else.
+//!
+//! ## Recovery
+//!
+//! At open every segment is read and every frame checked (checksum, version, LSNs contiguous,
+//! terms never decreasing). A bad frame is handled by where it is:
+//!
+//! - In any segment but the last: corruption; open fails naming the segment and byte offset.
+//! - In the last segment: it is a *torn tail* — the remains of a batch whose write was cut by a
+//!   crash and which therefore was never acknowledged — if no whole frame after it belongs to a
+//!   later batch. Every frame records the first LSN of its batch (`batch_first`); a batch is only
+//!   written after the previous one was fsynced, so a whole frame after the bad one whose batch
+//!   started after the bad frame's LSN proves the bad frame had already been durable: corruption.
+//!   A torn tail is cut (the file is truncated and fsynced) and reported in [`Recovery`].
+//!
+//! Damage inside the very last batch looks exactly like a torn write and is cut too; that batch
+//! is the only one that can be lost this way.
+//!
+//! ## Invariants
+//!
+//! `first_lsn <= durable.lsn + 1`, `durable <= last`, and the bytes of the records in
+//! `(durable, last]` are exactly `buf`.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use scribe_core::{Lsn, Position, Term};
+
+use crate::reader::LogReader;
+use crate::record::Record;
+use crate::segment::{self, SEGMENT_HEADER};
+use crate::LogError;
+
+/// How the log is laid out.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// A segment is closed and a new one started once it holds at least this many bytes.
+    pub segment_bytes: u64,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions { segment_bytes: 64 << 20 }
+    }
+}
+
+/// What recovery found when the log was opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Oldest LSN still held (the next LSN when the log is empty).
+    pub first_lsn: Lsn,
+    /// The last durable record, `Position::ZERO` if none.
+    pub last: Position,
+    /// Whole records found.
+    pub records: u64,
+    /// Segment files found.
+    pub segments: usize,
+    /// A torn tail that was cut: the segment, the offset it was cut at, and the bytes removed.
+    pub torn: Option<(PathBuf, u64, u64)>,
+}
+
+/// What one [`Log::sync`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Records made durable.
+    pub records: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// How long the fsync took.
+    pub fsync: Duration,
+}
+
+/// The change log of one node. See the module documentation for its guarantees.
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    opts: LogOptions,
+    /// Every segment, sorted by first LSN, with its durable size in bytes; the last is active.
+    segments: Vec<(Lsn, PathBuf, u64)>,
+    active: File,
+    buf: Vec<u8>,
+    buf_records: u64,
+    batch_first: Lsn,
+    last: Position,
+    durable: Position,
+    poisoned: bool,
+}
+
+impl Log {
+    /// Opens (creating if needed) the log in `dir`, checks every segment and cuts a torn tail.
+    pub fn open(dir: &Path, opts: LogOptions) -> Result<(Log, Recovery), LogError> {
+        std::fs::create_dir_all(dir).map_err(|e| LogError::io(format!("create log directory {}", dir.display()), e))?;
+        let found = segment::list_segments(dir)?;
+        if found.is_empty() {
+            let (path, active) = segment::create_segment(dir, Lsn(1))?;
+            let log = Log {
+                dir: dir.to_path_buf(),
+                opts,
+                segments: vec![(Lsn(1), path, SEGMENT_HEADER as u64)],
+                active,
+                buf: Vec::new(),
+                buf_records: 0,
+                batch_first: Lsn(1),
+                last: Position::ZERO,
+                durable: Position::ZERO,
+                poisoned: false,
+            };
+            let recovery = Recovery { first_lsn: Lsn(1), last: Position::ZERO, records: 0, segments: 1, torn: None };
+            return Ok((log, recovery));
+        }
+
+        let mut segments = Vec::with_capacity(found.len());
+        let mut last = Position::ZERO;
+        let mut records = 0u64;
+        let mut torn = None;
+        let count = found.len();
+        for (i, (named_first, path)) in found.into_iter().enumerate() {
+            let bytes = segment::read_segment(&path)?;
+            let scan = segment::scan(&bytes, &path)?;
+            let corrupt = |offset: u64, reason: String| LogError::Corrupt { segment: path.clone(), offset, reason };
+            if scan.first != named_first {
+                return Err(corrupt(0, format!("header says first lsn {} but the file name says {named_first}", scan.first)));
+            }
+            if i > 0 && scan.first != last.lsn.next() {
+                return Err(corrupt(
+                    0,
+                    format!("segment starts at lsn {} but the previous one ends at {}", scan.first, last.lsn),
+                ));
+            }
+            if let (Some(first), true) = (scan.records.first(), i > 0) {
+                if first.term < last.term {
+                    return Err(corrupt(SEGMENT_HEADER as u64, format!("term {} after term {}", first.term, last.term)));
+                }
+            }
+            let mut size = bytes.len() as u64;
+            if let Some((offset, reason)) = scan.bad {
+                if i + 1 < count {
+                    return Err(corrupt(offset, reason));
+                }
+                let last_good = scan.records.last().map_or(scan.first.prev(), |r| r.lsn);
+                let bad_lsn = last_good.next();
+                let later = segment::frames_after(&bytes, offset as usize + 1);
+                let reason_is_order = reason.starts_with("record lsn") || reason.starts_with("record term");
+                if reason_is_order || later.iter().any(|(_, r)| r.batch_first > bad_lsn) {
+                    return Err(corrupt(
+                        offset,
+                        format!("{reason}; {} whole records follow it, so this is not a torn write", later.len()),
+                    ));
+                }
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| LogError::io(format!("open log segment {} to cut its torn tail", path.display()), e))?;
+                file.set_len(offset)
+                    .and_then(|_| file.sync_all())
+                    .map_err(|e| LogError::io(format!("cut torn tail of log segment {}", path.display()), e))?;
+                tracing::warn!(segment = %path.display(), offset, bytes = size - offset, %reason, "cut torn tail of the change log");
+                torn = Some((path.clone(), offset, size - offset));
+                size = offset;
+            }
+            records += scan.records.len() as u64;
+            if let Some(r) = scan.records.last() {
+                last = r.position();
+            } else if i == 0 {
+                last = Position::new(Term(0), scan.first.prev());
+            }
+            segments.push((scan.first, path, size));
+        }
+        let active_path = &segments.last().expect("at least one segment").1;
+        let active = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(active_path)
+            .map_err(|e| LogError::io(format!("open log segment {}", active_path.display()), e))?;
+        let first_lsn = segments[0].0;
+        let recovery = Recovery { first_lsn, last, records, segments: segments.len(), torn };
+        let log = Log {
+            dir: dir.to_path_buf(),
+            opts,
+            segments,
+            active,
+            buf: Vec::new(),
+            buf_records: 0,
+            batch_first: last.lsn.next(),
+            last,
+            durable: last,
+            poisoned: false,
+        };
+        Ok((log, recovery))
+    }
+
+    /// The directory holding the segments.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The last record appended, durable or not.
+    pub fn last_position(&self) -> Position {
+        self.last
+    }
+
+    /// The last record made durable by [`Log::sync`].
+    pub fn durable_position(&self) -> Position {
+        self.durable
+    }
+
+    /// The oldest LSN still held.
+    pub fn first_lsn(&self) -> Lsn {
+        self.segments[0].0
+    }
+
+    /// Bytes of all segments on disk.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.2).sum()
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Bytes appended but not yet synced.
+    pub fn pending_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Appends a new record with the next LSN to the batch and returns its position. It is not
+    /// durable until [`Log::sync`] returns.
+    pub fn append(&mut self, term: Term, time_us: u64, payload: Vec<u8>) -> Result<Position, LogError> {
+        let lsn = self.last.lsn.next();
+        self.push(Record { term, lsn, batch_first: lsn, time_us, payload })
+    }
+
+    /// Appends a record received from elsewhere (a replica's copy of the primary's log): its LSN
+    /// must be the next one and its term no older than the log's newest.
+    pub fn append_record(&mut self, record: Record) -> Result<Position, LogError> {
+        self.push(record)
+    }
+
+    fn push(&mut self, mut record: Record) -> Result<Position, LogError> {
+        if self.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        if record.term < self.last.term {
+            return Err(LogError::StaleTerm { last: self.last.term, got: record.term });
+        }
+        let expected = self.last.lsn.next();
+        if record.lsn != expected {
+            return Err(LogError::OutOfOrder { expected, got: record.lsn });
+        }
+        if self.buf.is_empty() {
+            self.batch_first = record.lsn;
+        }
+        record.batch_first = self.batch_first;
+        record.encode_into(&mut self.buf)?;
+        self.buf_records += 1;
+        self.last = record.position();
+        Ok(self.last)
+    }
+
+    /// Drops the records appended since the last sync.
+    pub fn discard_pending(&mut self) {
+        self.buf.clear();
+        self.buf_records = 0;
+        self.last = self.durable;
+    }
+
+    /// Writes the batch with one write and makes it durable with one fsync.
+    ///
+    /// A failed write (a full disk, say) removes what it wrote and drops the batch: the log is as
+    /// before and usable. A failed fsync poisons the log: it refuses every further append.
+    pub fn sync(&mut self) -> Result<SyncReport, LogError> {
+        if self.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        if self.buf.is_empty() {
+            return Ok(SyncReport::default());
+        }
+        let (_, path, len) = self.segments.last_mut().expect("at least one segment");
+        if let Err(source) = self.active.write_all_at(&self.buf, *len) {
+            let _ = self.active.set_len(*len);
+            let segment = path.clone();
+            self.discard_pending();
+            return Err(LogError::Write { segment, source });
+        }
+        let started = Instant::now();
+        if let Err(source) = self.active.sync_data() {
+            self.poisoned = true;
+            return Err(LogError::Fsync { segment: path.clone(), source });
+        }
+        let report = SyncReport { records: self.buf_records, bytes: self.buf.len() as u64, fsync: started.elapsed() };
+        *len += self.buf.len() as u64;
+        let full = *len >= self.opts.segment_bytes;
+        self.buf.clear();
+        self.buf_records = 0;
+        self.durable = self.last;
+        if full {
+            if let Err(e) = self.rotate() {
+                tracing::warn!(error = %e, "start a new log segment; will retry after the next batch");
+            }
+        }
+        Ok(report)
+    }
+
+    fn rotate(&mut self) -> Result<(), LogError> {
+        let first = self.durable.lsn.next();
+        let (path, file) = segment::create_segment(&self.dir, first)?;
+        self.segments.push((first, path, SEGMENT_HEADER as u64));
+        self.active = file;
+        Ok(())
+    }
+
+    /// Deletes every segment all of whose records are below `lsn`; the active segment is kept.
+    /// Returns how many segments were deleted.
+    pub fn delete_before(&mut self, lsn: Lsn) -> Result<usize, LogError> {
+        let mut n = 0;
+        while self.segments.len() > 1 && self.segments[1].0 <= lsn {
+            let (_, path, _) = self.segments.remove(0);
+            std::fs::remove_file(&path).map_err(|e| LogError::io(format!("delete log segment {}", path.display()), e))?;
+            n += 1;
+        }
+        if n > 0 {
+            segment::sync_dir(&self.dir)?;
+        }
+        Ok(n)
+    }
+
+    /// Reads the durable records from `from` on.
+    pub fn read_from(&self, from: Lsn) -> Result<LogReader, LogError> {
+        let segments = self.segments.iter().map(|(first, path, _)| (*first, path.clone())).collect();
+        LogReader::new(segments, from, self.durable.lsn)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,103 @@
+//! [`LogReader`]: iterates durable records from an LSN, segment by segment, reading each file
+//! through a buffer. It never reads past the durable position it was given, so it can run beside
+//! the writer.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::PathBuf;
+
+use scribe_core::Lsn;
+
+use crate::record::{decode_frame, Record, FRAME_HEADER, MAX_BODY};
+use crate::segment::{decode_header, SEGMENT_HEADER};
+use crate::LogError;
+
+/// An iterator over the durable records `[from, upto]`.
+#[derive(Debug)]
+pub struct LogReader {
+    segments: Vec<(Lsn, PathBuf)>,
+    next_segment: usize,
+    current: Option<(PathBuf, BufReader<File>, u64)>,
+    next: Lsn,
+    upto: Lsn,
+    frame: Vec<u8>,
+}
+
+impl LogReader {
+    pub(crate) fn new(segments: Vec<(Lsn, PathBuf)>, from: Lsn, upto: Lsn) -> Result<LogReader, LogError> {
+        let from = from.max(Lsn(1));
+        let oldest = segments.first().map_or(Lsn(1), |s| s.0);
+        if from < oldest {
+            return Err(LogError::Truncated { requested: from, oldest });
+        }
+        let start = segments.iter().rposition(|s| s.0 <= from).unwrap_or(0);
+        Ok(LogReader { segments, next_segment: start, current: None, next: from, upto, frame: Vec::new() })
+    }
+
+    fn open_next(&mut self) -> Result<bool, LogError> {
+        let Some((_, path)) = self.segments.get(self.next_segment) else { return Ok(false) };
+        let path = path.clone();
+        self.next_segment += 1;
+        let ctx = |e| LogError::io(format!("read log segment {}", path.display()), e);
+        let mut r = BufReader::with_capacity(256 << 10, File::open(&path).map_err(ctx)?);
+        let mut h = [0u8; SEGMENT_HEADER];
+        r.read_exact(&mut h).map_err(ctx)?;
+        decode_header(&h).map_err(|reason| LogError::Corrupt { segment: path.clone(), offset: 0, reason })?;
+        self.current = Some((path, r, SEGMENT_HEADER as u64));
+        Ok(true)
+    }
+
+    fn read_one(&mut self) -> Result<Option<Record>, LogError> {
+        loop {
+            if self.next > self.upto {
+                return Ok(None);
+            }
+            if self.current.is_none() && !self.open_next()? {
+                return Ok(None);
+            }
+            let (path, r, offset) = self.current.as_mut().expect("opened");
+            self.frame.resize(FRAME_HEADER, 0);
+            match r.read_exact(&mut self.frame[..FRAME_HEADER]) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    self.current = None;
+                    continue;
+                }
+                Err(e) => return Err(LogError::io(format!("read log segment {}", path.display()), e)),
+            }
+            let body_len = u32::from_le_bytes(self.frame[4..8].try_into().expect("4 bytes")) as usize;
+            let corrupt = |offset: u64, reason: String| LogError::Corrupt { segment: path.clone(), offset, reason };
+            if body_len > MAX_BODY {
+                return Err(corrupt(*offset, format!("impossible body length {body_len}")));
+            }
+            self.frame.resize(FRAME_HEADER + body_len, 0);
+            r.read_exact(&mut self.frame[FRAME_HEADER..])
+                .map_err(|e| LogError::io(format!("read log segment {} at offset {offset}", path.display()), e))?;
+            let (record, len) = decode_frame(&self.frame).map_err(|e| corrupt(*offset, format!("{e:?}")))?;
+            *offset += len as u64;
+            if record.lsn < self.next {
+                continue;
+            }
+            if record.lsn != self.next {
+                return Err(corrupt(*offset - len as u64, format!("record lsn {} where {} was expected", record.lsn, self.next)));
+            }
+            self.next = self.next.next();
+            return Ok(Some(record));
+        }
+    }
+}
+
+impl Iterator for LogReader {
+    type Item = Result<Record, LogError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.read_one() {
+            Ok(Some(r)) => Some(Ok(r)),
+            Ok(None) => None,
+            Err(e) => {
+                self.upto = Lsn::ZERO;
+                Some(Err(e))
+            }
+        }
+    }
+}

@@ -7,7 +7,10 @@
 //!
 //! Modules:
 //! - [`position`]: log sequence numbers, terms, and the `(term, lsn)` position token.
+//! - [`histogram`]: a lock-free fixed-bucket histogram for metrics.
 
+pub mod histogram;
 pub mod position;
 
+pub use histogram::{Histogram, HistogramSnapshot};
 pub use position::{Lsn, ParsePositionError, Position, Term};

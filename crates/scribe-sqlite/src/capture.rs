@@ -1,0 +1,161 @@
+//! Change capture and replay with SQLite's session extension.
+//!
+//! [`Capture`] records the row changes of the statements run while it lives, for every table of
+//! the `main` database — tables without an explicit PRIMARY KEY included, keyed by their rowid
+//! (`SQLITE_SESSION_OBJCONFIG_ROWID`), so every ordinary table replicates. [`apply`] replays a
+//! changeset; any conflict (a row that is not as the changeset expects) aborts it, because on a
+//! replica or during recovery a conflict means the copy has diverged.
+//!
+//! rusqlite's own session type cannot set the rowid option, so this module calls the C API for
+//! the session itself; it is the only `unsafe` code in the crate.
+
+use std::marker::PhantomData;
+use std::ptr;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::session::{ConflictAction, ConflictType};
+use rusqlite::{ffi, Connection};
+
+use crate::EngineError;
+
+/// A live session recording the changes made through one connection.
+pub struct Capture<'c> {
+    session: *mut ffi::sqlite3_session,
+    _conn: PhantomData<&'c Connection>,
+}
+
+impl<'c> Capture<'c> {
+    /// Starts recording changes to every table of `main` made through `conn`.
+    pub fn start(conn: &'c Connection) -> Result<Capture<'c>, EngineError> {
+        let mut session: *mut ffi::sqlite3_session = ptr::null_mut();
+        // SAFETY: `conn.handle()` is a valid open connection that outlives the session (the
+        // lifetime 'c ties them); the session pointer is checked before use and deleted in Drop.
+        unsafe {
+            let rc = ffi::sqlite3session_create(conn.handle(), c"main".as_ptr(), &mut session);
+            if rc != ffi::SQLITE_OK {
+                return Err(EngineError::Internal(format!("create SQLite session: error code {rc}")));
+            }
+            let capture = Capture { session, _conn: PhantomData };
+            let mut on: std::os::raw::c_int = 1;
+            let rc = ffi::sqlite3session_object_config(
+                session,
+                ffi::SQLITE_SESSION_OBJCONFIG_ROWID,
+                &mut on as *mut std::os::raw::c_int as *mut std::os::raw::c_void,
+            );
+            if rc != ffi::SQLITE_OK {
+                return Err(EngineError::Internal(format!("enable rowid tables in SQLite session: error code {rc}")));
+            }
+            let rc = ffi::sqlite3session_attach(session, ptr::null());
+            if rc != ffi::SQLITE_OK {
+                return Err(EngineError::Internal(format!("attach SQLite session: error code {rc}")));
+            }
+            Ok(capture)
+        }
+    }
+
+    /// The net changes recorded so far, as a changeset (empty when nothing changed).
+    pub fn changeset(&self) -> Result<Vec<u8>, EngineError> {
+        let mut n: std::os::raw::c_int = 0;
+        let mut p: *mut std::os::raw::c_void = ptr::null_mut();
+        // SAFETY: the session is live; SQLite allocates `p` (n bytes) which we copy and free.
+        unsafe {
+            let rc = ffi::sqlite3session_changeset(self.session, &mut n, &mut p);
+            if rc != ffi::SQLITE_OK {
+                return Err(EngineError::Internal(format!("read SQLite session changeset: error code {rc}")));
+            }
+            if p.is_null() || n <= 0 {
+                return Ok(Vec::new());
+            }
+            let bytes = std::slice::from_raw_parts(p as *const u8, n as usize).to_vec();
+            ffi::sqlite3_free(p);
+            Ok(bytes)
+        }
+    }
+}
+
+impl Drop for Capture<'_> {
+    fn drop(&mut self) {
+        // SAFETY: created by sqlite3session_create and deleted exactly once, before the connection.
+        unsafe { ffi::sqlite3session_delete(self.session) }
+    }
+}
+
+/// Replays a changeset on `conn`; any conflict aborts it with an error naming the table.
+pub fn apply(conn: &Connection, changeset: &[u8]) -> Result<(), EngineError> {
+    let conflict: Arc<Mutex<Option<String>>> = Arc::default();
+    let seen = conflict.clone();
+    let mut input = changeset;
+    let result = conn.apply_strm(&mut input, None::<fn(&str) -> bool>, move |kind: ConflictType, item| {
+        let table = item.op().map(|op| op.table_name().to_string()).unwrap_or_default();
+        *seen.lock().expect("conflict note") = Some(format!("{kind:?} on table {table:?}"));
+        ConflictAction::SQLITE_CHANGESET_ABORT
+    });
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) => match conflict.lock().expect("conflict note").take() {
+            Some(what) => Err(EngineError::Diverged(format!("changeset conflict {what}: the local copy differs from the log"))),
+            None => Err(EngineError::Internal(format!("apply changeset: {e}"))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two_dbs(schema: &str) -> (Connection, Connection) {
+        let a = Connection::open_in_memory().unwrap();
+        let b = Connection::open_in_memory().unwrap();
+        a.execute_batch(schema).unwrap();
+        b.execute_batch(schema).unwrap();
+        (a, b)
+    }
+
+    fn dump(c: &Connection, table: &str) -> Vec<(i64, String)> {
+        let mut s = c.prepare(&format!("SELECT rowid, * FROM {table} ORDER BY rowid")).unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, format!("{:?}", r.get_ref(1)?)))).unwrap().map(|r| r.unwrap()).collect()
+    }
+
+    #[test]
+    fn changes_to_rowid_and_keyed_tables_replay_identically() {
+        let (a, b) = two_dbs("CREATE TABLE h (x INTEGER, y TEXT); CREATE TABLE k (id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT)");
+        let cs = {
+            let cap = Capture::start(&a).unwrap();
+            a.execute_batch("INSERT INTO h VALUES (1,'a'),(2,'b'),(3,'c'); DELETE FROM h WHERE x = 2; UPDATE h SET y = 'z'; INSERT INTO k (v) VALUES ('p'), ('q')").unwrap();
+            cap.changeset().unwrap()
+        };
+        apply(&b, &cs).unwrap();
+        assert_eq!(dump(&a, "h"), dump(&b, "h"));
+        assert_eq!(dump(&a, "k"), dump(&b, "k"));
+        // A delete of every row (which SQLite may otherwise do as a truncate) is captured too.
+        let cs = {
+            let cap = Capture::start(&a).unwrap();
+            a.execute_batch("DELETE FROM h").unwrap();
+            cap.changeset().unwrap()
+        };
+        apply(&b, &cs).unwrap();
+        assert!(dump(&b, "h").is_empty());
+    }
+
+    #[test]
+    fn nothing_changed_means_an_empty_changeset() {
+        let (a, _) = two_dbs("CREATE TABLE h (x)");
+        let cap = Capture::start(&a).unwrap();
+        a.execute_batch("UPDATE h SET x = 1 WHERE 0").unwrap();
+        assert!(cap.changeset().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_conflict_is_reported_as_divergence() {
+        let (a, b) = two_dbs("CREATE TABLE k (id INTEGER PRIMARY KEY, v TEXT)");
+        b.execute("INSERT INTO k VALUES (1, 'already here')", []).unwrap();
+        let cs = {
+            let cap = Capture::start(&a).unwrap();
+            a.execute("INSERT INTO k VALUES (1, 'new')", []).unwrap();
+            cap.changeset().unwrap()
+        };
+        let e = apply(&b, &cs).unwrap_err();
+        assert!(matches!(e, EngineError::Diverged(_)), "{e}");
+        assert_eq!(dump(&b, "k").len(), 1);
+    }
+}

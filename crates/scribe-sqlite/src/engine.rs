@@ -1,0 +1,242 @@
+//! [`Engine`]: the handle the node holds. Opening it recovers the change log, brings SQLite up to
+//! the log's end by replaying the records after the applied position, starts the writer thread
+//! and the read pool. Its progress (last appended, flushed, applied) is published on a watch
+//! channel.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use rusqlite::Connection;
+use scribe_core::{Position, Term};
+use scribe_log::{Log, LogOptions, Recovery};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::exec::Statement;
+use crate::metrics::EngineMetrics;
+use crate::policy::{Policy, Role};
+use crate::reader::{QueryResult, ReadPool};
+use crate::writer::{Committed, Writer, WriterMsg};
+use crate::{capture, meta, payload, EngineError};
+
+/// How to open an engine.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// The node's data directory; the log lives in `log/`, SQLite in `db/`.
+    pub dir: PathBuf,
+    /// Change-log layout.
+    pub log: LogOptions,
+    /// Read connections in the pool.
+    pub readers: usize,
+    /// Most transactions in one group-commit batch.
+    pub max_batch: usize,
+    /// Transactions that may wait for the writer before callers are made to wait.
+    pub queue: usize,
+    /// The term this node writes records in.
+    pub term: Term,
+}
+
+impl EngineOptions {
+    /// Defaults for a data directory.
+    pub fn new(dir: impl Into<PathBuf>) -> EngineOptions {
+        EngineOptions { dir: dir.into(), log: LogOptions::default(), readers: 4, max_batch: 1024, queue: 4096, term: Term::FIRST }
+    }
+}
+
+/// Positions of this node's log and database. Invariant: `applied <= flushed <= last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// Last record appended to the log (written, maybe not yet fsynced).
+    pub last: Position,
+    /// Last record fsynced in the log.
+    pub flushed: Position,
+    /// Last record applied to SQLite.
+    pub applied: Position,
+}
+
+/// What opening the engine found and did.
+#[derive(Debug, Clone)]
+pub struct OpenReport {
+    /// What log recovery found.
+    pub recovery: Recovery,
+    /// The applied position SQLite had before replay.
+    pub applied_before: Position,
+    /// Records replayed into SQLite.
+    pub replayed: u64,
+}
+
+/// The storage engine of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: mpsc::Sender<WriterMsg>,
+    readers: Arc<ReadPool>,
+    progress: watch::Receiver<Progress>,
+    metrics: Arc<EngineMetrics>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The SQLite database file inside a data directory.
+pub fn db_path(dir: &Path) -> PathBuf {
+    dir.join("db").join("scribe.db")
+}
+
+fn open_writer_conn(path: &Path) -> Result<Connection, EngineError> {
+    let ctx = |e: rusqlite::Error| EngineError::Internal(format!("open SQLite database {}: {e}", path.display()));
+    let conn = Connection::open(path).map_err(ctx)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(ctx)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(EngineError::Internal(format!("SQLite refused WAL mode (journal_mode is {mode})")));
+    }
+    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;").map_err(ctx)?;
+    conn.set_prepared_statement_cache_capacity(256);
+    meta::ensure(&conn).map_err(ctx)?;
+    Ok(conn)
+}
+
+/// Applies the steps of one record, inside the caller's transaction.
+pub(crate) fn apply_payload(conn: &Connection, bytes: &[u8]) -> Result<(), EngineError> {
+    for step in payload::decode(bytes)? {
+        match step {
+            payload::Step::Changeset(cs) => capture::apply(conn, &cs)?,
+            payload::Step::Sql(sql) => conn
+                .execute_batch(&sql)
+                .map_err(|e| EngineError::Diverged(format!("replay DDL {sql:?}: {e}")))?,
+        }
+    }
+    Ok(())
+}
+
+/// Replays the log's records after SQLite's applied position, a thousand per transaction.
+fn replay(conn: &Connection, policy: &Policy, log: &Log, applied: Position) -> Result<u64, EngineError> {
+    let end = log.durable_position();
+    if applied.lsn > end.lsn {
+        return Err(EngineError::Corrupt(format!(
+            "the database has applied lsn {} but the change log ends at {}: the log was damaged or replaced",
+            applied.lsn, end.lsn
+        )));
+    }
+    if applied.lsn == end.lsn {
+        return Ok(0);
+    }
+    let mut reader = log.read_from(applied.lsn.next()).map_err(|e| {
+        EngineError::Corrupt(format!("the database needs records from lsn {} but {e}", applied.lsn.next()))
+    })?;
+    let mut n = 0u64;
+    loop {
+        let mut chunk = Vec::with_capacity(1000);
+        for r in reader.by_ref().take(1000) {
+            chunk.push(r?);
+        }
+        let Some(last) = chunk.last().map(|r| r.position()) else { break };
+        policy.internal(|| -> Result<(), EngineError> {
+            conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| EngineError::Internal(format!("begin replay: {e}")))?;
+            let applied = (|| {
+                for r in &chunk {
+                    apply_payload(conn, &r.payload)
+                        .map_err(|e| EngineError::Diverged(format!("replay record {}: {e}", r.position())))?;
+                }
+                meta::set_applied(conn, last).map_err(|e| EngineError::Internal(format!("store applied position: {e}")))
+            })();
+            match applied {
+                Ok(()) => conn.execute_batch("COMMIT").map_err(|e| EngineError::Internal(format!("commit replay: {e}"))),
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    Err(e)
+                }
+            }
+        })?;
+        n += chunk.len() as u64;
+    }
+    Ok(n)
+}
+
+impl Engine {
+    /// Opens the engine in `opts.dir`: recovers the log, replays it into SQLite, starts the writer.
+    pub fn open(opts: EngineOptions) -> Result<(Engine, OpenReport), EngineError> {
+        let db = db_path(&opts.dir);
+        std::fs::create_dir_all(db.parent().expect("db has a parent"))
+            .map_err(|e| EngineError::Internal(format!("create data directory {}: {e}", opts.dir.display())))?;
+        let (log, recovery) = Log::open(&opts.dir.join("log"), opts.log.clone())?;
+        let mut conn = open_writer_conn(&db)?;
+        let policy = Policy::install(&mut conn, Role::Writer)
+            .map_err(|e| EngineError::Internal(format!("install SQL policy: {e}")))?;
+        let applied_before = policy
+            .internal(|| meta::applied(&conn))
+            .map_err(|e| EngineError::Internal(format!("read applied position: {e}")))?;
+        let replayed = replay(&conn, &policy, &log, applied_before)?;
+        if replayed > 0 {
+            tracing::info!(replayed, from = %applied_before, to = %log.durable_position(), "replayed the change log into SQLite");
+        }
+        let at = log.durable_position();
+        let metrics = Arc::new(EngineMetrics::default());
+        metrics.replayed.store(replayed, std::sync::atomic::Ordering::Relaxed);
+        metrics.log_size_bytes.store(log.size_bytes(), std::sync::atomic::Ordering::Relaxed);
+        let (progress_tx, progress) = watch::channel(Progress { last: at, flushed: at, applied: at });
+        let readers = Arc::new(ReadPool::open(&db, opts.readers)?);
+        let (tx, rx) = mpsc::channel(opts.queue.max(1));
+        let term = opts.term.max(at.term);
+        let writer = Writer {
+            conn,
+            policy,
+            log,
+            term,
+            progress: progress_tx,
+            metrics: metrics.clone(),
+            max_batch: opts.max_batch.max(1),
+            fatal: None,
+        };
+        let handle = std::thread::Builder::new()
+            .name("scribe-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| EngineError::Internal(format!("start writer thread: {e}")))?;
+        let engine = Engine { inner: Arc::new(Inner { tx, readers, progress, metrics, writer: Mutex::new(Some(handle)) }) };
+        Ok((engine, OpenReport { recovery, applied_before, replayed }))
+    }
+
+    /// Runs `statements` as one transaction; answers once it is durable in the log and applied.
+    pub async fn execute(&self, statements: Vec<Statement>) -> Result<Committed, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(WriterMsg::Execute { statements, reply })
+            .await
+            .map_err(|_| EngineError::Unavailable("the node is shutting down".into()))?;
+        rx.await.map_err(|_| EngineError::Unavailable("the writer stopped before answering".into()))?
+    }
+
+    /// Runs one read-only statement on a read connection.
+    pub async fn query(&self, statement: Statement) -> Result<QueryResult, EngineError> {
+        self.inner.readers.query(statement).await
+    }
+
+    /// The current positions.
+    pub fn progress(&self) -> Progress {
+        *self.inner.progress.borrow()
+    }
+
+    /// A receiver that sees every change of the positions.
+    pub fn watch_progress(&self) -> watch::Receiver<Progress> {
+        self.inner.progress.clone()
+    }
+
+    /// Write-path metrics.
+    pub fn metrics(&self) -> &EngineMetrics {
+        &self.inner.metrics
+    }
+
+    /// Answers what is queued, stops the writer and waits for it. Later writes are refused.
+    pub async fn shutdown(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.inner.tx.send(WriterMsg::Stop(done)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let handle = self.inner.writer.lock().expect("writer handle").take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! [`EngineError`]: what went wrong, shaped by what the caller does next — fix the request
+//! (`BadRequest`, `Sql`, `Constraint`, `NotReadOnly`), try again later or elsewhere
+//! (`Unavailable`, `DiskFull`), or stop and call an operator (`Corrupt`, `Diverged`, `Internal`).
+
+use scribe_log::LogError;
+
+/// An error of the storage engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The request is malformed or asks for something Scribe does not allow.
+    #[error("{0}")]
+    BadRequest(String),
+    /// SQLite refused the SQL (syntax error, unknown table, type mismatch...).
+    #[error("{0}")]
+    Sql(String),
+    /// A constraint (UNIQUE, NOT NULL, CHECK, FOREIGN KEY) refused the change.
+    #[error("{0}")]
+    Constraint(String),
+    /// A statement that writes was sent where only reads are served.
+    #[error("{0}")]
+    NotReadOnly(String),
+    /// The disk is full: nothing of the failed transactions was kept; retry when there is room.
+    #[error("disk full: {0}")]
+    DiskFull(String),
+    /// The node cannot take this request now (stopped writing after a fatal error, shutting down).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Stored data is damaged.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// The local database does not match the change log.
+    #[error("diverged: {0}")]
+    Diverged(String),
+    /// A bug or an unexpected failure of SQLite or the OS.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// The change log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+impl EngineError {
+    /// Classifies an error SQLite returned while running a client's statement. `denied` is the
+    /// reason the authorizer gave, when it refused the statement.
+    pub(crate) fn from_sqlite(e: rusqlite::Error, denied: Option<String>) -> EngineError {
+        use rusqlite::ErrorCode;
+        if let Some(reason) = denied {
+            return EngineError::BadRequest(reason);
+        }
+        match &e {
+            rusqlite::Error::SqliteFailure(f, msg) => {
+                let text = msg.clone().unwrap_or_else(|| f.to_string());
+                match f.code {
+                    ErrorCode::ConstraintViolation => EngineError::Constraint(text),
+                    ErrorCode::DiskFull => EngineError::DiskFull(text),
+                    ErrorCode::ReadOnly => EngineError::NotReadOnly(text),
+                    ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => EngineError::Corrupt(text),
+                    ErrorCode::SystemIoFailure | ErrorCode::CannotOpen => EngineError::Internal(text),
+                    _ => EngineError::Sql(text),
+                }
+            }
+            rusqlite::Error::MultipleStatement => {
+                EngineError::BadRequest("one statement per entry: put each statement in its own entry of \"statements\"".into())
+            }
+            rusqlite::Error::InvalidParameterCount(given, expected) => {
+                EngineError::BadRequest(format!("the statement takes {expected} parameters but {given} were given"))
+            }
+            rusqlite::Error::InvalidParameterName(name) => {
+                EngineError::BadRequest(format!("the statement has no parameter named {name}"))
+            }
+            rusqlite::Error::ToSqlConversionFailure(e) => EngineError::BadRequest(format!("bad parameter: {e}")),
+            _ => EngineError::Sql(e.to_string()),
+        }
+    }
+}

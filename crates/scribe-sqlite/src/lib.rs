@@ -1,0 +1,41 @@
+//! Scribe's storage engine: the only crate that touches SQLite.
+//!
+//! It owns the write path of DESIGN.md §2 — one writer thread that runs queued transactions with
+//! change capture (session-extension changesets for rows, SQL text for DDL), appends their
+//! records to the change log, fsyncs once per batch and then commits SQLite — plus the pool of
+//! read connections, start-up replay of the log after the applied position kept in the meta
+//! table, and applying a record (replay now, replicas later). It does not own the network, the
+//! HTTP API or the log format (`scribe-log`).
+//!
+//! Modules:
+//! - [`engine`]: [`Engine`], opening, recovery and replay, the public handle.
+//! - [`writer`]: the writer thread and group commit.
+//! - [`reader`]: the read pool.
+//! - [`exec`]: binding parameters and collecting rows.
+//! - [`capture`]: session-extension change capture and changeset replay.
+//! - [`payload`]: what a record's payload holds.
+//! - [`policy`]: what clients' SQL may do (SQLite authorizer).
+//! - [`meta`]: the `_scribe_meta` table.
+//! - [`value`]: SQL values and parameters in JSON.
+//! - [`metrics`]: write-path metrics.
+//! - [`error`]: [`EngineError`].
+
+pub mod capture;
+pub mod engine;
+pub mod error;
+pub mod exec;
+pub mod meta;
+pub mod metrics;
+pub mod payload;
+pub mod policy;
+pub mod reader;
+pub mod value;
+pub mod writer;
+
+pub use engine::{db_path, Engine, EngineOptions, OpenReport, Progress};
+pub use error::EngineError;
+pub use exec::{Rows, Statement};
+pub use metrics::EngineMetrics;
+pub use reader::QueryResult;
+pub use value::{Params, Value};
+pub use writer::{Committed, StatementResult};

@@ -1,0 +1,85 @@
+//! The read pool: read-only SQLite connections, each used by one query at a time on tokio's
+//! blocking threads. In WAL mode they read beside the writer without blocking it.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags};
+use scribe_core::Position;
+use tokio::sync::Semaphore;
+
+use crate::exec::{self, Rows, Statement};
+use crate::policy::{Policy, Role};
+use crate::{meta, EngineError};
+
+/// The answer to a query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryResult {
+    /// Its rows.
+    pub rows: Rows,
+    /// The applied position the read saw: every record up to it, none after.
+    pub position: Position,
+}
+
+struct ReadConn {
+    conn: Connection,
+    policy: Policy,
+}
+
+/// A fixed set of read-only connections.
+pub(crate) struct ReadPool {
+    idle: Mutex<Vec<ReadConn>>,
+    permits: Semaphore,
+}
+
+impl ReadPool {
+    pub fn open(path: &Path, size: usize) -> Result<ReadPool, EngineError> {
+        let mut idle = Vec::with_capacity(size);
+        for _ in 0..size.max(1) {
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+            let open = || -> rusqlite::Result<ReadConn> {
+                let mut conn = Connection::open_with_flags(path, flags)?;
+                conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                conn.set_prepared_statement_cache_capacity(128);
+                let policy = Policy::install(&mut conn, Role::Reader)?;
+                Ok(ReadConn { conn, policy })
+            };
+            idle.push(open().map_err(|e| EngineError::Internal(format!("open read connection to {}: {e}", path.display())))?);
+        }
+        Ok(ReadPool { permits: Semaphore::new(idle.len()), idle: Mutex::new(idle) })
+    }
+
+    /// Runs one read-only statement.
+    pub async fn query(self: &Arc<Self>, stmt: Statement) -> Result<QueryResult, EngineError> {
+        let _permit = self.permits.acquire().await.map_err(|_| EngineError::Unavailable("the node is shutting down".into()))?;
+        let rc = self.idle.lock().expect("read pool").pop().expect("a permit guarantees an idle connection");
+        let pool = self.clone();
+        let (rc, result) = tokio::task::spawn_blocking(move || {
+            let result = run_query(&rc, &stmt);
+            (rc, result)
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("read task failed: {e}")))?;
+        pool.idle.lock().expect("read pool").push(rc);
+        result
+    }
+}
+
+fn run_query(rc: &ReadConn, stmt: &Statement) -> Result<QueryResult, EngineError> {
+    let internal = |sql: &str| rc.policy.internal(|| rc.conn.execute_batch(sql));
+    internal("BEGIN").map_err(|e| EngineError::Internal(format!("begin read transaction: {e}")))?;
+    let result = (|| {
+        let position = rc.policy.internal(|| meta::applied(&rc.conn)).map_err(|e| EngineError::Internal(format!("read applied position: {e}")))?;
+        let mut prepared = exec::prepare(&rc.conn, &rc.policy, &stmt.sql)?;
+        if !prepared.readonly() {
+            return Err(EngineError::NotReadOnly(
+                "this statement writes; send it to /v1/execute (queries take read-only statements)".into(),
+            ));
+        }
+        exec::bind(&mut prepared, &stmt.params)?;
+        let rows = exec::run(&mut prepared, &rc.policy)?.unwrap_or_default();
+        Ok(QueryResult { rows, position })
+    })();
+    let _ = internal("COMMIT");
+    result
+}

@@ -1,0 +1,298 @@
+//! The writer: the one thread that owns the SQLite write connection and the change log.
+//!
+//! It takes every queued transaction as one group-commit batch (DESIGN.md §2): inside one SQLite
+//! transaction, each client transaction runs in its own savepoint with change capture; a failed
+//! one is rolled back to its savepoint and answered, leaving no trace; a successful one gets the
+//! next LSN and its record is appended to the log's batch. Then the log is written and fsynced
+//! once, the applied position stored in the meta table, SQLite committed — and only then are the
+//! clients answered. A record is never in SQLite without being durable in the log first.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::Connection;
+use scribe_core::{Position, Term};
+use scribe_log::{Log, LogError};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::capture::Capture;
+use crate::exec::{self, Rows, Statement};
+use crate::metrics::EngineMetrics;
+use crate::payload::{self, Step};
+use crate::policy::Policy;
+use crate::{meta, EngineError, Progress};
+
+/// The answer to one statement of a committed transaction.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+pub struct StatementResult {
+    /// Rows inserted, updated or deleted by the statement (0 for reads and DDL).
+    pub rows_affected: u64,
+    /// The connection's last inserted rowid after the statement.
+    pub last_insert_id: i64,
+    /// Column names, when the statement returned rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
+    /// The rows, when the statement returned rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows: Option<Vec<Vec<crate::Value>>>,
+}
+
+/// A committed transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    /// One result per statement.
+    pub results: Vec<StatementResult>,
+    /// The position of its record; for a transaction that changed nothing, the position its reads
+    /// saw.
+    pub position: Position,
+}
+
+pub(crate) type Reply = oneshot::Sender<Result<Committed, EngineError>>;
+
+/// A message to the writer.
+pub(crate) enum WriterMsg {
+    /// Run a transaction.
+    Execute { statements: Vec<Statement>, reply: Reply },
+    /// Finish what is queued before this and stop.
+    Stop(oneshot::Sender<()>),
+}
+
+pub(crate) struct Writer {
+    pub conn: Connection,
+    pub policy: Policy,
+    pub log: Log,
+    pub term: Term,
+    pub progress: watch::Sender<Progress>,
+    pub metrics: Arc<EngineMetrics>,
+    pub max_batch: usize,
+    /// Set after a fatal failure: why this node no longer takes writes.
+    pub fatal: Option<String>,
+}
+
+struct Done {
+    reply: Reply,
+    results: Vec<StatementResult>,
+    position: Option<Position>,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+impl Writer {
+    /// Serves the queue until it closes or a stop message arrives.
+    pub fn run(mut self, mut rx: mpsc::Receiver<WriterMsg>) {
+        let mut stop = None;
+        while stop.is_none() {
+            let Some(first) = rx.blocking_recv() else { break };
+            let mut batch = Vec::new();
+            let mut push = |m: WriterMsg, batch: &mut Vec<(Vec<Statement>, Reply)>| match m {
+                WriterMsg::Execute { statements, reply } => {
+                    batch.push((statements, reply));
+                    true
+                }
+                WriterMsg::Stop(done) => {
+                    stop = Some(done);
+                    false
+                }
+            };
+            if push(first, &mut batch) {
+                while batch.len() < self.max_batch {
+                    match rx.try_recv() {
+                        Ok(m) => {
+                            if !push(m, &mut batch) {
+                                break;
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                self.run_batch(batch);
+            }
+        }
+        tracing::info!(position = %self.log.durable_position(), "writer stopped");
+        drop(self.conn);
+        if let Some(done) = stop {
+            let _ = done.send(());
+        }
+    }
+
+    fn internal(&self, sql: &str) -> rusqlite::Result<()> {
+        self.policy.internal(|| self.conn.execute_batch(sql))
+    }
+
+    fn run_batch(&mut self, batch: Vec<(Vec<Statement>, Reply)>) {
+        if let Some(why) = &self.fatal {
+            for (_, reply) in batch {
+                let _ = reply.send(Err(EngineError::Unavailable(why.clone())));
+            }
+            return;
+        }
+        if let Err(e) = self.internal("BEGIN IMMEDIATE") {
+            let e = format!("begin write transaction: {e}");
+            for (_, reply) in batch {
+                let _ = reply.send(Err(EngineError::Internal(e.clone())));
+            }
+            return;
+        }
+        let mut done: Vec<Done> = Vec::with_capacity(batch.len());
+        for (statements, reply) in batch {
+            match self.run_txn(&statements) {
+                Ok((results, position)) => done.push(Done { reply, results, position }),
+                Err(e) => {
+                    EngineMetrics::add(&self.metrics.txn_errors, 1);
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        let logged = done.iter().filter(|d| d.position.is_some()).count() as u64;
+        if logged == 0 {
+            let _ = self.internal("COMMIT");
+            let at = self.log.durable_position();
+            for d in done {
+                let _ = d.reply.send(Ok(Committed { results: d.results, position: at }));
+            }
+            return;
+        }
+        if let Err(e) = self.commit_batch() {
+            EngineMetrics::add(&self.metrics.txn_errors, done.len() as u64);
+            for d in done {
+                let _ = d.reply.send(Err(clone_err(&e)));
+            }
+            return;
+        }
+        EngineMetrics::add(&self.metrics.commits, logged);
+        self.metrics.batch_size.observe(logged as f64);
+        let at = self.log.durable_position();
+        self.progress.send_modify(|p| {
+            p.last = at;
+            p.flushed = at;
+            p.applied = at;
+        });
+        for d in done {
+            let position = d.position.unwrap_or(at);
+            let _ = d.reply.send(Ok(Committed { results: d.results, position }));
+        }
+    }
+
+    /// Makes the batch durable in the log, then commits SQLite. On failure nothing of the batch
+    /// is kept (or, after a fatal failure, the node stops taking writes).
+    fn commit_batch(&mut self) -> Result<(), EngineError> {
+        let last = self.log.last_position();
+        if let Err(e) = self.policy.internal(|| meta::set_applied(&self.conn, last)) {
+            self.log.discard_pending();
+            let _ = self.internal("ROLLBACK");
+            return Err(EngineError::from_sqlite(e, None));
+        }
+        let bytes = self.log.pending_bytes() as u64;
+        match self.log.sync() {
+            Ok(report) => {
+                EngineMetrics::add(&self.metrics.batches, 1);
+                EngineMetrics::add(&self.metrics.log_bytes_written, bytes);
+                self.metrics.fsync_seconds.observe(report.fsync.as_secs_f64());
+                self.metrics.log_size_bytes.store(self.log.size_bytes(), std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => {
+                let _ = self.internal("ROLLBACK");
+                return Err(self.log_failed(e));
+            }
+        }
+        if let Err(e) = self.internal("COMMIT") {
+            let why = format!(
+                "commit to SQLite failed after the change log was made durable ({e}); the outcome of this batch is \
+                 unknown to the client until restart, which replays it from the log; this node stops taking writes"
+            );
+            tracing::error!("{why}");
+            let _ = self.internal("ROLLBACK");
+            self.fatal = Some(why.clone());
+            return Err(EngineError::Unavailable(why));
+        }
+        Ok(())
+    }
+
+    fn log_failed(&mut self, e: LogError) -> EngineError {
+        if e.is_fatal() {
+            let why = format!("this node stopped taking writes: {e}");
+            tracing::error!("{why}");
+            self.fatal = Some(why.clone());
+            EngineError::Unavailable(why)
+        } else {
+            tracing::warn!(error = %e, "write of a batch to the change log failed; nothing of it was kept");
+            match &e {
+                LogError::Write { source, .. } if source.raw_os_error() == Some(28) => {
+                    EngineError::DiskFull(format!("{e}; nothing of the transaction was kept"))
+                }
+                _ => EngineError::Unavailable(format!("{e}; nothing of the transaction was kept")),
+            }
+        }
+    }
+
+    /// Runs one client transaction in a savepoint; on success its record is appended to the log
+    /// batch (not yet durable) and its position returned (`None` when it changed nothing).
+    fn run_txn(&mut self, statements: &[Statement]) -> Result<(Vec<StatementResult>, Option<Position>), EngineError> {
+        if statements.is_empty() {
+            return Err(EngineError::BadRequest("a transaction needs at least one statement".into()));
+        }
+        self.internal("SAVEPOINT scribe_txn").map_err(|e| EngineError::Internal(format!("open savepoint: {e}")))?;
+        let outcome = self.run_statements(statements).and_then(|(results, steps)| {
+            if steps.is_empty() {
+                return Ok((results, None));
+            }
+            let payload = payload::encode(&steps);
+            let pos = self.log.append(self.term, now_us(), payload).map_err(EngineError::from)?;
+            Ok((results, Some(pos)))
+        });
+        let end = if outcome.is_ok() { "RELEASE scribe_txn" } else { "ROLLBACK TO scribe_txn; RELEASE scribe_txn" };
+        self.internal(end).map_err(|e| EngineError::Internal(format!("close savepoint: {e}")))?;
+        outcome
+    }
+
+    fn schema_version(&self) -> Result<i64, EngineError> {
+        self.policy
+            .internal(|| self.conn.prepare_cached("PRAGMA schema_version")?.query_row([], |r| r.get(0)))
+            .map_err(|e| EngineError::Internal(format!("read schema version: {e}")))
+    }
+
+    fn run_statements(&self, statements: &[Statement]) -> Result<(Vec<StatementResult>, Vec<Step>), EngineError> {
+        let mut results = Vec::with_capacity(statements.len());
+        let mut steps = Vec::new();
+        for st in statements {
+            let before = self.schema_version()?;
+            let mut prepared = exec::prepare(&self.conn, &self.policy, &st.sql)?;
+            exec::bind(&mut prepared, &st.params)?;
+            let readonly = prepared.readonly();
+            let capture = self.policy.internal(|| Capture::start(&self.conn))?;
+            let rows: Option<Rows> = exec::run(&mut prepared, &self.policy)?;
+            let ddl = self.schema_version()? != before;
+            if ddl {
+                let sql = prepared.expanded_sql().unwrap_or_else(|| st.sql.clone());
+                steps.push(Step::Sql(sql));
+            } else {
+                // The session reads the schema with pragmas of its own.
+                let cs = self.policy.internal(|| capture.changeset())?;
+                if !cs.is_empty() {
+                    steps.push(Step::Changeset(cs));
+                }
+            }
+            drop(capture);
+            let rows_affected = if readonly || ddl { 0 } else { self.conn.changes() };
+            let (columns, rows) = match rows {
+                Some(r) => (Some(r.columns), Some(r.rows)),
+                None => (None, None),
+            };
+            results.push(StatementResult { rows_affected, last_insert_id: self.conn.last_insert_rowid(), columns, rows });
+        }
+        Ok((results, steps))
+    }
+}
+
+/// Errors go to several waiting clients; each gets its own copy.
+fn clone_err(e: &EngineError) -> EngineError {
+    match e {
+        EngineError::DiskFull(m) => EngineError::DiskFull(m.clone()),
+        EngineError::Unavailable(m) => EngineError::Unavailable(m.clone()),
+        other => EngineError::Internal(other.to_string()),
+    }
+}

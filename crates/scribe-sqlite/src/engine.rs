@@ -77,6 +77,7 @@ struct Inner {
     progress: watch::Receiver<Progress>,
     metrics: Arc<EngineMetrics>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    fatal: Arc<std::sync::OnceLock<String>>,
 }
 
 /// The SQLite database file inside a data directory.
@@ -179,6 +180,7 @@ impl Engine {
         let readers = Arc::new(ReadPool::open(&db, opts.readers)?);
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
         let term = opts.term.max(at.term);
+        let fatal = Arc::new(std::sync::OnceLock::new());
         let writer = Writer {
             conn,
             policy,
@@ -187,13 +189,13 @@ impl Engine {
             progress: progress_tx,
             metrics: metrics.clone(),
             max_batch: opts.max_batch.max(1),
-            fatal: None,
+            fatal: fatal.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("scribe-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| EngineError::Internal(format!("start writer thread: {e}")))?;
-        let engine = Engine { inner: Arc::new(Inner { tx, readers, progress, metrics, writer: Mutex::new(Some(handle)) }) };
+        let engine = Engine { inner: Arc::new(Inner { tx, readers, progress, metrics, writer: Mutex::new(Some(handle)), fatal }) };
         Ok((engine, OpenReport { recovery, applied_before, replayed }))
     }
 
@@ -221,6 +223,11 @@ impl Engine {
     /// A receiver that sees every change of the positions.
     pub fn watch_progress(&self) -> watch::Receiver<Progress> {
         self.inner.progress.clone()
+    }
+
+    /// Why this node no longer takes writes, after a fatal failure (a failed fsync, say).
+    pub fn write_failure(&self) -> Option<String> {
+        self.inner.fatal.get().cloned()
     }
 
     /// Write-path metrics.

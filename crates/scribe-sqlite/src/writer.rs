@@ -65,8 +65,9 @@ pub(crate) struct Writer {
     pub progress: watch::Sender<Progress>,
     pub metrics: Arc<EngineMetrics>,
     pub max_batch: usize,
-    /// Set after a fatal failure: why this node no longer takes writes.
-    pub fatal: Option<String>,
+    /// Set after a fatal failure: why this node no longer takes writes. Shared with the engine
+    /// handle so status pages can show it.
+    pub fatal: Arc<std::sync::OnceLock<String>>,
 }
 
 struct Done {
@@ -124,7 +125,7 @@ impl Writer {
     }
 
     fn run_batch(&mut self, batch: Vec<(Vec<Statement>, Reply)>) {
-        if let Some(why) = &self.fatal {
+        if let Some(why) = self.fatal.get() {
             for (_, reply) in batch {
                 let _ = reply.send(Err(EngineError::Unavailable(why.clone())));
             }
@@ -206,7 +207,7 @@ impl Writer {
             );
             tracing::error!("{why}");
             let _ = self.internal("ROLLBACK");
-            self.fatal = Some(why.clone());
+            let _ = self.fatal.set(why.clone());
             return Err(EngineError::Unavailable(why));
         }
         Ok(())
@@ -216,7 +217,7 @@ impl Writer {
         if e.is_fatal() {
             let why = format!("this node stopped taking writes: {e}");
             tracing::error!("{why}");
-            self.fatal = Some(why.clone());
+            let _ = self.fatal.set(why.clone());
             EngineError::Unavailable(why)
         } else {
             tracing::warn!(error = %e, "write of a batch to the change log failed; nothing of it was kept");
@@ -258,14 +259,18 @@ impl Writer {
     fn run_statements(&self, statements: &[Statement]) -> Result<(Vec<StatementResult>, Vec<Step>), EngineError> {
         let mut results = Vec::with_capacity(statements.len());
         let mut steps = Vec::new();
+        // Only statements run here change the schema, so the version read after one statement is
+        // the version before the next.
+        let mut before = self.schema_version()?;
         for st in statements {
-            let before = self.schema_version()?;
             let mut prepared = exec::prepare(&self.conn, &self.policy, &st.sql)?;
             exec::bind(&mut prepared, &st.params)?;
             let readonly = prepared.readonly();
             let capture = self.policy.internal(|| Capture::start(&self.conn))?;
             let rows: Option<Rows> = exec::run(&mut prepared, &self.policy)?;
-            let ddl = self.schema_version()? != before;
+            let after = self.schema_version()?;
+            let ddl = after != before;
+            before = after;
             if ddl {
                 let sql = prepared.expanded_sql().unwrap_or_else(|| st.sql.clone());
                 steps.push(Step::Sql(sql));

@@ -1,0 +1,24 @@
+//! The Scribe node runtime: it drives the storage engine and serves clients.
+//!
+//! This crate owns what runs in a node process: its configuration, its identity file, the HTTP
+//! JSON API and the Prometheus metrics page. It does not touch SQLite or the log files directly
+//! (that is `scribe-sqlite` and `scribe-log`); it owns the mapping of their errors to HTTP.
+//!
+//! Modules:
+//! - [`config`]: [`NodeConfig`], validated once and passed in.
+//! - [`identity`]: the node's identity file (name, cluster id).
+//! - [`node`]: [`Node`]: start, serve, shut down.
+//! - [`api`]: the HTTP routes and their JSON.
+//! - [`error`]: [`ApiError`] and its one mapping to status codes.
+//! - [`metrics`]: rendering metrics in Prometheus' text format.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod identity;
+pub mod metrics;
+pub mod node;
+
+pub use config::NodeConfig;
+pub use error::ApiError;
+pub use node::Node;

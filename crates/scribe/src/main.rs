@@ -1,0 +1,60 @@
+//! The `scribe` command: run a node, the demo, an SQL shell, cluster status and benchmarks.
+//!
+//! Modules:
+//! - `node_cmd`: `scribe node`, its flags, environment variables and TOML config file.
+//! - `demo`: `scribe demo`, the classic walkthrough on a local cluster.
+//! - `client`: the small HTTP client the other commands share.
+//! - `sql`: `scribe sql`, the interactive shell and one-shot mode.
+//! - `table`: aligned table output.
+//! - `status`: `scribe status`.
+//! - `bench`: `scribe bench`, the insert benchmark.
+
+mod bench;
+mod client;
+mod demo;
+mod node_cmd;
+mod sql;
+mod status;
+mod table;
+
+use clap::{Parser, Subcommand};
+
+/// Scribe: a replicated SQL database built on SQLite.
+#[derive(Parser)]
+#[command(name = "scribe", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a Scribe node.
+    Node(node_cmd::NodeArgs),
+    /// Start a local cluster and walk through the classic example.
+    Demo(demo::DemoArgs),
+    /// Run SQL against a node: an interactive shell, or one command with -c.
+    Sql(sql::SqlArgs),
+    /// Print a node's status.
+    Status(status::StatusArgs),
+    /// Measure insert throughput and latency against a node.
+    Bench(bench::BenchArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Node(args) => node_cmd::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Sql(args) => sql::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Bench(args) => bench::run(args),
+    };
+    match code {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

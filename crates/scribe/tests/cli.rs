@@ -1,0 +1,75 @@
+//! The `scribe` command as a user types it: the classic example through `scribe sql -c`, errors
+//! with a non-zero exit, `scribe status`, and `--help` for every command.
+
+mod common;
+
+use std::process::Command;
+
+use common::{scribe_bin, NodeProc};
+
+fn scribe(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(scribe_bin()).args(args).output().expect("run scribe");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn the_classic_example_through_scribe_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start("n1", dir.path(), &[]);
+    let (code, out, err) = scribe(&[
+        "sql",
+        "--url",
+        &node.url,
+        "-c",
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO users (name) VALUES ('Alice'); SELECT * FROM users;",
+    ]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    let table: Vec<&str> = out.lines().filter(|l| l.contains("Alice")).collect();
+    assert_eq!(table.len(), 1, "Alice should appear once in a table row:\n{out}");
+    assert!(table[0].contains('1'), "her id should be 1:\n{out}");
+    assert!(out.contains("id") && out.contains("name"), "the header should name the columns:\n{out}");
+    assert!(out.contains("(1 row)"), "{out}");
+}
+
+#[test]
+fn a_failing_statement_exits_non_zero_with_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start("n1", dir.path(), &[]);
+    let (code, out, err) = scribe(&["sql", "--url", &node.url, "-c", "CREATE TABLE t (x); SELEC 1; INSERT INTO t VALUES (1);"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("error:") && err.contains("syntax error"), "stderr: {err}");
+    // The statement after the failing one did not run.
+    let (code, out, _) = scribe(&["sql", "--url", &node.url, "-c", "SELECT count(*) AS n FROM t"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().any(|l| l.trim_matches(|c: char| !c.is_ascii_digit()) == "0"), "{out}");
+    // An unreachable node is a clear error too.
+    let (code, _, err) = scribe(&["sql", "--url", "http://127.0.0.1:1", "-c", "SELECT 1"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+}
+
+#[test]
+fn scribe_status_prints_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProc::start("n1", dir.path(), &[]);
+    let (code, out, err) = scribe(&["status", "--url", &node.url]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("n1") && out.contains("primary"), "{out}");
+    let (code, out, _) = scribe(&["status", "--url", &node.url, "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("--json prints JSON");
+    assert_eq!(v["role"], "primary");
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in ["node", "demo", "sql", "status", "bench"] {
+        let (code, out, _) = scribe(&[cmd, "--help"]);
+        assert_eq!(code, 0, "{cmd} --help");
+        assert!(out.contains("Usage:"), "{cmd}: {out}");
+    }
+    let (_, out, _) = scribe(&["node", "--help"]);
+    for flag in ["--name", "--data", "--http", "--config", "--max-request-bytes", "SCRIBE_DATA"] {
+        assert!(out.contains(flag), "node --help lacks {flag}");
+    }
+}

@@ -29,7 +29,12 @@ impl Histogram {
     /// A histogram with the given upper bounds (sorted ascending); `+Inf` is implied.
     pub fn new(bounds: Vec<f64>) -> Histogram {
         let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
-        Histogram { bounds, counts, sum_micros: AtomicU64::new(0), count: AtomicU64::new(0) }
+        Histogram {
+            bounds,
+            counts,
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
     }
 
     /// Bounds growing by `factor` from `start`, `n` of them.
@@ -45,9 +50,14 @@ impl Histogram {
 
     /// Records one observation.
     pub fn observe(&self, v: f64) {
-        let i = self.bounds.iter().position(|&b| v <= b).unwrap_or(self.bounds.len());
+        let i = self
+            .bounds
+            .iter()
+            .position(|&b| v <= b)
+            .unwrap_or(self.bounds.len());
         self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add((v * 1e6) as u64, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((v * 1e6) as u64, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -78,7 +88,10 @@ mod tests {
             h.observe(v);
         }
         let s = h.snapshot();
-        assert_eq!(s.buckets, vec![(1.0, 2), (2.0, 3), (4.0, 4), (f64::INFINITY, 5)]);
+        assert_eq!(
+            s.buckets,
+            vec![(1.0, 2), (2.0, 3), (4.0, 4), (f64::INFINITY, 5)]
+        );
         assert_eq!(s.count, 5);
         assert!((s.sum - 15.0).abs() < 1e-9);
     }

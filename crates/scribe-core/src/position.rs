@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 /// Log sequence number: the position of one committed transaction in a node's change log.
 ///
 /// LSNs start at 1 and grow by exactly one per record; `Lsn::ZERO` means "nothing yet".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Lsn(pub u64);
 
@@ -42,7 +44,9 @@ impl fmt::Display for Lsn {
 
 /// The primary's epoch: it grows by one at every promotion. Every record carries the term of the
 /// primary that wrote it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Term(pub u64);
 
@@ -76,7 +80,10 @@ pub struct Position {
 
 impl Position {
     /// The position before any record.
-    pub const ZERO: Position = Position { term: Term(0), lsn: Lsn::ZERO };
+    pub const ZERO: Position = Position {
+        term: Term(0),
+        lsn: Lsn::ZERO,
+    };
 
     /// A position from its parts.
     pub fn new(term: Term, lsn: Lsn) -> Position {

@@ -80,10 +80,16 @@ pub enum LogError {
 impl LogError {
     /// Whether the log can no longer be written and the node must stop taking writes.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, LogError::Fsync { .. } | LogError::Poisoned | LogError::Corrupt { .. })
+        matches!(
+            self,
+            LogError::Fsync { .. } | LogError::Poisoned | LogError::Corrupt { .. }
+        )
     }
 
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> LogError {
-        LogError::Io { context: context.into(), source }
+        LogError::Io {
+            context: context.into(),
+            source,
+        }
     }
 }

@@ -46,7 +46,9 @@ pub struct LogOptions {
 
 impl Default for LogOptions {
     fn default() -> Self {
-        LogOptions { segment_bytes: 64 << 20 }
+        LogOptions {
+            segment_bytes: 64 << 20,
+        }
     }
 }
 
@@ -95,7 +97,8 @@ pub struct Log {
 impl Log {
     /// Opens (creating if needed) the log in `dir`, checks every segment and cuts a torn tail.
     pub fn open(dir: &Path, opts: LogOptions) -> Result<(Log, Recovery), LogError> {
-        std::fs::create_dir_all(dir).map_err(|e| LogError::io(format!("create log directory {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| LogError::io(format!("create log directory {}", dir.display()), e))?;
         let found = segment::list_segments(dir)?;
         if found.is_empty() {
             let (path, active) = segment::create_segment(dir, Lsn(1))?;
@@ -111,7 +114,13 @@ impl Log {
                 durable: Position::ZERO,
                 poisoned: false,
             };
-            let recovery = Recovery { first_lsn: Lsn(1), last: Position::ZERO, records: 0, segments: 1, torn: None };
+            let recovery = Recovery {
+                first_lsn: Lsn(1),
+                last: Position::ZERO,
+                records: 0,
+                segments: 1,
+                torn: None,
+            };
             return Ok((log, recovery));
         }
 
@@ -123,19 +132,35 @@ impl Log {
         for (i, (named_first, path)) in found.into_iter().enumerate() {
             let bytes = segment::read_segment(&path)?;
             let scan = segment::scan(&bytes, &path)?;
-            let corrupt = |offset: u64, reason: String| LogError::Corrupt { segment: path.clone(), offset, reason };
+            let corrupt = |offset: u64, reason: String| LogError::Corrupt {
+                segment: path.clone(),
+                offset,
+                reason,
+            };
             if scan.first != named_first {
-                return Err(corrupt(0, format!("header says first lsn {} but the file name says {named_first}", scan.first)));
+                return Err(corrupt(
+                    0,
+                    format!(
+                        "header says first lsn {} but the file name says {named_first}",
+                        scan.first
+                    ),
+                ));
             }
             if i > 0 && scan.first != last.lsn.next() {
                 return Err(corrupt(
                     0,
-                    format!("segment starts at lsn {} but the previous one ends at {}", scan.first, last.lsn),
+                    format!(
+                        "segment starts at lsn {} but the previous one ends at {}",
+                        scan.first, last.lsn
+                    ),
                 ));
             }
             if let (Some(first), true) = (scan.records.first(), i > 0) {
                 if first.term < last.term {
-                    return Err(corrupt(SEGMENT_HEADER as u64, format!("term {} after term {}", first.term, last.term)));
+                    return Err(corrupt(
+                        SEGMENT_HEADER as u64,
+                        format!("term {} after term {}", first.term, last.term),
+                    ));
                 }
             }
             let mut size = bytes.len() as u64;
@@ -146,20 +171,34 @@ impl Log {
                 let last_good = scan.records.last().map_or(scan.first.prev(), |r| r.lsn);
                 let bad_lsn = last_good.next();
                 let later = segment::frames_after(&bytes, offset as usize + 1);
-                let reason_is_order = reason.starts_with("record lsn") || reason.starts_with("record term");
+                let reason_is_order =
+                    reason.starts_with("record lsn") || reason.starts_with("record term");
                 if reason_is_order || later.iter().any(|(_, r)| r.batch_first > bad_lsn) {
                     return Err(corrupt(
                         offset,
-                        format!("{reason}; {} whole records follow it, so this is not a torn write", later.len()),
+                        format!(
+                            "{reason}; {} whole records follow it, so this is not a torn write",
+                            later.len()
+                        ),
                     ));
                 }
                 let file = std::fs::OpenOptions::new()
                     .write(true)
                     .open(&path)
-                    .map_err(|e| LogError::io(format!("open log segment {} to cut its torn tail", path.display()), e))?;
+                    .map_err(|e| {
+                        LogError::io(
+                            format!("open log segment {} to cut its torn tail", path.display()),
+                            e,
+                        )
+                    })?;
                 file.set_len(offset)
                     .and_then(|_| file.sync_all())
-                    .map_err(|e| LogError::io(format!("cut torn tail of log segment {}", path.display()), e))?;
+                    .map_err(|e| {
+                        LogError::io(
+                            format!("cut torn tail of log segment {}", path.display()),
+                            e,
+                        )
+                    })?;
                 tracing::warn!(segment = %path.display(), offset, bytes = size - offset, %reason, "cut torn tail of the change log");
                 torn = Some((path.clone(), offset, size - offset));
                 size = offset;
@@ -179,7 +218,13 @@ impl Log {
             .open(active_path)
             .map_err(|e| LogError::io(format!("open log segment {}", active_path.display()), e))?;
         let first_lsn = segments[0].0;
-        let recovery = Recovery { first_lsn, last, records, segments: segments.len(), torn };
+        let recovery = Recovery {
+            first_lsn,
+            last,
+            records,
+            segments: segments.len(),
+            torn,
+        };
         let log = Log {
             dir: dir.to_path_buf(),
             opts,
@@ -232,9 +277,20 @@ impl Log {
 
     /// Appends a new record with the next LSN to the batch and returns its position. It is not
     /// durable until [`Log::sync`] returns.
-    pub fn append(&mut self, term: Term, time_us: u64, payload: Vec<u8>) -> Result<Position, LogError> {
+    pub fn append(
+        &mut self,
+        term: Term,
+        time_us: u64,
+        payload: Vec<u8>,
+    ) -> Result<Position, LogError> {
         let lsn = self.last.lsn.next();
-        self.push(Record { term, lsn, batch_first: lsn, time_us, payload })
+        self.push(Record {
+            term,
+            lsn,
+            batch_first: lsn,
+            time_us,
+            payload,
+        })
     }
 
     /// Appends a record received from elsewhere (a replica's copy of the primary's log): its LSN
@@ -248,11 +304,17 @@ impl Log {
             return Err(LogError::Poisoned);
         }
         if record.term < self.last.term {
-            return Err(LogError::StaleTerm { last: self.last.term, got: record.term });
+            return Err(LogError::StaleTerm {
+                last: self.last.term,
+                got: record.term,
+            });
         }
         let expected = self.last.lsn.next();
         if record.lsn != expected {
-            return Err(LogError::OutOfOrder { expected, got: record.lsn });
+            return Err(LogError::OutOfOrder {
+                expected,
+                got: record.lsn,
+            });
         }
         if self.buf.is_empty() {
             self.batch_first = record.lsn;
@@ -292,9 +354,16 @@ impl Log {
         let started = Instant::now();
         if let Err(source) = self.active.sync_data() {
             self.poisoned = true;
-            return Err(LogError::Fsync { segment: path.clone(), source });
+            return Err(LogError::Fsync {
+                segment: path.clone(),
+                source,
+            });
         }
-        let report = SyncReport { records: self.buf_records, bytes: self.buf.len() as u64, fsync: started.elapsed() };
+        let report = SyncReport {
+            records: self.buf_records,
+            bytes: self.buf.len() as u64,
+            fsync: started.elapsed(),
+        };
         *len += self.buf.len() as u64;
         let full = *len >= self.opts.segment_bytes;
         self.buf.clear();
@@ -322,7 +391,8 @@ impl Log {
         let mut n = 0;
         while self.segments.len() > 1 && self.segments[1].0 <= lsn {
             let (_, path, _) = self.segments.remove(0);
-            std::fs::remove_file(&path).map_err(|e| LogError::io(format!("delete log segment {}", path.display()), e))?;
+            std::fs::remove_file(&path)
+                .map_err(|e| LogError::io(format!("delete log segment {}", path.display()), e))?;
             n += 1;
         }
         if n > 0 {
@@ -333,7 +403,11 @@ impl Log {
 
     /// Reads the durable records from `from` on.
     pub fn read_from(&self, from: Lsn) -> Result<LogReader, LogError> {
-        let segments = self.segments.iter().map(|(first, path, _)| (*first, path.clone())).collect();
+        let segments = self
+            .segments
+            .iter()
+            .map(|(first, path, _)| (*first, path.clone()))
+            .collect();
         LogReader::new(segments, from, self.durable.lsn)
     }
 }

@@ -24,25 +24,45 @@ pub struct LogReader {
 }
 
 impl LogReader {
-    pub(crate) fn new(segments: Vec<(Lsn, PathBuf)>, from: Lsn, upto: Lsn) -> Result<LogReader, LogError> {
+    pub(crate) fn new(
+        segments: Vec<(Lsn, PathBuf)>,
+        from: Lsn,
+        upto: Lsn,
+    ) -> Result<LogReader, LogError> {
         let from = from.max(Lsn(1));
         let oldest = segments.first().map_or(Lsn(1), |s| s.0);
         if from < oldest {
-            return Err(LogError::Truncated { requested: from, oldest });
+            return Err(LogError::Truncated {
+                requested: from,
+                oldest,
+            });
         }
         let start = segments.iter().rposition(|s| s.0 <= from).unwrap_or(0);
-        Ok(LogReader { segments, next_segment: start, current: None, next: from, upto, frame: Vec::new() })
+        Ok(LogReader {
+            segments,
+            next_segment: start,
+            current: None,
+            next: from,
+            upto,
+            frame: Vec::new(),
+        })
     }
 
     fn open_next(&mut self) -> Result<bool, LogError> {
-        let Some((_, path)) = self.segments.get(self.next_segment) else { return Ok(false) };
+        let Some((_, path)) = self.segments.get(self.next_segment) else {
+            return Ok(false);
+        };
         let path = path.clone();
         self.next_segment += 1;
         let ctx = |e| LogError::io(format!("read log segment {}", path.display()), e);
         let mut r = BufReader::with_capacity(256 << 10, File::open(&path).map_err(ctx)?);
         let mut h = [0u8; SEGMENT_HEADER];
         r.read_exact(&mut h).map_err(ctx)?;
-        decode_header(&h).map_err(|reason| LogError::Corrupt { segment: path.clone(), offset: 0, reason })?;
+        decode_header(&h).map_err(|reason| LogError::Corrupt {
+            segment: path.clone(),
+            offset: 0,
+            reason,
+        })?;
         self.current = Some((path, r, SEGMENT_HEADER as u64));
         Ok(true)
     }
@@ -63,23 +83,44 @@ impl LogReader {
                     self.current = None;
                     continue;
                 }
-                Err(e) => return Err(LogError::io(format!("read log segment {}", path.display()), e)),
+                Err(e) => {
+                    return Err(LogError::io(
+                        format!("read log segment {}", path.display()),
+                        e,
+                    ))
+                }
             }
-            let body_len = u32::from_le_bytes(self.frame[4..8].try_into().expect("4 bytes")) as usize;
-            let corrupt = |offset: u64, reason: String| LogError::Corrupt { segment: path.clone(), offset, reason };
+            let body_len =
+                u32::from_le_bytes(self.frame[4..8].try_into().expect("4 bytes")) as usize;
+            let corrupt = |offset: u64, reason: String| LogError::Corrupt {
+                segment: path.clone(),
+                offset,
+                reason,
+            };
             if body_len > MAX_BODY {
-                return Err(corrupt(*offset, format!("impossible body length {body_len}")));
+                return Err(corrupt(
+                    *offset,
+                    format!("impossible body length {body_len}"),
+                ));
             }
             self.frame.resize(FRAME_HEADER + body_len, 0);
-            r.read_exact(&mut self.frame[FRAME_HEADER..])
-                .map_err(|e| LogError::io(format!("read log segment {} at offset {offset}", path.display()), e))?;
-            let (record, len) = decode_frame(&self.frame).map_err(|e| corrupt(*offset, format!("{e:?}")))?;
+            r.read_exact(&mut self.frame[FRAME_HEADER..]).map_err(|e| {
+                LogError::io(
+                    format!("read log segment {} at offset {offset}", path.display()),
+                    e,
+                )
+            })?;
+            let (record, len) =
+                decode_frame(&self.frame).map_err(|e| corrupt(*offset, format!("{e:?}")))?;
             *offset += len as u64;
             if record.lsn < self.next {
                 continue;
             }
             if record.lsn != self.next {
-                return Err(corrupt(*offset - len as u64, format!("record lsn {} where {} was expected", record.lsn, self.next)));
+                return Err(corrupt(
+                    *offset - len as u64,
+                    format!("record lsn {} where {} was expected", record.lsn, self.next),
+                ));
             }
             self.next = self.next.next();
             return Ok(Some(record));

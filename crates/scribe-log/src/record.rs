@@ -69,7 +69,10 @@ impl Record {
         out.extend_from_slice(&self.batch_first.0.to_le_bytes());
         out.extend_from_slice(&self.time_us.to_le_bytes());
         out.extend_from_slice(&self.payload);
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start + 4..start + 8]), &out[start + FRAME_HEADER..]);
+        let crc = crc32c::crc32c_append(
+            crc32c::crc32c(&out[start + 4..start + 8]),
+            &out[start + FRAME_HEADER..],
+        );
         out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
         Ok(())
     }
@@ -97,15 +100,21 @@ pub enum FrameError {
 /// Decodes the frame at the start of `buf`, returning the record and the frame's length.
 pub fn decode_frame(buf: &[u8]) -> Result<(Record, usize), FrameError> {
     if buf.len() < FRAME_HEADER {
-        return Err(FrameError::Short { needed: FRAME_HEADER });
+        return Err(FrameError::Short {
+            needed: FRAME_HEADER,
+        });
     }
     let magic = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes"));
     if magic != FRAME_MAGIC {
-        return Err(FrameError::Invalid(format!("bad frame magic {magic:#010x}")));
+        return Err(FrameError::Invalid(format!(
+            "bad frame magic {magic:#010x}"
+        )));
     }
     let body_len = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes")) as usize;
     if !(BODY_HEADER..=MAX_BODY).contains(&body_len) {
-        return Err(FrameError::Invalid(format!("impossible body length {body_len}")));
+        return Err(FrameError::Invalid(format!(
+            "impossible body length {body_len}"
+        )));
     }
     let total = FRAME_HEADER + body_len;
     if buf.len() < total {
@@ -115,11 +124,15 @@ pub fn decode_frame(buf: &[u8]) -> Result<(Record, usize), FrameError> {
     let body = &buf[FRAME_HEADER..total];
     let crc = crc32c::crc32c_append(crc32c::crc32c(&buf[4..8]), body);
     if crc != stored {
-        return Err(FrameError::Invalid(format!("checksum mismatch (stored {stored:#010x}, computed {crc:#010x})")));
+        return Err(FrameError::Invalid(format!(
+            "checksum mismatch (stored {stored:#010x}, computed {crc:#010x})"
+        )));
     }
     let version = body[0];
     if version != RECORD_VERSION {
-        return Err(FrameError::Invalid(format!("unknown record version {version}")));
+        return Err(FrameError::Invalid(format!(
+            "unknown record version {version}"
+        )));
     }
     let u64_at = |i: usize| u64::from_le_bytes(body[i..i + 8].try_into().expect("8 bytes"));
     let record = Record {
@@ -144,7 +157,13 @@ mod tests {
     use proptest::prelude::*;
 
     fn sample() -> Record {
-        Record { term: Term(2), lsn: Lsn(7), batch_first: Lsn(5), time_us: 99, payload: b"hello".to_vec() }
+        Record {
+            term: Term(2),
+            lsn: Lsn(7),
+            batch_first: Lsn(5),
+            time_us: 99,
+            payload: b"hello".to_vec(),
+        }
     }
 
     #[test]
@@ -169,7 +188,10 @@ mod tests {
     fn every_prefix_is_short() {
         let bytes = sample().encode().unwrap();
         for n in 0..bytes.len() {
-            assert!(matches!(decode_frame(&bytes[..n]), Err(FrameError::Short { .. })), "prefix {n}");
+            assert!(
+                matches!(decode_frame(&bytes[..n]), Err(FrameError::Short { .. })),
+                "prefix {n}"
+            );
         }
     }
 

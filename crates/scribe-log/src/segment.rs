@@ -53,7 +53,10 @@ pub fn encode_header(first: Lsn) -> [u8; SEGMENT_HEADER] {
 /// Checks a segment header and returns the first LSN it names.
 pub fn decode_header(h: &[u8]) -> Result<Lsn, String> {
     if h.len() < SEGMENT_HEADER {
-        return Err(format!("header is {} bytes, expected {SEGMENT_HEADER}", h.len()));
+        return Err(format!(
+            "header is {} bytes, expected {SEGMENT_HEADER}",
+            h.len()
+        ));
     }
     if &h[0..8] != SEGMENT_MAGIC {
         return Err("not a Scribe log segment (bad magic)".into());
@@ -66,7 +69,9 @@ pub fn decode_header(h: &[u8]) -> Result<Lsn, String> {
     if version != SEGMENT_VERSION {
         return Err(format!("unknown segment version {version}"));
     }
-    Ok(Lsn(u64::from_le_bytes(h[12..20].try_into().expect("8 bytes"))))
+    Ok(Lsn(u64::from_le_bytes(
+        h[12..20].try_into().expect("8 bytes"),
+    )))
 }
 
 /// Creates the segment for `first` in `dir` atomically and returns it opened for writing.
@@ -75,11 +80,16 @@ pub fn create_segment(dir: &Path, first: Lsn) -> Result<(PathBuf, File), LogErro
     let tmp = dir.join(format!("{}.tmp", segment_name(first)));
     let ctx = |what: &str| format!("{what} log segment {}", path.display());
     let mut f = File::create(&tmp).map_err(|e| LogError::io(ctx("create"), e))?;
-    f.write_all(&encode_header(first)).map_err(|e| LogError::io(ctx("write header of"), e))?;
+    f.write_all(&encode_header(first))
+        .map_err(|e| LogError::io(ctx("write header of"), e))?;
     f.sync_all().map_err(|e| LogError::io(ctx("fsync"), e))?;
     fs::rename(&tmp, &path).map_err(|e| LogError::io(ctx("rename into place"), e))?;
     sync_dir(dir)?;
-    let f = fs::OpenOptions::new().read(true).write(true).open(&path).map_err(|e| LogError::io(ctx("open"), e))?;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| LogError::io(ctx("open"), e))?;
     Ok((path, f))
 }
 
@@ -93,9 +103,11 @@ pub fn sync_dir(dir: &Path) -> Result<(), LogError> {
 /// The segments in `dir`, sorted by first LSN. Leftover temporary files are removed.
 pub fn list_segments(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>, LogError> {
     let mut out = Vec::new();
-    let entries = fs::read_dir(dir).map_err(|e| LogError::io(format!("list log directory {}", dir.display()), e))?;
+    let entries = fs::read_dir(dir)
+        .map_err(|e| LogError::io(format!("list log directory {}", dir.display()), e))?;
     for entry in entries {
-        let entry = entry.map_err(|e| LogError::io(format!("list log directory {}", dir.display()), e))?;
+        let entry =
+            entry.map_err(|e| LogError::io(format!("list log directory {}", dir.display()), e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if let Some(first) = parse_segment_name(name) {
@@ -146,12 +158,18 @@ pub fn scan(bytes: &[u8], path: &Path) -> Result<Scan, LogError> {
             Ok((rec, len)) => {
                 let expected = records.last().map_or(first, |r| r.lsn.next());
                 if rec.lsn != expected {
-                    bad = Some((off as u64, format!("record lsn {} where {expected} was expected", rec.lsn)));
+                    bad = Some((
+                        off as u64,
+                        format!("record lsn {} where {expected} was expected", rec.lsn),
+                    ));
                     break;
                 }
                 if let Some(prev) = records.last() {
                     if rec.term < prev.term {
-                        bad = Some((off as u64, format!("record term {} after term {}", rec.term, prev.term)));
+                        bad = Some((
+                            off as u64,
+                            format!("record term {} after term {}", rec.term, prev.term),
+                        ));
                         break;
                     }
                 }
@@ -159,7 +177,10 @@ pub fn scan(bytes: &[u8], path: &Path) -> Result<Scan, LogError> {
                 off += len;
             }
             Err(FrameError::Short { needed }) => {
-                bad = Some((off as u64, format!("incomplete frame: {} of {needed} bytes", bytes.len() - off)));
+                bad = Some((
+                    off as u64,
+                    format!("incomplete frame: {} of {needed} bytes", bytes.len() - off),
+                ));
                 break;
             }
             Err(FrameError::Invalid(why)) => {
@@ -168,7 +189,12 @@ pub fn scan(bytes: &[u8], path: &Path) -> Result<Scan, LogError> {
             }
         }
     }
-    Ok(Scan { first, records, valid_len: off as u64, bad })
+    Ok(Scan {
+        first,
+        records,
+        valid_len: off as u64,
+        bad,
+    })
 }
 
 /// Valid frames anywhere after byte `from`, found by looking for the frame magic at every offset.
@@ -200,7 +226,10 @@ mod tests {
     #[test]
     fn names_round_trip() {
         assert_eq!(segment_name(Lsn(42)), "00000000000000000042.seg");
-        assert_eq!(parse_segment_name("00000000000000000042.seg"), Some(Lsn(42)));
+        assert_eq!(
+            parse_segment_name("00000000000000000042.seg"),
+            Some(Lsn(42))
+        );
         assert_eq!(parse_segment_name("42.seg"), None);
         assert_eq!(parse_segment_name("0000000000000000004x.seg"), None);
         assert_eq!(parse_segment_name("00000000000000000042.seg.tmp"), None);

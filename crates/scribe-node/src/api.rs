@@ -14,10 +14,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use scribe_core::Position;
 use scribe_sqlite::{Engine, Params, Statement, StatementResult, Value};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::identity::Identity;
 use crate::{metrics, ApiError, NodeConfig};
@@ -85,13 +85,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics_page))
         .fallback(|req: Request| async move { ApiError::NotFound(req.uri().path().to_string()) })
         .layer(axum::extract::DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), count_and_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_and_limit,
+        ))
         .with_state(state)
 }
 
 /// Refuses a body announced larger than the limit before reading it, and counts every answer.
 async fn count_and_limit(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map_or("other", |p| p.as_str()).to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("other", |p| p.as_str())
+        .to_string();
     let announced = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -104,11 +111,19 @@ async fn count_and_limit(State(state): State<Arc<AppState>>, req: Request, next:
         _ => next.run(req).await,
     };
     let code = response.status().as_u16();
-    *state.requests.lock().expect("request counts").entry((route, code)).or_default() += 1;
+    *state
+        .requests
+        .lock()
+        .expect("request counts")
+        .entry((route, code))
+        .or_default() += 1;
     response
 }
 
-fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<T, ApiError> {
+fn parse<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<T, ApiError> {
     let body = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(limit)
@@ -119,16 +134,35 @@ fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, limit: usize)
     serde_json::from_slice(&body).map_err(|e| ApiError::BadJson(e.to_string()))
 }
 
-async fn execute(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Result<Json<ExecuteResponse>, ApiError> {
+async fn execute(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ExecuteResponse>, ApiError> {
     let req: ExecuteRequest = parse(body, state.config.max_request_bytes)?;
     let committed = state.engine.execute(req.statements).await?;
-    Ok(Json(ExecuteResponse { results: committed.results, position: committed.position }))
+    Ok(Json(ExecuteResponse {
+        results: committed.results,
+        position: committed.position,
+    }))
 }
 
-async fn query(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Result<Json<QueryResponse>, ApiError> {
+async fn query(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<QueryResponse>, ApiError> {
     let req: QueryRequest = parse(body, state.config.max_request_bytes)?;
-    let r = state.engine.query(Statement { sql: req.sql, params: req.params }).await?;
-    Ok(Json(QueryResponse { columns: r.rows.columns, rows: r.rows.rows, position: r.position }))
+    let r = state
+        .engine
+        .query(Statement {
+            sql: req.sql,
+            params: req.params,
+        })
+        .await?;
+    Ok(Json(QueryResponse {
+        columns: r.rows.columns,
+        rows: r.rows.rows,
+        position: r.position,
+    }))
 }
 
 /// The body of `GET /v1/status`.
@@ -179,7 +213,11 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<Status> {
         applied_lsn: p.applied.lsn.0,
         accepting_writes: failure.is_none(),
         write_failure: failure,
-        log_bytes: state.engine.metrics().log_size_bytes.load(std::sync::atomic::Ordering::Relaxed),
+        log_bytes: state
+            .engine
+            .metrics()
+            .log_size_bytes
+            .load(std::sync::atomic::Ordering::Relaxed),
         uptime_seconds: state.started.elapsed().as_secs(),
         version: env!("CARGO_PKG_VERSION"),
         replicas: Vec::new(),
@@ -188,5 +226,11 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<Status> {
 
 async fn metrics_page(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let text = metrics::render(&state);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
 }

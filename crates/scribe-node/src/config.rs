@@ -25,7 +25,11 @@ pub struct NodeConfig {
 
 impl NodeConfig {
     /// A configuration with defaults for everything but the name, directory and address.
-    pub fn new(name: impl Into<String>, data_dir: impl Into<PathBuf>, http_addr: SocketAddr) -> NodeConfig {
+    pub fn new(
+        name: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+        http_addr: SocketAddr,
+    ) -> NodeConfig {
         NodeConfig {
             name: name.into(),
             data_dir: data_dir.into(),
@@ -42,8 +46,15 @@ impl NodeConfig {
         if self.name.is_empty() || self.name.len() > 64 {
             return Err("the node name must be 1 to 64 characters".into());
         }
-        if !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(format!("node name {:?} may only hold letters, digits, '-' and '_'", self.name));
+        if !self
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "node name {:?} may only hold letters, digits, '-' and '_'",
+                self.name
+            ));
         }
         if self.max_request_bytes < 1024 {
             return Err("the request size limit must be at least 1 KiB".into());

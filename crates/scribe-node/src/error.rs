@@ -38,9 +38,10 @@ impl ApiError {
                 EngineError::Constraint(_) => (StatusCode::CONFLICT, "constraint_violation"),
                 EngineError::DiskFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
                 EngineError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-                EngineError::Corrupt(_) | EngineError::Diverged(_) | EngineError::Internal(_) | EngineError::Log(_) => {
-                    (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-                }
+                EngineError::Corrupt(_)
+                | EngineError::Diverged(_)
+                | EngineError::Internal(_)
+                | EngineError::Log(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
         }
     }
@@ -49,7 +50,9 @@ impl ApiError {
     pub fn message(&self) -> String {
         match self {
             ApiError::BadJson(m) => format!("invalid request body: {m}"),
-            ApiError::TooLarge(limit) => format!("request body is larger than the {limit} byte limit (--max-request-bytes)"),
+            ApiError::TooLarge(limit) => {
+                format!("request body is larger than the {limit} byte limit (--max-request-bytes)")
+            }
             ApiError::NotFound(path) => format!("no such endpoint: {path}"),
             ApiError::Engine(e) => e.to_string(),
         }

@@ -32,7 +32,11 @@ pub fn new_cluster_id() -> String {
     let mut id = String::with_capacity(32);
     for _ in 0..2 {
         let mut h = RandomState::new().build_hasher();
-        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
         h.write_u32(std::process::id());
         id.push_str(&format!("{:016x}", h.finish()));
     }
@@ -45,7 +49,10 @@ fn encode(id: &Identity) -> String {
 }
 
 fn decode(text: &str) -> Result<Identity, String> {
-    let (body, crc_line) = text.trim_end_matches('\n').rsplit_once('\n').ok_or("too short")?;
+    let (body, crc_line) = text
+        .trim_end_matches('\n')
+        .rsplit_once('\n')
+        .ok_or("too short")?;
     let body = format!("{body}\n");
     let crc = crc_line.strip_prefix("crc32c=").ok_or("no checksum line")?;
     if u32::from_str_radix(crc, 16).ok() != Some(crc32c::crc32c(body.as_bytes())) {
@@ -64,7 +71,10 @@ fn decode(text: &str) -> Result<Identity, String> {
             _ => return Err(format!("unexpected line {l:?}")),
         }
     }
-    Ok(Identity { name: name.ok_or("no name")?, cluster_id: cluster.ok_or("no cluster id")? })
+    Ok(Identity {
+        name: name.ok_or("no name")?,
+        cluster_id: cluster.ok_or("no cluster id")?,
+    })
 }
 
 /// Reads the identity of `dir`, creating it for `name` if the directory has none. A directory
@@ -73,7 +83,8 @@ pub fn load_or_create(dir: &Path, name: &str) -> Result<Identity, String> {
     let path = dir.join(FILE);
     match fs::read_to_string(&path) {
         Ok(text) => {
-            let id = decode(&text).map_err(|e| format!("read identity file {}: {e}", path.display()))?;
+            let id =
+                decode(&text).map_err(|e| format!("read identity file {}: {e}", path.display()))?;
             if id.name != name {
                 return Err(format!(
                     "data directory {} belongs to node {:?}, not {name:?}: use that name or another directory",
@@ -84,8 +95,12 @@ pub fn load_or_create(dir: &Path, name: &str) -> Result<Identity, String> {
             Ok(id)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let id = Identity { name: name.to_string(), cluster_id: new_cluster_id() };
-            write_atomically(dir, FILE, encode(&id).as_bytes()).map_err(|e| format!("write identity file {}: {e}", path.display()))?;
+            let id = Identity {
+                name: name.to_string(),
+                cluster_id: new_cluster_id(),
+            };
+            write_atomically(dir, FILE, encode(&id).as_bytes())
+                .map_err(|e| format!("write identity file {}: {e}", path.display()))?;
             Ok(id)
         }
         Err(e) => Err(format!("read identity file {}: {e}", path.display())),
@@ -116,8 +131,12 @@ mod tests {
         let e = load_or_create(dir.path(), "n2").unwrap_err();
         assert!(e.contains("belongs to node \"n1\""), "{e}");
         let path = dir.path().join(FILE);
-        let text = fs::read_to_string(&path).unwrap().replace("name=n1", "name=n9");
+        let text = fs::read_to_string(&path)
+            .unwrap()
+            .replace("name=n1", "name=n9");
         fs::write(&path, text).unwrap();
-        assert!(load_or_create(dir.path(), "n9").unwrap_err().contains("checksum"));
+        assert!(load_or_create(dir.path(), "n9")
+            .unwrap_err()
+            .contains("checksum"));
     }
 }

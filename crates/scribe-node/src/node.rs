@@ -28,7 +28,9 @@ impl Node {
             .map_err(|e| format!("create data directory {}: {e}", config.data_dir.display()))?;
         let identity = identity::load_or_create(&config.data_dir, &config.name)?;
         let mut opts = EngineOptions::new(&config.data_dir);
-        opts.log = LogOptions { segment_bytes: config.segment_bytes };
+        opts.log = LogOptions {
+            segment_bytes: config.segment_bytes,
+        };
         opts.readers = config.readers;
         opts.max_batch = config.max_batch;
         let (engine, report) = tokio::task::spawn_blocking(move || Engine::open(opts))
@@ -38,13 +40,25 @@ impl Node {
         let listener = tokio::net::TcpListener::bind(config.http_addr)
             .await
             .map_err(|e| format!("listen for HTTP on {}: {e}", config.http_addr))?;
-        let state = Arc::new(AppState { engine, identity, config, started: Instant::now(), requests: Mutex::new(BTreeMap::new()) });
-        Ok(Node { state, listener, report })
+        let state = Arc::new(AppState {
+            engine,
+            identity,
+            config,
+            started: Instant::now(),
+            requests: Mutex::new(BTreeMap::new()),
+        });
+        Ok(Node {
+            state,
+            listener,
+            report,
+        })
     }
 
     /// The address the HTTP API listens on.
     pub fn http_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// What recovery found at start.
@@ -58,10 +72,15 @@ impl Node {
     }
 
     /// Serves until `shutdown` completes, then finishes in-flight requests and stops the writer.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), String> {
         let engine = self.state.engine.clone();
         let app = api::router(self.state);
-        let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await;
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
         engine.shutdown().await;
         served.map_err(|e| format!("serve HTTP: {e}"))
     }

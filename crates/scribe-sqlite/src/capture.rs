@@ -33,9 +33,14 @@ impl<'c> Capture<'c> {
         unsafe {
             let rc = ffi::sqlite3session_create(conn.handle(), c"main".as_ptr(), &mut session);
             if rc != ffi::SQLITE_OK {
-                return Err(EngineError::Internal(format!("create SQLite session: error code {rc}")));
+                return Err(EngineError::Internal(format!(
+                    "create SQLite session: error code {rc}"
+                )));
             }
-            let capture = Capture { session, _conn: PhantomData };
+            let capture = Capture {
+                session,
+                _conn: PhantomData,
+            };
             let mut on: std::os::raw::c_int = 1;
             let rc = ffi::sqlite3session_object_config(
                 session,
@@ -43,11 +48,15 @@ impl<'c> Capture<'c> {
                 &mut on as *mut std::os::raw::c_int as *mut std::os::raw::c_void,
             );
             if rc != ffi::SQLITE_OK {
-                return Err(EngineError::Internal(format!("enable rowid tables in SQLite session: error code {rc}")));
+                return Err(EngineError::Internal(format!(
+                    "enable rowid tables in SQLite session: error code {rc}"
+                )));
             }
             let rc = ffi::sqlite3session_attach(session, ptr::null());
             if rc != ffi::SQLITE_OK {
-                return Err(EngineError::Internal(format!("attach SQLite session: error code {rc}")));
+                return Err(EngineError::Internal(format!(
+                    "attach SQLite session: error code {rc}"
+                )));
             }
             Ok(capture)
         }
@@ -61,7 +70,9 @@ impl<'c> Capture<'c> {
         unsafe {
             let rc = ffi::sqlite3session_changeset(self.session, &mut n, &mut p);
             if rc != ffi::SQLITE_OK {
-                return Err(EngineError::Internal(format!("read SQLite session changeset: error code {rc}")));
+                return Err(EngineError::Internal(format!(
+                    "read SQLite session changeset: error code {rc}"
+                )));
             }
             if p.is_null() || n <= 0 {
                 return Ok(Vec::new());
@@ -85,15 +96,24 @@ pub fn apply(conn: &Connection, changeset: &[u8]) -> Result<(), EngineError> {
     let conflict: Arc<Mutex<Option<String>>> = Arc::default();
     let seen = conflict.clone();
     let mut input = changeset;
-    let result = conn.apply_strm(&mut input, None::<fn(&str) -> bool>, move |kind: ConflictType, item| {
-        let table = item.op().map(|op| op.table_name().to_string()).unwrap_or_default();
-        *seen.lock().expect("conflict note") = Some(format!("{kind:?} on table {table:?}"));
-        ConflictAction::SQLITE_CHANGESET_ABORT
-    });
+    let result = conn.apply_strm(
+        &mut input,
+        None::<fn(&str) -> bool>,
+        move |kind: ConflictType, item| {
+            let table = item
+                .op()
+                .map(|op| op.table_name().to_string())
+                .unwrap_or_default();
+            *seen.lock().expect("conflict note") = Some(format!("{kind:?} on table {table:?}"));
+            ConflictAction::SQLITE_CHANGESET_ABORT
+        },
+    );
     match result {
         Ok(()) => Ok(()),
         Err(e) => match conflict.lock().expect("conflict note").take() {
-            Some(what) => Err(EngineError::Diverged(format!("changeset conflict {what}: the local copy differs from the log"))),
+            Some(what) => Err(EngineError::Diverged(format!(
+                "changeset conflict {what}: the local copy differs from the log"
+            ))),
             None => Err(EngineError::Internal(format!("apply changeset: {e}"))),
         },
     }
@@ -112,8 +132,13 @@ mod tests {
     }
 
     fn dump(c: &Connection, table: &str) -> Vec<(i64, String)> {
-        let mut s = c.prepare(&format!("SELECT rowid, * FROM {table} ORDER BY rowid")).unwrap();
-        s.query_map([], |r| Ok((r.get(0)?, format!("{:?}", r.get_ref(1)?)))).unwrap().map(|r| r.unwrap()).collect()
+        let mut s = c
+            .prepare(&format!("SELECT rowid, * FROM {table} ORDER BY rowid"))
+            .unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, format!("{:?}", r.get_ref(1)?))))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
     }
 
     #[test]
@@ -148,7 +173,8 @@ mod tests {
     #[test]
     fn a_conflict_is_reported_as_divergence() {
         let (a, b) = two_dbs("CREATE TABLE k (id INTEGER PRIMARY KEY, v TEXT)");
-        b.execute("INSERT INTO k VALUES (1, 'already here')", []).unwrap();
+        b.execute("INSERT INTO k VALUES (1, 'already here')", [])
+            .unwrap();
         let cs = {
             let cap = Capture::start(&a).unwrap();
             a.execute("INSERT INTO k VALUES (1, 'new')", []).unwrap();

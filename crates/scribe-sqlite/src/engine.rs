@@ -39,7 +39,14 @@ pub struct EngineOptions {
 impl EngineOptions {
     /// Defaults for a data directory.
     pub fn new(dir: impl Into<PathBuf>) -> EngineOptions {
-        EngineOptions { dir: dir.into(), log: LogOptions::default(), readers: 4, max_batch: 1024, queue: 4096, term: Term::FIRST }
+        EngineOptions {
+            dir: dir.into(),
+            log: LogOptions::default(),
+            readers: 4,
+            max_batch: 1024,
+            queue: 4096,
+            term: Term::FIRST,
+        }
     }
 }
 
@@ -86,13 +93,20 @@ pub fn db_path(dir: &Path) -> PathBuf {
 }
 
 fn open_writer_conn(path: &Path) -> Result<Connection, EngineError> {
-    let ctx = |e: rusqlite::Error| EngineError::Internal(format!("open SQLite database {}: {e}", path.display()));
+    let ctx = |e: rusqlite::Error| {
+        EngineError::Internal(format!("open SQLite database {}: {e}", path.display()))
+    };
     let conn = Connection::open(path).map_err(ctx)?;
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(ctx)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(ctx)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(EngineError::Internal(format!("SQLite refused WAL mode (journal_mode is {mode})")));
+        return Err(EngineError::Internal(format!(
+            "SQLite refused WAL mode (journal_mode is {mode})"
+        )));
     }
-    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;").map_err(ctx)?;
+    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
+        .map_err(ctx)?;
     conn.set_prepared_statement_cache_capacity(256);
     meta::ensure(&conn).map_err(ctx)?;
     Ok(conn)
@@ -112,7 +126,12 @@ pub(crate) fn apply_payload(conn: &Connection, bytes: &[u8]) -> Result<(), Engin
 }
 
 /// Replays the log's records after SQLite's applied position, a thousand per transaction.
-fn replay(conn: &Connection, policy: &Policy, log: &Log, applied: Position) -> Result<u64, EngineError> {
+fn replay(
+    conn: &Connection,
+    policy: &Policy,
+    log: &Log,
+    applied: Position,
+) -> Result<u64, EngineError> {
     let end = log.durable_position();
     if applied.lsn > end.lsn {
         return Err(EngineError::Corrupt(format!(
@@ -124,7 +143,10 @@ fn replay(conn: &Connection, policy: &Policy, log: &Log, applied: Position) -> R
         return Ok(0);
     }
     let mut reader = log.read_from(applied.lsn.next()).map_err(|e| {
-        EngineError::Corrupt(format!("the database needs records from lsn {} but {e}", applied.lsn.next()))
+        EngineError::Corrupt(format!(
+            "the database needs records from lsn {} but {e}",
+            applied.lsn.next()
+        ))
     })?;
     let mut n = 0u64;
     loop {
@@ -132,18 +154,25 @@ fn replay(conn: &Connection, policy: &Policy, log: &Log, applied: Position) -> R
         for r in reader.by_ref().take(1000) {
             chunk.push(r?);
         }
-        let Some(last) = chunk.last().map(|r| r.position()) else { break };
+        let Some(last) = chunk.last().map(|r| r.position()) else {
+            break;
+        };
         policy.internal(|| -> Result<(), EngineError> {
-            conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| EngineError::Internal(format!("begin replay: {e}")))?;
+            conn.execute_batch("BEGIN IMMEDIATE")
+                .map_err(|e| EngineError::Internal(format!("begin replay: {e}")))?;
             let applied = (|| {
                 for r in &chunk {
-                    apply_payload(conn, &r.payload)
-                        .map_err(|e| EngineError::Diverged(format!("replay record {}: {e}", r.position())))?;
+                    apply_payload(conn, &r.payload).map_err(|e| {
+                        EngineError::Diverged(format!("replay record {}: {e}", r.position()))
+                    })?;
                 }
-                meta::set_applied(conn, last).map_err(|e| EngineError::Internal(format!("store applied position: {e}")))
+                meta::set_applied(conn, last)
+                    .map_err(|e| EngineError::Internal(format!("store applied position: {e}")))
             })();
             match applied {
-                Ok(()) => conn.execute_batch("COMMIT").map_err(|e| EngineError::Internal(format!("commit replay: {e}"))),
+                Ok(()) => conn
+                    .execute_batch("COMMIT")
+                    .map_err(|e| EngineError::Internal(format!("commit replay: {e}"))),
                 Err(e) => {
                     let _ = conn.execute_batch("ROLLBACK");
                     Err(e)
@@ -159,8 +188,9 @@ impl Engine {
     /// Opens the engine in `opts.dir`: recovers the log, replays it into SQLite, starts the writer.
     pub fn open(opts: EngineOptions) -> Result<(Engine, OpenReport), EngineError> {
         let db = db_path(&opts.dir);
-        std::fs::create_dir_all(db.parent().expect("db has a parent"))
-            .map_err(|e| EngineError::Internal(format!("create data directory {}: {e}", opts.dir.display())))?;
+        std::fs::create_dir_all(db.parent().expect("db has a parent")).map_err(|e| {
+            EngineError::Internal(format!("create data directory {}: {e}", opts.dir.display()))
+        })?;
         let (log, recovery) = Log::open(&opts.dir.join("log"), opts.log.clone())?;
         let mut conn = open_writer_conn(&db)?;
         let policy = Policy::install(&mut conn, Role::Writer)
@@ -174,9 +204,17 @@ impl Engine {
         }
         let at = log.durable_position();
         let metrics = Arc::new(EngineMetrics::default());
-        metrics.replayed.store(replayed, std::sync::atomic::Ordering::Relaxed);
-        metrics.log_size_bytes.store(log.size_bytes(), std::sync::atomic::Ordering::Relaxed);
-        let (progress_tx, progress) = watch::channel(Progress { last: at, flushed: at, applied: at });
+        metrics
+            .replayed
+            .store(replayed, std::sync::atomic::Ordering::Relaxed);
+        metrics
+            .log_size_bytes
+            .store(log.size_bytes(), std::sync::atomic::Ordering::Relaxed);
+        let (progress_tx, progress) = watch::channel(Progress {
+            last: at,
+            flushed: at,
+            applied: at,
+        });
         let readers = Arc::new(ReadPool::open(&db, opts.readers)?);
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
         let term = opts.term.max(at.term);
@@ -195,8 +233,24 @@ impl Engine {
             .name("scribe-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| EngineError::Internal(format!("start writer thread: {e}")))?;
-        let engine = Engine { inner: Arc::new(Inner { tx, readers, progress, metrics, writer: Mutex::new(Some(handle)), fatal }) };
-        Ok((engine, OpenReport { recovery, applied_before, replayed }))
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                tx,
+                readers,
+                progress,
+                metrics,
+                writer: Mutex::new(Some(handle)),
+                fatal,
+            }),
+        };
+        Ok((
+            engine,
+            OpenReport {
+                recovery,
+                applied_before,
+                replayed,
+            },
+        ))
     }
 
     /// Runs `statements` as one transaction; answers once it is durable in the log and applied.
@@ -207,7 +261,8 @@ impl Engine {
             .send(WriterMsg::Execute { statements, reply })
             .await
             .map_err(|_| EngineError::Unavailable("the node is shutting down".into()))?;
-        rx.await.map_err(|_| EngineError::Unavailable("the writer stopped before answering".into()))?
+        rx.await
+            .map_err(|_| EngineError::Unavailable("the writer stopped before answering".into()))?
     }
 
     /// Runs one read-only statement on a read connection.

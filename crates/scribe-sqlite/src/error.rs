@@ -54,21 +54,28 @@ impl EngineError {
                     ErrorCode::ConstraintViolation => EngineError::Constraint(text),
                     ErrorCode::DiskFull => EngineError::DiskFull(text),
                     ErrorCode::ReadOnly => EngineError::NotReadOnly(text),
-                    ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => EngineError::Corrupt(text),
-                    ErrorCode::SystemIoFailure | ErrorCode::CannotOpen => EngineError::Internal(text),
+                    ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => {
+                        EngineError::Corrupt(text)
+                    }
+                    ErrorCode::SystemIoFailure | ErrorCode::CannotOpen => {
+                        EngineError::Internal(text)
+                    }
                     _ => EngineError::Sql(text),
                 }
             }
-            rusqlite::Error::MultipleStatement => {
-                EngineError::BadRequest("one statement per entry: put each statement in its own entry of \"statements\"".into())
-            }
-            rusqlite::Error::InvalidParameterCount(given, expected) => {
-                EngineError::BadRequest(format!("the statement takes {expected} parameters but {given} were given"))
-            }
+            rusqlite::Error::MultipleStatement => EngineError::BadRequest(
+                "one statement per entry: put each statement in its own entry of \"statements\""
+                    .into(),
+            ),
+            rusqlite::Error::InvalidParameterCount(given, expected) => EngineError::BadRequest(
+                format!("the statement takes {expected} parameters but {given} were given"),
+            ),
             rusqlite::Error::InvalidParameterName(name) => {
                 EngineError::BadRequest(format!("the statement has no parameter named {name}"))
             }
-            rusqlite::Error::ToSqlConversionFailure(e) => EngineError::BadRequest(format!("bad parameter: {e}")),
+            rusqlite::Error::ToSqlConversionFailure(e) => {
+                EngineError::BadRequest(format!("bad parameter: {e}"))
+            }
             _ => EngineError::Sql(e.to_string()),
         }
     }

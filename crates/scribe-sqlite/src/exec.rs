@@ -22,12 +22,18 @@ pub struct Statement {
 impl Statement {
     /// A statement without parameters.
     pub fn new(sql: impl Into<String>) -> Statement {
-        Statement { sql: sql.into(), params: Params::None }
+        Statement {
+            sql: sql.into(),
+            params: Params::None,
+        }
     }
 
     /// A statement with positional parameters.
     pub fn with_params(sql: impl Into<String>, params: Vec<Value>) -> Statement {
-        Statement { sql: sql.into(), params: Params::Positional(params) }
+        Statement {
+            sql: sql.into(),
+            params: Params::Positional(params),
+        }
     }
 }
 
@@ -56,7 +62,8 @@ pub(crate) fn prepare<'c>(
 ) -> Result<rusqlite::CachedStatement<'c>, EngineError> {
     check_not_empty(sql)?;
     policy.clear();
-    conn.prepare_cached(sql).map_err(|e| EngineError::from_sqlite(e, policy.take_denied()))
+    conn.prepare_cached(sql)
+        .map_err(|e| EngineError::from_sqlite(e, policy.take_denied()))
 }
 
 /// Binds `params` to `stmt`, checking that they match its placeholders.
@@ -64,7 +71,9 @@ pub(crate) fn bind(stmt: &mut Prepared<'_>, params: &Params) -> Result<(), Engin
     let expected = stmt.parameter_count();
     match params {
         Params::None if expected == 0 => Ok(()),
-        Params::None => Err(EngineError::BadRequest(format!("the statement takes {expected} parameters but none were given"))),
+        Params::None => Err(EngineError::BadRequest(format!(
+            "the statement takes {expected} parameters but none were given"
+        ))),
         Params::Positional(values) => {
             if values.len() != expected {
                 return Err(EngineError::BadRequest(format!(
@@ -73,27 +82,45 @@ pub(crate) fn bind(stmt: &mut Prepared<'_>, params: &Params) -> Result<(), Engin
                 )));
             }
             for (i, v) in values.iter().enumerate() {
-                stmt.raw_bind_parameter(i + 1, v).map_err(|e| EngineError::from_sqlite(e, None))?;
+                stmt.raw_bind_parameter(i + 1, v)
+                    .map_err(|e| EngineError::from_sqlite(e, None))?;
             }
             Ok(())
         }
         Params::Named(values) => {
-            let full = |name: &str| if name.starts_with([':', '@', '$']) { name.to_string() } else { format!(":{name}") };
+            let full = |name: &str| {
+                if name.starts_with([':', '@', '$']) {
+                    name.to_string()
+                } else {
+                    format!(":{name}")
+                }
+            };
             for (name, _) in values {
                 let name = full(name);
-                if stmt.parameter_index(&name).map_err(|e| EngineError::from_sqlite(e, None))?.is_none() {
-                    return Err(EngineError::BadRequest(format!("the statement has no parameter named {name}")));
+                if stmt
+                    .parameter_index(&name)
+                    .map_err(|e| EngineError::from_sqlite(e, None))?
+                    .is_none()
+                {
+                    return Err(EngineError::BadRequest(format!(
+                        "the statement has no parameter named {name}"
+                    )));
                 }
             }
             for i in 1..=expected {
                 let name = stmt.parameter_name(i).map(str::to_string).ok_or_else(|| {
-                    EngineError::BadRequest(format!("parameter ?{i} has no name: give positional parameters as an array"))
+                    EngineError::BadRequest(format!(
+                        "parameter ?{i} has no name: give positional parameters as an array"
+                    ))
                 })?;
                 let value = values
                     .iter()
                     .find(|(k, _)| full(k) == name)
-                    .ok_or_else(|| EngineError::BadRequest(format!("no value given for parameter {name}")))?;
-                stmt.raw_bind_parameter(i, &value.1).map_err(|e| EngineError::from_sqlite(e, None))?;
+                    .ok_or_else(|| {
+                        EngineError::BadRequest(format!("no value given for parameter {name}"))
+                    })?;
+                stmt.raw_bind_parameter(i, &value.1)
+                    .map_err(|e| EngineError::from_sqlite(e, None))?;
             }
             Ok(())
         }
@@ -104,16 +131,23 @@ pub(crate) fn bind(stmt: &mut Prepared<'_>, params: &Params) -> Result<(), Engin
 pub(crate) fn run(stmt: &mut Prepared<'_>, policy: &Policy) -> Result<Option<Rows>, EngineError> {
     let ncols = stmt.column_count();
     if ncols == 0 {
-        stmt.raw_execute().map_err(|e| EngineError::from_sqlite(e, policy.take_denied()))?;
+        stmt.raw_execute()
+            .map_err(|e| EngineError::from_sqlite(e, policy.take_denied()))?;
         return Ok(None);
     }
-    let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_string).collect();
+    let columns: Vec<String> = stmt.column_names().map(str::to_string).collect();
     let mut out = Vec::new();
     let mut rows = stmt.raw_query();
-    while let Some(row) = rows.next().map_err(|e| EngineError::from_sqlite(e, policy.take_denied()))? {
+    while let Some(row) = rows
+        .next()
+        .map_err(|e| EngineError::from_sqlite(e, policy.take_denied()))?
+    {
         let mut r = Vec::with_capacity(ncols);
         for i in 0..ncols {
-            r.push(Value::from_ref(row.get_ref(i).map_err(|e| EngineError::Internal(e.to_string()))?));
+            r.push(Value::from_ref(
+                row.get_ref(i)
+                    .map_err(|e| EngineError::Internal(e.to_string()))?,
+            ));
         }
         out.push(r);
     }

@@ -18,7 +18,7 @@
 //! - [`meta`]: the `_scribe_meta` table.
 //! - [`value`]: SQL values and parameters in JSON.
 //! - [`metrics`]: write-path metrics.
-//! - [`error`]: [`EngineError`].
+//! - [`error`]: the engine's error type, [`EngineError`].
 
 pub mod capture;
 pub mod engine;

@@ -29,7 +29,9 @@ pub fn applied(conn: &Connection) -> rusqlite::Result<Position> {
 
 /// Records `pos` as applied, inside the caller's transaction.
 pub fn set_applied(conn: &Connection, pos: Position) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE _scribe_meta SET applied_term = ?1, applied_lsn = ?2 WHERE id = 1")?
-        .execute([pos.term.0 as i64, pos.lsn.0 as i64])?;
+    conn.prepare_cached(
+        "UPDATE _scribe_meta SET applied_term = ?1, applied_lsn = ?2 WHERE id = 1",
+    )?
+    .execute([pos.term.0 as i64, pos.lsn.0 as i64])?;
     Ok(())
 }

@@ -72,7 +72,9 @@ pub fn decode(mut b: &[u8]) -> Result<Vec<Step>, EngineError> {
         let bytes = take(&mut b, len)?;
         steps.push(match kind {
             KIND_CHANGESET => Step::Changeset(bytes),
-            KIND_SQL => Step::Sql(String::from_utf8(bytes).map_err(|_| bad("DDL text is not UTF-8"))?),
+            KIND_SQL => {
+                Step::Sql(String::from_utf8(bytes).map_err(|_| bad("DDL text is not UTF-8"))?)
+            }
             k => return Err(bad(&format!("unknown step kind {k}"))),
         });
     }
@@ -88,7 +90,11 @@ mod tests {
 
     #[test]
     fn steps_round_trip() {
-        let steps = vec![Step::Changeset(vec![1, 2, 3]), Step::Sql("CREATE TABLE t(x)".into()), Step::Changeset(vec![])];
+        let steps = vec![
+            Step::Changeset(vec![1, 2, 3]),
+            Step::Sql("CREATE TABLE t(x)".into()),
+            Step::Changeset(vec![]),
+        ];
         assert_eq!(decode(&encode(&steps)).unwrap(), steps);
         assert_eq!(decode(&encode(&[])).unwrap(), vec![]);
     }

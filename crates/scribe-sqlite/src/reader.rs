@@ -36,7 +36,9 @@ impl ReadPool {
     pub fn open(path: &Path, size: usize) -> Result<ReadPool, EngineError> {
         let mut idle = Vec::with_capacity(size);
         for _ in 0..size.max(1) {
-            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI;
             let open = || -> rusqlite::Result<ReadConn> {
                 let mut conn = Connection::open_with_flags(path, flags)?;
                 conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -44,15 +46,29 @@ impl ReadPool {
                 let policy = Policy::install(&mut conn, Role::Reader)?;
                 Ok(ReadConn { conn, policy })
             };
-            idle.push(open().map_err(|e| EngineError::Internal(format!("open read connection to {}: {e}", path.display())))?);
+            idle.push(open().map_err(|e| {
+                EngineError::Internal(format!("open read connection to {}: {e}", path.display()))
+            })?);
         }
-        Ok(ReadPool { permits: Semaphore::new(idle.len()), idle: Mutex::new(idle) })
+        Ok(ReadPool {
+            permits: Semaphore::new(idle.len()),
+            idle: Mutex::new(idle),
+        })
     }
 
     /// Runs one read-only statement.
     pub async fn query(self: &Arc<Self>, stmt: Statement) -> Result<QueryResult, EngineError> {
-        let _permit = self.permits.acquire().await.map_err(|_| EngineError::Unavailable("the node is shutting down".into()))?;
-        let rc = self.idle.lock().expect("read pool").pop().expect("a permit guarantees an idle connection");
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| EngineError::Unavailable("the node is shutting down".into()))?;
+        let rc = self
+            .idle
+            .lock()
+            .expect("read pool")
+            .pop()
+            .expect("a permit guarantees an idle connection");
         let pool = self.clone();
         let (rc, result) = tokio::task::spawn_blocking(move || {
             let result = run_query(&rc, &stmt);
@@ -69,11 +85,15 @@ fn run_query(rc: &ReadConn, stmt: &Statement) -> Result<QueryResult, EngineError
     let internal = |sql: &str| rc.policy.internal(|| rc.conn.execute_batch(sql));
     internal("BEGIN").map_err(|e| EngineError::Internal(format!("begin read transaction: {e}")))?;
     let result = (|| {
-        let position = rc.policy.internal(|| meta::applied(&rc.conn)).map_err(|e| EngineError::Internal(format!("read applied position: {e}")))?;
+        let position = rc
+            .policy
+            .internal(|| meta::applied(&rc.conn))
+            .map_err(|e| EngineError::Internal(format!("read applied position: {e}")))?;
         let mut prepared = exec::prepare(&rc.conn, &rc.policy, &stmt.sql)?;
         if !prepared.readonly() {
             return Err(EngineError::NotReadOnly(
-                "this statement writes; send it to /v1/execute (queries take read-only statements)".into(),
+                "this statement writes; send it to /v1/execute (queries take read-only statements)"
+                    .into(),
             ));
         }
         exec::bind(&mut prepared, &stmt.params)?;

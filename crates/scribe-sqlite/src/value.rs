@@ -54,11 +54,20 @@ impl Serialize for Value {
             Value::Null => s.serialize_unit(),
             Value::Integer(i) => s.serialize_i64(*i),
             Value::Real(f) if f.is_finite() => s.serialize_f64(*f),
-            Value::Real(f) => s.serialize_str(if f.is_nan() { "NaN" } else if *f > 0.0 { "Infinity" } else { "-Infinity" }),
+            Value::Real(f) => s.serialize_str(if f.is_nan() {
+                "NaN"
+            } else if *f > 0.0 {
+                "Infinity"
+            } else {
+                "-Infinity"
+            }),
             Value::Text(t) => s.serialize_str(t),
             Value::Blob(b) => {
                 let mut m = s.serialize_map(Some(1))?;
-                m.serialize_entry("base64", &base64::engine::general_purpose::STANDARD.encode(b))?;
+                m.serialize_entry(
+                    "base64",
+                    &base64::engine::general_purpose::STANDARD.encode(b),
+                )?;
                 m.end()
             }
         }
@@ -86,7 +95,9 @@ impl<'de> Visitor<'de> for ValueVisitor {
         Ok(Value::Integer(v))
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
-        i64::try_from(v).map(Value::Integer).map_err(|_| E::custom(format!("integer {v} does not fit in 64 signed bits")))
+        i64::try_from(v)
+            .map(Value::Integer)
+            .map_err(|_| E::custom(format!("integer {v} does not fit in 64 signed bits")))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
         Ok(Value::Real(v))
@@ -114,7 +125,8 @@ impl<'de> Visitor<'de> for ValueVisitor {
                 .map_err(|e| de::Error::custom(format!("invalid base64 blob: {e}")))?;
             blob = Some(bytes);
         }
-        blob.map(Value::Blob).ok_or_else(|| de::Error::custom("an empty object is not an SQL value"))
+        blob.map(Value::Blob)
+            .ok_or_else(|| de::Error::custom("an empty object is not an SQL value"))
     }
 }
 
@@ -211,17 +223,31 @@ mod tests {
             (r#"[{"base64":"!!"}]"#, "base64"),
             (r#"[18446744073709551615]"#, "does not fit"),
         ] {
-            let e = serde_json::from_str::<Vec<Value>>(json).unwrap_err().to_string();
+            let e = serde_json::from_str::<Vec<Value>>(json)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(needle), "{json}: {e}");
         }
-        assert_eq!(serde_json::from_str::<Value>("true").unwrap(), Value::Integer(1));
+        assert_eq!(
+            serde_json::from_str::<Value>("true").unwrap(),
+            Value::Integer(1)
+        );
     }
 
     #[test]
     fn params_are_positional_or_named() {
-        assert_eq!(serde_json::from_str::<Params>("[1,\"a\"]").unwrap(), Params::Positional(vec![Value::Integer(1), Value::Text("a".into())]));
-        assert_eq!(serde_json::from_str::<Params>(r#"{":n":2}"#).unwrap(), Params::Named(vec![(":n".into(), Value::Integer(2))]));
-        assert_eq!(serde_json::from_str::<Params>("null").unwrap(), Params::None);
+        assert_eq!(
+            serde_json::from_str::<Params>("[1,\"a\"]").unwrap(),
+            Params::Positional(vec![Value::Integer(1), Value::Text("a".into())])
+        );
+        assert_eq!(
+            serde_json::from_str::<Params>(r#"{":n":2}"#).unwrap(),
+            Params::Named(vec![(":n".into(), Value::Integer(2))])
+        );
+        assert_eq!(
+            serde_json::from_str::<Params>("null").unwrap(),
+            Params::None
+        );
         assert!(serde_json::from_str::<Params>("3").is_err());
     }
 }

@@ -52,7 +52,10 @@ pub(crate) type Reply = oneshot::Sender<Result<Committed, EngineError>>;
 /// A message to the writer.
 pub(crate) enum WriterMsg {
     /// Run a transaction.
-    Execute { statements: Vec<Statement>, reply: Reply },
+    Execute {
+        statements: Vec<Statement>,
+        reply: Reply,
+    },
     /// Finish what is queued before this and stop.
     Stop(oneshot::Sender<()>),
 }
@@ -77,7 +80,9 @@ struct Done {
 }
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 impl Writer {
@@ -85,7 +90,9 @@ impl Writer {
     pub fn run(mut self, mut rx: mpsc::Receiver<WriterMsg>) {
         let mut stop = None;
         while stop.is_none() {
-            let Some(first) = rx.blocking_recv() else { break };
+            let Some(first) = rx.blocking_recv() else {
+                break;
+            };
             let mut batch = Vec::new();
             let mut push = |m: WriterMsg, batch: &mut Vec<(Vec<Statement>, Reply)>| match m {
                 WriterMsg::Execute { statements, reply } => {
@@ -141,7 +148,11 @@ impl Writer {
         let mut done: Vec<Done> = Vec::with_capacity(batch.len());
         for (statements, reply) in batch {
             match self.run_txn(&statements) {
-                Ok((results, position)) => done.push(Done { reply, results, position }),
+                Ok((results, position)) => done.push(Done {
+                    reply,
+                    results,
+                    position,
+                }),
                 Err(e) => {
                     EngineMetrics::add(&self.metrics.txn_errors, 1);
                     let _ = reply.send(Err(e));
@@ -153,7 +164,10 @@ impl Writer {
             let _ = self.internal("COMMIT");
             let at = self.log.durable_position();
             for d in done {
-                let _ = d.reply.send(Ok(Committed { results: d.results, position: at }));
+                let _ = d.reply.send(Ok(Committed {
+                    results: d.results,
+                    position: at,
+                }));
             }
             return;
         }
@@ -174,7 +188,10 @@ impl Writer {
         });
         for d in done {
             let position = d.position.unwrap_or(at);
-            let _ = d.reply.send(Ok(Committed { results: d.results, position }));
+            let _ = d.reply.send(Ok(Committed {
+                results: d.results,
+                position,
+            }));
         }
     }
 
@@ -192,8 +209,12 @@ impl Writer {
             Ok(report) => {
                 EngineMetrics::add(&self.metrics.batches, 1);
                 EngineMetrics::add(&self.metrics.log_bytes_written, bytes);
-                self.metrics.fsync_seconds.observe(report.fsync.as_secs_f64());
-                self.metrics.log_size_bytes.store(self.log.size_bytes(), std::sync::atomic::Ordering::Relaxed);
+                self.metrics
+                    .fsync_seconds
+                    .observe(report.fsync.as_secs_f64());
+                self.metrics
+                    .log_size_bytes
+                    .store(self.log.size_bytes(), std::sync::atomic::Ordering::Relaxed);
             }
             Err(e) => {
                 let _ = self.internal("ROLLBACK");
@@ -232,31 +253,54 @@ impl Writer {
 
     /// Runs one client transaction in a savepoint; on success its record is appended to the log
     /// batch (not yet durable) and its position returned (`None` when it changed nothing).
-    fn run_txn(&mut self, statements: &[Statement]) -> Result<(Vec<StatementResult>, Option<Position>), EngineError> {
+    fn run_txn(
+        &mut self,
+        statements: &[Statement],
+    ) -> Result<(Vec<StatementResult>, Option<Position>), EngineError> {
         if statements.is_empty() {
-            return Err(EngineError::BadRequest("a transaction needs at least one statement".into()));
+            return Err(EngineError::BadRequest(
+                "a transaction needs at least one statement".into(),
+            ));
         }
-        self.internal("SAVEPOINT scribe_txn").map_err(|e| EngineError::Internal(format!("open savepoint: {e}")))?;
-        let outcome = self.run_statements(statements).and_then(|(results, steps)| {
-            if steps.is_empty() {
-                return Ok((results, None));
-            }
-            let payload = payload::encode(&steps);
-            let pos = self.log.append(self.term, now_us(), payload).map_err(EngineError::from)?;
-            Ok((results, Some(pos)))
-        });
-        let end = if outcome.is_ok() { "RELEASE scribe_txn" } else { "ROLLBACK TO scribe_txn; RELEASE scribe_txn" };
-        self.internal(end).map_err(|e| EngineError::Internal(format!("close savepoint: {e}")))?;
+        self.internal("SAVEPOINT scribe_txn")
+            .map_err(|e| EngineError::Internal(format!("open savepoint: {e}")))?;
+        let outcome = self
+            .run_statements(statements)
+            .and_then(|(results, steps)| {
+                if steps.is_empty() {
+                    return Ok((results, None));
+                }
+                let payload = payload::encode(&steps);
+                let pos = self
+                    .log
+                    .append(self.term, now_us(), payload)
+                    .map_err(EngineError::from)?;
+                Ok((results, Some(pos)))
+            });
+        let end = if outcome.is_ok() {
+            "RELEASE scribe_txn"
+        } else {
+            "ROLLBACK TO scribe_txn; RELEASE scribe_txn"
+        };
+        self.internal(end)
+            .map_err(|e| EngineError::Internal(format!("close savepoint: {e}")))?;
         outcome
     }
 
     fn schema_version(&self) -> Result<i64, EngineError> {
         self.policy
-            .internal(|| self.conn.prepare_cached("PRAGMA schema_version")?.query_row([], |r| r.get(0)))
+            .internal(|| {
+                self.conn
+                    .prepare_cached("PRAGMA schema_version")?
+                    .query_row([], |r| r.get(0))
+            })
             .map_err(|e| EngineError::Internal(format!("read schema version: {e}")))
     }
 
-    fn run_statements(&self, statements: &[Statement]) -> Result<(Vec<StatementResult>, Vec<Step>), EngineError> {
+    fn run_statements(
+        &self,
+        statements: &[Statement],
+    ) -> Result<(Vec<StatementResult>, Vec<Step>), EngineError> {
         let mut results = Vec::with_capacity(statements.len());
         let mut steps = Vec::new();
         // Only statements run here change the schema, so the version read after one statement is
@@ -282,12 +326,21 @@ impl Writer {
                 }
             }
             drop(capture);
-            let rows_affected = if readonly || ddl { 0 } else { self.conn.changes() };
+            let rows_affected = if readonly || ddl {
+                0
+            } else {
+                self.conn.changes()
+            };
             let (columns, rows) = match rows {
                 Some(r) => (Some(r.columns), Some(r.rows)),
                 None => (None, None),
             };
-            results.push(StatementResult { rows_affected, last_insert_id: self.conn.last_insert_rowid(), columns, rows });
+            results.push(StatementResult {
+                rows_affected,
+                last_insert_id: self.conn.last_insert_rowid(),
+                columns,
+                rows,
+            });
         }
         Ok((results, steps))
     }

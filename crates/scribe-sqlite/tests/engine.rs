@@ -27,9 +27,17 @@ fn text(s: &str) -> Value {
 async fn the_classic_example_commits_and_reads_back() {
     let dir = tempfile::tempdir().unwrap();
     let e = open(dir.path());
-    let c = e.execute(vec![st("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")]).await.unwrap();
+    let c = e
+        .execute(vec![st(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)",
+        )])
+        .await
+        .unwrap();
     assert_eq!(c.position.lsn, Lsn(1));
-    let c = e.execute(vec![st("INSERT INTO users (name) VALUES ('Alice')")]).await.unwrap();
+    let c = e
+        .execute(vec![st("INSERT INTO users (name) VALUES ('Alice')")])
+        .await
+        .unwrap();
     assert_eq!(c.position.lsn, Lsn(2));
     assert_eq!(c.results[0].rows_affected, 1);
     assert_eq!(c.results[0].last_insert_id, 1);
@@ -53,13 +61,22 @@ async fn a_database_rebuilt_from_the_log_alone_is_identical() {
     ])
     .await
     .unwrap();
-    e.execute(vec![st("ALTER TABLE k ADD COLUMN extra INTEGER DEFAULT 7"), st("UPDATE k SET extra = 9 WHERE id = 2")])
+    e.execute(vec![
+        st("ALTER TABLE k ADD COLUMN extra INTEGER DEFAULT 7"),
+        st("UPDATE k SET extra = 9 WHERE id = 2"),
+    ])
+    .await
+    .unwrap();
+    e.execute(vec![
+        st("DELETE FROM nokey WHERE a = 1"),
+        st("CREATE INDEX k_v ON k (v)"),
+        st("INSERT INTO k (v) VALUES ('three')"),
+    ])
+    .await
+    .unwrap();
+    e.execute(vec![st("CREATE TABLE copy AS SELECT * FROM k")])
         .await
         .unwrap();
-    e.execute(vec![st("DELETE FROM nokey WHERE a = 1"), st("CREATE INDEX k_v ON k (v)"), st("INSERT INTO k (v) VALUES ('three')")])
-        .await
-        .unwrap();
-    e.execute(vec![st("CREATE TABLE copy AS SELECT * FROM k")]).await.unwrap();
     let dump = |e: Engine| async move {
         let mut out = vec![];
         for t in ["k", "nokey", "copy"] {
@@ -83,26 +100,45 @@ async fn a_database_rebuilt_from_the_log_alone_is_identical() {
 async fn a_failed_transaction_leaves_no_trace() {
     let dir = tempfile::tempdir().unwrap();
     let e = open(dir.path());
-    e.execute(vec![st("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")]).await.unwrap();
+    e.execute(vec![st(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
+    )])
+    .await
+    .unwrap();
     let before = e.progress();
     let err = e
-        .execute(vec![st("INSERT INTO t VALUES (1, 'a')"), st("INSERT INTO t VALUES (2, 'b')"), st("INSERT INTO t VALUES (3, NULL)")])
+        .execute(vec![
+            st("INSERT INTO t VALUES (1, 'a')"),
+            st("INSERT INTO t VALUES (2, 'b')"),
+            st("INSERT INTO t VALUES (3, NULL)"),
+        ])
         .await
         .unwrap_err();
     assert!(matches!(err, EngineError::Constraint(_)), "{err}");
     assert!(err.to_string().contains("NOT NULL"), "{err}");
-    let err = e.execute(vec![st("INSERT INTO t VALUES (4, 'd')"), st("SELEC 1")]).await.unwrap_err();
-    assert!(matches!(err, EngineError::Sql(ref m) if m.contains("syntax error")), "{err}");
+    let err = e
+        .execute(vec![st("INSERT INTO t VALUES (4, 'd')"), st("SELEC 1")])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::Sql(ref m) if m.contains("syntax error")),
+        "{err}"
+    );
     assert_eq!(e.progress(), before);
     assert!(rows(&e, "SELECT * FROM t").await.is_empty());
-    e.execute(vec![st("INSERT INTO t VALUES (1, 'a')")]).await.unwrap();
+    e.execute(vec![st("INSERT INTO t VALUES (1, 'a')")])
+        .await
+        .unwrap();
     assert_eq!(e.progress().last.lsn, Lsn(before.last.lsn.0 + 1));
     e.shutdown().await;
     drop(e);
     // Nothing of the failures reached the log either: a rebuild holds only the good row.
     std::fs::remove_dir_all(dir.path().join("db")).unwrap();
     let e = open(dir.path());
-    assert_eq!(rows(&e, "SELECT id FROM t").await, vec![vec![Value::Integer(1)]]);
+    assert_eq!(
+        rows(&e, "SELECT id FROM t").await,
+        vec![vec![Value::Integer(1)]]
+    );
     e.shutdown().await;
 }
 
@@ -116,7 +152,10 @@ async fn forbidden_statements_get_clear_errors() {
         ("SAVEPOINT x", "SAVEPOINT"),
         ("ATTACH DATABASE '/tmp/x.db' AS x", "ATTACH"),
         ("PRAGMA journal_mode = DELETE", "PRAGMA"),
-        ("UPDATE _scribe_meta SET applied_lsn = 0", "belongs to Scribe"),
+        (
+            "UPDATE _scribe_meta SET applied_lsn = 0",
+            "belongs to Scribe",
+        ),
         ("CREATE TEMP TABLE tt (x)", "temporary"),
         ("", "empty statement"),
         ("SELECT 1; SELECT 2", "one statement per entry"),
@@ -131,7 +170,11 @@ async fn forbidden_statements_get_clear_errors() {
     let err = e.query(st("BEGIN")).await.unwrap_err();
     assert!(matches!(err, EngineError::BadRequest(_)), "{err:?}");
     // Reading pragmas is fine on the read side.
-    e.execute(vec![st("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")]).await.unwrap();
+    e.execute(vec![st(
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)",
+    )])
+    .await
+    .unwrap();
     assert_eq!(rows(&e, "PRAGMA table_info(users)").await.len(), 2);
     e.shutdown().await;
 }
@@ -140,13 +183,25 @@ async fn forbidden_statements_get_clear_errors() {
 async fn parameters_bind_by_position_and_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let e = open(dir.path());
-    e.execute(vec![st("CREATE TABLE p (a, b, c)")]).await.unwrap();
+    e.execute(vec![st("CREATE TABLE p (a, b, c)")])
+        .await
+        .unwrap();
     e.execute(vec![
-        Statement::with_params("INSERT INTO p VALUES (?, ?, ?)", vec![Value::Integer(1), text("x"), Value::Blob(vec![1, 2])]),
-        Statement::with_params("INSERT INTO p VALUES (?2, ?1, ?2)", vec![Value::Real(2.5), Value::Null]),
+        Statement::with_params(
+            "INSERT INTO p VALUES (?, ?, ?)",
+            vec![Value::Integer(1), text("x"), Value::Blob(vec![1, 2])],
+        ),
+        Statement::with_params(
+            "INSERT INTO p VALUES (?2, ?1, ?2)",
+            vec![Value::Real(2.5), Value::Null],
+        ),
         Statement {
             sql: "INSERT INTO p VALUES (:a, :b, @c)".into(),
-            params: Params::Named(vec![(":a".into(), Value::Integer(3)), ("b".into(), text("y")), ("@c".into(), Value::Null)]),
+            params: Params::Named(vec![
+                (":a".into(), Value::Integer(3)),
+                ("b".into(), text("y")),
+                ("@c".into(), Value::Null),
+            ]),
         },
     ])
     .await
@@ -160,13 +215,28 @@ async fn parameters_bind_by_position_and_by_name() {
         ]
     );
     for (stmt, needle) in [
-        (Statement::with_params("INSERT INTO p VALUES (?, ?, ?)", vec![Value::Integer(1)]), "takes 3 parameters but 1"),
-        (Statement::new("INSERT INTO p VALUES (?, ?, ?)"), "none were given"),
         (
-            Statement { sql: "INSERT INTO p VALUES (:a, 1, 1)".into(), params: Params::Named(vec![(":zz".into(), Value::Null)]) },
+            Statement::with_params("INSERT INTO p VALUES (?, ?, ?)", vec![Value::Integer(1)]),
+            "takes 3 parameters but 1",
+        ),
+        (
+            Statement::new("INSERT INTO p VALUES (?, ?, ?)"),
+            "none were given",
+        ),
+        (
+            Statement {
+                sql: "INSERT INTO p VALUES (:a, 1, 1)".into(),
+                params: Params::Named(vec![(":zz".into(), Value::Null)]),
+            },
             "no parameter named :zz",
         ),
-        (Statement { sql: "INSERT INTO p VALUES (:a, :b, 1)".into(), params: Params::Named(vec![(":a".into(), Value::Null)]) }, "no value given for parameter :b"),
+        (
+            Statement {
+                sql: "INSERT INTO p VALUES (:a, :b, 1)".into(),
+                params: Params::Named(vec![(":a".into(), Value::Null)]),
+            },
+            "no value given for parameter :b",
+        ),
     ] {
         let err = e.execute(vec![stmt]).await.unwrap_err();
         assert!(err.to_string().contains(needle), "{err}");
@@ -178,13 +248,29 @@ async fn parameters_bind_by_position_and_by_name() {
 async fn returning_rows_come_back_from_execute() {
     let dir = tempfile::tempdir().unwrap();
     let e = open(dir.path());
-    e.execute(vec![st("CREATE TABLE r (id INTEGER PRIMARY KEY, v TEXT)")]).await.unwrap();
-    let c = e.execute(vec![st("INSERT INTO r (v) VALUES ('a'), ('b') RETURNING id")]).await.unwrap();
-    assert_eq!(c.results[0].rows, Some(vec![vec![Value::Integer(1)], vec![Value::Integer(2)]]));
+    e.execute(vec![st("CREATE TABLE r (id INTEGER PRIMARY KEY, v TEXT)")])
+        .await
+        .unwrap();
+    let c = e
+        .execute(vec![st(
+            "INSERT INTO r (v) VALUES ('a'), ('b') RETURNING id",
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        c.results[0].rows,
+        Some(vec![vec![Value::Integer(1)], vec![Value::Integer(2)]])
+    );
     assert_eq!(c.results[0].rows_affected, 2);
     // A transaction that changes nothing writes no record.
     let before = e.progress().last;
-    let c = e.execute(vec![st("SELECT count(*) FROM r"), st("UPDATE r SET v = 'z' WHERE id = 99")]).await.unwrap();
+    let c = e
+        .execute(vec![
+            st("SELECT count(*) FROM r"),
+            st("UPDATE r SET v = 'z' WHERE id = 99"),
+        ])
+        .await
+        .unwrap();
     assert_eq!(c.results[0].rows, Some(vec![vec![Value::Integer(2)]]));
     assert_eq!(c.results[0].rows_affected, 0);
     assert_eq!(c.results[1].rows_affected, 0);
@@ -197,24 +283,39 @@ async fn returning_rows_come_back_from_execute() {
 async fn concurrent_transactions_share_group_commits() {
     let dir = tempfile::tempdir().unwrap();
     let e = open(dir.path());
-    e.execute(vec![st("CREATE TABLE g (id INTEGER PRIMARY KEY, c INTEGER)")]).await.unwrap();
+    e.execute(vec![st(
+        "CREATE TABLE g (id INTEGER PRIMARY KEY, c INTEGER)",
+    )])
+    .await
+    .unwrap();
     let mut tasks = vec![];
     for c in 0..32 {
         let e = e.clone();
         tasks.push(tokio::spawn(async move {
             for _ in 0..50 {
-                e.execute(vec![Statement::with_params("INSERT INTO g (c) VALUES (?)", vec![Value::Integer(c)])]).await.unwrap();
+                e.execute(vec![Statement::with_params(
+                    "INSERT INTO g (c) VALUES (?)",
+                    vec![Value::Integer(c)],
+                )])
+                .await
+                .unwrap();
             }
         }));
     }
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(rows(&e, "SELECT count(*) FROM g").await, vec![vec![Value::Integer(1600)]]);
+    assert_eq!(
+        rows(&e, "SELECT count(*) FROM g").await,
+        vec![vec![Value::Integer(1600)]]
+    );
     let m = e.metrics();
     let commits = m.commits.load(Ordering::Relaxed);
     let batches = m.batches.load(Ordering::Relaxed);
     assert_eq!(commits, 1601);
-    assert!(batches < commits / 2, "{commits} commits in {batches} batches: no group commit");
+    assert!(
+        batches < commits / 2,
+        "{commits} commits in {batches} batches: no group commit"
+    );
     e.shutdown().await;
 }

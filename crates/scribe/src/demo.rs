@@ -36,7 +36,16 @@ impl ChildNode {
     fn start(name: &str, dir: PathBuf, port: u16) -> anyhow::Result<ChildNode> {
         let exe = std::env::current_exe().context("find the scribe executable")?;
         let mut child = Command::new(exe)
-            .args(["node", "--name", name, "--http", &format!("127.0.0.1:{port}"), "--log", "warn", "--data"])
+            .args([
+                "node",
+                "--name",
+                name,
+                "--http",
+                &format!("127.0.0.1:{port}"),
+                "--log",
+                "warn",
+                "--data",
+            ])
             .arg(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -45,7 +54,8 @@ impl ChildNode {
             .with_context(|| format!("start node {name}"))?;
         let mut line = String::new();
         let mut out = BufReader::new(child.stdout.take().expect("piped stdout"));
-        out.read_line(&mut line).with_context(|| format!("read the start line of node {name}"))?;
+        out.read_line(&mut line)
+            .with_context(|| format!("read the start line of node {name}"))?;
         if line.is_empty() {
             let status = child.wait()?;
             bail!("node {name} exited at start ({status}); see its messages above");
@@ -56,8 +66,17 @@ impl ChildNode {
                 sink.clear();
             }
         });
-        let url = line.trim().rsplit(' ').next().unwrap_or_default().to_string();
-        Ok(ChildNode { name: name.to_string(), url, child })
+        let url = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        Ok(ChildNode {
+            name: name.to_string(),
+            url,
+            child,
+        })
     }
 }
 
@@ -79,11 +98,19 @@ impl Drop for ChildNode {
 }
 
 async fn post(http: &reqwest::Client, url: &str, body: Value) -> anyhow::Result<Value> {
-    let r = http.post(url).json(&body).send().await.with_context(|| format!("reach {url}"))?;
+    let r = http
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("reach {url}"))?;
     let status = r.status();
     let v: Value = r.json().await.context("read answer")?;
     if !status.is_success() {
-        bail!("{}", v["error"]["message"].as_str().unwrap_or("request failed"));
+        bail!(
+            "{}",
+            v["error"]["message"].as_str().unwrap_or("request failed")
+        );
     }
     Ok(v)
 }
@@ -93,7 +120,14 @@ fn step(n: u32, text: &str) {
 }
 
 fn print_rows(v: &Value) {
-    let cols: Vec<String> = v["columns"].as_array().map(|c| c.iter().map(|x| x.as_str().unwrap_or("").to_string()).collect()).unwrap_or_default();
+    let cols: Vec<String> = v["columns"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .map(|x| x.as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
     let rows = v["rows"].as_array().cloned().unwrap_or_default();
     let cell = |x: &Value| match x {
         Value::String(s) => s.clone(),
@@ -109,28 +143,47 @@ fn print_rows(v: &Value) {
         }
     }
     let line = |cells: Vec<String>| {
-        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!(" {c:<w$} ")).collect();
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!(" {c:<w$} "))
+            .collect();
         println!("   |{}|", parts.join("|"));
     };
     line(cols.clone());
-    println!("   |{}|", widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("+"));
+    println!(
+        "   |{}|",
+        widths
+            .iter()
+            .map(|w| "-".repeat(w + 2))
+            .collect::<Vec<_>>()
+            .join("+")
+    );
     for r in &rows {
         line(r.as_array().into_iter().flatten().map(cell).collect());
     }
-    println!("   ({} row{})", rows.len(), if rows.len() == 1 { "" } else { "s" });
+    println!(
+        "   ({} row{})",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" }
+    );
 }
 
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
     if args.dir.exists() {
-        std::fs::remove_dir_all(&args.dir).with_context(|| format!("clear demo directory {}", args.dir.display()))?;
+        std::fs::remove_dir_all(&args.dir)
+            .with_context(|| format!("clear demo directory {}", args.dir.display()))?;
     }
-    std::fs::create_dir_all(&args.dir).with_context(|| format!("create demo directory {}", args.dir.display()))?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("create demo directory {}", args.dir.display()))?;
     println!("Scribe demo: a local node under {}/", args.dir.display());
     let n1 = ChildNode::start("n1", args.dir.join("n1"), args.port)?;
     println!("   node {} (primary) at {}", n1.name, n1.url);
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let http = reqwest::Client::new();
         let exec = format!("{}/v1/execute", n1.url);

@@ -59,14 +59,22 @@ struct FileConfig {
 fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, String)> {
     let file: FileConfig = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("read config file {}", path.display()))?;
-            toml::from_str(&text).with_context(|| format!("parse config file {}", path.display()))?
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("read config file {}", path.display()))?;
+            toml::from_str(&text)
+                .with_context(|| format!("parse config file {}", path.display()))?
         }
         None => FileConfig::default(),
     };
     let name = args.name.or(file.name).unwrap_or_else(|| "n1".into());
-    let data = args.data.or(file.data).unwrap_or_else(|| PathBuf::from("scribe-data"));
-    let http = args.http.or(file.http).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5480)));
+    let data = args
+        .data
+        .or(file.data)
+        .unwrap_or_else(|| PathBuf::from("scribe-data"));
+    let http = args
+        .http
+        .or(file.http)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5480)));
     let mut config = NodeConfig::new(name, data, http);
     if let Some(v) = args.max_request_bytes.or(file.max_request_bytes) {
         config.max_request_bytes = v;
@@ -80,7 +88,9 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, String)> {
     if let Some(v) = args.segment_bytes.or(file.segment_bytes) {
         config.segment_bytes = v;
     }
-    config.validate().map_err(|e| anyhow!("invalid configuration: {e}"))?;
+    config
+        .validate()
+        .map_err(|e| anyhow!("invalid configuration: {e}"))?;
     let log = args.log.or(file.log).unwrap_or_else(|| "info".into());
     Ok((config, log))
 }
@@ -90,13 +100,14 @@ async fn stop_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -109,9 +120,16 @@ async fn stop_signal() {
 /// Runs `scribe node` until SIGTERM or Ctrl-C.
 pub fn run(args: NodeArgs) -> anyhow::Result<i32> {
     let (config, log) = resolve(args)?;
-    let filter = tracing_subscriber::EnvFilter::try_new(&log).map_err(|e| anyhow!("invalid --log filter {log:?}: {e}"))?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the async runtime")?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&log)
+        .map_err(|e| anyhow!("invalid --log filter {log:?}: {e}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
     rt.block_on(async move {
         let name = config.name.clone();
         let dir = config.data_dir.clone();
@@ -145,7 +163,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("scribe.toml");
         std::fs::write(&path, "name = \"from-file\"\nreaders = 7\nmax_batch = 9\n").unwrap();
-        let args = NodeArgs { config: Some(path.clone()), name: Some("flag".into()), ..Default::default() };
+        let args = NodeArgs {
+            config: Some(path.clone()),
+            name: Some("flag".into()),
+            ..Default::default()
+        };
         let (c, log) = resolve(args).unwrap();
         assert_eq!(c.name, "flag");
         assert_eq!(c.readers, 7);
@@ -159,9 +181,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("scribe.toml");
         std::fs::write(&path, "nmae = \"typo\"\n").unwrap();
-        let e = resolve(NodeArgs { config: Some(path), ..Default::default() }).unwrap_err();
+        let e = resolve(NodeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(format!("{e:#}").contains("unknown field"), "{e:#}");
-        let e = resolve(NodeArgs { name: Some("bad name".into()), ..Default::default() }).unwrap_err();
+        let e = resolve(NodeArgs {
+            name: Some("bad name".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(e.to_string().contains("may only hold"), "{e}");
     }
 }

@@ -8,7 +8,10 @@ use common::{Api, NodeProc};
 use serde_json::{json, Value};
 
 fn error_of(body: &Value) -> (&str, &str) {
-    (body["error"]["code"].as_str().unwrap_or("?"), body["error"]["message"].as_str().unwrap_or("?"))
+    (
+        body["error"]["code"].as_str().unwrap_or("?"),
+        body["error"]["message"].as_str().unwrap_or("?"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,7 +19,10 @@ async fn the_classic_example_over_http() {
     let dir = tempfile::tempdir().unwrap();
     let node = NodeProc::start("n1", dir.path(), &[]);
     let api = Api::new(&node.url);
-    let (s, b) = api.execute(&["CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)"]).await.unwrap();
+    let (s, b) = api
+        .execute(&["CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)"])
+        .await
+        .unwrap();
     assert_eq!(s, 200, "{b}");
     let (s, b) = api
         .post("/v1/execute", &json!({"statements": [{"sql": "INSERT INTO users (name) VALUES (?)", "params": ["Alice"]}]}))
@@ -26,16 +32,27 @@ async fn the_classic_example_over_http() {
     assert_eq!(b["results"][0]["rows_affected"], 1);
     assert_eq!(b["results"][0]["last_insert_id"], 1);
     assert_eq!(b["position"], "1/2");
-    let (s, b) = api.post("/v1/query", &json!({"sql": "SELECT * FROM users WHERE name = :n", "params": {":n": "Alice"}})).await.unwrap();
+    let (s, b) = api
+        .post(
+            "/v1/query",
+            &json!({"sql": "SELECT * FROM users WHERE name = :n", "params": {":n": "Alice"}}),
+        )
+        .await
+        .unwrap();
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["columns"], json!(["id", "name"]));
     assert_eq!(b["rows"], json!([[1, "Alice"]]));
     assert_eq!(b["position"], "1/2");
     // Blobs travel as base64.
-    api.execute(&["CREATE TABLE files (data BLOB)"]).await.unwrap();
+    api.execute(&["CREATE TABLE files (data BLOB)"])
+        .await
+        .unwrap();
     let (s, _) = api.post("/v1/execute", &json!({"statements": [{"sql": "INSERT INTO files VALUES (?)", "params": [{"base64": "AAH/"}]}]})).await.unwrap();
     assert_eq!(s, 200);
-    assert_eq!(api.rows("SELECT data FROM files").await, vec![vec![json!({"base64": "AAH/"})]]);
+    assert_eq!(
+        api.rows("SELECT data FROM files").await,
+        vec![vec![json!({"base64": "AAH/"})]]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,8 +60,12 @@ async fn bad_input_gets_a_clear_error_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let node = NodeProc::start("n1", dir.path(), &["--max-request-bytes", "1048576"]);
     let api = Api::new(&node.url);
-    api.execute(&["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL UNIQUE)"]).await.unwrap();
-    api.execute(&["INSERT INTO t VALUES (1, 'one')"]).await.unwrap();
+    api.execute(&["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL UNIQUE)"])
+        .await
+        .unwrap();
+    api.execute(&["INSERT INTO t VALUES (1, 'one')"])
+        .await
+        .unwrap();
     let before = api.status().await;
 
     let cases: Vec<(&str, Vec<u8>, u16, &str, &str)> = vec![
@@ -74,10 +95,18 @@ async fn bad_input_gets_a_clear_error_and_loses_nothing() {
         assert!(m.contains(needle), "{what}: message {m:?} lacks {needle:?}");
     }
     // A write sent to the read endpoint.
-    let (s, b) = api.post("/v1/query", &json!({"sql": "DELETE FROM t"})).await.unwrap();
+    let (s, b) = api
+        .post("/v1/query", &json!({"sql": "DELETE FROM t"}))
+        .await
+        .unwrap();
     assert_eq!((s, error_of(&b).0), (400, "not_read_only"), "{b}");
     // An unknown endpoint.
-    let r = api.http.get(format!("{}/v2/nothing", api.url)).send().await.unwrap();
+    let r = api
+        .http
+        .get(format!("{}/v2/nothing", api.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 404);
 
     // A 100 MB body is refused with 413 without the node reading it all.
@@ -90,13 +119,25 @@ async fn bad_input_gets_a_clear_error_and_loses_nothing() {
     }
 
     // The node still serves, and nothing of the failures is there.
-    assert_eq!(api.rows("SELECT id, v FROM t ORDER BY id").await, vec![vec![json!(1), json!("one")]]);
+    assert_eq!(
+        api.rows("SELECT id, v FROM t ORDER BY id").await,
+        vec![vec![json!(1), json!("one")]]
+    );
     let after = api.status().await;
-    assert_eq!(after["last_lsn"], before["last_lsn"], "a failed request reached the log");
-    let (s, _) = api.execute(&["INSERT INTO t VALUES (2, 'two')"]).await.unwrap();
+    assert_eq!(
+        after["last_lsn"], before["last_lsn"],
+        "a failed request reached the log"
+    );
+    let (s, _) = api
+        .execute(&["INSERT INTO t VALUES (2, 'two')"])
+        .await
+        .unwrap();
     assert_eq!(s, 200);
     let metrics = api.metrics().await;
-    assert!(metrics.contains("scribe_transaction_errors_total"), "{metrics}");
+    assert!(
+        metrics.contains("scribe_transaction_errors_total"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +153,14 @@ async fn status_metrics_and_a_clean_shutdown() {
     assert_eq!(s["node"], "n1");
     assert_eq!(s["role"], "primary");
     assert_eq!(s["term"], 1);
-    assert_eq!((s["last_lsn"].as_u64(), s["flushed_lsn"].as_u64(), s["applied_lsn"].as_u64()), (Some(6), Some(6), Some(6)));
+    assert_eq!(
+        (
+            s["last_lsn"].as_u64(),
+            s["flushed_lsn"].as_u64(),
+            s["applied_lsn"].as_u64()
+        ),
+        (Some(6), Some(6), Some(6))
+    );
     assert_eq!(s["position"], "1/6");
     assert_eq!(s["accepting_writes"], true);
     let m = api.metrics().await;
@@ -127,14 +175,22 @@ async fn status_metrics_and_a_clean_shutdown() {
         assert!(m.contains(needle), "metrics lack {needle:?}:\n{m}");
     }
     let (status, _) = node.terminate();
-    assert!(status.success(), "SIGTERM should stop the node cleanly, got {status}");
+    assert!(
+        status.success(),
+        "SIGTERM should stop the node cleanly, got {status}"
+    );
     // After a clean stop SQLite holds everything: nothing to replay.
     let node = NodeProc::start("n1", dir.path(), &[]);
     let api = Api::new(&node.url);
     assert!(api.metrics().await.contains("scribe_replayed_records 0"));
-    assert_eq!(api.rows("SELECT count(*) FROM t").await, vec![vec![json!(5)]]);
+    assert_eq!(
+        api.rows("SELECT count(*) FROM t").await,
+        vec![vec![json!(5)]]
+    );
     // The directory belongs to n1: another name is refused.
     drop(node);
-    let err = NodeProc::try_start("n2", dir.path(), &[]).err().expect("a directory of another node must be refused");
+    let err = NodeProc::try_start("n2", dir.path(), &[])
+        .err()
+        .expect("a directory of another node must be refused");
     assert!(err.contains("belongs to node \"n1\""), "{err}");
 }

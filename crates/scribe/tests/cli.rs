@@ -8,8 +8,15 @@ use std::process::Command;
 use common::{scribe_bin, NodeProc};
 
 fn scribe(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(scribe_bin()).args(args).output().expect("run scribe");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(scribe_bin())
+        .args(args)
+        .output()
+        .expect("run scribe");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -25,9 +32,16 @@ fn the_classic_example_through_scribe_sql() {
     ]);
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     let table: Vec<&str> = out.lines().filter(|l| l.contains("Alice")).collect();
-    assert_eq!(table.len(), 1, "Alice should appear once in a table row:\n{out}");
+    assert_eq!(
+        table.len(),
+        1,
+        "Alice should appear once in a table row:\n{out}"
+    );
     assert!(table[0].contains('1'), "her id should be 1:\n{out}");
-    assert!(out.contains("id") && out.contains("name"), "the header should name the columns:\n{out}");
+    assert!(
+        out.contains("id") && out.contains("name"),
+        "the header should name the columns:\n{out}"
+    );
     assert!(out.contains("(1 row)"), "{out}");
 }
 
@@ -35,13 +49,32 @@ fn the_classic_example_through_scribe_sql() {
 fn a_failing_statement_exits_non_zero_with_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let node = NodeProc::start("n1", dir.path(), &[]);
-    let (code, out, err) = scribe(&["sql", "--url", &node.url, "-c", "CREATE TABLE t (x); SELEC 1; INSERT INTO t VALUES (1);"]);
+    let (code, out, err) = scribe(&[
+        "sql",
+        "--url",
+        &node.url,
+        "-c",
+        "CREATE TABLE t (x); SELEC 1; INSERT INTO t VALUES (1);",
+    ]);
     assert_ne!(code, 0, "{out}");
-    assert!(err.contains("error:") && err.contains("syntax error"), "stderr: {err}");
+    assert!(
+        err.contains("error:") && err.contains("syntax error"),
+        "stderr: {err}"
+    );
     // The statement after the failing one did not run.
-    let (code, out, _) = scribe(&["sql", "--url", &node.url, "-c", "SELECT count(*) AS n FROM t"]);
+    let (code, out, _) = scribe(&[
+        "sql",
+        "--url",
+        &node.url,
+        "-c",
+        "SELECT count(*) AS n FROM t",
+    ]);
     assert_eq!(code, 0);
-    assert!(out.lines().any(|l| l.trim_matches(|c: char| !c.is_ascii_digit()) == "0"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.trim_matches(|c: char| !c.is_ascii_digit()) == "0"),
+        "{out}"
+    );
     // An unreachable node is a clear error too.
     let (code, _, err) = scribe(&["sql", "--url", "http://127.0.0.1:1", "-c", "SELECT 1"]);
     assert_ne!(code, 0);
@@ -69,7 +102,14 @@ fn every_command_has_help() {
         assert!(out.contains("Usage:"), "{cmd}: {out}");
     }
     let (_, out, _) = scribe(&["node", "--help"]);
-    for flag in ["--name", "--data", "--http", "--config", "--max-request-bytes", "SCRIBE_DATA"] {
+    for flag in [
+        "--name",
+        "--data",
+        "--http",
+        "--config",
+        "--max-request-bytes",
+        "SCRIBE_DATA",
+    ] {
         assert!(out.contains(flag), "node --help lacks {flag}");
     }
 }

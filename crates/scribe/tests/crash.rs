@@ -37,10 +37,23 @@ async fn write_until_killed(api: Api, round: i64, client: i64, acked: Acked) {
 
 async fn check(api: &Api, acked: &BTreeSet<(i64, i64, i64)>, round: i64) {
     let rows = api.rows("SELECT round, client, seq FROM acked").await;
-    let present: BTreeSet<(i64, i64, i64)> =
-        rows.iter().map(|r| (r[0].as_i64().unwrap(), r[1].as_i64().unwrap(), r[2].as_i64().unwrap())).collect();
+    let present: BTreeSet<(i64, i64, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r[0].as_i64().unwrap(),
+                r[1].as_i64().unwrap(),
+                r[2].as_i64().unwrap(),
+            )
+        })
+        .collect();
     let missing: Vec<_> = acked.difference(&present).collect();
-    assert!(missing.is_empty(), "round {round}: {} acknowledged transactions lost, first {:?}", missing.len(), missing.first());
+    assert!(
+        missing.is_empty(),
+        "round {round}: {} acknowledged transactions lost, first {:?}",
+        missing.len(),
+        missing.first()
+    );
     // Atomicity: every transaction present has both its parts, and no part exists without it.
     let half = api
         .rows(
@@ -48,16 +61,25 @@ async fn check(api: &Api, acked: &BTreeSet<(i64, i64, i64)>, round: i64) {
              GROUP BY a.key HAVING count(p.part) != 2",
         )
         .await;
-    assert!(half.is_empty(), "round {round}: half-applied transactions {half:?}");
+    assert!(
+        half.is_empty(),
+        "round {round}: half-applied transactions {half:?}"
+    );
     let orphans = api
         .rows("SELECT count(*) FROM parts p WHERE NOT EXISTS (SELECT 1 FROM acked a WHERE a.key = p.key)")
         .await;
-    assert_eq!(orphans[0][0], 0, "round {round}: parts without their transaction");
+    assert_eq!(
+        orphans[0][0], 0,
+        "round {round}: parts without their transaction"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_concurrent_writes_loses_nothing_acknowledged() {
-    let rounds: i64 = std::env::var("SCRIBE_CRASH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let rounds: i64 = std::env::var("SCRIBE_CRASH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
     let mut rng = fastrand::Rng::with_seed(seed("crash"));
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("n1");
@@ -79,8 +101,9 @@ async fn sigkill_under_concurrent_writes_loses_nothing_acknowledged() {
     let mut total_before = 0;
     for round in 0..rounds {
         let api = Api::new(&node.as_ref().unwrap().url);
-        let writers: Vec<_> =
-            (0..CLIENTS).map(|c| tokio::spawn(write_until_killed(api.clone(), round, c, acked.clone()))).collect();
+        let writers: Vec<_> = (0..CLIENTS)
+            .map(|c| tokio::spawn(write_until_killed(api.clone(), round, c, acked.clone())))
+            .collect();
         let kill_after = Duration::from_millis(rng.u64(20..500));
         tokio::time::sleep(kill_after).await;
         node.take().unwrap().kill9();
@@ -90,7 +113,10 @@ async fn sigkill_under_concurrent_writes_loses_nothing_acknowledged() {
         let restarted = NodeProc::start("n1", &data, &extra);
         let api = Api::new(&restarted.url);
         let acked_now = acked.lock().unwrap().clone();
-        assert!(acked_now.len() > total_before || kill_after < Duration::from_millis(50), "round {round}: no write was acknowledged in {kill_after:?}");
+        assert!(
+            acked_now.len() > total_before || kill_after < Duration::from_millis(50),
+            "round {round}: no write was acknowledged in {kill_after:?}"
+        );
         total_before = acked_now.len();
         check(&api, &acked_now, round).await;
         node = Some(restarted);
@@ -104,22 +130,36 @@ async fn a_flipped_byte_in_the_middle_of_the_log_stops_start_up_naming_segment_a
     let data = dir.path().join("n1");
     let node = NodeProc::start("n1", &data, &[]);
     let api = Api::new(&node.url);
-    api.execute(&["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"]).await.unwrap();
+    api.execute(&["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"])
+        .await
+        .unwrap();
     for i in 0..50 {
         let (status, _) = api.post("/v1/execute", &json!({"statements": [{"sql": "INSERT INTO t (v) VALUES (?)", "params": [format!("row {i}")]}]})).await.unwrap();
         assert_eq!(status, 200);
     }
     let (status, _) = node.terminate();
     assert!(status.success());
-    let seg = std::fs::read_dir(data.join("log")).unwrap().map(|e| e.unwrap().path()).max().unwrap();
+    let seg = std::fs::read_dir(data.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
     let mut bytes = std::fs::read(&seg).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
     std::fs::write(&seg, &bytes).unwrap();
     // Start-up must refuse, even though SQLite itself is intact: the log is the source of truth.
-    let err = NodeProc::try_start("n1", &data, &[]).err().expect("start-up must fail on a corrupt log");
-    assert!(err.contains(&seg.display().to_string()), "error does not name the segment: {err}");
-    assert!(err.contains("offset"), "error does not name the offset: {err}");
+    let err = NodeProc::try_start("n1", &data, &[])
+        .err()
+        .expect("start-up must fail on a corrupt log");
+    assert!(
+        err.contains(&seg.display().to_string()),
+        "error does not name the segment: {err}"
+    );
+    assert!(
+        err.contains("offset"),
+        "error does not name the offset: {err}"
+    );
     assert!(err.contains("corrupt"), "{err}");
 }
 
@@ -130,7 +170,9 @@ async fn a_log_truncated_at_a_random_byte_recovers_to_its_last_whole_record() {
     let data = dir.path().join("n1");
     let node = NodeProc::start("n1", &data, &[]);
     let api = Api::new(&node.url);
-    api.execute(&["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"]).await.unwrap();
+    api.execute(&["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"])
+        .await
+        .unwrap();
     for i in 0..100 {
         api.post("/v1/execute", &json!({"statements": [{"sql": "INSERT INTO t (id, v) VALUES (?, 'x')", "params": [i]}]})).await.unwrap();
     }
@@ -138,19 +180,31 @@ async fn a_log_truncated_at_a_random_byte_recovers_to_its_last_whole_record() {
     assert!(status.success());
     // Simulate a crash that cut the log: drop SQLite too, so the log alone decides what exists.
     std::fs::remove_dir_all(data.join("db")).unwrap();
-    let seg = std::fs::read_dir(data.join("log")).unwrap().map(|e| e.unwrap().path()).max().unwrap();
+    let seg = std::fs::read_dir(data.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
     let bytes = std::fs::read(&seg).unwrap();
     let cut = rng.usize(bytes.len() / 2..bytes.len());
     std::fs::write(&seg, &bytes[..cut]).unwrap();
     let node = NodeProc::start("n1", &data, &[]);
     let api = Api::new(&node.url);
-    let ids: Vec<i64> = api.rows("SELECT id FROM t ORDER BY id").await.iter().map(|r| r[0].as_i64().unwrap()).collect();
+    let ids: Vec<i64> = api
+        .rows("SELECT id FROM t ORDER BY id")
+        .await
+        .iter()
+        .map(|r| r[0].as_i64().unwrap())
+        .collect();
     // A prefix of the inserts survives, in order, with no gap; the status agrees.
     assert_eq!(ids, (0..ids.len() as i64).collect::<Vec<_>>());
     assert!(ids.len() < 100);
     let status = api.status().await;
     assert_eq!(status["applied_lsn"], ids.len() as u64 + 1);
     // And the node takes writes again from there.
-    let (code, body) = api.execute(&["INSERT INTO t (id, v) VALUES (1000, 'after')"]).await.unwrap();
+    let (code, body) = api
+        .execute(&["INSERT INTO t (id, v) VALUES (1000, 'after')"])
+        .await
+        .unwrap();
     assert_eq!(code, 200, "{body}");
 }

@@ -16,7 +16,8 @@ fn write_batches(dir: &Path, segment_bytes: u64, batches: u64, per_batch: u64) -
     let (mut log, _) = Log::open(dir, opts(segment_bytes)).unwrap();
     for b in 0..batches {
         for i in 0..per_batch {
-            log.append(Term(1), 0, payload(b * per_batch + i + 1)).unwrap();
+            log.append(Term(1), 0, payload(b * per_batch + i + 1))
+                .unwrap();
         }
         log.sync().unwrap();
     }
@@ -24,7 +25,10 @@ fn write_batches(dir: &Path, segment_bytes: u64, batches: u64, per_batch: u64) -
 }
 
 fn read_all(log: &Log) -> Vec<Record> {
-    log.read_from(Lsn(1)).unwrap().collect::<Result<Vec<_>, _>>().unwrap()
+    log.read_from(Lsn(1))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
 }
 
 fn last_segment(dir: &Path) -> PathBuf {
@@ -47,7 +51,11 @@ fn records_survive_reopen_and_read_back_in_order() {
         assert_eq!(r.lsn, Lsn(i as u64 + 1));
         assert_eq!(r.payload, payload(i as u64 + 1));
     }
-    let tail: Vec<_> = log.read_from(Lsn(48)).unwrap().map(|r| r.unwrap().lsn.0).collect();
+    let tail: Vec<_> = log
+        .read_from(Lsn(48))
+        .unwrap()
+        .map(|r| r.unwrap().lsn.0)
+        .collect();
     assert_eq!(tail, vec![48, 49, 50]);
 }
 
@@ -68,16 +76,27 @@ fn unsynced_records_are_not_read_and_not_recovered() {
 fn segments_rotate_and_old_ones_can_be_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = write_batches(dir.path(), 300, 20, 3);
-    assert!(log.segment_count() > 5, "only {} segments", log.segment_count());
+    assert!(
+        log.segment_count() > 5,
+        "only {} segments",
+        log.segment_count()
+    );
     assert_eq!(read_all(&log).len(), 60);
     let before = log.segment_count();
     let deleted = log.delete_before(Lsn(31)).unwrap();
     assert!(deleted > 0);
     assert_eq!(log.segment_count(), before - deleted);
     assert!(log.first_lsn() <= Lsn(31));
-    let rest: Vec<_> = log.read_from(Lsn(31)).unwrap().map(|r| r.unwrap().lsn.0).collect();
+    let rest: Vec<_> = log
+        .read_from(Lsn(31))
+        .unwrap()
+        .map(|r| r.unwrap().lsn.0)
+        .collect();
     assert_eq!(rest, (31..=60).collect::<Vec<_>>());
-    assert!(matches!(log.read_from(Lsn(1)), Err(LogError::Truncated { .. })));
+    assert!(matches!(
+        log.read_from(Lsn(1)),
+        Err(LogError::Truncated { .. })
+    ));
     drop(log);
     let (log, rec) = Log::open(dir.path(), opts(300)).unwrap();
     assert_eq!(rec.last.lsn, Lsn(60));
@@ -99,8 +118,15 @@ fn truncated_last_segment_recovers_to_last_whole_record_at_every_cut() {
         ends.push(off);
     }
     let mut rng = fastrand::Rng::with_seed(7);
-    let mut cuts: Vec<u64> = (0..40).map(|_| rng.u64(SEGMENT_HEADER as u64..full.len() as u64)).collect();
-    cuts.extend([SEGMENT_HEADER as u64, full.len() as u64 - 1, ends[0], ends[0] + 1]);
+    let mut cuts: Vec<u64> = (0..40)
+        .map(|_| rng.u64(SEGMENT_HEADER as u64..full.len() as u64))
+        .collect();
+    cuts.extend([
+        SEGMENT_HEADER as u64,
+        full.len() as u64 - 1,
+        ends[0],
+        ends[0] + 1,
+    ]);
     for cut in cuts {
         std::fs::write(&seg, &full[..cut as usize]).unwrap();
         let whole = ends.iter().filter(|&&e| e <= cut).count() as u64;
@@ -110,7 +136,14 @@ fn truncated_last_segment_recovers_to_last_whole_record_at_every_cut() {
         if ends.contains(&cut) || cut == SEGMENT_HEADER as u64 {
             assert_eq!(rec.torn, None, "cut at a frame boundary is no tear");
         } else {
-            assert_eq!(rec.torn.as_ref().unwrap().1, ends.iter().rev().find(|&&e| e <= cut).copied().unwrap_or(SEGMENT_HEADER as u64));
+            assert_eq!(
+                rec.torn.as_ref().unwrap().1,
+                ends.iter()
+                    .rev()
+                    .find(|&&e| e <= cut)
+                    .copied()
+                    .unwrap_or(SEGMENT_HEADER as u64)
+            );
         }
         drop(log);
         // The log keeps working after recovery.
@@ -131,11 +164,19 @@ fn a_flipped_byte_in_an_earlier_batch_stops_open_naming_segment_and_offset() {
     bytes[mid] ^= 0x40;
     std::fs::write(&seg, &bytes).unwrap();
     let err = Log::open(dir.path(), LogOptions::default()).unwrap_err();
-    let LogError::Corrupt { segment, offset, .. } = &err else { panic!("expected corruption, got {err}") };
+    let LogError::Corrupt {
+        segment, offset, ..
+    } = &err
+    else {
+        panic!("expected corruption, got {err}")
+    };
     assert_eq!(segment, &seg);
     assert!(*offset <= mid as u64 && *offset >= SEGMENT_HEADER as u64);
     let msg = err.to_string();
-    assert!(msg.contains(&seg.display().to_string()) && msg.contains(&format!("offset {offset}")), "{msg}");
+    assert!(
+        msg.contains(&seg.display().to_string()) && msg.contains(&format!("offset {offset}")),
+        "{msg}"
+    );
     assert!(err.is_fatal());
     // Nothing was cut: the file is as it was.
     assert_eq!(std::fs::read(&seg).unwrap(), bytes);
@@ -150,7 +191,10 @@ fn damage_in_a_sealed_segment_is_corruption_even_at_its_end() {
     let n = bytes.len();
     bytes[n - 2] ^= 1;
     std::fs::write(&first, &bytes).unwrap();
-    assert!(matches!(Log::open(dir.path(), LogOptions::default()), Err(LogError::Corrupt { .. })));
+    assert!(matches!(
+        Log::open(dir.path(), LogOptions::default()),
+        Err(LogError::Corrupt { .. })
+    ));
 }
 
 #[test]
@@ -161,7 +205,11 @@ fn a_torn_last_batch_with_later_pages_present_is_cut_not_refused() {
     let seg = last_segment(dir.path());
     let mut bytes = std::fs::read(&seg).unwrap();
     let scan = segment::scan(&bytes, &seg).unwrap();
-    let batch_start: u64 = SEGMENT_HEADER as u64 + scan.records[..20].iter().map(|r| r.frame_len() as u64).sum::<u64>();
+    let batch_start: u64 = SEGMENT_HEADER as u64
+        + scan.records[..20]
+            .iter()
+            .map(|r| r.frame_len() as u64)
+            .sum::<u64>();
     let hole = batch_start as usize + scan.records[20].frame_len() + 5;
     for b in &mut bytes[hole..hole + 40] {
         *b = 0;
@@ -178,9 +226,24 @@ fn fencing_refuses_older_terms_and_gaps() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = Log::open(dir.path(), LogOptions::default()).unwrap();
     log.append(Term(2), 0, payload(1)).unwrap();
-    assert!(matches!(log.append(Term(1), 0, payload(2)), Err(LogError::StaleTerm { .. })));
-    let rec = Record { term: Term(2), lsn: Lsn(5), batch_first: Lsn(5), time_us: 0, payload: vec![] };
-    assert!(matches!(log.append_record(rec), Err(LogError::OutOfOrder { expected: Lsn(2), got: Lsn(5) })));
+    assert!(matches!(
+        log.append(Term(1), 0, payload(2)),
+        Err(LogError::StaleTerm { .. })
+    ));
+    let rec = Record {
+        term: Term(2),
+        lsn: Lsn(5),
+        batch_first: Lsn(5),
+        time_us: 0,
+        payload: vec![],
+    };
+    assert!(matches!(
+        log.append_record(rec),
+        Err(LogError::OutOfOrder {
+            expected: Lsn(2),
+            got: Lsn(5)
+        })
+    ));
     log.append(Term(3), 0, payload(2)).unwrap();
     log.sync().unwrap();
     assert_eq!(log.durable_position(), Position::new(Term(3), Lsn(2)));

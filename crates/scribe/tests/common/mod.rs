@@ -26,7 +26,8 @@ pub struct NodeProc {
 impl NodeProc {
     /// Starts `scribe node` on a free port and waits until it answers.
     pub fn start(name: &str, dir: &Path, extra: &[&str]) -> NodeProc {
-        Self::try_start(name, dir, extra).unwrap_or_else(|e| panic!("node {name} did not start: {e}"))
+        Self::try_start(name, dir, extra)
+            .unwrap_or_else(|e| panic!("node {name} did not start: {e}"))
     }
 
     /// Starts `scribe node`; on failure returns what it printed.
@@ -53,7 +54,9 @@ impl NodeProc {
         if n == 0 {
             let status = child.wait().expect("wait");
             let err = stderr.join().unwrap_or_default();
-            return Err(format!("exited with {status} before listening; stderr:\n{err}"));
+            return Err(format!(
+                "exited with {status} before listening; stderr:\n{err}"
+            ));
         }
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || {
@@ -62,7 +65,13 @@ impl NodeProc {
         });
         let url = line.trim().rsplit(' ').next().expect("url").to_string();
         assert!(url.starts_with("http://"), "unexpected first line {line:?}");
-        Ok(NodeProc { child, url, dir: dir.to_path_buf(), name: name.to_string(), stderr: Some(stderr) })
+        Ok(NodeProc {
+            child,
+            url,
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            stderr: Some(stderr),
+        })
     }
 
     /// SIGKILL, no chance to clean up.
@@ -80,10 +89,17 @@ impl NodeProc {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
-                let err = self.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+                let err = self
+                    .stderr
+                    .take()
+                    .map(|h| h.join().unwrap_or_default())
+                    .unwrap_or_default();
                 return (status, err);
             }
-            assert!(Instant::now() < deadline, "node did not stop within 20s of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "node did not stop within 20s of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -105,20 +121,41 @@ pub struct Api {
 
 impl Api {
     pub fn new(url: &str) -> Api {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
-        Api { url: url.to_string(), http }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
+        Api {
+            url: url.to_string(),
+            http,
+        }
     }
 
     /// POSTs JSON; returns the status and the parsed body.
     pub async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), reqwest::Error> {
-        let r = self.http.post(format!("{}{path}", self.url)).json(body).send().await?;
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .json(body)
+            .send()
+            .await?;
         let status = r.status().as_u16();
         Ok((status, r.json().await?))
     }
 
     /// POSTs raw bytes.
-    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> Result<(u16, Value), reqwest::Error> {
-        let r = self.http.post(format!("{}{path}", self.url)).header("content-type", "application/json").body(body).send().await?;
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, Value), reqwest::Error> {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await?;
         let status = r.status().as_u16();
         Ok((status, r.json().await?))
     }
@@ -130,25 +167,47 @@ impl Api {
 
     /// Runs a query that must succeed; returns its rows.
     pub async fn rows(&self, sql: &str) -> Vec<Vec<Value>> {
-        let (status, body) = self.post("/v1/query", &json!({ "sql": sql })).await.expect("query");
+        let (status, body) = self
+            .post("/v1/query", &json!({ "sql": sql }))
+            .await
+            .expect("query");
         assert_eq!(status, 200, "{sql}: {body}");
         serde_json::from_value(body["rows"].clone()).expect("rows")
     }
 
     pub async fn status(&self) -> Value {
-        self.http.get(format!("{}/v1/status", self.url)).send().await.expect("status").json().await.expect("json")
+        self.http
+            .get(format!("{}/v1/status", self.url))
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("json")
     }
 
     pub async fn metrics(&self) -> String {
-        self.http.get(format!("{}/metrics", self.url)).send().await.expect("metrics").text().await.expect("text")
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
     }
 }
 
 /// A seed from `SCRIBE_TEST_SEED`, or a fresh one; printed so a failure can be replayed.
 pub fn seed(test: &str) -> u64 {
-    let seed = std::env::var("SCRIBE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
-    });
+    let seed = std::env::var("SCRIBE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
     eprintln!("{test}: SCRIBE_TEST_SEED={seed}");
     seed
 }

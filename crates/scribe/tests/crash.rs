@@ -124,26 +124,35 @@ async fn sigkill_under_concurrent_writes_loses_nothing_acknowledged() {
     eprintln!("{rounds} rounds, {total_before} acknowledged transactions, none lost");
 }
 
+/// Creates `t` and inserts rows `0..rows` one transaction each, stops the node cleanly and
+/// returns its last log segment.
+async fn fill_and_stop(data: &std::path::Path, rows: i64) -> std::path::PathBuf {
+    let node = NodeProc::start("n1", data, &[]);
+    let api = Api::new(&node.url);
+    let (status, _) = api
+        .execute(&["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"])
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    for i in 0..rows {
+        let body = json!({"statements": [{"sql": "INSERT INTO t (id, v) VALUES (?, 'x')", "params": [i]}]});
+        let (status, _) = api.post("/v1/execute", &body).await.unwrap();
+        assert_eq!(status, 200);
+    }
+    let (status, _) = node.terminate();
+    assert!(status.success(), "clean stop: {status}");
+    std::fs::read_dir(data.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_byte_in_the_middle_of_the_log_stops_start_up_naming_segment_and_offset() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("n1");
-    let node = NodeProc::start("n1", &data, &[]);
-    let api = Api::new(&node.url);
-    api.execute(&["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"])
-        .await
-        .unwrap();
-    for i in 0..50 {
-        let (status, _) = api.post("/v1/execute", &json!({"statements": [{"sql": "INSERT INTO t (v) VALUES (?)", "params": [format!("row {i}")]}]})).await.unwrap();
-        assert_eq!(status, 200);
-    }
-    let (status, _) = node.terminate();
-    assert!(status.success());
-    let seg = std::fs::read_dir(data.join("log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .max()
-        .unwrap();
+    let seg = fill_and_stop(&data, 50).await;
     let mut bytes = std::fs::read(&seg).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
@@ -168,23 +177,9 @@ async fn a_log_truncated_at_a_random_byte_recovers_to_its_last_whole_record() {
     let mut rng = fastrand::Rng::with_seed(seed("truncate"));
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("n1");
-    let node = NodeProc::start("n1", &data, &[]);
-    let api = Api::new(&node.url);
-    api.execute(&["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"])
-        .await
-        .unwrap();
-    for i in 0..100 {
-        api.post("/v1/execute", &json!({"statements": [{"sql": "INSERT INTO t (id, v) VALUES (?, 'x')", "params": [i]}]})).await.unwrap();
-    }
-    let (status, _) = node.terminate();
-    assert!(status.success());
+    let seg = fill_and_stop(&data, 100).await;
     // Simulate a crash that cut the log: drop SQLite too, so the log alone decides what exists.
     std::fs::remove_dir_all(data.join("db")).unwrap();
-    let seg = std::fs::read_dir(data.join("log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .max()
-        .unwrap();
     let bytes = std::fs::read(&seg).unwrap();
     let cut = rng.usize(bytes.len() / 2..bytes.len());
     std::fs::write(&seg, &bytes[..cut]).unwrap();

@@ -7,10 +7,13 @@
 //!
 //! Modules:
 //! - [`position`]: log sequence numbers, terms, and the `(term, lsn)` position token.
+//! - [`commit`]: commit modes, sync sets and how far a quorum guarantees a commit.
 //! - [`histogram`]: a lock-free fixed-bucket histogram for metrics.
 
+pub mod commit;
 pub mod histogram;
 pub mod position;
 
+pub use commit::{CommitMode, ParseCommitError, Quorum, QuorumPosition, SyncSet};
 pub use histogram::{Histogram, HistogramSnapshot};
 pub use position::{Lsn, ParsePositionError, Position, Term};

@@ -128,6 +128,13 @@ impl LogReader {
     }
 }
 
+/// A reader of the durable records `[from, upto]` of the log in `dir`, opened beside the log's
+/// owner (which must have made `upto` durable).
+pub fn open_reader(dir: &std::path::Path, from: Lsn, upto: Lsn) -> Result<LogReader, LogError> {
+    let segments = crate::segment::list_segments_readonly(dir)?;
+    LogReader::new(segments, from, upto)
+}
+
 impl Iterator for LogReader {
     type Item = Result<Record, LogError>;
 

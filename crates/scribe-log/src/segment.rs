@@ -120,6 +120,20 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>, LogError> {
     Ok(out)
 }
 
+/// The segments in `dir`, sorted by first LSN, touching nothing (for readers beside the owner).
+pub fn list_segments_readonly(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>, LogError> {
+    let ctx = |e| LogError::io(format!("list log directory {}", dir.display()), e);
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(ctx)? {
+        let entry = entry.map_err(ctx)?;
+        if let Some(first) = entry.file_name().to_str().and_then(parse_segment_name) {
+            out.push((first, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Reads a whole segment file.
 pub fn read_segment(path: &Path) -> Result<Vec<u8>, LogError> {
     let mut buf = Vec::new();

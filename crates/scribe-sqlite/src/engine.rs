@@ -85,6 +85,7 @@ struct Inner {
     metrics: Arc<EngineMetrics>,
     writer: Mutex<Option<JoinHandle<()>>>,
     fatal: Arc<std::sync::OnceLock<String>>,
+    log_dir: PathBuf,
 }
 
 /// The SQLite database file inside a data directory.
@@ -241,6 +242,7 @@ impl Engine {
                 metrics,
                 writer: Mutex::new(Some(handle)),
                 fatal,
+                log_dir: opts.dir.join("log"),
             }),
         };
         Ok((
@@ -263,6 +265,31 @@ impl Engine {
             .map_err(|_| EngineError::Unavailable("the node is shutting down".into()))?;
         rx.await
             .map_err(|_| EngineError::Unavailable("the writer stopped before answering".into()))?
+    }
+
+    /// Appends records copied from another node's log (they must follow this log: next LSN, no
+    /// older term), makes them durable, and applies them to SQLite in one transaction. Answers
+    /// with the new positions. This is a replica's write path.
+    pub async fn apply(&self, records: Vec<scribe_log::Record>) -> Result<Progress, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(WriterMsg::Apply { records, reply })
+            .await
+            .map_err(|_| EngineError::Unavailable("the node is shutting down".into()))?;
+        rx.await
+            .map_err(|_| EngineError::Unavailable("the writer stopped before answering".into()))?
+    }
+
+    /// Reads this node's durable log records from `from` up to the flushed position at the time
+    /// of the call (what a primary streams to its replicas). Runs beside the writer.
+    pub fn read_log(&self, from: scribe_core::Lsn) -> Result<scribe_log::LogReader, EngineError> {
+        let upto = self.progress().flushed.lsn;
+        Ok(scribe_log::reader::open_reader(
+            &self.inner.log_dir,
+            from,
+            upto,
+        )?)
     }
 
     /// Runs one read-only statement on a read connection.

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
 use scribe_core::{Position, Term};
-use scribe_log::{Log, LogError};
+use scribe_log::{Log, LogError, Record};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::capture::Capture;
@@ -56,6 +56,11 @@ pub(crate) enum WriterMsg {
         statements: Vec<Statement>,
         reply: Reply,
     },
+    /// Append records from elsewhere to the log and apply them (a replica's path).
+    Apply {
+        records: Vec<Record>,
+        reply: oneshot::Sender<Result<Progress, EngineError>>,
+    },
     /// Finish what is queued before this and stop.
     Stop(oneshot::Sender<()>),
 }
@@ -88,36 +93,41 @@ fn now_us() -> u64 {
 impl Writer {
     /// Serves the queue until it closes or a stop message arrives.
     pub fn run(mut self, mut rx: mpsc::Receiver<WriterMsg>) {
+        let mut carry: Option<WriterMsg> = None;
         let mut stop = None;
-        while stop.is_none() {
-            let Some(first) = rx.blocking_recv() else {
-                break;
+        loop {
+            let msg = match carry.take() {
+                Some(m) => m,
+                None => match rx.blocking_recv() {
+                    Some(m) => m,
+                    None => break,
+                },
             };
-            let mut batch = Vec::new();
-            let mut push = |m: WriterMsg, batch: &mut Vec<(Vec<Statement>, Reply)>| match m {
-                WriterMsg::Execute { statements, reply } => {
-                    batch.push((statements, reply));
-                    true
-                }
+            match msg {
                 WriterMsg::Stop(done) => {
                     stop = Some(done);
-                    false
+                    break;
                 }
-            };
-            if push(first, &mut batch) {
-                while batch.len() < self.max_batch {
-                    match rx.try_recv() {
-                        Ok(m) => {
-                            if !push(m, &mut batch) {
+                WriterMsg::Apply { records, reply } => {
+                    let _ = reply.send(self.apply_records(records));
+                }
+                WriterMsg::Execute { statements, reply } => {
+                    // Group commit: everything already queued joins this batch.
+                    let mut batch = vec![(statements, reply)];
+                    while batch.len() < self.max_batch {
+                        match rx.try_recv() {
+                            Ok(WriterMsg::Execute { statements, reply }) => {
+                                batch.push((statements, reply))
+                            }
+                            Ok(other) => {
+                                carry = Some(other);
                                 break;
                             }
+                            Err(_) => break,
                         }
-                        Err(_) => break,
                     }
+                    self.run_batch(batch);
                 }
-            }
-            if !batch.is_empty() {
-                self.run_batch(batch);
             }
         }
         tracing::info!(position = %self.log.durable_position(), "writer stopped");
@@ -125,6 +135,75 @@ impl Writer {
         if let Some(done) = stop {
             let _ = done.send(());
         }
+    }
+
+    /// Appends records written elsewhere (a replica's copy of its primary's log) to the log,
+    /// fsyncs them, then applies them to SQLite in one transaction. `flushed` is published as
+    /// soon as the fsync returns, `applied` after the commit. A record that does not follow the
+    /// log, or whose term is older than the log's, is refused (fencing) and nothing is kept.
+    fn apply_records(&mut self, records: Vec<Record>) -> Result<Progress, EngineError> {
+        if let Some(why) = self.fatal.get() {
+            return Err(EngineError::Unavailable(why.clone()));
+        }
+        let Some(last) = records.last().map(Record::position) else {
+            return Ok(*self.progress.borrow());
+        };
+        for r in &records {
+            if let Err(e) = self.log.append_record(r.clone()) {
+                self.log.discard_pending();
+                return Err(e.into());
+            }
+        }
+        let bytes = self.log.pending_bytes() as u64;
+        match self.log.sync() {
+            Ok(report) => {
+                EngineMetrics::add(&self.metrics.batches, 1);
+                EngineMetrics::add(&self.metrics.log_bytes_written, bytes);
+                self.metrics
+                    .fsync_seconds
+                    .observe(report.fsync.as_secs_f64());
+                self.metrics
+                    .log_size_bytes
+                    .store(self.log.size_bytes(), std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => return Err(self.log_failed(e)),
+        }
+        self.progress.send_modify(|p| {
+            p.last = last;
+            p.flushed = last;
+        });
+        let applied = self.policy.internal(|| -> Result<(), EngineError> {
+            self.conn
+                .execute_batch("BEGIN IMMEDIATE")
+                .map_err(|e| EngineError::Internal(format!("begin apply: {e}")))?;
+            let result = (|| {
+                for r in &records {
+                    crate::engine::apply_payload(&self.conn, &r.payload).map_err(|e| {
+                        EngineError::Diverged(format!("apply record {}: {e}", r.position()))
+                    })?;
+                }
+                meta::set_applied(&self.conn, last)
+                    .map_err(|e| EngineError::Internal(format!("store applied position: {e}")))?;
+                self.conn
+                    .execute_batch("COMMIT")
+                    .map_err(|e| EngineError::Internal(format!("commit apply: {e}")))
+            })();
+            if result.is_err() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            result
+        });
+        if let Err(e) = applied {
+            // The records are durable in the log but SQLite cannot take them: this copy must be
+            // repaired (re-seeded) before it serves writes or applies more.
+            let why = format!("this node stopped applying: {e}");
+            tracing::error!("{why}");
+            let _ = self.fatal.set(why);
+            return Err(e);
+        }
+        EngineMetrics::add(&self.metrics.commits, records.len() as u64);
+        self.progress.send_modify(|p| p.applied = last);
+        Ok(*self.progress.borrow())
     }
 
     fn internal(&self, sql: &str) -> rusqlite::Result<()> {

@@ -319,3 +319,58 @@ async fn concurrent_transactions_share_group_commits() {
     );
     e.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_fed_the_primarys_records_ends_identical_and_refuses_stale_ones() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let a = open(a_dir.path());
+    let b = open(b_dir.path());
+    a.execute(vec![
+        st("CREATE TABLE k (id INTEGER PRIMARY KEY, v TEXT)"),
+        st("CREATE TABLE h (x, y)"),
+    ])
+    .await
+    .unwrap();
+    for i in 0..20 {
+        a.execute(vec![
+            Statement::with_params("INSERT INTO k (v) VALUES (?)", vec![text(&format!("v{i}"))]),
+            Statement::with_params(
+                "INSERT INTO h VALUES (?, ?)",
+                vec![Value::Integer(i), Value::Null],
+            ),
+        ])
+        .await
+        .unwrap();
+    }
+    a.execute(vec![
+        st("UPDATE k SET v = 'changed' WHERE id % 3 = 0"),
+        st("DELETE FROM h WHERE x > 15"),
+    ])
+    .await
+    .unwrap();
+    let records: Vec<_> = a.read_log(Lsn(1)).unwrap().map(|r| r.unwrap()).collect();
+    assert_eq!(records.len(), 22);
+    // Fed in two chunks, as a stream would.
+    let (first, second) = records.split_at(10);
+    b.apply(first.to_vec()).await.unwrap();
+    // A gap is refused and nothing of it kept.
+    let err = b.apply(second[1..].to_vec()).await.unwrap_err();
+    assert!(err.to_string().contains("out of order"), "{err}");
+    let p = b.apply(second.to_vec()).await.unwrap();
+    assert_eq!(p.applied, a.progress().applied);
+    assert_eq!(p.flushed, a.progress().flushed);
+    for t in ["k", "h"] {
+        let sql = format!("SELECT rowid, * FROM {t} ORDER BY rowid");
+        assert_eq!(rows(&a, &sql).await, rows(&b, &sql).await, "table {t}");
+    }
+    // Fencing: a record of an older term than the copy's newest is refused.
+    let mut stale = records.last().unwrap().clone();
+    stale.lsn = Lsn(23);
+    stale.term = scribe_core::Term(0);
+    let err = b.apply(vec![stale]).await.unwrap_err();
+    assert!(err.to_string().contains("stale term"), "{err}");
+    assert_eq!(b.progress().applied.lsn, Lsn(22));
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -154,19 +154,8 @@ impl Writer {
                 return Err(e.into());
             }
         }
-        let bytes = self.log.pending_bytes() as u64;
-        match self.log.sync() {
-            Ok(report) => {
-                EngineMetrics::add(&self.metrics.batches, 1);
-                EngineMetrics::add(&self.metrics.log_bytes_written, bytes);
-                self.metrics
-                    .fsync_seconds
-                    .observe(report.fsync.as_secs_f64());
-                self.metrics
-                    .log_size_bytes
-                    .store(self.log.size_bytes(), std::sync::atomic::Ordering::Relaxed);
-            }
-            Err(e) => return Err(self.log_failed(e)),
+        if let Err(e) = self.sync_log() {
+            return Err(self.log_failed(e));
         }
         self.progress.send_modify(|p| {
             p.last = last;
@@ -283,22 +272,9 @@ impl Writer {
             let _ = self.internal("ROLLBACK");
             return Err(EngineError::from_sqlite(e, None));
         }
-        let bytes = self.log.pending_bytes() as u64;
-        match self.log.sync() {
-            Ok(report) => {
-                EngineMetrics::add(&self.metrics.batches, 1);
-                EngineMetrics::add(&self.metrics.log_bytes_written, bytes);
-                self.metrics
-                    .fsync_seconds
-                    .observe(report.fsync.as_secs_f64());
-                self.metrics
-                    .log_size_bytes
-                    .store(self.log.size_bytes(), std::sync::atomic::Ordering::Relaxed);
-            }
-            Err(e) => {
-                let _ = self.internal("ROLLBACK");
-                return Err(self.log_failed(e));
-            }
+        if let Err(e) = self.sync_log() {
+            let _ = self.internal("ROLLBACK");
+            return Err(self.log_failed(e));
         }
         if let Err(e) = self.internal("COMMIT") {
             let why = format!(
@@ -310,6 +286,19 @@ impl Writer {
             let _ = self.fatal.set(why.clone());
             return Err(EngineError::Unavailable(why));
         }
+        Ok(())
+    }
+
+    /// Writes and fsyncs the log's batch, recording the write-path metrics.
+    fn sync_log(&mut self) -> Result<(), LogError> {
+        let bytes = self.log.pending_bytes() as u64;
+        let report = self.log.sync()?;
+        let m = &self.metrics;
+        EngineMetrics::add(&m.batches, 1);
+        EngineMetrics::add(&m.log_bytes_written, bytes);
+        m.fsync_seconds.observe(report.fsync.as_secs_f64());
+        m.log_size_bytes
+            .store(self.log.size_bytes(), std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

@@ -265,6 +265,11 @@ impl Log {
         self.segments.iter().map(|s| s.2).sum()
     }
 
+    /// Each segment's first LSN and size in bytes, oldest first; the last is the active one.
+    pub fn segment_sizes(&self) -> Vec<(Lsn, u64)> {
+        self.segments.iter().map(|(l, _, n)| (*l, *n)).collect()
+    }
+
     /// Number of segment files.
     pub fn segment_count(&self) -> usize {
         self.segments.len()
@@ -399,6 +404,30 @@ impl Log {
             segment::sync_dir(&self.dir)?;
         }
         Ok(n)
+    }
+
+    /// Empties the log and starts it again after `at`: every segment is deleted and a new, empty
+    /// one starts at `at.lsn + 1`. A replica does this when it installs a snapshot taken at `at`.
+    /// Not crash-atomic with the snapshot it goes with: the caller marks the directory as being
+    /// seeded until both are done.
+    pub fn reset_to(&mut self, at: Position) -> Result<(), LogError> {
+        if self.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        self.discard_pending();
+        for (_, path, _) in self.segments.drain(..) {
+            std::fs::remove_file(&path)
+                .map_err(|e| LogError::io(format!("delete log segment {}", path.display()), e))?;
+        }
+        let first = at.lsn.next();
+        let (path, file) = segment::create_segment(&self.dir, first)?;
+        segment::sync_dir(&self.dir)?;
+        self.segments.push((first, path, SEGMENT_HEADER as u64));
+        self.active = file;
+        self.batch_first = first;
+        self.last = at;
+        self.durable = at;
+        Ok(())
     }
 
     /// Reads the durable records from `from` on.

@@ -3,7 +3,7 @@
 //! the writer.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
 use scribe_core::Lsn;
@@ -12,9 +12,12 @@ use crate::record::{decode_frame, Record, FRAME_HEADER, MAX_BODY};
 use crate::segment::{decode_header, SEGMENT_HEADER};
 use crate::LogError;
 
-/// An iterator over the durable records `[from, upto]`.
+/// An iterator over the durable records `[from, upto]`. [`LogReader::extend`] moves `upto` on,
+/// so one reader can follow a growing log (a primary's sender tailing its own log).
 #[derive(Debug)]
 pub struct LogReader {
+    /// The log directory, to find segments created after the reader was opened.
+    dir: Option<PathBuf>,
     segments: Vec<(Lsn, PathBuf)>,
     next_segment: usize,
     current: Option<(PathBuf, BufReader<File>, u64)>,
@@ -39,6 +42,7 @@ impl LogReader {
         }
         let start = segments.iter().rposition(|s| s.0 <= from).unwrap_or(0);
         Ok(LogReader {
+            dir: None,
             segments,
             next_segment: start,
             current: None,
@@ -48,7 +52,45 @@ impl LogReader {
         })
     }
 
+    /// The next record this reader will return.
+    pub fn next_lsn(&self) -> Lsn {
+        self.next
+    }
+
+    /// Lets the reader go on up to `upto`, which the log's owner must have made durable. Data
+    /// read ahead into the buffer is dropped, since it may hold part of a frame that was being
+    /// written at the time.
+    pub fn extend(&mut self, upto: Lsn) -> Result<(), LogError> {
+        if upto <= self.upto {
+            return Ok(());
+        }
+        self.upto = upto;
+        if let Some((path, r, offset)) = self.current.as_mut() {
+            r.seek(SeekFrom::Start(*offset))
+                .map_err(|e| LogError::io(format!("read log segment {}", path.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// Finds segments created since the list was read.
+    fn relist(&mut self) -> Result<bool, LogError> {
+        let Some(dir) = &self.dir else {
+            return Ok(false);
+        };
+        let known = self.segments.last().map_or(Lsn::ZERO, |s| s.0);
+        let newer: Vec<_> = crate::segment::list_segments_readonly(dir)?
+            .into_iter()
+            .filter(|s| s.0 > known)
+            .collect();
+        let found = !newer.is_empty();
+        self.segments.extend(newer);
+        Ok(found)
+    }
+
     fn open_next(&mut self) -> Result<bool, LogError> {
+        if self.next_segment >= self.segments.len() && !self.relist()? {
+            return Ok(false);
+        }
         let Some((_, path)) = self.segments.get(self.next_segment) else {
             return Ok(false);
         };
@@ -132,7 +174,9 @@ impl LogReader {
 /// owner (which must have made `upto` durable).
 pub fn open_reader(dir: &std::path::Path, from: Lsn, upto: Lsn) -> Result<LogReader, LogError> {
     let segments = crate::segment::list_segments_readonly(dir)?;
-    LogReader::new(segments, from, upto)
+    let mut reader = LogReader::new(segments, from, upto)?;
+    reader.dir = Some(dir.to_path_buf());
+    Ok(reader)
 }
 
 impl Iterator for LogReader {

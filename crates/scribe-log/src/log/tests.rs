@@ -262,3 +262,57 @@ fn discarded_records_leave_no_trace() {
     assert_eq!(all.len(), 3);
     assert_eq!(all[2].payload, payload(33));
 }
+
+#[test]
+fn a_tailing_reader_follows_appends_and_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = write_batches(dir.path(), 600, 1, 5);
+    let mut reader = crate::reader::open_reader(dir.path(), Lsn(1), Lsn(5)).unwrap();
+    let first: Vec<_> = reader.by_ref().map(|r| r.unwrap().lsn.0).collect();
+    assert_eq!(first, vec![1, 2, 3, 4, 5]);
+    // Many more batches, across several new segments, each read as it becomes durable.
+    let mut seen = first;
+    for b in 0..40u64 {
+        for i in 0..3 {
+            log.append(Term(1), 0, payload(100 + b * 3 + i)).unwrap();
+        }
+        log.sync().unwrap();
+        reader.extend(log.durable_position().lsn).unwrap();
+        seen.extend(reader.by_ref().map(|r| r.unwrap().lsn.0));
+        assert_eq!(reader.next_lsn(), log.durable_position().lsn.next());
+    }
+    assert!(log.segment_count() > 3, "the test must cross rotations");
+    assert_eq!(seen, (1..=125).collect::<Vec<_>>());
+}
+
+#[test]
+fn reset_starts_an_empty_log_after_a_position_that_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = write_batches(dir.path(), 600, 4, 5);
+    let at = Position::new(Term(3), Lsn(1000));
+    log.reset_to(at).unwrap();
+    assert_eq!(log.durable_position(), at);
+    assert_eq!(log.segment_count(), 1);
+    assert_eq!(log.first_lsn(), Lsn(1001));
+    assert!(matches!(
+        log.append(Term(2), 0, payload(1)),
+        Err(LogError::StaleTerm { .. })
+    ));
+    log.append(Term(3), 0, payload(1001)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let (log, rec) = Log::open(dir.path(), opts(600)).unwrap();
+    assert_eq!(rec.first_lsn, Lsn(1001));
+    assert_eq!(rec.last, Position::new(Term(3), Lsn(1001)));
+    let all: Vec<_> = log
+        .read_from(Lsn(1001))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].payload, payload(1001));
+    assert!(matches!(
+        log.read_from(Lsn(999)),
+        Err(LogError::Truncated { .. })
+    ));
+}

@@ -34,6 +34,19 @@ impl fmt::Display for CommitMode {
     }
 }
 
+impl serde::Serialize for CommitMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CommitMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A commit mode or sync set that does not parse; the message says what is expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -193,6 +206,79 @@ impl SyncSet {
     }
 }
 
+/// What a primary does when a semi-sync or sync commit is not confirmed within the timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum OnSyncTimeout {
+    /// Answer with an error that says the transaction is committed on the primary but not
+    /// confirmed replicated.
+    #[default]
+    Error,
+    /// Answer success, reporting the durability actually reached and `degraded: true`.
+    Degrade,
+}
+
+impl fmt::Display for OnSyncTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OnSyncTimeout::Error => "error",
+            OnSyncTimeout::Degrade => "degrade",
+        })
+    }
+}
+
+impl FromStr for OnSyncTimeout {
+    type Err = ParseCommitError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "error" => Ok(OnSyncTimeout::Error),
+            "degrade" => Ok(OnSyncTimeout::Degrade),
+            other => Err(ParseCommitError(format!(
+                "unknown sync timeout policy {other:?}: expected error or degrade"
+            ))),
+        }
+    }
+}
+
+/// One connected replica's acknowledged positions, as the commit rule sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaAck {
+    /// Its node name.
+    pub name: String,
+    /// Last record fsynced in its log.
+    pub flushed: Lsn,
+    /// Last record applied to its SQLite.
+    pub applied: Lsn,
+}
+
+impl SyncSet {
+    /// Whether a commit at `lsn` holds in `mode`, given the connected replicas' acknowledgements:
+    /// `Some(acked_by)` with the members that make up the quorum (empty for async), `None` while
+    /// it does not hold yet.
+    pub fn confirms(&self, mode: CommitMode, acks: &[ReplicaAck], lsn: Lsn) -> Option<Vec<String>> {
+        let level: Vec<(String, Lsn)> = match mode {
+            CommitMode::Async => return Some(Vec::new()),
+            CommitMode::SemiSync => acks.iter().map(|a| (a.name.clone(), a.flushed)).collect(),
+            CommitMode::Sync => acks.iter().map(|a| (a.name.clone(), a.applied)).collect(),
+        };
+        let q = self.quorum_position(&level);
+        (q.lsn >= lsn && !q.acked_by.is_empty()).then_some(q.acked_by)
+    }
+
+    /// Who has `lsn` at `mode`'s level right now, members of the set or not (for an answer that
+    /// reports a timeout truthfully).
+    pub fn holders(mode: CommitMode, acks: &[ReplicaAck], lsn: Lsn) -> Vec<String> {
+        acks.iter()
+            .filter(|a| match mode {
+                CommitMode::Async => false,
+                CommitMode::SemiSync => a.flushed >= lsn,
+                CommitMode::Sync => a.applied >= lsn,
+            })
+            .map(|a| a.name.clone())
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,5 +399,66 @@ mod tests {
             let anyq = SyncSet { quorum: Quorum::Any, ..set }.quorum_position(&a).lsn;
             prop_assert!(anyq >= first);
         }
+    }
+
+    fn ack(name: &str, flushed: u64, applied: u64) -> ReplicaAck {
+        ReplicaAck {
+            name: name.into(),
+            flushed: Lsn(flushed),
+            applied: Lsn(applied),
+        }
+    }
+
+    #[test]
+    fn semi_sync_counts_flushed_and_sync_counts_applied() {
+        let set: SyncSet = "ANY 1 (*)".parse().unwrap();
+        let acks = [ack("n2", 10, 7), ack("n3", 5, 5)];
+        assert_eq!(
+            set.confirms(CommitMode::SemiSync, &acks, Lsn(10)),
+            Some(vec!["n2".into()])
+        );
+        assert_eq!(set.confirms(CommitMode::Sync, &acks, Lsn(10)), None);
+        assert_eq!(
+            set.confirms(CommitMode::Sync, &acks, Lsn(7)),
+            Some(vec!["n2".into()])
+        );
+        assert_eq!(set.confirms(CommitMode::Async, &[], Lsn(10)), Some(vec![]));
+        let two: SyncSet = "ANY 2 (*)".parse().unwrap();
+        assert_eq!(two.confirms(CommitMode::SemiSync, &acks, Lsn(6)), None);
+        assert_eq!(
+            two.confirms(CommitMode::SemiSync, &acks, Lsn(5))
+                .map(|mut v| {
+                    v.sort();
+                    v
+                }),
+            Some(vec!["n2".into(), "n3".into()])
+        );
+    }
+
+    #[test]
+    fn nobody_connected_confirms_nothing() {
+        let set: SyncSet = "FIRST 1 (n2, n3)".parse().unwrap();
+        assert_eq!(set.confirms(CommitMode::Sync, &[], Lsn(1)), None);
+        assert_eq!(
+            set.confirms(CommitMode::Sync, &[ack("n9", 5, 5)], Lsn(1)),
+            None
+        );
+        assert_eq!(
+            SyncSet::holders(CommitMode::Sync, &[ack("n9", 5, 5)], Lsn(1)),
+            vec!["n9".to_string()]
+        );
+    }
+
+    #[test]
+    fn timeout_policies_parse() {
+        assert_eq!(
+            "degrade".parse::<OnSyncTimeout>().unwrap(),
+            OnSyncTimeout::Degrade
+        );
+        assert_eq!(
+            " Error".parse::<OnSyncTimeout>().unwrap(),
+            OnSyncTimeout::Error
+        );
+        assert!("ignore".parse::<OnSyncTimeout>().is_err());
     }
 }

@@ -14,6 +14,8 @@ pub mod commit;
 pub mod histogram;
 pub mod position;
 
-pub use commit::{CommitMode, ParseCommitError, Quorum, QuorumPosition, SyncSet};
+pub use commit::{
+    CommitMode, OnSyncTimeout, ParseCommitError, Quorum, QuorumPosition, ReplicaAck, SyncSet,
+};
 pub use histogram::{Histogram, HistogramSnapshot};
 pub use position::{Lsn, ParsePositionError, Position, Term};

@@ -16,7 +16,7 @@ use crate::exec::Statement;
 use crate::metrics::EngineMetrics;
 use crate::policy::{Policy, Role};
 use crate::reader::{QueryResult, ReadPool};
-use crate::writer::{Committed, Writer, WriterMsg};
+use crate::writer::{Committed, Retention, Writer, WriterMsg};
 use crate::{capture, meta, payload, EngineError};
 
 /// How to open an engine.
@@ -34,6 +34,9 @@ pub struct EngineOptions {
     pub queue: usize,
     /// The term this node writes records in.
     pub term: Term,
+    /// Test-only fault injection: how long a replica waits between making streamed records
+    /// durable and applying them (a replica that lags on purpose). Zero in production.
+    pub apply_delay: std::time::Duration,
 }
 
 impl EngineOptions {
@@ -46,6 +49,7 @@ impl EngineOptions {
             max_batch: 1024,
             queue: 4096,
             term: Term::FIRST,
+            apply_delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -86,6 +90,7 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
     fatal: Arc<std::sync::OnceLock<String>>,
     log_dir: PathBuf,
+    db: PathBuf,
 }
 
 /// The SQLite database file inside a data directory.
@@ -203,7 +208,12 @@ impl Engine {
         if replayed > 0 {
             tracing::info!(replayed, from = %applied_before, to = %log.durable_position(), "replayed the change log into SQLite");
         }
-        let at = log.durable_position();
+        // After a snapshot install the log starts empty and knows its base LSN but not its term;
+        // the database knows both.
+        let mut at = log.durable_position();
+        if applied_before.lsn == at.lsn {
+            at = at.max(applied_before);
+        }
         let metrics = Arc::new(EngineMetrics::default());
         metrics
             .replayed
@@ -211,6 +221,9 @@ impl Engine {
         metrics
             .log_size_bytes
             .store(log.size_bytes(), std::sync::atomic::Ordering::Relaxed);
+        metrics
+            .log_first_lsn
+            .store(log.first_lsn().0, std::sync::atomic::Ordering::Relaxed);
         let (progress_tx, progress) = watch::channel(Progress {
             last: at,
             flushed: at,
@@ -229,6 +242,7 @@ impl Engine {
             metrics: metrics.clone(),
             max_batch: opts.max_batch.max(1),
             fatal: fatal.clone(),
+            apply_delay: opts.apply_delay,
         };
         let handle = std::thread::Builder::new()
             .name("scribe-writer".into())
@@ -243,6 +257,7 @@ impl Engine {
                 writer: Mutex::new(Some(handle)),
                 fatal,
                 log_dir: opts.dir.join("log"),
+                db: db.clone(),
             }),
         };
         Ok((
@@ -290,6 +305,75 @@ impl Engine {
             from,
             upto,
         )?)
+    }
+
+    /// Writes a consistent copy of the database to `dest` (`VACUUM INTO`, on a connection of its
+    /// own, beside the writer) and answers with the applied position it holds: the snapshot a
+    /// new replica installs before it streams the log from the next LSN.
+    pub async fn snapshot(&self, dest: PathBuf) -> Result<Position, EngineError> {
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || -> Result<Position, EngineError> {
+            let ctx = |what: &str, e: rusqlite::Error| {
+                EngineError::Internal(format!("{what} snapshot {}: {e}", dest.display()))
+            };
+            let _ = std::fs::remove_file(&dest);
+            let conn = Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(|e| ctx("open the database for", e))?;
+            conn.busy_timeout(std::time::Duration::from_secs(5))
+                .map_err(|e| ctx("configure", e))?;
+            conn.execute("VACUUM INTO ?1", [dest.to_string_lossy()])
+                .map_err(|e| ctx("write", e))?;
+            drop(conn);
+            let copy =
+                Connection::open_with_flags(&dest, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                    .map_err(|e| ctx("open", e))?;
+            let at = meta::applied(&copy).map_err(|e| ctx("read the position of", e))?;
+            drop(copy);
+            std::fs::File::open(&dest)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| {
+                    EngineError::Internal(format!("fsync snapshot {}: {e}", dest.display()))
+                })?;
+            Ok(at)
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("snapshot task: {e}")))?
+    }
+
+    /// Replaces the whole database with the snapshot at `path` and restarts the log empty after
+    /// the snapshot's position, which it answers with. The caller keeps a marker that the data
+    /// directory is being seeded until this returns, since the two steps are not atomic together.
+    pub async fn install_snapshot(&self, path: PathBuf) -> Result<Position, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(WriterMsg::InstallSnapshot { path, reply })
+            .await
+            .map_err(|_| EngineError::Unavailable("the node is shutting down".into()))?;
+        rx.await
+            .map_err(|_| EngineError::Unavailable("the writer stopped before answering".into()))?
+    }
+
+    /// Deletes the log segments `retain` allows (after a checkpoint); answers how many.
+    pub async fn retain(&self, retain: Retention) -> Result<usize, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(WriterMsg::Retain { retain, reply })
+            .await
+            .map_err(|_| EngineError::Unavailable("the node is shutting down".into()))?;
+        rx.await
+            .map_err(|_| EngineError::Unavailable("the writer stopped before answering".into()))?
+    }
+
+    /// The oldest LSN the change log still holds.
+    pub fn log_first_lsn(&self) -> scribe_core::Lsn {
+        scribe_core::Lsn(
+            self.inner
+                .metrics
+                .log_first_lsn
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Runs one read-only statement on a read connection.

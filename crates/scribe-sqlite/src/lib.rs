@@ -38,4 +38,4 @@ pub use exec::{Rows, Statement};
 pub use metrics::EngineMetrics;
 pub use reader::QueryResult;
 pub use value::{Params, Value};
-pub use writer::{Committed, StatementResult};
+pub use writer::{Committed, Retention, StatementResult};

@@ -18,6 +18,10 @@ pub struct EngineMetrics {
     pub log_bytes_written: AtomicU64,
     /// Bytes of change log on disk (gauge).
     pub log_size_bytes: AtomicU64,
+    /// Oldest LSN still held in the change log (gauge).
+    pub log_first_lsn: AtomicU64,
+    /// Log segments deleted by retention.
+    pub segments_deleted: AtomicU64,
     /// Records replayed from the log at start-up.
     pub replayed: AtomicU64,
     /// Transactions per group-commit batch.
@@ -34,6 +38,8 @@ impl Default for EngineMetrics {
             batches: AtomicU64::new(0),
             log_bytes_written: AtomicU64::new(0),
             log_size_bytes: AtomicU64::new(0),
+            log_first_lsn: AtomicU64::new(1),
+            segments_deleted: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
             batch_size: Histogram::exponential(1.0, 2.0, 11),
             fsync_seconds: Histogram::exponential(0.000_05, 2.0, 16),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
-use scribe_core::{Position, Term};
+use scribe_core::{Lsn, Position, Term};
 use scribe_log::{Log, LogError, Record};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -45,6 +45,19 @@ pub struct Committed {
     /// The position of its record; for a transaction that changed nothing, the position its reads
     /// saw.
     pub position: Position,
+    /// Whether it wrote a record (false when it changed nothing).
+    pub logged: bool,
+}
+
+/// What log retention may delete: segments wholly below `keep_from` (what replicas still need),
+/// and more of the oldest while the log is larger than `max_bytes`. The active segment and
+/// records SQLite has not applied are always kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// The oldest LSN someone still needs.
+    pub keep_from: scribe_core::Lsn,
+    /// Largest size the log may keep for them, in bytes.
+    pub max_bytes: u64,
 }
 
 pub(crate) type Reply = oneshot::Sender<Result<Committed, EngineError>>;
@@ -61,6 +74,16 @@ pub(crate) enum WriterMsg {
         records: Vec<Record>,
         reply: oneshot::Sender<Result<Progress, EngineError>>,
     },
+    /// Replace the database with a snapshot and restart the log after its position.
+    InstallSnapshot {
+        path: std::path::PathBuf,
+        reply: oneshot::Sender<Result<Position, EngineError>>,
+    },
+    /// Delete log segments no longer needed.
+    Retain {
+        retain: Retention,
+        reply: oneshot::Sender<Result<usize, EngineError>>,
+    },
     /// Finish what is queued before this and stop.
     Stop(oneshot::Sender<()>),
 }
@@ -76,6 +99,8 @@ pub(crate) struct Writer {
     /// Set after a fatal failure: why this node no longer takes writes. Shared with the engine
     /// handle so status pages can show it.
     pub fatal: Arc<std::sync::OnceLock<String>>,
+    /// Test-only: a pause between flushing streamed records and applying them.
+    pub apply_delay: std::time::Duration,
 }
 
 struct Done {
@@ -110,6 +135,12 @@ impl Writer {
                 }
                 WriterMsg::Apply { records, reply } => {
                     let _ = reply.send(self.apply_records(records));
+                }
+                WriterMsg::InstallSnapshot { path, reply } => {
+                    let _ = reply.send(self.install_snapshot(&path));
+                }
+                WriterMsg::Retain { retain, reply } => {
+                    let _ = reply.send(self.retain(retain));
                 }
                 WriterMsg::Execute { statements, reply } => {
                     // Group commit: everything already queued joins this batch.
@@ -161,6 +192,9 @@ impl Writer {
             p.last = last;
             p.flushed = last;
         });
+        if !self.apply_delay.is_zero() {
+            std::thread::sleep(self.apply_delay);
+        }
         let applied = self.policy.internal(|| -> Result<(), EngineError> {
             self.conn
                 .execute_batch("BEGIN IMMEDIATE")
@@ -193,6 +227,93 @@ impl Writer {
         EngineMetrics::add(&self.metrics.commits, records.len() as u64);
         self.progress.send_modify(|p| p.applied = last);
         Ok(*self.progress.borrow())
+    }
+
+    /// Copies the snapshot at `path` over the database (SQLite's backup API, one write
+    /// transaction, so readers see the old or the new database, never a mix) and restarts the log
+    /// empty after the snapshot's applied position.
+    fn install_snapshot(&mut self, path: &std::path::Path) -> Result<Position, EngineError> {
+        if let Some(why) = self.fatal.get() {
+            return Err(EngineError::Unavailable(why.clone()));
+        }
+        let ctx = |what: &str, e: rusqlite::Error| {
+            EngineError::Internal(format!("{what} snapshot {}: {e}", path.display()))
+        };
+        let src = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| ctx("open", e))?;
+        let at = meta::applied(&src).map_err(|e| ctx("read the position of", e))?;
+        {
+            let backup = rusqlite::backup::Backup::new(&src, &mut self.conn)
+                .map_err(|e| ctx("start copying", e))?;
+            backup
+                .run_to_completion(4096, std::time::Duration::ZERO, None)
+                .map_err(|e| ctx("copy", e))?;
+        }
+        drop(src);
+        self.log.reset_to(at).map_err(|e| self.log_failed(e))?;
+        self.term = self.term.max(at.term);
+        self.metrics
+            .log_first_lsn
+            .store(self.log.first_lsn().0, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .log_size_bytes
+            .store(self.log.size_bytes(), std::sync::atomic::Ordering::Relaxed);
+        self.progress.send_modify(|p| {
+            p.last = at;
+            p.flushed = at;
+            p.applied = at;
+        });
+        Ok(at)
+    }
+
+    /// Deletes the log segments `retain` allows, after a checkpoint has made SQLite durable past
+    /// them (with `synchronous=NORMAL` a checkpoint first fsyncs SQLite's WAL).
+    fn retain(&mut self, retain: Retention) -> Result<usize, EngineError> {
+        let applied = self.progress.borrow().applied.lsn;
+        let sizes = self.log.segment_sizes();
+        let total: u64 = sizes.iter().map(|s| s.1).sum();
+        let mut cut = retain.keep_from;
+        if total > retain.max_bytes {
+            // Oldest segments go until the rest fits.
+            let mut left = total;
+            for (first, size) in &sizes {
+                if left <= retain.max_bytes {
+                    cut = cut.max(*first);
+                    break;
+                }
+                left -= size;
+            }
+            if left > retain.max_bytes {
+                cut = cut.max(sizes.last().map_or(Lsn::ZERO, |s| s.0));
+            }
+        }
+        // Never a record SQLite has not applied.
+        let cut = cut.min(applied.next());
+        if sizes.len() < 2 || sizes[1].0 > cut {
+            return Ok(0);
+        }
+        self.policy
+            .internal(|| {
+                self.conn
+                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            })
+            .map_err(|e| {
+                EngineError::Internal(format!(
+                    "checkpoint SQLite before deleting log segments: {e}"
+                ))
+            })?;
+        let n = self.log.delete_before(cut)?;
+        EngineMetrics::add(&self.metrics.segments_deleted, n as u64);
+        self.metrics
+            .log_first_lsn
+            .store(self.log.first_lsn().0, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .log_size_bytes
+            .store(self.log.size_bytes(), std::sync::atomic::Ordering::Relaxed);
+        if n > 0 {
+            tracing::info!(segments = n, first_lsn = %self.log.first_lsn(), "deleted change-log segments no longer needed");
+        }
+        Ok(n)
     }
 
     fn internal(&self, sql: &str) -> rusqlite::Result<()> {
@@ -235,6 +356,7 @@ impl Writer {
                 let _ = d.reply.send(Ok(Committed {
                     results: d.results,
                     position: at,
+                    logged: false,
                 }));
             }
             return;
@@ -255,10 +377,10 @@ impl Writer {
             p.applied = at;
         });
         for d in done {
-            let position = d.position.unwrap_or(at);
             let _ = d.reply.send(Ok(Committed {
                 results: d.results,
-                position,
+                position: d.position.unwrap_or(at),
+                logged: d.position.is_some(),
             }));
         }
     }

@@ -374,3 +374,113 @@ async fn a_copy_fed_the_primarys_records_ends_identical_and_refuses_stale_ones()
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_installed_elsewhere_continues_with_the_next_records_and_survives_restart() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let a = open(a_dir.path());
+    let b = open(b_dir.path());
+    // b has data of its own that the snapshot replaces.
+    b.execute(vec![st("CREATE TABLE mine (z)")]).await.unwrap();
+    a.execute(vec![st("CREATE TABLE k (id INTEGER PRIMARY KEY, v TEXT)")])
+        .await
+        .unwrap();
+    for i in 0..30 {
+        a.execute(vec![Statement::with_params(
+            "INSERT INTO k (v) VALUES (?)",
+            vec![text(&format!("v{i}"))],
+        )])
+        .await
+        .unwrap();
+    }
+    let snap = a_dir.path().join("snap.db");
+    let at = a.snapshot(snap.clone()).await.unwrap();
+    assert_eq!(at, a.progress().applied);
+    // Writes after the snapshot reach b through the log.
+    a.execute(vec![st("UPDATE k SET v = 'late' WHERE id > 25")])
+        .await
+        .unwrap();
+    let installed = b.install_snapshot(snap).await.unwrap();
+    assert_eq!(installed, at);
+    assert_eq!(b.progress().applied, at);
+    assert_eq!(b.log_first_lsn(), at.lsn.next());
+    let tail: Vec<_> = a
+        .read_log(at.lsn.next())
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(tail.len(), 1);
+    b.apply(tail).await.unwrap();
+    let sql = "SELECT id, v FROM k ORDER BY id";
+    assert_eq!(rows(&a, sql).await, rows(&b, sql).await);
+    assert!(
+        rows(&b, "SELECT name FROM sqlite_master WHERE name = 'mine'")
+            .await
+            .is_empty()
+    );
+    // After a restart b knows where it is, term included.
+    let want = b.progress();
+    b.shutdown().await;
+    let b = open(b_dir.path());
+    assert_eq!(b.progress(), want);
+    assert_eq!(rows(&a, sql).await, rows(&b, sql).await);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_what_is_needed_and_trims_to_the_size_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = EngineOptions::new(dir.path());
+    opts.log.segment_bytes = 8192;
+    let e = Engine::open(opts).unwrap().0;
+    e.execute(vec![st("CREATE TABLE t (pad)")]).await.unwrap();
+    for _ in 0..100 {
+        e.execute(vec![st("INSERT INTO t VALUES (randomblob(1000))")])
+            .await
+            .unwrap();
+    }
+    let size = || e.metrics().log_size_bytes.load(Ordering::Relaxed);
+    let before = size();
+    assert!(before > 100_000, "{before}");
+    // A replica still needs lsn 1, and the limit is generous: nothing goes.
+    let r = scribe_sqlite::Retention {
+        keep_from: Lsn(1),
+        max_bytes: 1 << 30,
+    };
+    assert_eq!(e.retain(r).await.unwrap(), 0);
+    // Everyone is past lsn 50: the segments wholly before it go.
+    let n = e
+        .retain(scribe_sqlite::Retention {
+            keep_from: Lsn(50),
+            max_bytes: 1 << 30,
+        })
+        .await
+        .unwrap();
+    assert!(n > 0);
+    assert!(e.log_first_lsn() <= Lsn(50) && e.log_first_lsn() > Lsn(1));
+    e.read_log(Lsn(50)).unwrap().for_each(|r| {
+        r.unwrap();
+    });
+    // The size limit wins over a replica that is far behind.
+    e.retain(scribe_sqlite::Retention {
+        keep_from: Lsn(1),
+        max_bytes: 20_000,
+    })
+    .await
+    .unwrap();
+    assert!(size() <= 20_000 + 8192 + 2048, "{}", size());
+    let first = e.log_first_lsn();
+    assert!(first > Lsn(50));
+    // Recovery after a restart replays nothing and reads from the first kept record.
+    e.shutdown().await;
+    let (e, report) = Engine::open(EngineOptions::new(dir.path())).unwrap();
+    assert_eq!(report.replayed, 0);
+    assert_eq!(e.log_first_lsn(), first);
+    assert_eq!(
+        rows(&e, "SELECT count(*) FROM t").await,
+        vec![vec![Value::Integer(100)]]
+    );
+    e.shutdown().await;
+}

@@ -1,0 +1,155 @@
+//! Round trips of every message, and decoding of damaged and random input.
+
+use proptest::prelude::*;
+use scribe_core::{Lsn, Position, Term};
+use scribe_log::Record;
+
+use super::*;
+use crate::{Hello, Progress, Refusal, RefusalCode, Start, Welcome};
+
+fn pos(t: u64, l: u64) -> Position {
+    Position::new(Term(t), Lsn(l))
+}
+
+fn samples() -> Vec<Message> {
+    vec![
+        Message::Hello(Hello {
+            cluster_id: "c0ffee".into(),
+            name: "n2".into(),
+            term: Term(3),
+            last: pos(3, 41),
+            http_url: "http://127.0.0.1:5481".into(),
+        }),
+        Message::Welcome(Welcome {
+            cluster_id: "c0ffee".into(),
+            primary: "n1".into(),
+            term: Term(3),
+            http_url: "http://127.0.0.1:5480".into(),
+            start: Start::Stream { from: Lsn(42) },
+        }),
+        Message::Welcome(Welcome {
+            cluster_id: String::new(),
+            primary: "n1".into(),
+            term: Term(1),
+            http_url: String::new(),
+            start: Start::Snapshot,
+        }),
+        Message::Refused(Refusal {
+            code: RefusalCode::WrongCluster,
+            message: "wrong cluster ✗".into(),
+        }),
+        Message::Records(vec![
+            Record {
+                term: Term(1),
+                lsn: Lsn(7),
+                batch_first: Lsn(7),
+                time_us: 99,
+                payload: b"abc".to_vec(),
+            },
+            Record {
+                term: Term(1),
+                lsn: Lsn(8),
+                batch_first: Lsn(7),
+                time_us: 100,
+                payload: vec![],
+            },
+        ]),
+        Message::Records(vec![]),
+        Message::Heartbeat { flushed: pos(1, 8) },
+        Message::SnapshotBegin {
+            at: pos(1, 8),
+            bytes: 1 << 40,
+        },
+        Message::SnapshotChunk(vec![0, 1, 2, 255]),
+        Message::SnapshotEnd {
+            crc32c: 0xdead_beef,
+        },
+        Message::Progress(Progress {
+            written: pos(1, 9),
+            flushed: pos(1, 8),
+            applied: pos(1, 7),
+        }),
+    ]
+}
+
+#[test]
+fn every_message_round_trips() {
+    for m in samples() {
+        let frame = encode(&m).unwrap();
+        assert_eq!(decode(&frame).unwrap(), m, "{}", m.kind());
+    }
+}
+
+#[tokio::test]
+async fn messages_read_back_from_a_stream_in_order() {
+    let mut bytes = Vec::new();
+    for m in samples() {
+        write_message(&mut bytes, &m).await.unwrap();
+    }
+    let mut r = &bytes[..];
+    for m in samples() {
+        assert_eq!(read_message(&mut r).await.unwrap(), m);
+    }
+    assert!(matches!(read_message(&mut r).await, Err(WireError::Closed)));
+}
+
+#[tokio::test]
+async fn garbage_is_refused_by_its_first_bytes() {
+    let mut r = &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..];
+    let e = read_message(&mut r).await.unwrap_err();
+    assert!(matches!(e, WireError::BadMagic(_)), "{e}");
+    assert!(e.to_string().contains("peer port"), "{e}");
+}
+
+#[tokio::test]
+async fn a_huge_announced_length_is_refused_before_allocating() {
+    let mut frame = MAGIC.to_vec();
+    frame.extend_from_slice(&u32::MAX.to_le_bytes());
+    frame.extend_from_slice(&[0; 4]);
+    let e = read_message(&mut &frame[..]).await.unwrap_err();
+    assert!(matches!(e, WireError::TooLarge(_)), "{e}");
+}
+
+#[test]
+fn every_flipped_bit_is_caught() {
+    for m in samples() {
+        let frame = encode(&m).unwrap();
+        for i in 0..frame.len() * 8 {
+            let mut bad = frame.clone();
+            bad[i / 8] ^= 1 << (i % 8);
+            assert!(
+                decode(&bad).is_err(),
+                "{} with bit {i} flipped decoded",
+                m.kind()
+            );
+        }
+    }
+}
+
+#[test]
+fn another_version_is_named() {
+    let mut frame = encode(&Message::Heartbeat { flushed: pos(1, 1) }).unwrap();
+    frame[FRAME_HEADER] = 9;
+    let crc = crc32c::crc32c(&frame[FRAME_HEADER..]);
+    frame[8..12].copy_from_slice(&crc.to_le_bytes());
+    let e = decode(&frame).unwrap_err();
+    assert!(e.to_string().contains("wire version 9"), "{e}");
+}
+
+proptest! {
+    /// The decoder never panics and never accepts a body with trailing or missing bytes.
+    #[test]
+    fn random_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = Message::decode_body(&body);
+    }
+
+    /// A valid body cut short is an error, not a different message.
+    #[test]
+    fn truncated_bodies_are_errors(i in 0usize..11, cut in 0usize..64) {
+        let m = &samples()[i];
+        let mut body = Vec::new();
+        m.encode_body(&mut body).unwrap();
+        let cut = cut.min(body.len().saturating_sub(1));
+        prop_assert!(Message::decode_body(&body[..cut]).is_err());
+    }
+}

@@ -1,0 +1,406 @@
+//! The peer messages and their binary encoding: little-endian integers, strings and byte strings
+//! prefixed by a `u32` length, records as the change log's frames. Decoding checks every length
+//! against what is left, so no input can make it read out of bounds or allocate without limit.
+
+use scribe_core::{Lsn, Position, Term};
+use scribe_log::Record;
+
+use crate::WireError;
+
+/// The wire version this code speaks.
+pub const WIRE_VERSION: u8 = 1;
+
+/// The replica's opening message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// The cluster the replica's data belongs to.
+    pub cluster_id: String,
+    /// The replica's node name.
+    pub name: String,
+    /// The newest term the replica knows.
+    pub term: Term,
+    /// The last record in the replica's log (`Position::ZERO` when it has none).
+    pub last: Position,
+    /// The replica's HTTP API, as clients reach it.
+    pub http_url: String,
+}
+
+/// How the stream starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Records follow from this LSN.
+    Stream {
+        /// The first LSN sent.
+        from: Lsn,
+    },
+    /// A snapshot follows, then records from the LSN after its position.
+    Snapshot,
+}
+
+/// The primary's answer to [`Hello`] when it accepts the replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    /// The cluster id; a replica whose data is empty adopts it.
+    pub cluster_id: String,
+    /// The primary's node name.
+    pub primary: String,
+    /// The primary's term.
+    pub term: Term,
+    /// The primary's HTTP API.
+    pub http_url: String,
+    /// How the stream starts.
+    pub start: Start,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalCode {
+    /// The replica's data belongs to another cluster.
+    WrongCluster,
+    /// The other side's term is older than one this side knows.
+    StaleTerm,
+    /// The replica holds records the primary does not have.
+    Diverged,
+    /// This node is not a primary.
+    NotPrimary,
+    /// Another connected replica has this name.
+    NameInUse,
+    /// The peer broke the protocol.
+    Protocol,
+    /// Something failed on this side.
+    Internal,
+}
+
+impl RefusalCode {
+    fn to_u8(self) -> u8 {
+        match self {
+            RefusalCode::WrongCluster => 1,
+            RefusalCode::StaleTerm => 2,
+            RefusalCode::Diverged => 3,
+            RefusalCode::NotPrimary => 4,
+            RefusalCode::NameInUse => 5,
+            RefusalCode::Protocol => 6,
+            RefusalCode::Internal => 7,
+        }
+    }
+
+    fn from_u8(v: u8) -> Result<RefusalCode, WireError> {
+        Ok(match v {
+            1 => RefusalCode::WrongCluster,
+            2 => RefusalCode::StaleTerm,
+            3 => RefusalCode::Diverged,
+            4 => RefusalCode::NotPrimary,
+            5 => RefusalCode::NameInUse,
+            6 => RefusalCode::Protocol,
+            7 => RefusalCode::Internal,
+            _ => return Err(WireError::Malformed(format!("unknown refusal code {v}"))),
+        })
+    }
+
+    /// A short name for logs and status pages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalCode::WrongCluster => "wrong_cluster",
+            RefusalCode::StaleTerm => "stale_term",
+            RefusalCode::Diverged => "diverged",
+            RefusalCode::NotPrimary => "not_primary",
+            RefusalCode::NameInUse => "name_in_use",
+            RefusalCode::Protocol => "protocol",
+            RefusalCode::Internal => "internal",
+        }
+    }
+}
+
+/// A refusal: the connection is closed after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// What kind of refusal.
+    pub code: RefusalCode,
+    /// What happened and what to do, for the operator.
+    pub message: String,
+}
+
+/// A replica's positions, as in PostgreSQL's `pg_stat_replication`.
+/// Invariant: `applied <= flushed <= written`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// Last record received into its log.
+    pub written: Position,
+    /// Last record fsynced in its log.
+    pub flushed: Position,
+    /// Last record applied to its SQLite.
+    pub applied: Position,
+}
+
+/// One peer message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Replica → primary, first.
+    Hello(Hello),
+    /// Primary → replica: accepted.
+    Welcome(Welcome),
+    /// Either way: refused, the connection closes.
+    Refused(Refusal),
+    /// Primary → replica: consecutive records.
+    Records(Vec<Record>),
+    /// Primary → replica when idle: the primary's flushed position.
+    Heartbeat {
+        /// The primary's last durable record.
+        flushed: Position,
+    },
+    /// Primary → replica: a snapshot of `bytes` bytes taken at `at` follows.
+    SnapshotBegin {
+        /// The applied position the snapshot holds.
+        at: Position,
+        /// Its size.
+        bytes: u64,
+    },
+    /// Primary → replica: the next bytes of the snapshot.
+    SnapshotChunk(Vec<u8>),
+    /// Primary → replica: the snapshot is complete; CRC32C of all its bytes.
+    SnapshotEnd {
+        /// Checksum of the whole file.
+        crc32c: u32,
+    },
+    /// Replica → primary: its positions.
+    Progress(Progress),
+}
+
+const HELLO: u8 = 1;
+const WELCOME: u8 = 2;
+const REFUSED: u8 = 3;
+const RECORDS: u8 = 4;
+const HEARTBEAT: u8 = 5;
+const SNAPSHOT_BEGIN: u8 = 6;
+const SNAPSHOT_CHUNK: u8 = 7;
+const SNAPSHOT_END: u8 = 8;
+const PROGRESS: u8 = 9;
+
+impl Message {
+    /// A short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::Welcome(_) => "welcome",
+            Message::Refused(_) => "refused",
+            Message::Records(_) => "records",
+            Message::Heartbeat { .. } => "heartbeat",
+            Message::SnapshotBegin { .. } => "snapshot-begin",
+            Message::SnapshotChunk(_) => "snapshot-chunk",
+            Message::SnapshotEnd { .. } => "snapshot-end",
+            Message::Progress(_) => "progress",
+        }
+    }
+
+    /// Appends the message's body (version, kind, fields) to `out`.
+    pub fn encode_body(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        out.push(WIRE_VERSION);
+        match self {
+            Message::Hello(h) => {
+                out.push(HELLO);
+                put_str(out, &h.cluster_id);
+                put_str(out, &h.name);
+                put_u64(out, h.term.0);
+                put_pos(out, h.last);
+                put_str(out, &h.http_url);
+            }
+            Message::Welcome(w) => {
+                out.push(WELCOME);
+                put_str(out, &w.cluster_id);
+                put_str(out, &w.primary);
+                put_u64(out, w.term.0);
+                put_str(out, &w.http_url);
+                match w.start {
+                    Start::Stream { from } => {
+                        out.push(1);
+                        put_u64(out, from.0);
+                    }
+                    Start::Snapshot => out.push(2),
+                }
+            }
+            Message::Refused(r) => {
+                out.push(REFUSED);
+                out.push(r.code.to_u8());
+                put_str(out, &r.message);
+            }
+            Message::Records(records) => {
+                out.push(RECORDS);
+                put_u32(out, records.len() as u32);
+                for r in records {
+                    r.encode_into(out)
+                        .map_err(|e| WireError::Malformed(format!("encode record: {e}")))?;
+                }
+            }
+            Message::Heartbeat { flushed } => {
+                out.push(HEARTBEAT);
+                put_pos(out, *flushed);
+            }
+            Message::SnapshotBegin { at, bytes } => {
+                out.push(SNAPSHOT_BEGIN);
+                put_pos(out, *at);
+                put_u64(out, *bytes);
+            }
+            Message::SnapshotChunk(bytes) => {
+                out.push(SNAPSHOT_CHUNK);
+                put_bytes(out, bytes);
+            }
+            Message::SnapshotEnd { crc32c } => {
+                out.push(SNAPSHOT_END);
+                put_u32(out, *crc32c);
+            }
+            Message::Progress(p) => {
+                out.push(PROGRESS);
+                put_pos(out, p.written);
+                put_pos(out, p.flushed);
+                put_pos(out, p.applied);
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes a body written by [`Message::encode_body`].
+    pub fn decode_body(body: &[u8]) -> Result<Message, WireError> {
+        let mut r = Cursor { buf: body };
+        let version = r.u8()?;
+        if version != WIRE_VERSION {
+            return Err(WireError::Version(version));
+        }
+        let kind = r.u8()?;
+        let m = match kind {
+            HELLO => Message::Hello(Hello {
+                cluster_id: r.string()?,
+                name: r.string()?,
+                term: Term(r.u64()?),
+                last: r.pos()?,
+                http_url: r.string()?,
+            }),
+            WELCOME => Message::Welcome(Welcome {
+                cluster_id: r.string()?,
+                primary: r.string()?,
+                term: Term(r.u64()?),
+                http_url: r.string()?,
+                start: match r.u8()? {
+                    1 => Start::Stream {
+                        from: Lsn(r.u64()?),
+                    },
+                    2 => Start::Snapshot,
+                    v => return Err(WireError::Malformed(format!("unknown start kind {v}"))),
+                },
+            }),
+            REFUSED => Message::Refused(Refusal {
+                code: RefusalCode::from_u8(r.u8()?)?,
+                message: r.string()?,
+            }),
+            RECORDS => {
+                let n = r.u32()? as usize;
+                // Each record takes at least a frame header; this bounds the allocation.
+                if n > r.buf.len() / scribe_log::record::FRAME_HEADER {
+                    return Err(WireError::Malformed(format!(
+                        "{n} records cannot fit in {} bytes",
+                        r.buf.len()
+                    )));
+                }
+                let mut records = Vec::with_capacity(n);
+                for i in 0..n {
+                    let (rec, len) = scribe_log::record::decode_frame(r.buf)
+                        .map_err(|e| WireError::Malformed(format!("record {i}: {e:?}")))?;
+                    r.buf = &r.buf[len..];
+                    records.push(rec);
+                }
+                Message::Records(records)
+            }
+            HEARTBEAT => Message::Heartbeat { flushed: r.pos()? },
+            SNAPSHOT_BEGIN => Message::SnapshotBegin {
+                at: r.pos()?,
+                bytes: r.u64()?,
+            },
+            SNAPSHOT_CHUNK => Message::SnapshotChunk(r.bytes()?.to_vec()),
+            SNAPSHOT_END => Message::SnapshotEnd { crc32c: r.u32()? },
+            PROGRESS => Message::Progress(Progress {
+                written: r.pos()?,
+                flushed: r.pos()?,
+                applied: r.pos()?,
+            }),
+            k => return Err(WireError::Malformed(format!("unknown message kind {k}"))),
+        };
+        if !r.buf.is_empty() {
+            return Err(WireError::Malformed(format!(
+                "{} bytes after a {} message",
+                r.buf.len(),
+                m.kind()
+            )));
+        }
+        Ok(m)
+    }
+}
+
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_pos(out: &mut Vec<u8>, p: Position) {
+    put_u64(out, p.term.0);
+    put_u64(out, p.lsn.0);
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_u32(out, b.len() as u32);
+    out.extend_from_slice(b);
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_bytes(out, s.as_bytes());
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.buf.len() < n {
+            return Err(WireError::Malformed(format!(
+                "message ends early: {n} bytes needed, {} left",
+                self.buf.len()
+            )));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, WireError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn u64(&mut self) -> Result<u64, WireError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn pos(&mut self) -> Result<Position, WireError> {
+        Ok(Position::new(Term(self.u64()?), Lsn(self.u64()?)))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], WireError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+
+    fn string(&mut self) -> Result<String, WireError> {
+        let b = self.bytes()?;
+        String::from_utf8(b.to_vec())
+            .map_err(|_| WireError::Malformed("a string is not UTF-8".into()))
+    }
+}

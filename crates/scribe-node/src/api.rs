@@ -14,12 +14,16 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use scribe_core::Position;
+use scribe_core::{CommitMode, OnSyncTimeout, Position};
 use scribe_sqlite::{Engine, Params, Statement, StatementResult, Value};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::Identity;
+use crate::replication::commit_wait::{self, Durability};
+use crate::replication::follower::FollowView;
+use crate::replication::registry::ReplicaView;
+use crate::replication::Role;
 use crate::{metrics, ApiError, NodeConfig};
 
 /// What the handlers share.
@@ -34,6 +38,10 @@ pub struct AppState {
     pub started: Instant,
     /// Requests answered, by route and status code.
     pub requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Primary (with its replicas) or replica (with its follower).
+    pub role: Role,
+    /// Where the peer protocol listens, if it does.
+    pub peer_addr: Option<std::net::SocketAddr>,
 }
 
 /// `POST /v1/execute`: statements run as one transaction.
@@ -42,6 +50,9 @@ pub struct AppState {
 pub struct ExecuteRequest {
     /// The statements, in order.
     pub statements: Vec<Statement>,
+    /// Commit mode for this transaction; the node's `--commit` when absent.
+    #[serde(default)]
+    pub commit: Option<CommitMode>,
 }
 
 /// The answer to `/v1/execute`.
@@ -51,6 +62,8 @@ pub struct ExecuteResponse {
     pub results: Vec<StatementResult>,
     /// Position token of the transaction's record.
     pub position: Position,
+    /// The durability it reached.
+    pub durability: Durability,
 }
 
 /// `POST /v1/query`: one read-only statement.
@@ -139,10 +152,56 @@ async fn execute(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ExecuteResponse>, ApiError> {
     let req: ExecuteRequest = parse(body, state.config.max_request_bytes)?;
+    let registry = match &state.role {
+        Role::Primary(r) => r,
+        Role::Replica(f) => {
+            return Err(ApiError::NotPrimary {
+                node: state.identity.name.clone(),
+                primary: f.primary(),
+            })
+        }
+    };
+    let mode = req.commit.unwrap_or(state.config.commit);
     let committed = state.engine.execute(req.statements).await?;
+    let durability = if !committed.logged || mode == CommitMode::Async {
+        // Nothing written means nothing to replicate: the mode holds trivially.
+        Durability::local(mode)
+    } else {
+        match commit_wait::wait(
+            registry,
+            mode,
+            committed.position.lsn,
+            state.config.sync_timeout,
+        )
+        .await
+        {
+            Ok(d) => d,
+            Err(timed_out) => {
+                tracing::warn!(
+                    position = %committed.position,
+                    requested = %mode,
+                    reached = %timed_out.reached.mode,
+                    waited = ?timed_out.waited,
+                    policy = %state.config.on_sync_timeout,
+                    "a commit was not confirmed by the sync set in time"
+                );
+                match state.config.on_sync_timeout {
+                    OnSyncTimeout::Degrade => timed_out.reached,
+                    OnSyncTimeout::Error => {
+                        return Err(ApiError::SyncTimeout {
+                            position: committed.position,
+                            durability: timed_out.reached,
+                            sync_set: registry.sync_set().to_string(),
+                        })
+                    }
+                }
+            }
+        }
+    };
     Ok(Json(ExecuteResponse {
         results: committed.results,
         position: committed.position,
+        durability,
     }))
 }
 
@@ -195,8 +254,32 @@ pub struct Status {
     pub uptime_seconds: u64,
     /// Scribe's version.
     pub version: &'static str,
-    /// Replicas following this node (none yet on a single node).
-    pub replicas: Vec<serde_json::Value>,
+    /// Oldest record still held in the change log.
+    pub log_first_lsn: u64,
+    /// Where the peer protocol listens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_addr: Option<String>,
+    /// Commit settings (on a primary).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<CommitSettings>,
+    /// The replication of this replica (on a replica).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication: Option<FollowView>,
+    /// Replicas following this node (on a primary).
+    pub replicas: Vec<ReplicaView>,
+}
+
+/// The commit settings a primary runs with.
+#[derive(Debug, Serialize)]
+pub struct CommitSettings {
+    /// Default mode.
+    pub mode: CommitMode,
+    /// Sync set.
+    pub sync_replicas: String,
+    /// Wait bound, milliseconds.
+    pub sync_timeout_ms: u64,
+    /// `error` or `degrade`.
+    pub on_sync_timeout: String,
 }
 
 async fn status(State(state): State<Arc<AppState>>) -> Json<Status> {
@@ -204,14 +287,17 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<Status> {
     let failure = state.engine.write_failure();
     Json(Status {
         node: state.identity.name.clone(),
-        cluster_id: state.identity.cluster_id.clone(),
-        role: "primary",
+        cluster_id: match &state.role {
+            Role::Replica(f) => f.cluster_id(),
+            Role::Primary(_) => state.identity.cluster_id.clone(),
+        },
+        role: state.role.name(),
         term: p.last.term.0,
         position: p.flushed,
         last_lsn: p.last.lsn.0,
         flushed_lsn: p.flushed.lsn.0,
         applied_lsn: p.applied.lsn.0,
-        accepting_writes: failure.is_none(),
+        accepting_writes: failure.is_none() && matches!(state.role, Role::Primary(_)),
         write_failure: failure,
         log_bytes: state
             .engine
@@ -220,7 +306,25 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<Status> {
             .load(std::sync::atomic::Ordering::Relaxed),
         uptime_seconds: state.started.elapsed().as_secs(),
         version: env!("CARGO_PKG_VERSION"),
-        replicas: Vec::new(),
+        log_first_lsn: state.engine.log_first_lsn().0,
+        peer_addr: state.peer_addr.map(|a| a.to_string()),
+        commit: match &state.role {
+            Role::Primary(_) => Some(CommitSettings {
+                mode: state.config.commit,
+                sync_replicas: state.config.sync_replicas.to_string(),
+                sync_timeout_ms: state.config.sync_timeout.as_millis() as u64,
+                on_sync_timeout: state.config.on_sync_timeout.to_string(),
+            }),
+            Role::Replica(_) => None,
+        },
+        replication: match &state.role {
+            Role::Replica(f) => Some(f.view()),
+            Role::Primary(_) => None,
+        },
+        replicas: match &state.role {
+            Role::Primary(r) => r.views(p.flushed.lsn).into_iter().map(|m| m.view).collect(),
+            Role::Replica(_) => Vec::new(),
+        },
     })
 }
 

@@ -3,6 +3,9 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use scribe_core::{CommitMode, OnSyncTimeout, SyncSet};
 
 /// A node's configuration.
 #[derive(Debug, Clone)]
@@ -21,6 +24,24 @@ pub struct NodeConfig {
     pub max_batch: usize,
     /// Size at which a change-log segment is closed, in bytes.
     pub segment_bytes: u64,
+    /// Where the peer protocol listens (replicas connect here); `None`: no replicas can follow.
+    pub peer_addr: Option<SocketAddr>,
+    /// The primary's peer address to follow; `Some` makes this node a read-only replica.
+    pub follow: Option<String>,
+    /// Default commit mode of writes on this node when primary.
+    pub commit: CommitMode,
+    /// Which replicas count for semi-sync and sync commits.
+    pub sync_replicas: SyncSet,
+    /// How long a semi-sync or sync commit waits for its replicas.
+    pub sync_timeout: Duration,
+    /// What happens when that wait times out.
+    pub on_sync_timeout: OnSyncTimeout,
+    /// Most bytes of change log kept for replicas that are behind; past it the oldest segments
+    /// go and such a replica is re-seeded from a snapshot.
+    pub max_log_size: u64,
+    /// Test-only fault injection: a replica pauses this long between making streamed records
+    /// durable and applying them (`SCRIBE_TEST_APPLY_DELAY_MS`). Zero in production.
+    pub test_apply_delay: Duration,
 }
 
 impl NodeConfig {
@@ -38,6 +59,18 @@ impl NodeConfig {
             readers: 4,
             max_batch: 1024,
             segment_bytes: 64 << 20,
+            peer_addr: None,
+            follow: None,
+            commit: CommitMode::Async,
+            sync_replicas: SyncSet {
+                quorum: scribe_core::Quorum::Any,
+                n: 1,
+                members: None,
+            },
+            sync_timeout: Duration::from_secs(5),
+            on_sync_timeout: OnSyncTimeout::Error,
+            max_log_size: 1 << 30,
+            test_apply_delay: Duration::ZERO,
         }
     }
 
@@ -67,6 +100,30 @@ impl NodeConfig {
         }
         if self.segment_bytes < 4096 {
             return Err("log segments must be at least 4 KiB".into());
+        }
+        if self.max_log_size < self.segment_bytes {
+            return Err(format!(
+                "--max-log-size ({}) must be at least one segment (--segment-bytes {})",
+                self.max_log_size, self.segment_bytes
+            ));
+        }
+        if self.sync_timeout.is_zero() {
+            return Err("--sync-timeout must be longer than zero".into());
+        }
+        if let Some(f) = &self.follow {
+            if f.trim().is_empty() || !f.contains(':') {
+                return Err(format!(
+                    "--follow {f:?} must be the primary's peer address, HOST:PORT"
+                ));
+            }
+        }
+        if let Some(members) = &self.sync_replicas.members {
+            if members.iter().any(|m| m == &self.name) {
+                return Err(format!(
+                    "the sync set {} names this node itself ({})",
+                    self.sync_replicas, self.name
+                ));
+            }
         }
         Ok(())
     }

@@ -3,7 +3,10 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use scribe_core::Position;
 use scribe_sqlite::EngineError;
+
+use crate::replication::commit_wait::Durability;
 
 /// An error answered to a client.
 #[derive(Debug)]
@@ -16,6 +19,23 @@ pub enum ApiError {
     NotFound(String),
     /// An error of the storage engine.
     Engine(EngineError),
+    /// A write reached a replica; it names the primary (name, HTTP URL) when known.
+    NotPrimary {
+        /// This node's name.
+        node: String,
+        /// The primary, when known.
+        primary: Option<(String, String)>,
+    },
+    /// A semi-sync or sync commit was not confirmed in time (`--on-sync-timeout error`): the
+    /// transaction is committed on the primary, not confirmed replicated.
+    SyncTimeout {
+        /// Its position.
+        position: Position,
+        /// What it reached.
+        durability: Durability,
+        /// The sync set it waited for.
+        sync_set: String,
+    },
 }
 
 impl From<EngineError> for ApiError {
@@ -31,6 +51,8 @@ impl ApiError {
             ApiError::BadJson(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::NotPrimary { .. } => (StatusCode::CONFLICT, "not_primary"),
+            ApiError::SyncTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "sync_timeout"),
             ApiError::Engine(e) => match e {
                 EngineError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
                 EngineError::Sql(_) => (StatusCode::BAD_REQUEST, "sql_error"),
@@ -55,6 +77,43 @@ impl ApiError {
             }
             ApiError::NotFound(path) => format!("no such endpoint: {path}"),
             ApiError::Engine(e) => e.to_string(),
+            ApiError::NotPrimary { node, primary } => match primary {
+                Some((name, url)) => format!(
+                    "{node} is a read-only replica; send writes to the primary {name} at {url}"
+                ),
+                None => format!(
+                    "{node} is a read-only replica and has not reached its primary yet; send writes to the primary"
+                ),
+            },
+            ApiError::SyncTimeout {
+                position,
+                durability,
+                sync_set,
+            } => {
+                let requested = durability.requested.unwrap_or(durability.mode);
+                format!(
+                    "the transaction is committed on the primary at {position} but was not confirmed {requested} by the sync set {sync_set} in time; \
+                     it reached {} (acknowledged by {}); it will replicate when replicas catch up, but it is not known to be replicated — do not retry it blindly",
+                    durability.mode,
+                    if durability.acked_by.is_empty() { "no replica".to_string() } else { durability.acked_by.join(", ") }
+                )
+            }
+        }
+    }
+
+    /// Extra fields of the error object.
+    fn details(&self) -> Option<serde_json::Value> {
+        match self {
+            ApiError::NotPrimary {
+                primary: Some((name, url)),
+                ..
+            } => Some(serde_json::json!({ "primary": { "name": name, "url": url } })),
+            ApiError::SyncTimeout {
+                position,
+                durability,
+                ..
+            } => Some(serde_json::json!({ "position": position, "durability": durability })),
+            _ => None,
         }
     }
 }
@@ -65,7 +124,13 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(code, error = %self.message(), "request failed");
         }
-        let body = serde_json::json!({ "error": { "code": code, "message": self.message() } });
+        let mut error = serde_json::json!({ "code": code, "message": self.message() });
+        if let (Some(serde_json::Value::Object(extra)), Some(obj)) =
+            (self.details(), error.as_object_mut())
+        {
+            obj.extend(extra);
+        }
+        let body = serde_json::json!({ "error": error });
         (status, axum::Json(body)).into_response()
     }
 }

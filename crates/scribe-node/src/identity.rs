@@ -118,6 +118,17 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result
     fs::File::open(dir)?.sync_all()
 }
 
+/// Rewrites the identity of `dir` to belong to `cluster_id`: an empty replica joining its
+/// primary's cluster.
+pub fn adopt_cluster(dir: &Path, name: &str, cluster_id: &str) -> Result<(), String> {
+    let id = Identity {
+        name: name.to_string(),
+        cluster_id: cluster_id.to_string(),
+    };
+    write_atomically(dir, FILE, encode(&id).as_bytes())
+        .map_err(|e| format!("write identity file {}: {e}", dir.join(FILE).display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,4 @@
-//! The Scribe node runtime: it drives the storage engine and serves clients.
+//! The Scribe node runtime: it drives the storage engine and serves clients, and replicates.
 //!
 //! This crate owns what runs in a node process: its configuration, its identity file, the HTTP
 //! JSON API and the Prometheus metrics page. It does not touch SQLite or the log files directly
@@ -11,6 +11,7 @@
 //! - [`api`]: the HTTP routes and their JSON.
 //! - [`error`]: [`ApiError`] and its one mapping to status codes.
 //! - [`metrics`]: rendering metrics in Prometheus' text format.
+//! - [`replication`]: primary/replica streaming, commit modes, lag, snapshots, retention.
 
 pub mod api;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod identity;
 pub mod metrics;
 pub mod node;
+pub mod replication;
 
 pub use config::NodeConfig;
 pub use error::ApiError;

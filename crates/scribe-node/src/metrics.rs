@@ -20,15 +20,126 @@ fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
 
 fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    histogram_series(out, name, "", h);
+}
+
+/// One histogram's series; `labels` is empty or `key="value",`.
+fn histogram_series(out: &mut String, name: &str, labels: &str, h: &HistogramSnapshot) {
     for (le, n) in &h.buckets {
         let le = if le.is_infinite() {
             "+Inf".to_string()
         } else {
             format!("{le}")
         };
-        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {n}");
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{le}\"}} {n}");
     }
-    let _ = writeln!(out, "{name}_sum {}\n{name}_count {}", h.sum, h.count);
+    let plain = labels.trim_end_matches(',');
+    let braces = if plain.is_empty() {
+        String::new()
+    } else {
+        format!("{{{plain}}}")
+    };
+    let _ = writeln!(
+        out,
+        "{name}_sum{braces} {}\n{name}_count{braces} {}",
+        h.sum, h.count
+    );
+}
+
+/// Per-replica series, on a primary.
+fn replicas(out: &mut String, state: &AppState) {
+    let crate::replication::Role::Primary(registry) = &state.role else {
+        return;
+    };
+    let views = registry.views(state.engine.progress().flushed.lsn);
+    let header = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    header(
+        out,
+        "scribe_replica_connected",
+        "gauge",
+        "1 when the replica is connected.",
+    );
+    for r in &views {
+        let up = r.view.state != crate::replication::registry::ReplicaState::Disconnected;
+        let _ = writeln!(
+            out,
+            "scribe_replica_connected{{replica=\"{}\"}} {}",
+            r.view.name, up as u8
+        );
+    }
+    header(
+        out,
+        "scribe_replica_lsn",
+        "gauge",
+        "The replica's written, flushed and applied LSN.",
+    );
+    for r in &views {
+        for (kind, v) in [
+            ("written", r.view.written_lsn),
+            ("flushed", r.view.flushed_lsn),
+            ("applied", r.view.applied_lsn),
+        ] {
+            let _ = writeln!(
+                out,
+                "scribe_replica_lsn{{replica=\"{}\",kind=\"{kind}\"}} {v}",
+                r.view.name
+            );
+        }
+    }
+    header(
+        out,
+        "scribe_replica_lag_records",
+        "gauge",
+        "Records flushed on the primary and not applied on the replica.",
+    );
+    for r in &views {
+        let _ = writeln!(
+            out,
+            "scribe_replica_lag_records{{replica=\"{}\"}} {}",
+            r.view.name, r.view.lag_records
+        );
+    }
+    header(
+        out,
+        "scribe_replica_lag_bytes",
+        "gauge",
+        "Bytes sent to the replica and not yet applied there.",
+    );
+    for r in &views {
+        let _ = writeln!(
+            out,
+            "scribe_replica_lag_bytes{{replica=\"{}\"}} {}",
+            r.view.name, r.view.lag_bytes
+        );
+    }
+    header(out, "scribe_replica_lag_seconds", "gauge", "Age of the oldest record the replica has not written, flushed or applied (0 when caught up).");
+    for r in &views {
+        for (kind, v) in [
+            ("write", r.view.write_lag_ms),
+            ("flush", r.view.flush_lag_ms),
+            ("apply", r.view.apply_lag_ms),
+        ] {
+            if let Some(ms) = v {
+                let _ = writeln!(
+                    out,
+                    "scribe_replica_lag_seconds{{replica=\"{}\",kind=\"{kind}\"}} {}",
+                    r.view.name,
+                    ms / 1000.0
+                );
+            }
+        }
+    }
+    header(out, "scribe_replica_apply_lag_seconds", "histogram", "Per transaction: time from its commit on the primary to the primary learning the replica applied it.");
+    for r in &views {
+        histogram_series(
+            out,
+            "scribe_replica_apply_lag_seconds",
+            &format!("replica=\"{}\",", r.view.name),
+            &r.apply_lag.snapshot(),
+        );
+    }
 }
 
 /// The metrics page.
@@ -114,6 +225,25 @@ pub fn render(state: &AppState) -> String {
         "1 when the node takes writes.",
         state.engine.write_failure().is_none() as u64,
     );
+    gauge(
+        &mut out,
+        "scribe_log_first_lsn",
+        "Oldest record still held in the change log.",
+        m.log_first_lsn.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "scribe_log_segments_deleted_total",
+        "Change-log segments deleted by retention.",
+        m.segments_deleted.load(Ordering::Relaxed),
+    );
+    gauge(
+        &mut out,
+        "scribe_is_primary",
+        "1 on the primary, 0 on a replica.",
+        matches!(state.role, crate::replication::Role::Primary(_)) as u64,
+    );
+    replicas(&mut out, state);
     let _ = writeln!(out, "# HELP scribe_http_requests_total HTTP requests answered, by route and status.\n# TYPE scribe_http_requests_total counter");
     for ((route, code), n) in state.requests.lock().expect("request counts").iter() {
         let _ = writeln!(

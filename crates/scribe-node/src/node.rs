@@ -1,5 +1,6 @@
-//! [`Node`]: starts a node — identity, storage engine (with recovery and replay), HTTP listener —
-//! serves until told to stop, then drains requests and stops the writer cleanly.
+//! [`Node`]: starts a node — identity, storage engine (with recovery and replay), HTTP listener,
+//! peer listener, and its replication role (a primary with its replicas, or a replica following
+//! one) — serves until told to stop, then drains requests and stops the writer cleanly.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -11,45 +12,89 @@ use scribe_log::LogOptions;
 use scribe_sqlite::{Engine, EngineOptions, OpenReport};
 
 use crate::api::{self, AppState};
+use crate::replication::follower::{self, Follower};
+use crate::replication::registry::Registry;
+use crate::replication::{retention, sender, Role};
 use crate::{identity, NodeConfig};
 
-/// A started node: its engine is open and its listener bound.
+/// A started node: its engine is open and its listeners bound.
 pub struct Node {
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
+    peer: Option<tokio::net::TcpListener>,
     report: OpenReport,
 }
 
 impl Node {
-    /// Opens the data directory (recovering and replaying the log) and binds the HTTP address.
+    /// Opens the data directory (recovering and replaying the log) and binds the HTTP and peer
+    /// addresses.
     pub async fn start(config: NodeConfig) -> Result<Node, String> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("create data directory {}: {e}", config.data_dir.display()))?;
         let identity = identity::load_or_create(&config.data_dir, &config.name)?;
+        if config.follow.is_some() {
+            if follower::discard_unfinished_seeding(&config.data_dir)? {
+                tracing::warn!(data = %config.data_dir.display(), "an earlier snapshot install did not finish; discarded the partial copy, the primary will seed this replica again");
+            }
+        } else if config.data_dir.join(follower::SEEDING_MARKER).exists() {
+            return Err(format!(
+                "data directory {} holds an unfinished snapshot install; it can only be used as a replica (--follow), which seeds it again",
+                config.data_dir.display()
+            ));
+        }
         let mut opts = EngineOptions::new(&config.data_dir);
         opts.log = LogOptions {
             segment_bytes: config.segment_bytes,
         };
         opts.readers = config.readers;
         opts.max_batch = config.max_batch;
+        opts.apply_delay = config.test_apply_delay;
+        let dir = config.data_dir.clone();
         let (engine, report) = tokio::task::spawn_blocking(move || Engine::open(opts))
             .await
             .map_err(|e| format!("open storage: {e}"))?
-            .map_err(|e| format!("open storage in {}: {e}", config.data_dir.display()))?;
+            .map_err(|e| format!("open storage in {}: {e}", dir.display()))?;
         let listener = tokio::net::TcpListener::bind(config.http_addr)
             .await
             .map_err(|e| format!("listen for HTTP on {}: {e}", config.http_addr))?;
+        let peer = match config.peer_addr {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("listen for peers on {addr}: {e}"))?,
+            ),
+            None => None,
+        };
+        let http_url = format!(
+            "http://{}",
+            listener.local_addr().map_err(|e| e.to_string())?
+        );
+        let role = match &config.follow {
+            Some(follow) => Role::Replica(Arc::new(Follower::new(
+                engine.clone(),
+                config.name.clone(),
+                identity.cluster_id.clone(),
+                follow.clone(),
+                http_url,
+                config.data_dir.clone(),
+            ))),
+            None => Role::Primary(Arc::new(Registry::new(config.sync_replicas.clone()))),
+        };
+        let peer_addr = peer.as_ref().and_then(|l| l.local_addr().ok());
         let state = Arc::new(AppState {
             engine,
             identity,
             config,
             started: Instant::now(),
             requests: Mutex::new(BTreeMap::new()),
+            role,
+            peer_addr,
         });
         Ok(Node {
             state,
             listener,
+            peer,
             report,
         })
     }
@@ -59,6 +104,16 @@ impl Node {
         self.listener
             .local_addr()
             .expect("bound listener has an address")
+    }
+
+    /// The address the peer protocol listens on, if any.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.state.peer_addr
+    }
+
+    /// `primary` or `replica`.
+    pub fn role(&self) -> &'static str {
+        self.state.role.name()
     }
 
     /// What recovery found at start.
@@ -71,17 +126,47 @@ impl Node {
         &self.state.engine
     }
 
-    /// Serves until `shutdown` completes, then finishes in-flight requests and stops the writer.
+    /// Serves until `shutdown` completes, then finishes in-flight requests, stops replication
+    /// and stops the writer.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), String> {
-        let engine = self.state.engine.clone();
+        let state = self.state.clone();
+        let mut tasks = Vec::new();
+        if let Some(peer) = self.peer {
+            let ctx = Arc::new(sender::PeerContext {
+                engine: state.engine.clone(),
+                name: state.identity.name.clone(),
+                cluster_id: state.identity.cluster_id.clone(),
+                http_url: format!(
+                    "http://{}",
+                    self.listener.local_addr().map_err(|e| e.to_string())?
+                ),
+                snapshot_dir: state.config.data_dir.join("snapshots"),
+                role: state.role.clone(),
+            });
+            tasks.push(tokio::spawn(sender::serve(peer, ctx)));
+        }
+        if let Role::Replica(f) = &state.role {
+            tasks.push(tokio::spawn(f.clone().run()));
+        }
+        tasks.push(tokio::spawn(retention::run(
+            state.engine.clone(),
+            state.role.clone(),
+            state.config.max_log_size,
+        )));
         let app = api::router(self.state);
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
-        engine.shutdown().await;
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        state.engine.shutdown().await;
         served.map_err(|e| format!("serve HTTP: {e}"))
     }
 }

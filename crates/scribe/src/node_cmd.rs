@@ -3,9 +3,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::Args;
+use scribe_core::{CommitMode, OnSyncTimeout, SyncSet};
 use scribe_node::{Node, NodeConfig};
 use serde::Deserialize;
 
@@ -36,6 +38,27 @@ pub struct NodeArgs {
     /// Size at which a change-log segment is closed and a new one started, in bytes [default: 67108864]
     #[arg(long, env = "SCRIBE_SEGMENT_BYTES")]
     pub segment_bytes: Option<u64>,
+    /// Address of the peer protocol, where replicas connect to stream the change log; port 0 picks a free port (see `scribe status`) [default: none]
+    #[arg(long, env = "SCRIBE_PEER")]
+    pub peer: Option<SocketAddr>,
+    /// Run as a read-only replica of the primary whose peer address (HOST:PORT) this is [default: run as primary]
+    #[arg(long, env = "SCRIBE_FOLLOW")]
+    pub follow: Option<String>,
+    /// Default commit mode of writes: async (the primary's own fsync), semi-sync (the sync replicas have it fsynced), sync (they have applied it); a request may override it [default: async]
+    #[arg(long, env = "SCRIBE_COMMIT")]
+    pub commit: Option<CommitMode>,
+    /// Which replicas count for semi-sync and sync, and how many must answer: "FIRST 1 (n2, n3)", "ANY 2 (*)" [default: "ANY 1 (*)"]
+    #[arg(long, env = "SCRIBE_SYNC_REPLICAS")]
+    pub sync_replicas: Option<SyncSet>,
+    /// How long a semi-sync or sync commit waits for its replicas (for example 5s, 500ms) [default: 5s]
+    #[arg(long, env = "SCRIBE_SYNC_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub sync_timeout: Option<Duration>,
+    /// When that wait times out: error (the answer is an error saying the transaction is committed on the primary but not confirmed replicated) or degrade (success, reporting the durability reached and "degraded": true) [default: error]
+    #[arg(long, env = "SCRIBE_ON_SYNC_TIMEOUT")]
+    pub on_sync_timeout: Option<OnSyncTimeout>,
+    /// Most bytes of change log kept for replicas that are behind; a replica further behind is re-seeded from a snapshot [default: 1073741824]
+    #[arg(long, env = "SCRIBE_MAX_LOG_SIZE")]
+    pub max_log_size: Option<u64>,
     /// What to log, in RUST_LOG syntax (for example "info" or "scribe_log=debug") [default: info]
     #[arg(long, env = "SCRIBE_LOG")]
     pub log: Option<String>,
@@ -52,6 +75,13 @@ struct FileConfig {
     readers: Option<usize>,
     max_batch: Option<usize>,
     segment_bytes: Option<u64>,
+    peer: Option<SocketAddr>,
+    follow: Option<String>,
+    commit: Option<String>,
+    sync_replicas: Option<String>,
+    sync_timeout: Option<String>,
+    on_sync_timeout: Option<String>,
+    max_log_size: Option<u64>,
     log: Option<String>,
 }
 
@@ -87,6 +117,39 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, String)> {
     }
     if let Some(v) = args.segment_bytes.or(file.segment_bytes) {
         config.segment_bytes = v;
+    }
+    config.peer_addr = args.peer.or(file.peer);
+    config.follow = args.follow.or(file.follow);
+    let key = |k: &str| format!("config file key {k}");
+    if let Some(v) = args.commit {
+        config.commit = v;
+    } else if let Some(v) = file.commit {
+        config.commit = v.parse().with_context(|| key("commit"))?;
+    }
+    if let Some(v) = args.sync_replicas {
+        config.sync_replicas = v;
+    } else if let Some(v) = file.sync_replicas {
+        config.sync_replicas = v.parse().with_context(|| key("sync_replicas"))?;
+    }
+    if let Some(v) = args.sync_timeout {
+        config.sync_timeout = v;
+    } else if let Some(v) = file.sync_timeout {
+        config.sync_timeout = humantime::parse_duration(&v).with_context(|| key("sync_timeout"))?;
+    }
+    if let Some(v) = args.on_sync_timeout {
+        config.on_sync_timeout = v;
+    } else if let Some(v) = file.on_sync_timeout {
+        config.on_sync_timeout = v.parse().with_context(|| key("on_sync_timeout"))?;
+    }
+    if let Some(v) = args.max_log_size.or(file.max_log_size) {
+        config.max_log_size = v;
+    }
+    // Test-only fault injection, deliberately not a flag: a replica that lags on purpose.
+    if let Ok(ms) = std::env::var("SCRIBE_TEST_APPLY_DELAY_MS") {
+        let ms: u64 = ms
+            .parse()
+            .with_context(|| format!("SCRIBE_TEST_APPLY_DELAY_MS={ms:?} is not a number"))?;
+        config.test_apply_delay = Duration::from_millis(ms);
     }
     config
         .validate()
@@ -141,9 +204,11 @@ pub fn run(args: NodeArgs) -> anyhow::Result<i32> {
         let p = node.engine().progress();
         tracing::info!(
             node = %name,
+            role = node.role(),
             data = %dir.display(),
             position = %p.applied,
             replayed = report.replayed,
+            peer = ?node.peer_addr(),
             "node started"
         );
         // One line on stdout for scripts and tests: the address actually bound.

@@ -1,0 +1,627 @@
+//! The replica's side of the peer protocol: connect to the primary (reconnecting with backoff),
+//! say where this node's log ends, install a snapshot when the primary sends one, then append,
+//! fsync and apply the streamed records in batches and report written / flushed / applied as
+//! they move — and on a timer, so the primary's lag figures read zero when nothing happens.
+//!
+//! Three futures per connection: the receiver reads messages and hands records to the applier
+//! over a bounded channel (so a slow disk slows the stream instead of filling memory); the
+//! applier takes everything queued as one batch (one fsync, one SQLite transaction); the
+//! reporter owns the socket's write half. Fencing: a primary whose term is older than this
+//! node's is refused, and so is any record of an older term (the engine checks every append).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use scribe_core::{Lsn, Position};
+use scribe_log::Record;
+use scribe_sqlite::Engine;
+use scribe_wire::{
+    read_message, write_message, Hello, Message, Progress, Refusal, RefusalCode, Start, WireError,
+};
+use serde::Serialize;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+use super::{HANDSHAKE_TIMEOUT, HEARTBEAT, IDLE_TIMEOUT};
+use crate::identity;
+
+/// The file whose presence says the data directory is being seeded and is not usable.
+pub const SEEDING_MARKER: &str = "SEEDING";
+
+/// Where the replica is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FollowState {
+    /// Connecting (or waiting to reconnect).
+    Connecting,
+    /// Receiving and installing a snapshot.
+    Seeding,
+    /// Connected, behind the primary.
+    CatchingUp,
+    /// Connected, caught up.
+    Streaming,
+    /// The primary refused this replica; retrying.
+    Refused,
+    /// Applying failed; this replica needs repair.
+    Failed,
+}
+
+/// What the status page shows of the replication of a replica.
+#[derive(Debug, Clone, Serialize)]
+pub struct FollowView {
+    /// State.
+    pub state: FollowState,
+    /// The peer address it follows.
+    pub follow: String,
+    /// The primary's name, once known.
+    pub primary: Option<String>,
+    /// The primary's HTTP API, once known.
+    pub primary_url: Option<String>,
+    /// The primary's flushed LSN, from its last heartbeat or records.
+    pub primary_flushed_lsn: u64,
+    /// Last record received.
+    pub written_lsn: u64,
+    /// Records the primary has that this node has not applied (as of the last word from it).
+    pub lag_records: u64,
+    /// Milliseconds since the primary last sent anything.
+    pub last_contact_ms_ago: Option<u64>,
+    /// Snapshot transfer, while seeding.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seeding: Option<super::registry::SeedingView>,
+    /// The last error, if the connection is not up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: FollowState,
+    primary: Option<(String, String)>,
+    primary_flushed: Lsn,
+    last_contact: Option<Instant>,
+    seeding: Option<(u64, u64)>,
+    error: Option<String>,
+}
+
+/// A replica's follower: its configuration and the state its status page shows.
+pub struct Follower {
+    engine: Engine,
+    name: String,
+    follow: String,
+    http_url: String,
+    data_dir: PathBuf,
+    cluster_id: Mutex<String>,
+    shared: Mutex<Shared>,
+    written: watch::Sender<Position>,
+}
+
+/// Why a connection ended.
+enum Ended {
+    Refused(Refusal),
+    Failed(String),
+    Fatal(String),
+}
+
+impl From<WireError> for Ended {
+    fn from(e: WireError) -> Self {
+        Ended::Failed(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for Ended {
+    fn from(e: std::io::Error) -> Self {
+        Ended::Failed(e.to_string())
+    }
+}
+
+type Writer = BufWriter<OwnedWriteHalf>;
+type Reader = BufReader<OwnedReadHalf>;
+
+impl Follower {
+    /// A follower of the primary at `follow` for this node.
+    pub fn new(
+        engine: Engine,
+        name: String,
+        cluster_id: String,
+        follow: String,
+        http_url: String,
+        data_dir: PathBuf,
+    ) -> Follower {
+        let at = engine.progress().last;
+        Follower {
+            engine,
+            name,
+            follow,
+            http_url,
+            data_dir,
+            cluster_id: Mutex::new(cluster_id),
+            shared: Mutex::new(Shared {
+                state: FollowState::Connecting,
+                primary: None,
+                primary_flushed: Lsn::ZERO,
+                last_contact: None,
+                seeding: None,
+                error: None,
+            }),
+            written: watch::channel(at).0,
+        }
+    }
+
+    fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().expect("follower state")
+    }
+
+    /// The cluster id of this node's data (it changes once, when an empty replica joins).
+    pub fn cluster_id(&self) -> String {
+        self.cluster_id.lock().expect("cluster id").clone()
+    }
+
+    /// The primary, as far as known: name and HTTP URL.
+    pub fn primary(&self) -> Option<(String, String)> {
+        self.shared().primary.clone()
+    }
+
+    /// "n1 at http://…", or the peer address followed, for error messages.
+    pub fn primary_description(&self) -> String {
+        match self.primary() {
+            Some((name, url)) => format!("{name} at {url}"),
+            None => format!("the node at peer address {}", self.follow),
+        }
+    }
+
+    /// The status view.
+    pub fn view(&self) -> FollowView {
+        let s = self.shared();
+        let applied = self.engine.progress().applied.lsn;
+        FollowView {
+            state: s.state,
+            follow: self.follow.clone(),
+            primary: s.primary.as_ref().map(|p| p.0.clone()),
+            primary_url: s.primary.as_ref().map(|p| p.1.clone()),
+            primary_flushed_lsn: s.primary_flushed.0,
+            written_lsn: self.written.borrow().lsn.0,
+            lag_records: s.primary_flushed.0.saturating_sub(applied.0),
+            last_contact_ms_ago: s.last_contact.map(|t| t.elapsed().as_millis() as u64),
+            seeding: s.seeding.map(|(sent, total)| super::registry::SeedingView {
+                bytes_sent: sent,
+                bytes_total: total,
+            }),
+            error: s.error.clone(),
+        }
+    }
+
+    fn set_state(&self, state: FollowState, error: Option<String>) {
+        let mut s = self.shared();
+        s.state = state;
+        if error.is_some() || state == FollowState::Streaming || state == FollowState::CatchingUp {
+            s.error = error;
+        }
+    }
+
+    fn contact(&self, primary_flushed: Option<Lsn>) {
+        let mut s = self.shared();
+        s.last_contact = Some(Instant::now());
+        if let Some(f) = primary_flushed {
+            s.primary_flushed = s.primary_flushed.max(f);
+        }
+        if s.state == FollowState::CatchingUp || s.state == FollowState::Streaming {
+            let applied = self.engine.progress().applied.lsn;
+            s.state = if applied >= s.primary_flushed {
+                FollowState::Streaming
+            } else {
+                FollowState::CatchingUp
+            };
+        }
+    }
+
+    /// Follows the primary until the task is dropped: connect, stream, reconnect with backoff.
+    pub async fn run(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(100);
+        let mut last_error = String::new();
+        loop {
+            let outcome = self.session().await;
+            let (state, error, pause) = match outcome {
+                Ended::Refused(r) => {
+                    let msg = format!("the primary refused this replica: {}", r.message);
+                    (FollowState::Refused, msg, Duration::from_secs(5))
+                }
+                Ended::Failed(e) => (FollowState::Connecting, e, backoff),
+                Ended::Fatal(e) => {
+                    tracing::error!("stopped following the primary: {e}");
+                    self.set_state(FollowState::Failed, Some(e));
+                    return;
+                }
+            };
+            if error != last_error {
+                if state == FollowState::Refused {
+                    tracing::error!(follow = %self.follow, "{error}");
+                } else {
+                    tracing::warn!(follow = %self.follow, error = %error, "lost the connection to the primary; reconnecting");
+                }
+                last_error = error.clone();
+            }
+            self.set_state(state, Some(error));
+            let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 4));
+            tokio::time::sleep(pause + jitter).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            if matches!(state, FollowState::Connecting)
+                && self
+                    .shared()
+                    .last_contact
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
+            {
+                backoff = Duration::from_millis(100);
+            }
+        }
+    }
+
+    fn my_progress(&self) -> Progress {
+        let p = self.engine.progress();
+        let written = (*self.written.borrow()).max(p.flushed);
+        Progress {
+            written,
+            flushed: p.flushed,
+            applied: p.applied,
+        }
+    }
+
+    async fn session(&self) -> Ended {
+        let stream =
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(self.follow.as_str()))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Ended::Failed(format!("connect to {}: {e}", self.follow)),
+                Err(_) => return Ended::Failed(format!("connect to {}: timed out", self.follow)),
+            };
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        let mut rd = BufReader::with_capacity(256 << 10, rd);
+        let mut wr = BufWriter::with_capacity(64 << 10, wr);
+        match self.handshake(&mut rd, &mut wr).await {
+            Ok(()) => {}
+            Err(e) => return e,
+        }
+        match self.stream(rd, wr).await {
+            Ok(()) => Ended::Failed("the connection ended".into()),
+            Err(e) => e,
+        }
+    }
+
+    async fn handshake(&self, rd: &mut Reader, wr: &mut Writer) -> Result<(), Ended> {
+        let p = self.engine.progress();
+        let hello = Message::Hello(Hello {
+            cluster_id: self.cluster_id(),
+            name: self.name.clone(),
+            term: p.last.term,
+            last: p.flushed,
+            http_url: self.http_url.clone(),
+        });
+        write_message(wr, &hello).await?;
+        wr.flush().await?;
+        let welcome = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(rd)).await {
+            Ok(Ok(Message::Welcome(w))) => w,
+            Ok(Ok(Message::Refused(r))) => return Err(Ended::Refused(r)),
+            Ok(Ok(other)) => {
+                return Err(Ended::Failed(format!(
+                    "the primary answered the hello with a {} message",
+                    other.kind()
+                )))
+            }
+            Ok(Err(e)) => {
+                return Err(Ended::Failed(format!(
+                    "handshake with {}: {e}",
+                    self.follow
+                )))
+            }
+            Err(_) => {
+                return Err(Ended::Failed(format!(
+                    "handshake with {}: no answer",
+                    self.follow
+                )))
+            }
+        };
+        if welcome.term < p.last.term {
+            let message = format!(
+                "the primary {} at {} is in term {}, older than term {} this replica has seen: refusing its stream",
+                welcome.primary, self.follow, welcome.term, p.last.term
+            );
+            let _ = write_message(
+                wr,
+                &Message::Refused(Refusal {
+                    code: RefusalCode::StaleTerm,
+                    message: message.clone(),
+                }),
+            )
+            .await;
+            let _ = wr.flush().await;
+            return Err(Ended::Refused(Refusal {
+                code: RefusalCode::StaleTerm,
+                message,
+            }));
+        }
+        if welcome.cluster_id != self.cluster_id() {
+            if p.flushed.lsn != Lsn::ZERO {
+                return Err(Ended::Failed(format!(
+                    "the primary's cluster is {} but this node's data belongs to {}",
+                    welcome.cluster_id,
+                    self.cluster_id()
+                )));
+            }
+            identity::adopt_cluster(&self.data_dir, &self.name, &welcome.cluster_id)
+                .map_err(Ended::Fatal)?;
+            tracing::info!(cluster = %welcome.cluster_id, primary = %welcome.primary, "joined the primary's cluster");
+            *self.cluster_id.lock().expect("cluster id") = welcome.cluster_id.clone();
+        }
+        {
+            let mut s = self.shared();
+            s.primary = Some((welcome.primary.clone(), welcome.http_url.clone()));
+            s.last_contact = Some(Instant::now());
+        }
+        tracing::info!(primary = %welcome.primary, follow = %self.follow, start = ?welcome.start, "following the primary");
+        match welcome.start {
+            Start::Stream { from } => {
+                if from != p.flushed.lsn.next() {
+                    return Err(Ended::Failed(format!(
+                        "the primary offered records from lsn {from} but this replica's log ends at {}",
+                        p.flushed.lsn
+                    )));
+                }
+                self.set_state(FollowState::CatchingUp, None);
+            }
+            Start::Snapshot => {
+                self.set_state(FollowState::Seeding, None);
+                self.receive_snapshot(rd, wr).await?;
+                self.set_state(FollowState::CatchingUp, None);
+            }
+        }
+        Ok(())
+    }
+
+    /// Receives a snapshot into the data directory and installs it, sending progress reports
+    /// meanwhile so the primary knows this replica is alive.
+    async fn receive_snapshot(&self, rd: &mut Reader, wr: &mut Writer) -> Result<(), Ended> {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let keepalive = async {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return Ok::<(), Ended>(()),
+                    _ = tick.tick() => {}
+                }
+                write_message(wr, &Message::Progress(self.my_progress())).await?;
+                wr.flush().await?;
+            }
+        };
+        let receive = async {
+            let r = self.receive_snapshot_body(rd).await;
+            let _ = stop.send(());
+            r
+        };
+        let (received, kept) = tokio::join!(receive, keepalive);
+        kept?;
+        let (path, at) = received?;
+        let started = Instant::now();
+        let installed = self
+            .engine
+            .install_snapshot(path.clone())
+            .await
+            .map_err(|e| Ended::Fatal(format!("install the snapshot: {e}")))?;
+        let _ = std::fs::remove_file(&path);
+        if installed != at {
+            return Err(Ended::Fatal(format!(
+                "the snapshot announced position {at} but holds {installed}"
+            )));
+        }
+        remove_marker(&self.data_dir).map_err(Ended::Fatal)?;
+        self.written.send_replace(at);
+        self.shared().seeding = None;
+        tracing::info!(%at, seconds = started.elapsed().as_secs_f64(), "installed the snapshot; streaming from the next record");
+        Ok(())
+    }
+
+    async fn receive_snapshot_body(&self, rd: &mut Reader) -> Result<(PathBuf, Position), Ended> {
+        // Taking the snapshot can take a while on a large database.
+        let (at, total) =
+            match tokio::time::timeout(Duration::from_secs(3600), read_message(rd)).await {
+                Ok(Ok(Message::SnapshotBegin { at, bytes })) => (at, bytes),
+                Ok(Ok(other)) => {
+                    return Err(Ended::Failed(format!(
+                        "expected a snapshot, got a {} message",
+                        other.kind()
+                    )))
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(Ended::Failed("no snapshot within an hour".into())),
+            };
+        write_marker(&self.data_dir).map_err(Ended::Fatal)?;
+        let path = self.data_dir.join("snapshot.incoming");
+        let mut file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| Ended::Fatal(format!("create {}: {e}", path.display())))?;
+        tracing::info!(%at, bytes = total, "receiving a snapshot from the primary");
+        self.shared().seeding = Some((0, total));
+        let mut crc = 0u32;
+        let mut got = 0u64;
+        let mut next_report = total / 10;
+        let started = Instant::now();
+        loop {
+            let msg = match tokio::time::timeout(IDLE_TIMEOUT, read_message(rd)).await {
+                Ok(Ok(m)) => m,
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(Ended::Failed("the snapshot transfer stalled".into())),
+            };
+            match msg {
+                Message::SnapshotChunk(bytes) => {
+                    got += bytes.len() as u64;
+                    if got > total {
+                        return Err(Ended::Failed(format!(
+                            "the snapshot is larger than the {total} bytes announced"
+                        )));
+                    }
+                    crc = crc32c::crc32c_append(crc, &bytes);
+                    file.write_all(&bytes)
+                        .await
+                        .map_err(|e| Ended::Fatal(format!("write {}: {e}", path.display())))?;
+                    self.shared().seeding = Some((got, total));
+                    self.contact(None);
+                    if got >= next_report && total > 0 {
+                        tracing::info!(
+                            percent = got * 100 / total,
+                            bytes = got,
+                            of = total,
+                            "receiving the snapshot"
+                        );
+                        next_report = got + total / 10;
+                    }
+                }
+                Message::SnapshotEnd { crc32c } => {
+                    if got != total || crc != crc32c {
+                        return Err(Ended::Failed(format!(
+                            "the snapshot arrived damaged ({got} of {total} bytes, checksum {crc:08x}, expected {crc32c:08x})"
+                        )));
+                    }
+                    break;
+                }
+                Message::Heartbeat { flushed } => self.contact(Some(flushed.lsn)),
+                other => {
+                    return Err(Ended::Failed(format!(
+                        "unexpected {} message during a snapshot",
+                        other.kind()
+                    )))
+                }
+            }
+        }
+        file.sync_all()
+            .await
+            .map_err(|e| Ended::Fatal(format!("fsync {}: {e}", path.display())))?;
+        tracing::info!(
+            bytes = total,
+            seconds = started.elapsed().as_secs_f64(),
+            "snapshot received"
+        );
+        Ok((path, at))
+    }
+
+    async fn stream(&self, mut rd: Reader, mut wr: Writer) -> Result<(), Ended> {
+        let (tx, mut rx) = mpsc::channel::<Vec<Record>>(64);
+        let receiver = async {
+            loop {
+                let msg = match tokio::time::timeout(IDLE_TIMEOUT, read_message(&mut rd)).await {
+                    Ok(Ok(m)) => m,
+                    Ok(Err(WireError::Closed)) => {
+                        return Err(Ended::Failed("the primary closed the connection".into()))
+                    }
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => {
+                        return Err(Ended::Failed(format!(
+                            "no word from the primary for {IDLE_TIMEOUT:?}"
+                        )))
+                    }
+                };
+                match msg {
+                    Message::Records(records) => {
+                        let Some(last) = records.last().map(Record::position) else {
+                            continue;
+                        };
+                        self.written.send_replace(last);
+                        self.contact(None);
+                        if tx.send(records).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Message::Heartbeat { flushed } => self.contact(Some(flushed.lsn)),
+                    Message::Refused(r) => return Err(Ended::Refused(r)),
+                    other => {
+                        return Err(Ended::Failed(format!(
+                            "the primary sent an unexpected {} message",
+                            other.kind()
+                        )))
+                    }
+                }
+            }
+        };
+        let applier = async {
+            while let Some(mut batch) = rx.recv().await {
+                while let Ok(more) = rx.try_recv() {
+                    batch.extend(more);
+                    if batch.len() >= 8192 {
+                        break;
+                    }
+                }
+                let last = batch.last().map(|r| r.lsn).unwrap_or_default();
+                match self.engine.apply(batch).await {
+                    Ok(_) => {
+                        let mut s = self.shared();
+                        s.primary_flushed = s.primary_flushed.max(last);
+                        drop(s);
+                        self.contact(None);
+                    }
+                    Err(e @ scribe_sqlite::EngineError::Log(_)) => {
+                        // Out of order or an older term: the stream does not fit this log.
+                        return Err(Ended::Failed(format!("append streamed records: {e}")));
+                    }
+                    Err(e) => return Err(Ended::Fatal(format!("apply streamed records: {e}"))),
+                }
+            }
+            Ok(())
+        };
+        let reporter = async {
+            let mut progress = self.engine.watch_progress();
+            let mut written = self.written.subscribe();
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                write_message(&mut wr, &Message::Progress(self.my_progress())).await?;
+                wr.flush().await?;
+                tokio::select! {
+                    r = progress.changed() => if r.is_err() { return Ok(()) },
+                    r = written.changed() => if r.is_err() { return Ok(()) },
+                    _ = tick.tick() => {}
+                }
+            }
+        };
+        tokio::select! {
+            r = receiver => r,
+            r = applier => r,
+            r = reporter => r,
+        }
+    }
+}
+
+fn write_marker(dir: &std::path::Path) -> Result<(), String> {
+    identity::write_atomically(
+        dir,
+        SEEDING_MARKER,
+        b"a snapshot is being installed; this data directory is incomplete until it is done\n",
+    )
+    .map_err(|e| format!("write {}: {e}", dir.join(SEEDING_MARKER).display()))
+}
+
+fn remove_marker(dir: &std::path::Path) -> Result<(), String> {
+    let path = dir.join(SEEDING_MARKER);
+    std::fs::remove_file(&path).map_err(|e| format!("remove {}: {e}", path.display()))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("fsync {}: {e}", dir.display()))
+}
+
+/// At start-up: if an earlier snapshot install did not finish, the database and log are a mix
+/// of old and new; delete both so the replica is seeded again. Answers whether it did.
+pub fn discard_unfinished_seeding(dir: &std::path::Path) -> Result<bool, String> {
+    if !dir.join(SEEDING_MARKER).exists() {
+        return Ok(false);
+    }
+    for sub in ["db", "log"] {
+        let p = dir.join(sub);
+        if p.exists() {
+            std::fs::remove_dir_all(&p).map_err(|e| format!("remove {}: {e}", p.display()))?;
+        }
+    }
+    let _ = std::fs::remove_file(dir.join("snapshot.incoming"));
+    remove_marker(dir)?;
+    Ok(true)
+}

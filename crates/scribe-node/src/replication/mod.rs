@@ -1,0 +1,45 @@
+//! Replication between a primary and its replicas (DESIGN.md §2–§3): the peer listener and
+//! per-replica senders on the primary, the follower on a replica, the registry of replicas with
+//! their positions and lag, waiting for commit modes, and log retention.
+//!
+//! Modules:
+//! - [`registry`]: the primary's replicas, their positions, lag and quorum positions.
+//! - [`sender`]: the peer listener, the handshake decision, streaming and snapshots.
+//! - [`follower`]: the replica's connection to its primary.
+//! - [`commit_wait`]: waiting, bounded, for semi-sync and sync.
+//! - [`retention`]: deleting log segments nobody needs.
+
+pub mod commit_wait;
+pub mod follower;
+pub mod registry;
+pub mod retention;
+pub mod sender;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a peer has to complete the handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an idle primary sends a heartbeat, and an idle replica its positions.
+pub const HEARTBEAT: Duration = Duration::from_millis(500);
+/// Silence after which a peer connection is considered dead.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What this node is in replication.
+#[derive(Clone)]
+pub enum Role {
+    /// The primary, with its replicas.
+    Primary(Arc<registry::Registry>),
+    /// A read-only replica following a primary.
+    Replica(Arc<follower::Follower>),
+}
+
+impl Role {
+    /// `primary` or `replica`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::Primary(_) => "primary",
+            Role::Replica(_) => "replica",
+        }
+    }
+}

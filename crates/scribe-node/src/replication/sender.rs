@@ -1,0 +1,426 @@
+//! The primary's side of the peer protocol: the peer listener, the handshake decision, and one
+//! sender per replica that streams the change log from where the replica is (after a snapshot,
+//! when it needs one) and takes its progress reports.
+//!
+//! Per connection, reading and writing are two futures: the writer tails the log as the
+//! primary's flushed position moves (a watch channel, so nothing polls) and sends a heartbeat
+//! when idle; the reader feeds the replica's positions into the [`Registry`]. Either ending
+//! ends the connection and marks the replica disconnected.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use scribe_core::{Lsn, Term};
+use scribe_log::Record;
+use scribe_sqlite::Engine;
+use scribe_wire::{
+    read_message, write_message, Hello, Message, Refusal, RefusalCode, Start, Welcome, WireError,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::registry::Registry;
+use super::{Role, HANDSHAKE_TIMEOUT, HEARTBEAT, IDLE_TIMEOUT};
+
+/// Most records in one `Records` message.
+const CHUNK_RECORDS: usize = 2048;
+/// Most payload bytes in one `Records` message (a single larger record still goes alone).
+const CHUNK_BYTES: usize = 1 << 20;
+/// Bytes per snapshot chunk.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+/// What the peer listener needs.
+pub struct PeerContext {
+    /// The storage engine.
+    pub engine: Engine,
+    /// This node's name.
+    pub name: String,
+    /// The cluster id.
+    pub cluster_id: String,
+    /// This node's HTTP API URL.
+    pub http_url: String,
+    /// Where snapshots for replicas are written while they are sent.
+    pub snapshot_dir: PathBuf,
+    /// Whether this node is the primary (with its replicas) or a replica.
+    pub role: Role,
+}
+
+impl PeerContext {
+    fn term(&self) -> Term {
+        self.engine.progress().last.term.max(Term::FIRST)
+    }
+}
+
+/// Accepts peer connections until the listener fails or the task is dropped.
+pub async fn serve(listener: TcpListener, ctx: Arc<PeerContext>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, addr)) => {
+                let ctx = ctx.clone();
+                tokio::spawn(async move { serve_peer(stream, addr, ctx).await });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept a peer connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn refuse(wr: &mut BufWriter<OwnedWriteHalf>, code: RefusalCode, message: String) {
+    let _ = write_message(wr, &Message::Refused(Refusal { code, message })).await;
+    let _ = wr.flush().await;
+}
+
+async fn serve_peer(stream: TcpStream, addr: SocketAddr, ctx: Arc<PeerContext>) {
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let mut rd = BufReader::with_capacity(64 << 10, rd);
+    let mut wr = BufWriter::with_capacity(256 << 10, wr);
+    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut rd)).await {
+        Ok(Ok(Message::Hello(h))) => h,
+        Ok(Ok(other)) => {
+            let why = format!("expected a hello, got a {} message", other.kind());
+            tracing::warn!(peer = %addr, "refused a peer connection: {why}");
+            refuse(&mut wr, RefusalCode::Protocol, why).await;
+            return;
+        }
+        Ok(Err(WireError::Closed)) => return,
+        Ok(Err(e)) => {
+            tracing::warn!(peer = %addr, error = %e, "refused a peer connection");
+            refuse(&mut wr, RefusalCode::Protocol, e.to_string()).await;
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(peer = %addr, "refused a peer connection: no hello within {HANDSHAKE_TIMEOUT:?}");
+            return;
+        }
+    };
+    let registry = match &ctx.role {
+        Role::Primary(r) => r.clone(),
+        Role::Replica(f) => {
+            let primary = f.primary_description();
+            let why = format!(
+                "{} is a replica, not a primary; follow its primary instead ({primary})",
+                ctx.name
+            );
+            tracing::warn!(peer = %addr, replica = %hello.name, "refused a replica: {why}");
+            refuse(&mut wr, RefusalCode::NotPrimary, why).await;
+            return;
+        }
+    };
+    let start = match decide(&ctx, &hello) {
+        Ok(s) => s,
+        Err(r) => {
+            tracing::error!(peer = %addr, replica = %hello.name, code = r.code.as_str(), "refused a replica: {}", r.message);
+            refuse(&mut wr, r.code, r.message).await;
+            return;
+        }
+    };
+    let needs = match start {
+        Start::Stream { from } => from,
+        Start::Snapshot => ctx.engine.log_first_lsn(),
+    };
+    let conn = match registry.connect(&hello.name, addr, &hello.http_url, hello.last, needs) {
+        Ok(c) => c,
+        Err(in_use) => {
+            let why = format!(
+                "a replica named {} is already connected from {}: node names must be unique",
+                hello.name, in_use.0
+            );
+            tracing::error!(peer = %addr, "refused a replica: {why}");
+            refuse(&mut wr, RefusalCode::NameInUse, why).await;
+            return;
+        }
+    };
+    let welcome = Message::Welcome(Welcome {
+        cluster_id: ctx.cluster_id.clone(),
+        primary: ctx.name.clone(),
+        term: ctx.term(),
+        http_url: ctx.http_url.clone(),
+        start,
+    });
+    if write_message(&mut wr, &welcome).await.is_err() || wr.flush().await.is_err() {
+        registry.disconnect(
+            &hello.name,
+            conn,
+            Some("closed during the handshake".into()),
+        );
+        return;
+    }
+    tracing::info!(replica = %hello.name, peer = %addr, last = %hello.last, ?start, "replica connected");
+    let name = hello.name.clone();
+    let outcome = tokio::select! {
+        r = receive_progress(&mut rd, &ctx, &registry, &name, conn) => r,
+        r = stream_to(&mut wr, &ctx, &registry, &name, conn, start) => r,
+    };
+    let why = match outcome {
+        Ok(()) => "the node is stopping".to_string(),
+        Err(e) => e,
+    };
+    tracing::warn!(replica = %name, peer = %addr, "replica disconnected: {why}");
+    registry.disconnect(&name, conn, Some(why));
+}
+
+/// The handshake decision: stream from the replica's next LSN, seed it from a snapshot, or
+/// refuse it (another cluster, a newer term, records this primary does not have).
+fn decide(ctx: &PeerContext, hello: &Hello) -> Result<Start, Refusal> {
+    let refuse = |code, message| Err(Refusal { code, message });
+    let term = ctx.term();
+    let flushed = ctx.engine.progress().flushed;
+    if hello.name == ctx.name {
+        return refuse(
+            RefusalCode::Protocol,
+            format!(
+                "the replica calls itself {}, which is this primary's own name",
+                hello.name
+            ),
+        );
+    }
+    if hello.term > term {
+        return refuse(
+            RefusalCode::StaleTerm,
+            format!(
+                "replica {} has seen term {} but this primary is in term {term}: a newer primary exists, so this node must not serve as primary",
+                hello.name, hello.term
+            ),
+        );
+    }
+    if hello.cluster_id != ctx.cluster_id && hello.last.lsn > Lsn::ZERO {
+        return refuse(
+            RefusalCode::WrongCluster,
+            format!(
+                "replica {} holds data of cluster {}, but this primary's cluster is {}: start it with an empty data directory to join this cluster",
+                hello.name, hello.cluster_id, ctx.cluster_id
+            ),
+        );
+    }
+    if hello.last.lsn == Lsn::ZERO {
+        return Ok(if flushed.lsn == Lsn::ZERO {
+            Start::Stream { from: Lsn(1) }
+        } else {
+            Start::Snapshot
+        });
+    }
+    if hello.last.lsn > flushed.lsn {
+        return refuse(
+            RefusalCode::Diverged,
+            format!(
+                "replica {} has records up to {} but this primary's log ends at {flushed}: it holds writes this primary never had",
+                hello.name, hello.last
+            ),
+        );
+    }
+    if hello.last.lsn.next() < ctx.engine.log_first_lsn() {
+        return Ok(Start::Snapshot);
+    }
+    if hello.last.lsn >= ctx.engine.log_first_lsn() {
+        let ours = ctx
+            .engine
+            .read_log(hello.last.lsn)
+            .ok()
+            .and_then(|mut r| r.next())
+            .and_then(Result::ok);
+        match ours {
+            Some(r) if r.term == hello.last.term || hello.last.term == Term(0) => {}
+            Some(r) => {
+                return refuse(
+                    RefusalCode::Diverged,
+                    format!(
+                        "replica {} has lsn {} in term {}, but this primary has it in term {}: their logs diverged",
+                        hello.name, hello.last.lsn, hello.last.term, r.term
+                    ),
+                )
+            }
+            None => return Ok(Start::Snapshot),
+        }
+    }
+    Ok(Start::Stream {
+        from: hello.last.lsn.next(),
+    })
+}
+
+async fn receive_progress(
+    rd: &mut BufReader<OwnedReadHalf>,
+    ctx: &PeerContext,
+    registry: &Registry,
+    name: &str,
+    conn: u64,
+) -> Result<(), String> {
+    loop {
+        let msg = match tokio::time::timeout(IDLE_TIMEOUT, read_message(rd)).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(WireError::Closed)) => return Err("the replica closed the connection".into()),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(format!("no word from the replica for {IDLE_TIMEOUT:?}")),
+        };
+        match msg {
+            Message::Progress(p) => {
+                if !(p.applied <= p.flushed && p.flushed <= p.written) {
+                    return Err(format!(
+                        "the replica reported positions out of order (written {}, flushed {}, applied {})",
+                        p.written, p.flushed, p.applied
+                    ));
+                }
+                registry.progress(name, conn, p, ctx.engine.progress().flushed.lsn);
+            }
+            Message::Refused(r) => {
+                return Err(format!("the replica refused the stream: {}", r.message))
+            }
+            other => {
+                return Err(format!(
+                    "the replica sent an unexpected {} message",
+                    other.kind()
+                ))
+            }
+        }
+    }
+}
+
+/// Reads up to a chunk of records from the reader.
+fn read_chunk(reader: &mut scribe_log::LogReader) -> Result<Vec<Record>, String> {
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    while chunk.len() < CHUNK_RECORDS && bytes < CHUNK_BYTES {
+        match reader.next() {
+            Some(Ok(r)) => {
+                bytes += r.frame_len();
+                chunk.push(r);
+            }
+            Some(Err(e)) => return Err(format!("read the change log: {e}")),
+            None => break,
+        }
+    }
+    Ok(chunk)
+}
+
+async fn stream_to(
+    wr: &mut BufWriter<OwnedWriteHalf>,
+    ctx: &PeerContext,
+    registry: &Registry,
+    name: &str,
+    conn: u64,
+    start: Start,
+) -> Result<(), String> {
+    let from = match start {
+        Start::Stream { from } => from,
+        Start::Snapshot => send_snapshot(wr, ctx, registry, name, conn).await?,
+    };
+    let mut progress = ctx.engine.watch_progress();
+    let mut reader = ctx.engine.read_log(from).map_err(|e| {
+        format!("read the change log from lsn {from}: {e}; the replica will be re-seeded when it reconnects")
+    })?;
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let io = |e: WireError| format!("send to the replica: {e}");
+    loop {
+        let flushed = progress.borrow_and_update().flushed;
+        reader
+            .extend(flushed.lsn)
+            .map_err(|e| format!("read the change log: {e}"))?;
+        let mut sent = false;
+        loop {
+            let chunk = read_chunk(&mut reader)?;
+            if chunk.is_empty() {
+                break;
+            }
+            registry.sent(name, conn, &chunk);
+            write_message(wr, &Message::Records(chunk))
+                .await
+                .map_err(io)?;
+            sent = true;
+        }
+        if sent {
+            wr.flush().await.map_err(|e| io(e.into()))?;
+        }
+        tokio::select! {
+            changed = progress.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+            _ = heartbeat.tick() => {
+                write_message(wr, &Message::Heartbeat { flushed }).await.map_err(io)?;
+                wr.flush().await.map_err(|e| io(e.into()))?;
+            }
+        }
+    }
+}
+
+/// Deletes the snapshot file when the transfer ends, however it ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Takes a snapshot and sends it; answers the LSN streaming continues from.
+async fn send_snapshot(
+    wr: &mut BufWriter<OwnedWriteHalf>,
+    ctx: &PeerContext,
+    registry: &Registry,
+    name: &str,
+    conn: u64,
+) -> Result<Lsn, String> {
+    let started = Instant::now();
+    registry.seeding(name, conn, Some((0, 0)), ctx.engine.log_first_lsn());
+    std::fs::create_dir_all(&ctx.snapshot_dir)
+        .map_err(|e| format!("create {}: {e}", ctx.snapshot_dir.display()))?;
+    let path = ctx.snapshot_dir.join(format!("{name}.snapshot"));
+    let _cleanup = RemoveOnDrop(path.clone());
+    tracing::info!(replica = %name, "taking a snapshot to seed the replica");
+    let at = ctx
+        .engine
+        .snapshot(path.clone())
+        .await
+        .map_err(|e| format!("take a snapshot: {e}"))?;
+    let mut file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| format!("open snapshot {}: {e}", path.display()))?;
+    let total = file
+        .metadata()
+        .await
+        .map_err(|e| format!("read snapshot size: {e}"))?
+        .len();
+    registry.seeding(name, conn, Some((0, total)), at.lsn.next());
+    tracing::info!(replica = %name, %at, bytes = total, "sending a snapshot");
+    let io = |e: WireError| format!("send the snapshot: {e}");
+    write_message(wr, &Message::SnapshotBegin { at, bytes: total })
+        .await
+        .map_err(io)?;
+    let mut crc = 0u32;
+    let mut sent = 0u64;
+    let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("read snapshot {}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        write_message(wr, &Message::SnapshotChunk(buf[..n].to_vec()))
+            .await
+            .map_err(io)?;
+        sent += n as u64;
+        registry.seeding(name, conn, Some((sent, total)), at.lsn.next());
+    }
+    if sent != total {
+        return Err(format!(
+            "the snapshot file changed size while it was sent ({sent} of {total} bytes)"
+        ));
+    }
+    write_message(wr, &Message::SnapshotEnd { crc32c: crc })
+        .await
+        .map_err(io)?;
+    wr.flush().await.map_err(|e| io(e.into()))?;
+    registry.seeding(name, conn, None, at.lsn.next());
+    tracing::info!(replica = %name, %at, bytes = total, seconds = started.elapsed().as_secs_f64(), "snapshot sent");
+    Ok(at.lsn.next())
+}

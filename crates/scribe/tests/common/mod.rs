@@ -32,11 +32,22 @@ impl NodeProc {
 
     /// Starts `scribe node`; on failure returns what it printed.
     pub fn try_start(name: &str, dir: &Path, extra: &[&str]) -> Result<NodeProc, String> {
+        Self::try_start_env(name, dir, extra, &[])
+    }
+
+    /// Starts `scribe node` with extra environment variables; on failure returns what it printed.
+    pub fn try_start_env(
+        name: &str,
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<NodeProc, String> {
         let mut child = Command::new(scribe_bin())
             .args(["node", "--name", name, "--http", "127.0.0.1:0", "--data"])
             .arg(dir)
             .args(extra)
             .env("SCRIBE_LOG", "warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -210,4 +221,108 @@ pub fn seed(test: &str) -> u64 {
         });
     eprintln!("{test}: SCRIBE_TEST_SEED={seed}");
     seed
+}
+
+/// A port free on 127.0.0.1 right now (for a node that must come back on the same address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Starts a primary with a peer listener on `peer` (HOST:PORT).
+pub fn start_primary(name: &str, dir: &Path, peer: &str, extra: &[&str]) -> NodeProc {
+    let mut args = vec!["--peer", peer];
+    args.extend_from_slice(extra);
+    NodeProc::start(name, dir, &args)
+}
+
+/// Starts a replica following the primary's peer address.
+pub fn start_replica(name: &str, dir: &Path, follow: &str, extra: &[&str]) -> NodeProc {
+    start_replica_env(name, dir, follow, extra, &[])
+}
+
+/// Starts a replica with extra environment variables (test-only fault injection).
+pub fn start_replica_env(
+    name: &str,
+    dir: &Path,
+    follow: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> NodeProc {
+    let mut args = vec!["--follow", follow];
+    args.extend_from_slice(extra);
+    NodeProc::try_start_env(name, dir, &args, env)
+        .unwrap_or_else(|e| panic!("replica {name} did not start: {e}"))
+}
+
+/// Waits until every replica has applied everything the primary has flushed, and the primary
+/// sees them streaming; panics after `within`.
+pub async fn wait_caught_up(primary: &Api, replicas: &[&Api], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let p = primary.status().await;
+        let target = p["flushed_lsn"].as_u64().expect("flushed_lsn");
+        let mut behind = Vec::new();
+        for r in replicas {
+            let s = r.status().await;
+            let applied = s["applied_lsn"].as_u64().unwrap_or(0);
+            if applied < target {
+                behind.push(format!("{} at {applied}", s["node"]));
+            }
+        }
+        if behind.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas did not catch up to lsn {target} within {within:?}: {behind:?}; primary status {p}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A checksum over every user table's contents, read through the node's API.
+pub async fn checksum(api: &Api) -> (u64, usize) {
+    let tables = api
+        .rows("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_scribe_%' ORDER BY name")
+        .await;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut rows_seen = 0;
+    for t in tables {
+        let name = t[0].as_str().expect("table name").to_string();
+        let rows = api
+            .rows(&format!("SELECT * FROM \"{name}\" ORDER BY rowid"))
+            .await;
+        rows_seen += rows.len();
+        let text = format!("{name}:{}", serde_json::to_string(&rows).expect("json"));
+        for b in text.bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    (h, rows_seen)
+}
+
+/// Waits until `f` holds for the node's status, or panics after `within`.
+pub async fn wait_status(
+    api: &Api,
+    within: Duration,
+    what: &str,
+    f: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = api.status().await;
+        if f(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {within:?}; status {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -207,7 +207,7 @@ impl Registry {
         let apply_lag = entries
             .get(name)
             .map(|e| e.apply_lag.clone())
-            .unwrap_or_else(|| Arc::new(Histogram::exponential(0.000_1, 2.0, 18)));
+            .unwrap_or_else(|| Arc::new(Histogram::exponential(0.000_1, 1.25, 48)));
         let now = Instant::now();
         entries.insert(
             name.to_string(),

@@ -396,14 +396,22 @@ impl Follower {
                 wr.flush().await?;
             }
         };
+        // The install runs inside the keepalive's lifetime too: on a large database it takes a
+        // while, and the primary must keep hearing from this replica meanwhile.
         let receive = async {
-            let r = self.receive_snapshot_body(rd).await;
+            let r = match self.receive_snapshot_body(rd).await {
+                Ok((path, at)) => self.install(path, at).await,
+                Err(e) => Err(e),
+            };
             let _ = stop.send(());
             r
         };
-        let (received, kept) = tokio::join!(receive, keepalive);
+        let (installed, kept) = tokio::join!(receive, keepalive);
         kept?;
-        let (path, at) = received?;
+        installed
+    }
+
+    async fn install(&self, path: PathBuf, at: Position) -> Result<(), Ended> {
         let started = Instant::now();
         let installed = self
             .engine

@@ -76,6 +76,8 @@ struct Entry {
     needs: Lsn,
     apply_lag: Arc<Histogram>,
     error: Option<String>,
+    /// Woken when a newer connection of the same replica replaces this one.
+    superseded: Arc<tokio::sync::Notify>,
 }
 
 /// What `GET /v1/status` shows of one replica.
@@ -192,7 +194,7 @@ impl Registry {
         http_url: &str,
         last: Position,
         needs: Lsn,
-    ) -> Result<u64, NameInUse> {
+    ) -> Result<(u64, Arc<tokio::sync::Notify>), NameInUse> {
         let conn = {
             let mut n = self.next_conn.lock().expect("connection counter");
             *n += 1;
@@ -201,7 +203,13 @@ impl Registry {
         let mut entries = self.lock();
         if let Some(e) = entries.get(name) {
             if e.state != ReplicaState::Disconnected {
-                return Err(NameInUse(e.addr));
+                // A connection still heard from is another node with the same name; a silent one
+                // is this replica's previous connection (it restarted, or a partition hid the
+                // close from us): the new one supersedes it and the old one's reports are ignored.
+                if e.last_contact.elapsed() < super::HEARTBEAT * 3 && e.addr.ip() != addr.ip() {
+                    return Err(NameInUse(e.addr));
+                }
+                e.superseded.notify_one();
             }
         }
         let apply_lag = entries
@@ -209,6 +217,7 @@ impl Registry {
             .map(|e| e.apply_lag.clone())
             .unwrap_or_else(|| Arc::new(Histogram::exponential(0.000_1, 1.25, 48)));
         let now = Instant::now();
+        let superseded = Arc::new(tokio::sync::Notify::new());
         entries.insert(
             name.to_string(),
             Entry {
@@ -230,10 +239,11 @@ impl Registry {
                 needs,
                 apply_lag,
                 error: None,
+                superseded: superseded.clone(),
             },
         );
         self.publish(&entries);
-        Ok(conn)
+        Ok((conn, superseded))
     }
 
     /// Marks connection `conn` of `name` as gone, with why.

@@ -124,18 +124,19 @@ async fn serve_peer(stream: TcpStream, addr: SocketAddr, ctx: Arc<PeerContext>) 
         Start::Stream { from } => from,
         Start::Snapshot => ctx.engine.log_first_lsn(),
     };
-    let conn = match registry.connect(&hello.name, addr, &hello.http_url, hello.last, needs) {
-        Ok(c) => c,
-        Err(in_use) => {
-            let why = format!(
-                "a replica named {} is already connected from {}: node names must be unique",
-                hello.name, in_use.0
-            );
-            tracing::error!(peer = %addr, "refused a replica: {why}");
-            refuse(&mut wr, RefusalCode::NameInUse, why).await;
-            return;
-        }
-    };
+    let (conn, superseded) =
+        match registry.connect(&hello.name, addr, &hello.http_url, hello.last, needs) {
+            Ok(c) => c,
+            Err(in_use) => {
+                let why = format!(
+                    "a replica named {} is already connected from {}: node names must be unique",
+                    hello.name, in_use.0
+                );
+                tracing::error!(peer = %addr, "refused a replica: {why}");
+                refuse(&mut wr, RefusalCode::NameInUse, why).await;
+                return;
+            }
+        };
     let welcome = Message::Welcome(Welcome {
         cluster_id: ctx.cluster_id.clone(),
         primary: ctx.name.clone(),
@@ -156,6 +157,7 @@ async fn serve_peer(stream: TcpStream, addr: SocketAddr, ctx: Arc<PeerContext>) 
     let outcome = tokio::select! {
         r = receive_progress(&mut rd, &ctx, &registry, &name, conn) => r,
         r = stream_to(&mut wr, &ctx, &registry, &name, conn, start) => r,
+        _ = superseded.notified() => Err("a newer connection of this replica replaced it".into()),
     };
     let why = match outcome {
         Ok(()) => "the node is stopping".to_string(),

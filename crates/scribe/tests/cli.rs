@@ -113,3 +113,42 @@ fn every_command_has_help() {
         assert!(out.contains(flag), "node --help lacks {flag}");
     }
 }
+
+#[test]
+fn the_demo_runs_a_primary_and_two_replicas_and_walks_through_the_example() {
+    let dir = tempfile::tempdir().unwrap();
+    // Base ports kept apart from other tests' free ports; the demo uses PORT..PORT+2 and
+    // PORT+1000..PORT+1002.
+    let port = 20_000 + (std::process::id() % 5_000) as u16 * 3 % 15_000;
+    let demo_dir = dir.path().join("demo");
+    let (code, out, err) = scribe(&[
+        "demo",
+        "--no-wait",
+        "--dir",
+        demo_dir.to_str().unwrap(),
+        "--port",
+        &port.to_string(),
+    ]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    // Alice read back from the replica n2, with id 1.
+    let alice: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("Alice") && l.contains('|'))
+        .collect();
+    assert_eq!(alice.len(), 1, "{out}");
+    assert!(alice[0].trim_start().starts_with('1'), "{out}");
+    assert!(out.contains("(on n2)"), "{out}");
+    // The replica refused the write, naming the primary.
+    assert!(
+        out.contains("read-only replica") && out.contains("n1"),
+        "{out}"
+    );
+    // The status table lists both replicas streaming.
+    for r in ["n2", "n3"] {
+        assert!(
+            out.lines()
+                .any(|l| l.trim_start().starts_with(r) && l.contains("streaming")),
+            "{r} streaming:\n{out}"
+        );
+    }
+}

@@ -257,7 +257,7 @@ impl Log {
 
     /// The oldest LSN still held.
     pub fn first_lsn(&self) -> Lsn {
-        self.segments[0].0
+        self.segments.first().map_or(self.last.lsn.next(), |s| s.0)
     }
 
     /// Bytes of all segments on disk.
@@ -406,6 +406,19 @@ impl Log {
         Ok(n)
     }
 
+    /// After a snapshot install the log starts empty and its file names carry the base LSN but
+    /// not the base term; the database knows it. An empty log takes `term` as the term of its
+    /// base position, so fencing holds from the first append.
+    pub fn adopt_term(&mut self, term: Term) {
+        if self.last == self.durable
+            && self.last.lsn.next() == self.first_lsn()
+            && term > self.last.term
+        {
+            self.last.term = term;
+            self.durable.term = term;
+        }
+    }
+
     /// Empties the log and starts it again after `at`: every segment is deleted and a new, empty
     /// one starts at `at.lsn + 1`. A replica does this when it installs a snapshot taken at `at`.
     /// Not crash-atomic with the snapshot it goes with: the caller marks the directory as being
@@ -415,6 +428,8 @@ impl Log {
             return Err(LogError::Poisoned);
         }
         self.discard_pending();
+        // Past this point a failure leaves no usable log: refuse every later use.
+        self.poisoned = true;
         for (_, path, _) in self.segments.drain(..) {
             std::fs::remove_file(&path)
                 .map_err(|e| LogError::io(format!("delete log segment {}", path.display()), e))?;
@@ -422,6 +437,7 @@ impl Log {
         let first = at.lsn.next();
         let (path, file) = segment::create_segment(&self.dir, first)?;
         segment::sync_dir(&self.dir)?;
+        self.poisoned = false;
         self.segments.push((first, path, SEGMENT_HEADER as u64));
         self.active = file;
         self.batch_first = first;

@@ -44,6 +44,22 @@ pub struct NodeConfig {
     pub test_apply_delay: Duration,
 }
 
+/// Checks a node name: 1 to 64 letters, digits, '-' or '_' (it names files and metrics).
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("the node name must be 1 to 64 characters".into());
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "node name {name:?} may only hold letters, digits, '-' and '_'"
+        ));
+    }
+    Ok(())
+}
+
 impl NodeConfig {
     /// A configuration with defaults for everything but the name, directory and address.
     pub fn new(
@@ -76,19 +92,7 @@ impl NodeConfig {
 
     /// Checks the values that can be wrong.
     pub fn validate(&self) -> Result<(), String> {
-        if self.name.is_empty() || self.name.len() > 64 {
-            return Err("the node name must be 1 to 64 characters".into());
-        }
-        if !self
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(format!(
-                "node name {:?} may only hold letters, digits, '-' and '_'",
-                self.name
-            ));
-        }
+        check_name(&self.name)?;
         if self.max_request_bytes < 1024 {
             return Err("the request size limit must be at least 1 KiB".into());
         }

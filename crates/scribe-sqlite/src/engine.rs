@@ -197,7 +197,7 @@ impl Engine {
         std::fs::create_dir_all(db.parent().expect("db has a parent")).map_err(|e| {
             EngineError::Internal(format!("create data directory {}: {e}", opts.dir.display()))
         })?;
-        let (log, recovery) = Log::open(&opts.dir.join("log"), opts.log.clone())?;
+        let (mut log, recovery) = Log::open(&opts.dir.join("log"), opts.log.clone())?;
         let mut conn = open_writer_conn(&db)?;
         let policy = Policy::install(&mut conn, Role::Writer)
             .map_err(|e| EngineError::Internal(format!("install SQL policy: {e}")))?;
@@ -210,10 +210,10 @@ impl Engine {
         }
         // After a snapshot install the log starts empty and knows its base LSN but not its term;
         // the database knows both.
-        let mut at = log.durable_position();
-        if applied_before.lsn == at.lsn {
-            at = at.max(applied_before);
+        if applied_before.lsn == log.durable_position().lsn {
+            log.adopt_term(applied_before.term);
         }
+        let at = log.durable_position();
         let metrics = Arc::new(EngineMetrics::default());
         metrics
             .replayed
@@ -243,6 +243,7 @@ impl Engine {
             max_batch: opts.max_batch.max(1),
             fatal: fatal.clone(),
             apply_delay: opts.apply_delay,
+            db_path: db.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("scribe-writer".into())

@@ -58,6 +58,8 @@ pub struct Retention {
     pub keep_from: scribe_core::Lsn,
     /// Largest size the log may keep for them, in bytes.
     pub max_bytes: u64,
+    /// Kept whatever the size: what a replica being seeded will stream from.
+    pub pinned_from: Option<scribe_core::Lsn>,
 }
 
 pub(crate) type Reply = oneshot::Sender<Result<Committed, EngineError>>;
@@ -101,6 +103,8 @@ pub(crate) struct Writer {
     pub fatal: Arc<std::sync::OnceLock<String>>,
     /// Test-only: a pause between flushing streamed records and applying them.
     pub apply_delay: std::time::Duration,
+    /// The SQLite database file (its WAL is beside it).
+    pub db_path: std::path::PathBuf,
 }
 
 struct Done {
@@ -250,6 +254,8 @@ impl Writer {
                 .map_err(|e| ctx("copy", e))?;
         }
         drop(src);
+        // The copy must be durable before the log that explained the old database goes.
+        self.sync_sqlite()?;
         self.log.reset_to(at).map_err(|e| self.log_failed(e))?;
         self.term = self.term.max(at.term);
         self.metrics
@@ -287,21 +293,20 @@ impl Writer {
                 cut = cut.max(sizes.last().map_or(Lsn::ZERO, |s| s.0));
             }
         }
-        // Never a record SQLite has not applied.
-        let cut = cut.min(applied.next());
+        // Never a record SQLite has not applied, nor one a replica being seeded will need.
+        let cut = cut
+            .min(applied.next())
+            .min(retain.pinned_from.unwrap_or(Lsn(u64::MAX)));
         if sizes.len() < 2 || sizes[1].0 > cut {
             return Ok(0);
         }
-        self.policy
-            .internal(|| {
-                self.conn
-                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-            })
-            .map_err(|e| {
-                EngineError::Internal(format!(
-                    "checkpoint SQLite before deleting log segments: {e}"
-                ))
-            })?;
+        // A passive checkpoint keeps SQLite's WAL short; whether or not readers let it finish,
+        // the fsync of the WAL after it makes every committed transaction durable in SQLite.
+        let _ = self.policy.internal(|| {
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        });
+        self.sync_sqlite()?;
         let n = self.log.delete_before(cut)?;
         EngineMetrics::add(&self.metrics.segments_deleted, n as u64);
         self.metrics
@@ -314,6 +319,23 @@ impl Writer {
             tracing::info!(segments = n, first_lsn = %self.log.first_lsn(), "deleted change-log segments no longer needed");
         }
         Ok(n)
+    }
+
+    /// Makes every committed SQLite transaction durable: with `synchronous=NORMAL` commits reach
+    /// the WAL file without an fsync, and the database file is fsynced by checkpoints; an fsync
+    /// of the WAL file covers what is in neither.
+    fn sync_sqlite(&self) -> Result<(), EngineError> {
+        let wal = self.db_path.with_extension("db-wal");
+        match std::fs::File::open(&wal) {
+            Ok(f) => f
+                .sync_all()
+                .map_err(|e| EngineError::Internal(format!("fsync {}: {e}", wal.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(EngineError::Internal(format!(
+                "open {}: {e}",
+                wal.display()
+            ))),
+        }
     }
 
     fn internal(&self, sql: &str) -> rusqlite::Result<()> {

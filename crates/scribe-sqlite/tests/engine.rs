@@ -448,6 +448,7 @@ async fn retention_keeps_what_is_needed_and_trims_to_the_size_limit() {
     let r = scribe_sqlite::Retention {
         keep_from: Lsn(1),
         max_bytes: 1 << 30,
+        pinned_from: None,
     };
     assert_eq!(e.retain(r).await.unwrap(), 0);
     // Everyone is past lsn 50: the segments wholly before it go.
@@ -455,6 +456,7 @@ async fn retention_keeps_what_is_needed_and_trims_to_the_size_limit() {
         .retain(scribe_sqlite::Retention {
             keep_from: Lsn(50),
             max_bytes: 1 << 30,
+            pinned_from: None,
         })
         .await
         .unwrap();
@@ -463,10 +465,23 @@ async fn retention_keeps_what_is_needed_and_trims_to_the_size_limit() {
     e.read_log(Lsn(50)).unwrap().for_each(|r| {
         r.unwrap();
     });
-    // The size limit wins over a replica that is far behind.
+    // A replica being seeded pins what it will stream from, whatever the size.
+    e.retain(scribe_sqlite::Retention {
+        keep_from: Lsn(1),
+        max_bytes: 8192,
+        pinned_from: Some(Lsn(60)),
+    })
+    .await
+    .unwrap();
+    assert!(e.log_first_lsn() <= Lsn(60));
+    e.read_log(Lsn(60)).unwrap().for_each(|r| {
+        r.unwrap();
+    });
+    // Otherwise the size limit wins over a replica that is far behind.
     e.retain(scribe_sqlite::Retention {
         keep_from: Lsn(1),
         max_bytes: 20_000,
+        pinned_from: None,
     })
     .await
     .unwrap();

@@ -498,6 +498,43 @@ mod fake_peer {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replica_that_only_says_hello_confirms_no_sync_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let peer = peer();
+        let n1 = start_primary(
+            "n1",
+            &dir.path().join("n1"),
+            &peer,
+            &["--commit", "sync", "--sync-timeout", "1s"],
+        );
+        let p = Api::new(&n1.url);
+        p.execute(&["CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)"])
+            .await
+            .unwrap();
+        let st = p.status().await;
+        let flushed = st["flushed_lsn"].as_u64().unwrap();
+        // It claims, in its hello, to have everything; it never reports or applies anything.
+        let mut s = TcpStream::connect(&peer).await.unwrap();
+        let hello = Message::Hello(Hello {
+            cluster_id: st["cluster_id"].as_str().unwrap().into(),
+            name: "fake".into(),
+            term: Term(1),
+            last: Position::new(Term(1), Lsn(flushed)),
+            http_url: String::new(),
+        });
+        write_message(&mut s, &hello).await.unwrap();
+        s.flush().await.unwrap();
+        assert!(matches!(
+            read_message(&mut s).await.unwrap(),
+            Message::Welcome(_)
+        ));
+        let (status, body) = insert(&p, "t", 1, None).await;
+        assert_eq!(status, 504, "{body}");
+        assert_eq!(body["error"]["durability"]["acked_by"], json!([]), "{body}");
+        drop(s);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn garbage_on_the_peer_port_is_refused_and_the_primary_goes_on() {
         let dir = tempfile::tempdir().unwrap();
         let peer = peer();

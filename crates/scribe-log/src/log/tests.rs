@@ -315,4 +315,19 @@ fn reset_starts_an_empty_log_after_a_position_that_survives_reopen() {
         log.read_from(Lsn(999)),
         Err(LogError::Truncated { .. })
     ));
+    // Reopened empty right after a reset, the log knows its base LSN but not its term until
+    // told; then fencing holds from the first append.
+    drop(log);
+    let dir2 = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir2.path(), opts(600)).unwrap();
+    log.reset_to(at).unwrap();
+    drop(log);
+    let (mut log, rec) = Log::open(dir2.path(), opts(600)).unwrap();
+    assert_eq!(rec.last, Position::new(Term(0), Lsn(1000)));
+    log.adopt_term(Term(3));
+    assert_eq!(log.durable_position(), at);
+    assert!(matches!(
+        log.append(Term(2), 0, payload(1)),
+        Err(LogError::StaleTerm { .. })
+    ));
 }

@@ -413,6 +413,9 @@ impl Follower {
 
     async fn install(&self, path: PathBuf, at: Position) -> Result<(), Ended> {
         let started = Instant::now();
+        // From here until the marker is removed, the database and log may be a mix of old and
+        // new: a crash means the next start discards both and this replica is seeded again.
+        write_marker(&self.data_dir).map_err(Ended::Fatal)?;
         let installed = self
             .engine
             .install_snapshot(path.clone())
@@ -445,7 +448,6 @@ impl Follower {
                 Ok(Err(e)) => return Err(e.into()),
                 Err(_) => return Err(Ended::Failed("no snapshot within an hour".into())),
             };
-        write_marker(&self.data_dir).map_err(Ended::Fatal)?;
         let path = self.data_dir.join("snapshot.incoming");
         let mut file = tokio::fs::File::create(&path)
             .await

@@ -78,6 +78,12 @@ struct Entry {
     error: Option<String>,
     /// Woken when a newer connection of the same replica replaces this one.
     superseded: Arc<tokio::sync::Notify>,
+    /// Whether it has reported its positions on this connection. Until it has, it counts for no
+    /// quorum: its hello says only where its log ends, not what it applied.
+    reported: bool,
+    /// The last LSN it can have: what it had at the handshake, what it was sent, or the position
+    /// of the snapshot it was sent. A report beyond it is a protocol error.
+    sent_upto: Lsn,
 }
 
 /// What `GET /v1/status` shows of one replica.
@@ -206,7 +212,7 @@ impl Registry {
                 // A connection still heard from is another node with the same name; a silent one
                 // is this replica's previous connection (it restarted, or a partition hid the
                 // close from us): the new one supersedes it and the old one's reports are ignored.
-                if e.last_contact.elapsed() < super::HEARTBEAT * 3 && e.addr.ip() != addr.ip() {
+                if e.last_contact.elapsed() < super::HEARTBEAT * 3 {
                     return Err(NameInUse(e.addr));
                 }
                 e.superseded.notify_one();
@@ -240,6 +246,8 @@ impl Registry {
                 apply_lag,
                 error: None,
                 superseded: superseded.clone(),
+                reported: false,
+                sent_upto: last.lsn,
             },
         );
         self.publish(&entries);
@@ -272,16 +280,13 @@ impl Registry {
             e.state = if progress.is_some() {
                 ReplicaState::Seeding
             } else {
+                // Sent, not yet installed: it counts again once it reports.
+                e.sent_upto = e.sent_upto.max(needs.prev());
+                e.reported = false;
                 ReplicaState::CatchingUp
             };
-            if progress.is_none() {
-                e.progress = Progress {
-                    written: Position::new(e.progress.written.term, needs.prev()),
-                    flushed: Position::new(e.progress.flushed.term, needs.prev()),
-                    applied: Position::new(e.progress.applied.term, needs.prev()),
-                };
-            }
         }
+        self.publish(&entries);
     }
 
     /// Notes records just sent to `name`, with the size of the message that carried them.
@@ -289,6 +294,7 @@ impl Registry {
         let mut entries = self.lock();
         if let Some(e) = entries.get_mut(name).filter(|e| e.conn == conn) {
             for r in records {
+                e.sent_upto = e.sent_upto.max(r.lsn);
                 e.bytes_sent += r.frame_len() as u64;
                 e.inflight.push_back(Sent {
                     lsn: r.lsn,
@@ -299,16 +305,36 @@ impl Registry {
         }
     }
 
-    /// Takes a replica's reported positions; `primary_flushed` is the primary's own.
-    pub fn progress(&self, name: &str, conn: u64, p: Progress, primary_flushed: Lsn) {
+    /// Takes a replica's reported positions; `primary_flushed` is the primary's own. A report
+    /// out of order, or beyond what the replica can have, is refused.
+    pub fn progress(
+        &self,
+        name: &str,
+        conn: u64,
+        p: Progress,
+        primary_flushed: Lsn,
+    ) -> Result<(), String> {
+        if !(p.applied <= p.flushed && p.flushed <= p.written) {
+            return Err(format!(
+                "the replica reported positions out of order (written {}, flushed {}, applied {})",
+                p.written, p.flushed, p.applied
+            ));
+        }
         let mut entries = self.lock();
         let Some(e) = entries.get_mut(name).filter(|e| e.conn == conn) else {
-            return;
+            return Ok(());
         };
+        if p.written.lsn > e.sent_upto {
+            return Err(format!(
+                "the replica reported lsn {} but can have at most {}",
+                p.written.lsn, e.sent_upto
+            ));
+        }
         e.last_contact = Instant::now();
-        let moved = p != e.progress;
+        let moved = p != e.progress || !e.reported;
         e.progress = p;
-        e.needs = e.needs.max(p.flushed.lsn.next());
+        e.reported = true;
+        e.needs = e.needs.max(Lsn(p.flushed.lsn.0.saturating_add(1)));
         let now = now_us();
         while let Some(&s) = e.inflight.front() {
             if s.lsn > p.applied.lsn {
@@ -329,6 +355,7 @@ impl Registry {
         if moved {
             self.publish(&entries);
         }
+        Ok(())
     }
 
     /// Milliseconds since `name` last sent anything (for the connection's idle check).
@@ -341,7 +368,9 @@ impl Registry {
     fn acks(entries: &BTreeMap<String, Entry>) -> Vec<ReplicaAck> {
         entries
             .iter()
-            .filter(|(_, e)| matches!(e.state, ReplicaState::CatchingUp | ReplicaState::Streaming))
+            .filter(|(_, e)| {
+                e.reported && matches!(e.state, ReplicaState::CatchingUp | ReplicaState::Streaming)
+            })
             .map(|(name, e)| ReplicaAck {
                 name: name.clone(),
                 flushed: e.progress.flushed.lsn,
@@ -375,10 +404,21 @@ impl Registry {
         Self::acks(&self.lock())
     }
 
-    /// The oldest LSN any known replica (connected or not) still needs; `None` when no replica
-    /// has been seen since this node started.
+    /// The oldest LSN any known replica (connected or not) still needs — the record at its
+    /// flushed position included, so that its reconnection can be checked against this log;
+    /// `None` when no replica has been seen since this node started.
     pub fn needed_from(&self) -> Option<Lsn> {
-        self.lock().values().map(|e| e.needs).min()
+        self.lock().values().map(|e| e.needs.prev()).min()
+    }
+
+    /// The oldest LSN a replica being seeded will stream from: kept whatever the size limit,
+    /// or the replica would be seeded again and again.
+    pub fn pinned_from(&self) -> Option<Lsn> {
+        self.lock()
+            .values()
+            .filter(|e| e.state == ReplicaState::Seeding)
+            .map(|e| e.needs)
+            .min()
     }
 
     /// Forgets `name` (an operator removed it, or it was re-seeded elsewhere).
@@ -439,5 +479,119 @@ impl Registry {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use scribe_core::Term;
+
+    use super::*;
+
+    fn pos(l: u64) -> Position {
+        Position::new(Term(1), Lsn(l))
+    }
+
+    fn prog(w: u64, f: u64, a: u64) -> Progress {
+        Progress {
+            written: pos(w),
+            flushed: pos(f),
+            applied: pos(a),
+        }
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn record(lsn: u64) -> scribe_log::Record {
+        scribe_log::Record {
+            term: Term(1),
+            lsn: Lsn(lsn),
+            batch_first: Lsn(lsn),
+            time_us: 0,
+            payload: vec![0; 10],
+        }
+    }
+
+    fn sync_lsn(r: &Registry) -> Lsn {
+        r.quorums()
+            .borrow()
+            .applied
+            .as_ref()
+            .map_or(Lsn::ZERO, |q| q.lsn)
+    }
+
+    #[test]
+    fn a_replica_counts_only_once_it_has_reported() {
+        let r = Registry::new("ANY 1 (*)".parse().unwrap());
+        // Its hello says its log ends at 10; it may have applied less.
+        let (c, _) = r.connect("n2", addr(1), "", pos(10), Lsn(11)).unwrap();
+        assert_eq!(sync_lsn(&r), Lsn::ZERO);
+        assert!(r.current_acks().is_empty());
+        r.progress("n2", c, prog(10, 10, 7), Lsn(10)).unwrap();
+        assert_eq!(sync_lsn(&r), Lsn(7));
+        assert_eq!(r.current_acks()[0].flushed, Lsn(10));
+    }
+
+    #[test]
+    fn a_seeded_replica_counts_again_only_after_reporting_the_snapshot_position() {
+        let r = Registry::new("ANY 1 (*)".parse().unwrap());
+        let (c, _) = r
+            .connect("n2", addr(1), "", Position::ZERO, Lsn(1))
+            .unwrap();
+        r.progress("n2", c, prog(0, 0, 0), Lsn(0)).unwrap();
+        r.seeding("n2", c, Some((0, 100)), Lsn(51));
+        assert_eq!(r.pinned_from(), Some(Lsn(51)));
+        assert!(r.current_acks().is_empty());
+        // Sent, not installed: nothing counts, and a report past the snapshot is refused.
+        r.seeding("n2", c, None, Lsn(51));
+        assert!(r.current_acks().is_empty());
+        assert_eq!(sync_lsn(&r), Lsn::ZERO);
+        assert!(r.progress("n2", c, prog(51, 51, 51), Lsn(60)).is_err());
+        r.progress("n2", c, prog(50, 50, 50), Lsn(60)).unwrap();
+        assert_eq!(sync_lsn(&r), Lsn(50));
+        assert_eq!(r.pinned_from(), None);
+    }
+
+    #[test]
+    fn reports_beyond_what_was_sent_or_out_of_order_are_refused() {
+        let r = Registry::new("ANY 1 (*)".parse().unwrap());
+        let (c, _) = r.connect("n2", addr(1), "", pos(3), Lsn(4)).unwrap();
+        assert!(r.progress("n2", c, prog(4, 4, 4), Lsn(9)).is_err());
+        assert!(r.progress("n2", c, prog(3, 3, 4), Lsn(9)).is_err());
+        r.sent("n2", c, &[record(4), record(5)]);
+        r.progress("n2", c, prog(5, 5, 4), Lsn(9)).unwrap();
+        let v = &r.views(Lsn(5))[0].view;
+        assert_eq!((v.applied_lsn, v.lag_records), (4, 1));
+        assert_eq!(v.lag_bytes, record(5).frame_len() as u64);
+        // A huge position does not overflow anything.
+        let huge = Progress {
+            written: Position::new(Term(1), Lsn(u64::MAX)),
+            flushed: Position::new(Term(1), Lsn(u64::MAX)),
+            applied: Position::new(Term(1), Lsn(u64::MAX)),
+        };
+        assert!(r.progress("n2", c, huge, Lsn(9)).is_err());
+    }
+
+    #[test]
+    fn a_live_connection_keeps_its_name_and_a_closed_one_gives_it_up() {
+        let r = Registry::new("ANY 1 (*)".parse().unwrap());
+        let (c, _) = r.connect("n2", addr(1), "", pos(3), Lsn(4)).unwrap();
+        assert_eq!(
+            r.connect("n2", addr(2), "", pos(3), Lsn(4)).unwrap_err(),
+            NameInUse(addr(1))
+        );
+        r.disconnect("n2", c, Some("gone".into()));
+        let (c2, _) = r.connect("n2", addr(2), "", pos(3), Lsn(4)).unwrap();
+        // Reports of the old connection are ignored.
+        r.progress("n2", c, prog(3, 3, 3), Lsn(3)).unwrap();
+        assert!(r.current_acks().is_empty());
+        r.progress("n2", c2, prog(3, 3, 3), Lsn(3)).unwrap();
+        assert_eq!(r.current_acks().len(), 1);
+        // Disconnected replicas still hold the log they need (their last record included).
+        r.disconnect("n2", c2, None);
+        assert_eq!(r.needed_from(), Some(Lsn(3)));
+        assert!(r.current_acks().is_empty());
     }
 }

@@ -1,7 +1,7 @@
 //! Log retention: every few seconds, delete the change-log segments that neither this node's
 //! SQLite nor any known replica still needs — keeping at most `--max-log-size` bytes for
 //! replicas that are behind (a replica that falls further behind is re-seeded from a snapshot
-//! when it reconnects). With no replica seen since start, the log is kept up to that size, so a
+//! when it reconnects). What a replica being seeded will stream from is kept whatever the size. What a replica being seeded will stream from is kept whatever the size. With no replica seen since start, the log is kept up to that size, so a
 //! replica that joins later can stream instead of being seeded.
 
 use std::time::Duration;
@@ -20,17 +20,19 @@ pub async fn run(engine: Engine, role: Role, max_bytes: u64) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let keep_from = match &role {
-            Role::Primary(registry) => registry.needed_from().unwrap_or(Lsn::ZERO),
-            Role::Replica(_) => Lsn::ZERO,
+        let (keep_from, pinned_from) = match &role {
+            Role::Primary(registry) => (
+                registry.needed_from().unwrap_or(Lsn::ZERO),
+                registry.pinned_from(),
+            ),
+            Role::Replica(_) => (Lsn::ZERO, None),
         };
-        if let Err(e) = engine
-            .retain(Retention {
-                keep_from,
-                max_bytes,
-            })
-            .await
-        {
+        let retention = Retention {
+            keep_from,
+            max_bytes,
+            pinned_from,
+        };
+        if let Err(e) = engine.retain(retention).await {
             tracing::warn!(error = %e, "delete old change-log segments");
         }
     }

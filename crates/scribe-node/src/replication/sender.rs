@@ -173,6 +173,12 @@ fn decide(ctx: &PeerContext, hello: &Hello) -> Result<Start, Refusal> {
     let refuse = |code, message| Err(Refusal { code, message });
     let term = ctx.term();
     let flushed = ctx.engine.progress().flushed;
+    if let Err(why) = crate::config::check_name(&hello.name) {
+        return refuse(
+            RefusalCode::Protocol,
+            format!("invalid replica name: {why}"),
+        );
+    }
     if hello.name == ctx.name {
         return refuse(
             RefusalCode::Protocol,
@@ -216,29 +222,29 @@ fn decide(ctx: &PeerContext, hello: &Hello) -> Result<Start, Refusal> {
             ),
         );
     }
-    if hello.last.lsn.next() < ctx.engine.log_first_lsn() {
+    // The replica's last record must be in this log, with the same term, for its log to be a
+    // prefix of this one; a record this log no longer holds cannot be checked: seed it.
+    if hello.last.lsn < ctx.engine.log_first_lsn() {
         return Ok(Start::Snapshot);
     }
-    if hello.last.lsn >= ctx.engine.log_first_lsn() {
-        let ours = ctx
-            .engine
-            .read_log(hello.last.lsn)
-            .ok()
-            .and_then(|mut r| r.next())
-            .and_then(Result::ok);
-        match ours {
-            Some(r) if r.term == hello.last.term || hello.last.term == Term(0) => {}
-            Some(r) => {
-                return refuse(
-                    RefusalCode::Diverged,
-                    format!(
-                        "replica {} has lsn {} in term {}, but this primary has it in term {}: their logs diverged",
-                        hello.name, hello.last.lsn, hello.last.term, r.term
-                    ),
-                )
-            }
-            None => return Ok(Start::Snapshot),
+    let ours = ctx
+        .engine
+        .read_log(hello.last.lsn)
+        .ok()
+        .and_then(|mut r| r.next())
+        .and_then(Result::ok);
+    match ours {
+        Some(r) if r.term == hello.last.term => {}
+        Some(r) => {
+            return refuse(
+                RefusalCode::Diverged,
+                format!(
+                    "replica {} has lsn {} in term {}, but this primary has it in term {}: their logs diverged",
+                    hello.name, hello.last.lsn, hello.last.term, r.term
+                ),
+            )
         }
+        None => return Ok(Start::Snapshot),
     }
     Ok(Start::Stream {
         from: hello.last.lsn.next(),
@@ -261,13 +267,7 @@ async fn receive_progress(
         };
         match msg {
             Message::Progress(p) => {
-                if !(p.applied <= p.flushed && p.flushed <= p.written) {
-                    return Err(format!(
-                        "the replica reported positions out of order (written {}, flushed {}, applied {})",
-                        p.written, p.flushed, p.applied
-                    ));
-                }
-                registry.progress(name, conn, p, ctx.engine.progress().flushed.lsn);
+                registry.progress(name, conn, p, ctx.engine.progress().flushed.lsn)?;
             }
             Message::Refused(r) => {
                 return Err(format!("the replica refused the stream: {}", r.message))
@@ -373,7 +373,7 @@ async fn send_snapshot(
     registry.seeding(name, conn, Some((0, 0)), ctx.engine.log_first_lsn());
     std::fs::create_dir_all(&ctx.snapshot_dir)
         .map_err(|e| format!("create {}: {e}", ctx.snapshot_dir.display()))?;
-    let path = ctx.snapshot_dir.join(format!("{name}.snapshot"));
+    let path = ctx.snapshot_dir.join(format!("{name}-{conn}.snapshot"));
     let _cleanup = RemoveOnDrop(path.clone());
     tracing::info!(replica = %name, "taking a snapshot to seed the replica");
     let at = ctx
@@ -418,11 +418,12 @@ async fn send_snapshot(
             "the snapshot file changed size while it was sent ({sent} of {total} bytes)"
         ));
     }
+    // From here the replica may install it and report its position.
+    registry.seeding(name, conn, None, at.lsn.next());
     write_message(wr, &Message::SnapshotEnd { crc32c: crc })
         .await
         .map_err(io)?;
     wr.flush().await.map_err(|e| io(e.into()))?;
-    registry.seeding(name, conn, None, at.lsn.next());
     tracing::info!(replica = %name, %at, bytes = total, seconds = started.elapsed().as_secs_f64(), "snapshot sent");
     Ok(at.lsn.next())
 }

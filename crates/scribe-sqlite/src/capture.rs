@@ -92,7 +92,21 @@ impl Drop for Capture<'_> {
 }
 
 /// Replays a changeset on `conn`; any conflict aborts it with an error naming the table.
+///
+/// Triggers are off while it runs: the changeset already holds every row a trigger changed on
+/// the node that wrote it, so firing them again would apply their effects twice.
 pub fn apply(conn: &Connection, changeset: &[u8]) -> Result<(), EngineError> {
+    use rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER as TRIGGERS;
+    conn.set_db_config(TRIGGERS, false).map_err(|e| {
+        EngineError::Internal(format!("turn triggers off to apply a changeset: {e}"))
+    })?;
+    let applied = apply_changeset(conn, changeset);
+    conn.set_db_config(TRIGGERS, true)
+        .map_err(|e| EngineError::Internal(format!("turn triggers back on: {e}")))?;
+    applied
+}
+
+fn apply_changeset(conn: &Connection, changeset: &[u8]) -> Result<(), EngineError> {
     let conflict: Arc<Mutex<Option<String>>> = Arc::default();
     let seen = conflict.clone();
     let mut input = changeset;
@@ -183,5 +197,23 @@ mod tests {
         let e = apply(&b, &cs).unwrap_err();
         assert!(matches!(e, EngineError::Diverged(_)), "{e}");
         assert_eq!(dump(&b, "k").len(), 1);
+    }
+
+    #[test]
+    fn triggers_do_not_fire_again_when_changes_are_applied() {
+        let schema = "CREATE TABLE k (id INTEGER PRIMARY KEY, v TEXT);
+                      CREATE TABLE audit (id INTEGER PRIMARY KEY, what TEXT);
+                      CREATE TRIGGER k_audit AFTER INSERT ON k BEGIN
+                          INSERT INTO audit (what) VALUES ('insert ' || NEW.v);
+                      END;";
+        let (a, b) = two_dbs(schema);
+        let cs = {
+            let cap = Capture::start(&a).unwrap();
+            a.execute("INSERT INTO k (v) VALUES ('x')", []).unwrap();
+            cap.changeset().unwrap()
+        };
+        apply(&b, &cs).unwrap();
+        assert_eq!(dump(&a, "audit"), dump(&b, "audit"));
+        assert_eq!(dump(&b, "audit").len(), 1);
     }
 }

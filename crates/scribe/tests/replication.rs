@@ -201,6 +201,9 @@ async fn setup_load_tables(p: &Api) {
             "CREATE TABLE t (id INTEGER PRIMARY KEY, c INTEGER, v INTEGER, pad BLOB)",
             "CREATE TABLE counters (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)",
             "INSERT INTO counters (id, n) VALUES (0,0),(1,0),(2,0),(3,0),(4,0),(5,0),(6,0),(7,0)",
+            // A trigger's rows are in the changeset: applying must not fire it a second time.
+            "CREATE TABLE audit (id INTEGER PRIMARY KEY, c INTEGER, v INTEGER)",
+            "CREATE TRIGGER t_audit AFTER INSERT ON t BEGIN INSERT INTO audit (c, v) VALUES (NEW.c, NEW.v); END",
         ])
         .await
         .unwrap();

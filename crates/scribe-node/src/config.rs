@@ -39,6 +39,9 @@ pub struct NodeConfig {
     /// Most bytes of change log kept for replicas that are behind; past it the oldest segments
     /// go and such a replica is re-seeded from a snapshot.
     pub max_log_size: u64,
+    /// Silence after which a peer connection is considered dead and dropped (the other side
+    /// reports or heartbeats every 500 ms).
+    pub peer_timeout: Duration,
     /// Test-only fault injection: a replica pauses this long between making streamed records
     /// durable and applying them (`SCRIBE_TEST_APPLY_DELAY_MS`). Zero in production.
     pub test_apply_delay: Duration,
@@ -86,6 +89,7 @@ impl NodeConfig {
             sync_timeout: Duration::from_secs(5),
             on_sync_timeout: OnSyncTimeout::Error,
             max_log_size: 1 << 30,
+            peer_timeout: crate::replication::IDLE_TIMEOUT,
             test_apply_delay: Duration::ZERO,
         }
     }
@@ -110,6 +114,9 @@ impl NodeConfig {
                 "--max-log-size ({}) must be at least one segment (--segment-bytes {})",
                 self.max_log_size, self.segment_bytes
             ));
+        }
+        if self.peer_timeout < Duration::from_secs(1) {
+            return Err("--peer-timeout must be at least 1s (peers report every 500 ms)".into());
         }
         if self.sync_timeout.is_zero() {
             return Err("--sync-timeout must be longer than zero".into());

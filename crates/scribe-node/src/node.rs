@@ -78,6 +78,7 @@ impl Node {
                 follow.clone(),
                 http_url,
                 config.data_dir.clone(),
+                config.peer_timeout,
             ))),
             None => Role::Primary(Arc::new(Registry::new(config.sync_replicas.clone()))),
         };
@@ -145,6 +146,7 @@ impl Node {
                 ),
                 snapshot_dir: state.config.data_dir.join("snapshots"),
                 role: state.role.clone(),
+                peer_timeout: state.config.peer_timeout,
             });
             tasks.push(tokio::spawn(sender::serve(peer, ctx)));
         }

@@ -59,6 +59,9 @@ pub struct NodeArgs {
     /// Most bytes of change log kept for replicas that are behind; a replica further behind is re-seeded from a snapshot [default: 1073741824]
     #[arg(long, env = "SCRIBE_MAX_LOG_SIZE")]
     pub max_log_size: Option<u64>,
+    /// Silence after which a peer connection (primary to replica) is considered dead and dropped; the replica then reconnects [default: 10s]
+    #[arg(long, env = "SCRIBE_PEER_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub peer_timeout: Option<Duration>,
     /// What to log, in RUST_LOG syntax (for example "info" or "scribe_log=debug") [default: info]
     #[arg(long, env = "SCRIBE_LOG")]
     pub log: Option<String>,
@@ -82,6 +85,7 @@ struct FileConfig {
     sync_timeout: Option<String>,
     on_sync_timeout: Option<String>,
     max_log_size: Option<u64>,
+    peer_timeout: Option<String>,
     log: Option<String>,
 }
 
@@ -143,6 +147,11 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, String)> {
     }
     if let Some(v) = args.max_log_size.or(file.max_log_size) {
         config.max_log_size = v;
+    }
+    if let Some(v) = args.peer_timeout {
+        config.peer_timeout = v;
+    } else if let Some(v) = file.peer_timeout {
+        config.peer_timeout = humantime::parse_duration(&v).with_context(|| key("peer_timeout"))?;
     }
     // Test-only fault injection, deliberately not a flag: a replica that lags on purpose.
     if let Ok(ms) = std::env::var("SCRIBE_TEST_APPLY_DELAY_MS") {

@@ -621,3 +621,143 @@ mod fake_peer {
         assert!(err.contains("older than term 1"), "{err}");
     }
 }
+
+/// A TCP proxy between a replica and its primary that can cut the link without closing it, as a
+/// network partition does: while cut it neither reads nor writes (data waits in the kernel's
+/// buffers, then the peers' timeouts fire) and closes new connections at once.
+struct Partition {
+    addr: String,
+    cut: Arc<AtomicBool>,
+}
+
+impl Partition {
+    async fn start(upstream: String) -> Partition {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let cut = Arc::new(AtomicBool::new(false));
+        let flag = cut.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((down, _)) = listener.accept().await else {
+                    return;
+                };
+                if flag.load(Ordering::SeqCst) {
+                    drop(down);
+                    continue;
+                }
+                let Ok(up) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                tokio::spawn(Self::pipe(dr, uw, flag.clone()));
+                tokio::spawn(Self::pipe(ur, dw, flag.clone()));
+            }
+        });
+        Partition { addr, cut }
+    }
+
+    async fn pipe(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        cut: Arc<AtomicBool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            while cut.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            while cut.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn set(&self, cut: bool) {
+        self.cut.store(cut, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_replica_is_dropped_and_catches_up_when_the_partition_heals() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer = peer();
+    let n1 = start_primary(
+        "n1",
+        &dir.path().join("n1"),
+        &peer,
+        &[
+            "--commit",
+            "semi-sync",
+            "--sync-timeout",
+            "1s",
+            "--on-sync-timeout",
+            "degrade",
+            "--peer-timeout",
+            "2s",
+        ],
+    );
+    let link = Partition::start(peer.clone()).await;
+    let n2 = start_replica(
+        "n2",
+        &dir.path().join("n2"),
+        &link.addr,
+        &["--peer-timeout", "2s"],
+    );
+    let (p, r2) = (Api::new(&n1.url), Api::new(&n2.url));
+    setup_load_tables(&p).await;
+    wait_caught_up(&p, &[&r2], Duration::from_secs(20)).await;
+    let (status, body) = insert(&p, "t", 1, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["durability"]["acked_by"], json!(["n2"]), "{body}");
+
+    link.set(true);
+    // Semi-sync writes wait their timeout and say they degraded; nothing is refused.
+    for i in 0..3 {
+        let (status, body) = insert(&p, "t", 100 + i, None).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["durability"]["degraded"], true, "{body}");
+        assert_eq!(body["durability"]["mode"], "async", "{body}");
+    }
+    // Both sides notice the silence and drop the connection.
+    let s = wait_status(
+        &p,
+        Duration::from_secs(10),
+        "n2 disconnected on the primary",
+        |s| s["replicas"][0]["state"] == "disconnected",
+    )
+    .await;
+    let why = s["replicas"][0]["error"].as_str().unwrap_or_default();
+    assert!(why.contains("no word from the replica"), "{s}");
+    let s = wait_status(
+        &r2,
+        Duration::from_secs(10),
+        "the replica losing its primary",
+        |s| s["replication"]["state"] == "connecting",
+    )
+    .await;
+    assert!(
+        s["replication"]["error"].as_str().is_some(),
+        "the replica says why: {s}"
+    );
+    // Writes go on meanwhile (async ones do not wait at all).
+    for i in 0..200 {
+        let (status, body) = insert(&p, "t", 1000 + i, Some("async")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    link.set(false);
+    assert_identical(&p, &[&r2]).await;
+    let (status, body) = insert(&p, "t", 2, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["durability"]["acked_by"], json!(["n2"]), "{body}");
+    assert_eq!(body["durability"]["degraded"], false, "{body}");
+}

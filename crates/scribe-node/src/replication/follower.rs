@@ -25,7 +25,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
-use super::{HANDSHAKE_TIMEOUT, HEARTBEAT, IDLE_TIMEOUT};
+use super::{HANDSHAKE_TIMEOUT, HEARTBEAT};
 use crate::identity;
 
 /// The file whose presence says the data directory is being seeded and is not usable.
@@ -96,6 +96,7 @@ pub struct Follower {
     cluster_id: Mutex<String>,
     shared: Mutex<Shared>,
     written: watch::Sender<Position>,
+    peer_timeout: Duration,
 }
 
 /// Why a connection ended.
@@ -129,6 +130,7 @@ impl Follower {
         follow: String,
         http_url: String,
         data_dir: PathBuf,
+        peer_timeout: Duration,
     ) -> Follower {
         let at = engine.progress().last;
         Follower {
@@ -147,6 +149,7 @@ impl Follower {
                 error: None,
             }),
             written: watch::channel(at).0,
+            peer_timeout,
         }
     }
 
@@ -459,7 +462,7 @@ impl Follower {
         let mut next_report = total / 10;
         let started = Instant::now();
         loop {
-            let msg = match tokio::time::timeout(IDLE_TIMEOUT, read_message(rd)).await {
+            let msg = match tokio::time::timeout(self.peer_timeout, read_message(rd)).await {
                 Ok(Ok(m)) => m,
                 Ok(Err(e)) => return Err(e.into()),
                 Err(_) => return Err(Ended::Failed("the snapshot transfer stalled".into())),
@@ -520,7 +523,8 @@ impl Follower {
         let (tx, mut rx) = mpsc::channel::<Vec<Record>>(64);
         let receiver = async {
             loop {
-                let msg = match tokio::time::timeout(IDLE_TIMEOUT, read_message(&mut rd)).await {
+                let msg = match tokio::time::timeout(self.peer_timeout, read_message(&mut rd)).await
+                {
                     Ok(Ok(m)) => m,
                     Ok(Err(WireError::Closed)) => {
                         return Err(Ended::Failed("the primary closed the connection".into()))
@@ -528,7 +532,8 @@ impl Follower {
                     Ok(Err(e)) => return Err(e.into()),
                     Err(_) => {
                         return Err(Ended::Failed(format!(
-                            "no word from the primary for {IDLE_TIMEOUT:?}"
+                            "no word from the primary for {:?}",
+                            self.peer_timeout
                         )))
                     }
                 };

@@ -22,7 +22,7 @@ use std::time::Duration;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an idle primary sends a heartbeat, and an idle replica its positions.
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
-/// Silence after which a peer connection is considered dead.
+/// Default silence after which a peer connection is considered dead (`--peer-timeout`).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What this node is in replication.

@@ -23,7 +23,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::registry::Registry;
-use super::{Role, HANDSHAKE_TIMEOUT, HEARTBEAT, IDLE_TIMEOUT};
+use super::{Role, HANDSHAKE_TIMEOUT, HEARTBEAT};
 
 /// Most records in one `Records` message.
 const CHUNK_RECORDS: usize = 2048;
@@ -46,6 +46,8 @@ pub struct PeerContext {
     pub snapshot_dir: PathBuf,
     /// Whether this node is the primary (with its replicas) or a replica.
     pub role: Role,
+    /// Silence after which a replica's connection is dropped.
+    pub peer_timeout: Duration,
 }
 
 impl PeerContext {
@@ -259,11 +261,16 @@ async fn receive_progress(
     conn: u64,
 ) -> Result<(), String> {
     loop {
-        let msg = match tokio::time::timeout(IDLE_TIMEOUT, read_message(rd)).await {
+        let msg = match tokio::time::timeout(ctx.peer_timeout, read_message(rd)).await {
             Ok(Ok(m)) => m,
             Ok(Err(WireError::Closed)) => return Err("the replica closed the connection".into()),
             Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err(format!("no word from the replica for {IDLE_TIMEOUT:?}")),
+            Err(_) => {
+                return Err(format!(
+                    "no word from the replica for {:?}",
+                    ctx.peer_timeout
+                ))
+            }
         };
         match msg {
             Message::Progress(p) => {

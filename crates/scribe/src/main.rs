@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a Scribe node.
-    Node(node_cmd::NodeArgs),
+    Node(Box<node_cmd::NodeArgs>),
     /// Start a local cluster and walk through the classic example.
     Demo(demo::DemoArgs),
     /// Run SQL against a node: an interactive shell, or one command with -c.
@@ -44,7 +44,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Node(args) => node_cmd::run(args),
+        Command::Node(args) => node_cmd::run(*args),
         Command::Demo(args) => demo::run(args),
         Command::Sql(args) => sql::run(args),
         Command::Status(args) => status::run(args),

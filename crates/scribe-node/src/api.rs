@@ -4,12 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -42,7 +42,12 @@ pub struct AppState {
     pub role: Role,
     /// Where the peer protocol listens, if it does.
     pub peer_addr: Option<std::net::SocketAddr>,
+    /// HTTP client for forwarding to the primary.
+    pub http: reqwest::Client,
 }
+
+/// Header marking a request forwarded by a replica: it is never forwarded again.
+pub const FORWARDED_BY: &str = "x-scribe-forwarded-by";
 
 /// `POST /v1/execute`: statements run as one transaction.
 #[derive(Debug, Deserialize)]
@@ -53,6 +58,9 @@ pub struct ExecuteRequest {
     /// Commit mode for this transaction; the node's `--commit` when absent.
     #[serde(default)]
     pub commit: Option<CommitMode>,
+    /// On a replica: forward to the primary (default) or answer `not_primary`.
+    #[serde(default)]
+    pub forward: Option<bool>,
 }
 
 /// The answer to `/v1/execute`.
@@ -66,6 +74,19 @@ pub struct ExecuteResponse {
     pub durability: Durability,
 }
 
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    /// Whatever this node has applied (optionally within `max_lag`).
+    #[default]
+    Stale,
+    /// At least the given position: read-your-writes.
+    Session,
+    /// Served by the primary.
+    Strong,
+}
+
 /// `POST /v1/query`: one read-only statement.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,6 +96,21 @@ pub struct QueryRequest {
     /// Its parameters.
     #[serde(default)]
     pub params: Params,
+    /// How fresh the answer must be.
+    #[serde(default)]
+    pub consistency: Consistency,
+    /// `stale`: the most this node may be behind its primary (for example `"500ms"`).
+    #[serde(default)]
+    pub max_lag: Option<String>,
+    /// `session`: the position token the read must see.
+    #[serde(default)]
+    pub position: Option<Position>,
+    /// `session`: how long this node may wait to apply the position (default 1s).
+    #[serde(default)]
+    pub wait: Option<String>,
+    /// Forward to the primary when this node cannot answer as asked (default true).
+    #[serde(default)]
+    pub forward: Option<bool>,
 }
 
 /// The answer to `/v1/query`.
@@ -86,6 +122,8 @@ pub struct QueryResponse {
     pub rows: Vec<Vec<Value>>,
     /// The applied position the read saw.
     pub position: Position,
+    /// The node that served it.
+    pub served_by: String,
 }
 
 /// The routes, with the body limit and request counting.
@@ -133,32 +171,86 @@ async fn count_and_limit(State(state): State<Arc<AppState>>, req: Request, next:
     response
 }
 
-fn parse<T: DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-    limit: usize,
-) -> Result<T, ApiError> {
-    let body = body.map_err(|r| {
+fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(limit)
         } else {
             ApiError::BadJson(r.body_text())
         }
-    })?;
-    serde_json::from_slice(&body).map_err(|e| ApiError::BadJson(e.to_string()))
+    })
+}
+
+fn parse_bytes<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::BadJson(e.to_string()))
+}
+
+fn duration(field: &str, v: &Option<String>) -> Result<Option<Duration>, ApiError> {
+    v.as_deref()
+        .map(|s| {
+            humantime::parse_duration(s)
+                .map_err(|e| ApiError::BadJson(format!("{field} {s:?}: {e}")))
+        })
+        .transpose()
+}
+
+/// Sends the request, as it came, to the primary and answers with the primary's answer, adding
+/// `forwarded_to` to a successful one.
+async fn forward(
+    state: &AppState,
+    follower: &crate::replication::follower::Follower,
+    path: &str,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Some((primary, url)) = follower.primary() else {
+        return Err(ApiError::Forward(format!(
+            "{} has not reached its primary yet",
+            state.identity.name
+        )));
+    };
+    let r = state
+        .http
+        .post(format!("{url}{path}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(FORWARDED_BY, state.identity.name.as_str())
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| ApiError::Forward(format!("{primary} at {url}: {e}")))?;
+    let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut answer: serde_json::Value = r
+        .json()
+        .await
+        .map_err(|e| ApiError::Forward(format!("{primary} at {url} answered: {e}")))?;
+    if status.is_success() {
+        if let Some(obj) = answer.as_object_mut() {
+            obj.insert("forwarded_to".into(), serde_json::Value::String(primary));
+        }
+    }
+    Ok((status, Json(answer)).into_response())
+}
+
+fn may_forward(headers: &HeaderMap, asked: Option<bool>) -> bool {
+    asked.unwrap_or(true) && !headers.contains_key(FORWARDED_BY)
 }
 
 async fn execute(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<ExecuteResponse>, ApiError> {
-    let req: ExecuteRequest = parse(body, state.config.max_request_bytes)?;
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body, state.config.max_request_bytes)?;
+    let req: ExecuteRequest = parse_bytes(&body)?;
     let registry = match &state.role {
         Role::Primary(r) => r,
         Role::Replica(f) => {
+            if may_forward(&headers, req.forward) {
+                return forward(&state, f, "/v1/execute", body).await;
+            }
             return Err(ApiError::NotPrimary {
                 node: state.identity.name.clone(),
                 primary: f.primary(),
-            })
+            });
         }
     };
     let mode = req.commit.unwrap_or(state.config.commit);
@@ -202,14 +294,77 @@ async fn execute(
         results: committed.results,
         position: committed.position,
         durability,
-    }))
+    })
+    .into_response())
+}
+
+/// Waits until this node has applied `position`, at most `wait`; answers what it has applied.
+async fn wait_applied(
+    engine: &scribe_sqlite::Engine,
+    position: Position,
+    wait: Duration,
+) -> Result<(), Position> {
+    let mut rx = engine.watch_progress();
+    let reached = tokio::time::timeout(wait, rx.wait_for(|p| p.applied.lsn >= position.lsn)).await;
+    match reached {
+        Ok(Ok(_)) => Ok(()),
+        _ => Err(engine.progress().applied),
+    }
 }
 
 async fn query(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<QueryResponse>, ApiError> {
-    let req: QueryRequest = parse(body, state.config.max_request_bytes)?;
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body, state.config.max_request_bytes)?;
+    let req: QueryRequest = parse_bytes(&body)?;
+    let max_lag = duration("max_lag", &req.max_lag)?;
+    let wait = duration("wait", &req.wait)?.unwrap_or(Duration::from_secs(1));
+    let forward_ok = may_forward(&headers, req.forward);
+    let node = state.identity.name.clone();
+    match (&state.role, req.consistency) {
+        (Role::Primary(_), Consistency::Stale | Consistency::Strong) => {}
+        (Role::Replica(f), Consistency::Strong) => {
+            if forward_ok {
+                return forward(&state, f, "/v1/query", body).await;
+            }
+            return Err(ApiError::NotPrimary {
+                node,
+                primary: f.primary(),
+            });
+        }
+        (Role::Replica(f), Consistency::Stale) => {
+            if let Some(max_lag) = max_lag {
+                let lag = f.lag();
+                if lag > max_lag {
+                    if forward_ok {
+                        return forward(&state, f, "/v1/query", body).await;
+                    }
+                    return Err(ApiError::Lagging { node, lag, max_lag });
+                }
+            }
+        }
+        (role, Consistency::Session) => {
+            let position = req.position.ok_or_else(|| {
+                ApiError::BadJson(
+                    "a session read needs the \"position\" token of the session's last write"
+                        .into(),
+                )
+            })?;
+            if let Err(applied) = wait_applied(&state.engine, position, wait).await {
+                if let (Role::Replica(f), true) = (role, forward_ok) {
+                    return forward(&state, f, "/v1/query", body).await;
+                }
+                return Err(ApiError::NotCaughtUp {
+                    node,
+                    position,
+                    applied,
+                    waited: wait,
+                });
+            }
+        }
+    }
     let r = state
         .engine
         .query(Statement {
@@ -221,7 +376,9 @@ async fn query(
         columns: r.rows.columns,
         rows: r.rows.rows,
         position: r.position,
-    }))
+        served_by: node,
+    })
+    .into_response())
 }
 
 /// The body of `GET /v1/status`.

@@ -26,6 +26,29 @@ pub enum ApiError {
         /// The primary, when known.
         primary: Option<(String, String)>,
     },
+    /// A stale read's `max_lag` is exceeded on this replica and forwarding was not allowed.
+    Lagging {
+        /// This node.
+        node: String,
+        /// How far behind it may be.
+        lag: std::time::Duration,
+        /// The bound asked for.
+        max_lag: std::time::Duration,
+    },
+    /// A session read's position was not applied here within its wait, and forwarding was not
+    /// allowed (or this is the primary).
+    NotCaughtUp {
+        /// This node.
+        node: String,
+        /// The position asked for.
+        position: Position,
+        /// What this node has applied.
+        applied: Position,
+        /// How long it waited.
+        waited: std::time::Duration,
+    },
+    /// Forwarding to the primary failed.
+    Forward(String),
     /// A semi-sync or sync commit was not confirmed in time (`--on-sync-timeout error`): the
     /// transaction is committed on the primary, not confirmed replicated.
     SyncTimeout {
@@ -52,6 +75,9 @@ impl ApiError {
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::NotPrimary { .. } => (StatusCode::CONFLICT, "not_primary"),
+            ApiError::Lagging { .. } => (StatusCode::SERVICE_UNAVAILABLE, "lagging"),
+            ApiError::NotCaughtUp { .. } => (StatusCode::GATEWAY_TIMEOUT, "not_caught_up"),
+            ApiError::Forward(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::SyncTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "sync_timeout"),
             ApiError::Engine(e) => match e {
                 EngineError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
@@ -85,6 +111,21 @@ impl ApiError {
                     "{node} is a read-only replica and has not reached its primary yet; send writes to the primary"
                 ),
             },
+            ApiError::Lagging { node, lag, max_lag } => format!(
+                "{node} may be {} ms behind its primary, more than the max_lag of {} ms asked for; allow forwarding to read from the primary",
+                lag.as_millis(),
+                max_lag.as_millis()
+            ),
+            ApiError::NotCaughtUp {
+                node,
+                position,
+                applied,
+                waited,
+            } => format!(
+                "{node} had not applied position {position} after waiting {} ms (it has applied {applied}); allow forwarding to read from the primary",
+                waited.as_millis()
+            ),
+            ApiError::Forward(why) => format!("could not forward to the primary: {why}"),
             ApiError::SyncTimeout {
                 position,
                 durability,

@@ -91,6 +91,10 @@ impl Node {
             requests: Mutex::new(BTreeMap::new()),
             role,
             peer_addr,
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .map_err(|e| format!("build the HTTP client for forwarding: {e}"))?,
         });
         Ok(Node {
             state,

@@ -19,7 +19,7 @@ use clap::Args;
 use scribe_core::Position;
 use serde_json::{json, Value};
 
-use crate::client::{Client, ClientError, Statement};
+use crate::client::Client;
 use crate::table;
 
 /// Flags of `scribe demo`.
@@ -529,20 +529,33 @@ async fn walkthrough(cluster: &Cluster) -> anyhow::Result<()> {
         .context("read Alice on n2")?;
     print!("{}", indent(&table::render(&rows.columns, &rows.rows)));
 
-    step(4, "try a write on the replica");
+    step(4, "send writes to the replica");
+    println!("   Replicas are read-only. A write sent to one is forwarded to the primary, and the");
+    println!("   answer says so; with \"forward\": false it is refused, naming the primary.");
     let write = "INSERT INTO users (name) VALUES ('Bob')";
-    println!("   {write}   (on n2)");
-    match replica.execute(&[Statement::new(write)]).await {
-        Err(ClientError::Server { message, .. }) => {
-            println!("   n2 refused it: {message}");
-            println!("   Only the primary takes writes; send them to n1.");
-        }
-        Err(e) => return Err(anyhow!(e).context("write on n2")),
-        Ok(r) => println!(
-            "   n2 took it (position {}), which a replica should not do.",
-            r.position
-        ),
+    println!("   {write}   (on n2, \"forward\": false)");
+    let r = http
+        .post(format!("{}/v1/execute", n2.url))
+        .json(&json!({"statements": [{"sql": write}], "forward": false}))
+        .send()
+        .await
+        .context("write on n2")?;
+    let v: Value = r.json().await.context("read the answer of n2")?;
+    match v["error"]["message"].as_str() {
+        Some(message) => println!("   n2 refused it: {message}"),
+        None => println!("   n2 answered {v}, which a replica should not do."),
     }
+    println!("   {write}   (on n2)");
+    let v = execute_json(&http, &n2.url, write)
+        .await
+        .context("forwarded write on n2")?;
+    println!(
+        "   forwarded to {}: committed at position {}, id {}",
+        v["forwarded_to"].as_str().unwrap_or("?"),
+        v["position"].as_str().unwrap_or("?"),
+        v["results"][0]["last_insert_id"]
+    );
+    let lsn = position_lsn(&v["position"]).unwrap_or(lsn);
 
     step(5, "replication status, as the primary sees it");
     // Give the replicas' acknowledgements a moment to reach n1, so the table shows them

@@ -305,30 +305,6 @@ async fn a_replica_killed_under_load_catches_up_and_so_do_replicas_of_a_restarte
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_refuses_writes_and_names_its_primary() {
-    let dir = tempfile::tempdir().unwrap();
-    let peer = peer();
-    let n1 = start_primary("n1", &dir.path().join("n1"), &peer, &[]);
-    let n2 = start_replica("n2", &dir.path().join("n2"), &peer, &[]);
-    let r2 = Api::new(&n2.url);
-    wait_status(&r2, Duration::from_secs(20), "n2 connecting", |s| {
-        s["replication"]["primary"] == "n1"
-    })
-    .await;
-    let (status, body) = r2.execute(&["CREATE TABLE x (a)"]).await.unwrap();
-    assert_eq!(status, 409, "{body}");
-    assert_eq!(body["error"]["code"], "not_primary");
-    assert_eq!(body["error"]["primary"]["name"], "n1");
-    assert_eq!(body["error"]["primary"]["url"], json!(n1.url));
-    let msg = body["error"]["message"].as_str().unwrap();
-    assert!(
-        msg.contains("read-only replica") && msg.contains("n1"),
-        "{msg}"
-    );
-    assert_eq!(r2.status().await["accepting_writes"], false);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_replica_is_seeded_from_a_snapshot_of_a_million_rows_then_streams() {
     let dir = tempfile::tempdir().unwrap();
     let peer = peer();

@@ -66,6 +66,8 @@ pub struct FollowView {
     pub written_lsn: u64,
     /// Records the primary has that this node has not applied (as of the last word from it).
     pub lag_records: u64,
+    /// How stale its reads may be, milliseconds (see `max_lag` on `/v1/query`).
+    pub lag_ms: f64,
     /// Milliseconds since the primary last sent anything.
     pub last_contact_ms_ago: Option<u64>,
     /// Snapshot transfer, while seeding.
@@ -84,6 +86,8 @@ struct Shared {
     last_contact: Option<Instant>,
     seeding: Option<(u64, u64)>,
     error: Option<String>,
+    /// When this replica last knew it had applied everything the primary had flushed.
+    caught_up_at: Instant,
 }
 
 /// A replica's follower: its configuration and the state its status page shows.
@@ -147,6 +151,7 @@ impl Follower {
                 last_contact: None,
                 seeding: None,
                 error: None,
+                caught_up_at: Instant::now(),
             }),
             written: watch::channel(at).0,
             peer_timeout,
@@ -175,8 +180,23 @@ impl Follower {
         }
     }
 
+    /// How stale this replica's reads may be: zero when, as of a word from the primary in the
+    /// last three heartbeats, it had applied everything the primary had flushed; otherwise the
+    /// time since it last knew that (so a replica cut off from its primary ages).
+    pub fn lag(&self) -> Duration {
+        let s = self.shared();
+        let applied = self.engine.progress().applied.lsn;
+        let fresh = s.last_contact.is_some_and(|t| t.elapsed() <= HEARTBEAT * 3);
+        if fresh && applied >= s.primary_flushed {
+            Duration::ZERO
+        } else {
+            s.caught_up_at.elapsed()
+        }
+    }
+
     /// The status view.
     pub fn view(&self) -> FollowView {
+        let lag_ms = self.lag().as_secs_f64() * 1000.0;
         let s = self.shared();
         let applied = self.engine.progress().applied.lsn;
         FollowView {
@@ -187,6 +207,7 @@ impl Follower {
             primary_flushed_lsn: s.primary_flushed.0,
             written_lsn: self.written.borrow().lsn.0,
             lag_records: s.primary_flushed.0.saturating_sub(applied.0),
+            lag_ms,
             last_contact_ms_ago: s.last_contact.map(|t| t.elapsed().as_millis() as u64),
             seeding: s.seeding.map(|(sent, total)| super::registry::SeedingView {
                 bytes_sent: sent,
@@ -210,8 +231,11 @@ impl Follower {
         if let Some(f) = primary_flushed {
             s.primary_flushed = s.primary_flushed.max(f);
         }
+        let applied = self.engine.progress().applied.lsn;
+        if applied >= s.primary_flushed {
+            s.caught_up_at = Instant::now();
+        }
         if s.state == FollowState::CatchingUp || s.state == FollowState::Streaming {
-            let applied = self.engine.progress().applied.lsn;
             s.state = if applied >= s.primary_flushed {
                 FollowState::Streaming
             } else {

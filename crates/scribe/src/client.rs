@@ -122,6 +122,11 @@ struct QueryBody<'a> {
     sql: &'a str,
     #[serde(skip_serializing_if = "Value::is_null")]
     params: &'a Value,
+    /// `session` once this client has written, so it reads its own writes on any node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consistency: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<Position>,
 }
 
 #[derive(Deserialize)]
@@ -135,12 +140,17 @@ struct ErrorDetail {
     message: String,
 }
 
-/// A client of one node. Cloning is cheap and shares the connection pool.
+/// A client of one node. Cloning is cheap and shares the connection pool and the session.
+///
+/// The client is a session: it keeps the position token of its newest write and sends it with
+/// every read (`"consistency": "session"`), so a read on a replica sees this client's own writes
+/// (the replica waits until it has applied them, or forwards the read to the primary).
 #[derive(Clone)]
 pub struct Client {
     url: String,
     execute_url: reqwest::Url,
     http: reqwest::Client,
+    last_write: std::sync::Arc<std::sync::Mutex<Option<Position>>>,
 }
 
 impl Client {
@@ -164,6 +174,7 @@ impl Client {
             url,
             execute_url,
             http,
+            last_write: Default::default(),
         })
     }
 
@@ -187,7 +198,17 @@ impl Client {
                     .body(body),
             )
             .await?;
-        self.decode(&bytes)
+        let answer: ExecuteResponse = self.decode(&bytes)?;
+        let mut last = self.last_write.lock().expect("session token");
+        if last.is_none_or(|p| p < answer.position) {
+            *last = Some(answer.position);
+        }
+        Ok(answer)
+    }
+
+    /// The position token of this client's newest write, if it wrote.
+    pub fn last_write(&self) -> Option<Position> {
+        *self.last_write.lock().expect("session token")
     }
 
     /// POSTs an already serialized `/v1/execute` body and discards a successful answer: the
@@ -205,8 +226,14 @@ impl Client {
 
     /// Runs one read-only statement; `params` is a JSON array, object, or `null` for none.
     pub async fn query(&self, sql: &str, params: &Value) -> Result<QueryResponse, ClientError> {
-        let body =
-            serde_json::to_vec(&QueryBody { sql, params }).map_err(|e| self.bad_answer(e))?;
+        let position = self.last_write();
+        let body = serde_json::to_vec(&QueryBody {
+            sql,
+            params,
+            consistency: position.map(|_| "session"),
+            position,
+        })
+        .map_err(|e| self.bad_answer(e))?;
         let req = self
             .http
             .post(format!("{}/v1/query", self.url))

@@ -208,3 +208,32 @@ async fn stale_reads_respect_max_lag_and_strong_reads_go_to_the_primary() {
     .await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scribe_sql_on_a_lagging_replica_forwards_writes_and_reads_them_back() {
+    let c = cluster(300).await;
+    let out = std::process::Command::new(common::scribe_bin())
+        .args([
+            "sql",
+            "--url",
+            &c.n2.url,
+            "-c",
+            "INSERT INTO t (v) VALUES ('from the shell'); SELECT v FROM t WHERE v = 'from the shell';",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.contains("from the shell"))
+            .count(),
+        1,
+        "the shell reads its own write on the replica:\n{stdout}"
+    );
+    // Without the session token the replica would not have had it yet.
+    let (_, body) = read(&c.r, json!({ "sql": "SELECT count(*) FROM t" })).await;
+    assert!(body["rows"][0][0].as_i64().unwrap() <= 1);
+}

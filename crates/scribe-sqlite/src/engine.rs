@@ -118,17 +118,49 @@ fn open_writer_conn(path: &Path) -> Result<Connection, EngineError> {
     Ok(conn)
 }
 
-/// Applies the steps of one record, inside the caller's transaction.
-pub(crate) fn apply_payload(conn: &Connection, bytes: &[u8]) -> Result<(), EngineError> {
-    for step in payload::decode(bytes)? {
-        match step {
-            payload::Step::Changeset(cs) => capture::apply(conn, &cs)?,
-            payload::Step::Sql(sql) => conn
-                .execute_batch(&sql)
-                .map_err(|e| EngineError::Diverged(format!("replay DDL {sql:?}: {e}")))?,
+/// Applies the steps of consecutive records, inside the caller's transaction. Runs of row
+/// changes between schema changes are merged with a changegroup and applied in one call: the
+/// result is the same as applying them one by one (a changegroup keeps each row's net change, and
+/// SQLite retries a change that hit a constraint after the rest of its table), but SQLite
+/// prepares its statements once per run instead of once per record.
+pub(crate) fn apply_payloads<'a>(
+    conn: &Connection,
+    payloads: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<(), EngineError> {
+    let mut group: Option<rusqlite::session::Changegroup> = None;
+    let flush = |group: &mut Option<rusqlite::session::Changegroup>| -> Result<(), EngineError> {
+        if let Some(mut g) = group.take() {
+            let mut merged = Vec::new();
+            g.output_strm(&mut merged)
+                .map_err(|e| EngineError::Internal(format!("merge changesets: {e}")))?;
+            capture::apply(conn, &merged)?;
+        }
+        Ok(())
+    };
+    for bytes in payloads {
+        for step in payload::decode(bytes)? {
+            match step {
+                payload::Step::Changeset(cs) => {
+                    if group.is_none() {
+                        group = Some(rusqlite::session::Changegroup::new().map_err(|e| {
+                            EngineError::Internal(format!("start a changegroup: {e}"))
+                        })?);
+                    }
+                    group
+                        .as_mut()
+                        .expect("just created")
+                        .add_stream(&mut &cs[..])
+                        .map_err(|e| EngineError::Diverged(format!("merge a changeset: {e}")))?;
+                }
+                payload::Step::Sql(sql) => {
+                    flush(&mut group)?;
+                    conn.execute_batch(&sql)
+                        .map_err(|e| EngineError::Diverged(format!("replay DDL {sql:?}: {e}")))?;
+                }
+            }
         }
     }
-    Ok(())
+    flush(&mut group)
 }
 
 /// Replays the log's records after SQLite's applied position, a thousand per transaction.
@@ -167,11 +199,13 @@ fn replay(
             conn.execute_batch("BEGIN IMMEDIATE")
                 .map_err(|e| EngineError::Internal(format!("begin replay: {e}")))?;
             let applied = (|| {
-                for r in &chunk {
-                    apply_payload(conn, &r.payload).map_err(|e| {
-                        EngineError::Diverged(format!("replay record {}: {e}", r.position()))
-                    })?;
-                }
+                apply_payloads(conn, chunk.iter().map(|r| r.payload.as_slice())).map_err(|e| {
+                    EngineError::Diverged(format!(
+                        "replay records {} to {}: {e}",
+                        chunk[0].position(),
+                        last
+                    ))
+                })?;
                 meta::set_applied(conn, last)
                     .map_err(|e| EngineError::Internal(format!("store applied position: {e}")))
             })();

@@ -204,11 +204,16 @@ impl Writer {
                 .execute_batch("BEGIN IMMEDIATE")
                 .map_err(|e| EngineError::Internal(format!("begin apply: {e}")))?;
             let result = (|| {
-                for r in &records {
-                    crate::engine::apply_payload(&self.conn, &r.payload).map_err(|e| {
-                        EngineError::Diverged(format!("apply record {}: {e}", r.position()))
-                    })?;
-                }
+                crate::engine::apply_payloads(
+                    &self.conn,
+                    records.iter().map(|r| r.payload.as_slice()),
+                )
+                .map_err(|e| {
+                    EngineError::Diverged(format!(
+                        "apply records {} to {last}: {e}",
+                        records[0].position()
+                    ))
+                })?;
                 meta::set_applied(&self.conn, last)
                     .map_err(|e| EngineError::Internal(format!("store applied position: {e}")))?;
                 self.conn

@@ -61,6 +61,42 @@ pub struct BenchArgs {
     /// Print the results as JSON on standard output (the table then goes to standard error)
     #[arg(long, env = "SCRIBE_BENCH_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
+    /// What to measure: insert (single-row INSERT transactions, each durable) or point-select
+    /// (reads of one row by primary key, through the Rust client library)
+    #[arg(long, env = "SCRIBE_BENCH_WORKLOAD", value_enum, default_value = "insert")]
+    pub workload: Workload,
+    /// point-select: the cluster's node URLs, comma-separated; the client library sends reads to
+    /// the replicas (round robin, the primary as fallback). Without it every read goes to --url
+    #[arg(long, env = "SCRIBE_BENCH_CLUSTER", value_delimiter = ',')]
+    pub cluster: Vec<String>,
+    /// point-select: read consistency: stale (the client library spreads reads over the
+    /// replicas), session (each read carries a position token the nodes have already applied, so
+    /// this measures the cost of the check) or strong (every read to the primary)
+    #[arg(long, env = "SCRIBE_BENCH_CONSISTENCY", value_enum, default_value = "stale")]
+    pub consistency: ReadConsistency,
+    /// point-select: rows in the table read from (created and filled if it has fewer)
+    #[arg(long, env = "SCRIBE_BENCH_ROWS", default_value_t = 10_000)]
+    pub rows: u64,
+}
+
+/// `--workload`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// Single-row INSERT transactions.
+    Insert,
+    /// Reads of one row by primary key.
+    PointSelect,
+}
+
+/// `--consistency` of the point-select workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadConsistency {
+    /// Whatever the serving node has applied.
+    Stale,
+    /// At least the position of the benchmark's last write.
+    Session,
+    /// Served by the primary.
+    Strong,
 }
 
 /// `--commit`: one of the listed modes (so `--help` shows them), parsed as a [`CommitMode`].
@@ -643,6 +679,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     }
     if args.duration.is_zero() {
         bail!("--duration must be above zero");
+    }
+    if args.workload == Workload::PointSelect {
+        return crate::bench_reads::run(&args);
     }
     if let Some(rate) = args.rate {
         if !(rate.is_finite() && rate > 0.0) {

@@ -8,8 +8,10 @@
 //! - `table`: aligned table output.
 //! - `status`: `scribe status`.
 //! - `bench`: `scribe bench`, the insert benchmark.
+//! - `bench_reads`: `scribe bench --workload point-select`, the read benchmark.
 
 mod bench;
+mod bench_reads;
 mod client;
 mod demo;
 mod node_cmd;

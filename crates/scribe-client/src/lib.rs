@@ -15,7 +15,9 @@
 //! connection to the primary could not be made, or the node answered `not_primary` — after
 //! discovering the cluster again, a bounded number of times ([`Options::write_retries`]). A write
 //! whose answer is lost (timeout, connection dropped, a server failure) fails with
-//! [`Error::OutcomeUnknown`]: it may have committed, and only the application can check.
+//! [`Error::OutcomeUnknown`]: it may have committed, and only the application can check. That
+//! includes a write sent on a kept-alive connection at the moment the primary crashes: the client
+//! cannot tell a crash just before the request from one while it was being handled.
 //!
 //! ```no_run
 //! use scribe_client::{Cluster, Statement};

@@ -63,7 +63,12 @@ pub struct BenchArgs {
     pub json: bool,
     /// What to measure: insert (single-row INSERT transactions, each durable) or point-select
     /// (reads of one row by primary key, through the Rust client library)
-    #[arg(long, env = "SCRIBE_BENCH_WORKLOAD", value_enum, default_value = "insert")]
+    #[arg(
+        long,
+        env = "SCRIBE_BENCH_WORKLOAD",
+        value_enum,
+        default_value = "insert"
+    )]
     pub workload: Workload,
     /// point-select: the cluster's node URLs, comma-separated; the client library sends reads to
     /// the replicas (round robin, the primary as fallback). Without it every read goes to --url
@@ -72,7 +77,12 @@ pub struct BenchArgs {
     /// point-select: read consistency: stale (the client library spreads reads over the
     /// replicas), session (each read carries a position token the nodes have already applied, so
     /// this measures the cost of the check) or strong (every read to the primary)
-    #[arg(long, env = "SCRIBE_BENCH_CONSISTENCY", value_enum, default_value = "stale")]
+    #[arg(
+        long,
+        env = "SCRIBE_BENCH_CONSISTENCY",
+        value_enum,
+        default_value = "stale"
+    )]
     pub consistency: ReadConsistency,
     /// point-select: rows in the table read from (created and filled if it has fewer)
     #[arg(long, env = "SCRIBE_BENCH_ROWS", default_value_t = 10_000)]

@@ -77,7 +77,8 @@ async fn client_loop(
         }
         match r {
             Ok(rows) => {
-                run.samples_us.push(took.as_micros().min(u32::MAX as u128) as u32);
+                run.samples_us
+                    .push(took.as_micros().min(u32::MAX as u128) as u32);
                 let by = rows.served_by.unwrap_or(rows.url);
                 *run.served.entry(by).or_default() += 1;
             }

@@ -1,0 +1,88 @@
+//! [`Options`]: how a [`Cluster`](crate::Cluster) routes, waits and retries, set once at connect.
+
+use std::time::Duration;
+
+/// How a [`Cluster`](crate::Cluster) routes, waits and retries.
+///
+/// ```
+/// use std::time::Duration;
+/// use scribe_client::Options;
+/// let options = Options::default()
+///     .max_replica_lag(Duration::from_millis(500))
+///     .write_retries(5);
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub(crate) max_replica_lag: Duration,
+    pub(crate) refresh_interval: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) status_timeout: Duration,
+    pub(crate) write_retries: u32,
+    pub(crate) session_wait: Option<Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_replica_lag: Duration::from_secs(1),
+            refresh_interval: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(30),
+            status_timeout: Duration::from_secs(2),
+            write_retries: 3,
+            session_wait: None,
+        }
+    }
+}
+
+impl Options {
+    /// A replica further behind its primary than this (by the age of the oldest record it has
+    /// not applied) gets no reads until it catches up. Default 1 s.
+    pub fn max_replica_lag(mut self, lag: Duration) -> Options {
+        self.max_replica_lag = lag;
+        self
+    }
+
+    /// How old the client's picture of the cluster may get: a call made later than this after
+    /// the last discovery starts a new one in the background. Default 2 s.
+    pub fn refresh_interval(mut self, every: Duration) -> Options {
+        self.refresh_interval = every;
+        self
+    }
+
+    /// How long a connection to a node may take before the node counts as unreachable (and a
+    /// write to it as not sent). Default 1 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Options {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a request may take in all; a write that takes longer has an unknown outcome.
+    /// Default 30 s.
+    pub fn request_timeout(mut self, timeout: Duration) -> Options {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// How long a node may take to answer its status during discovery. Default 2 s.
+    pub fn status_timeout(mut self, timeout: Duration) -> Options {
+        self.status_timeout = timeout;
+        self
+    }
+
+    /// How many times a write that provably did not reach the primary (no connection, or a node
+    /// that is no longer the primary) is sent again after rediscovery. Default 3.
+    pub fn write_retries(mut self, retries: u32) -> Options {
+        self.write_retries = retries;
+        self
+    }
+
+    /// How long a replica may wait to apply a session read's position before it forwards the
+    /// read to the primary; `None` leaves it to the node. Default `None`.
+    pub fn session_wait(mut self, wait: Option<Duration>) -> Options {
+        self.session_wait = wait;
+        self
+    }
+}

@@ -22,7 +22,7 @@ use crate::table;
 /// Flags of `scribe sql`.
 #[derive(Args, Debug)]
 pub struct SqlArgs {
-    /// URL of the node's HTTP API
+    /// URL of the node's HTTP API: the primary or a replica (a replica forwards writes to the primary, and the shell's reads carry its own writes' position token, so it reads them back on the replica)
     #[arg(long, env = "SCRIBE_URL", default_value = "http://127.0.0.1:5480")]
     pub url: String,
     /// Run this SQL (one or more statements separated by ';') and exit; exit code 1 on the first error

@@ -46,6 +46,9 @@ pub struct AppState {
     pub http: reqwest::Client,
 }
 
+/// The longest a session read may wait for its position.
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
+
 /// Header marking a request forwarded by a replica: it is never forwarded again.
 pub const FORWARDED_BY: &str = "x-scribe-forwarded-by";
 
@@ -216,12 +219,18 @@ async fn forward(
         .body(body)
         .send()
         .await
-        .map_err(|e| ApiError::Forward(format!("{primary} at {url}: {e}")))?;
+        .map_err(|e| {
+            if e.is_connect() {
+                ApiError::Forward(format!("{primary} at {url}: {e}"))
+            } else {
+                ApiError::ForwardUnknown(format!("{primary} at {url}: {e}"))
+            }
+        })?;
     let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut answer: serde_json::Value = r
         .json()
         .await
-        .map_err(|e| ApiError::Forward(format!("{primary} at {url} answered: {e}")))?;
+        .map_err(|e| ApiError::ForwardUnknown(format!("{primary} at {url} answered: {e}")))?;
     if status.is_success() {
         if let Some(obj) = answer.as_object_mut() {
             obj.insert("forwarded_to".into(), serde_json::Value::String(primary));
@@ -305,7 +314,12 @@ async fn wait_applied(
     wait: Duration,
 ) -> Result<(), Position> {
     let mut rx = engine.watch_progress();
-    let reached = tokio::time::timeout(wait, rx.wait_for(|p| p.applied.lsn >= position.lsn)).await;
+    // The term too: a node holding a higher LSN of an older term does not hold this position.
+    let reached = tokio::time::timeout(
+        wait,
+        rx.wait_for(|p| p.applied.lsn >= position.lsn && p.applied.term >= position.term),
+    )
+    .await;
     match reached {
         Ok(Ok(_)) => Ok(()),
         _ => Err(engine.progress().applied),
@@ -320,7 +334,9 @@ async fn query(
     let body = body_bytes(body, state.config.max_request_bytes)?;
     let req: QueryRequest = parse_bytes(&body)?;
     let max_lag = duration("max_lag", &req.max_lag)?;
-    let wait = duration("wait", &req.wait)?.unwrap_or(Duration::from_secs(1));
+    let wait = duration("wait", &req.wait)?
+        .unwrap_or(Duration::from_secs(1))
+        .min(MAX_WAIT);
     let forward_ok = may_forward(&headers, req.forward);
     let node = state.identity.name.clone();
     match (&state.role, req.consistency) {
@@ -336,7 +352,7 @@ async fn query(
         }
         (Role::Replica(f), Consistency::Stale) => {
             if let Some(max_lag) = max_lag {
-                let lag = f.lag();
+                let lag = f.lag().unwrap_or(Duration::MAX);
                 if lag > max_lag {
                     if forward_ok {
                         return forward(&state, f, "/v1/query", body).await;

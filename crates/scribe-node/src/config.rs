@@ -40,8 +40,11 @@ pub struct NodeConfig {
     /// go and such a replica is re-seeded from a snapshot.
     pub max_log_size: u64,
     /// Silence after which a peer connection is considered dead and dropped (the other side
-    /// reports or heartbeats every 500 ms).
+    /// reports or heartbeats every 200 ms).
     pub peer_timeout: Duration,
+    /// The URL of this node's HTTP API as others reach it (when `http_addr` is a wildcard or
+    /// behind NAT); `None`: `http://` + the bound address.
+    pub advertise_url: Option<String>,
     /// Test-only fault injection: a replica pauses this long between making streamed records
     /// durable and applying them (`SCRIBE_TEST_APPLY_DELAY_MS`). Zero in production.
     pub test_apply_delay: Duration,
@@ -91,6 +94,7 @@ impl NodeConfig {
             max_log_size: 1 << 30,
             peer_timeout: crate::replication::IDLE_TIMEOUT,
             test_apply_delay: Duration::ZERO,
+            advertise_url: None,
         }
     }
 
@@ -115,8 +119,15 @@ impl NodeConfig {
                 self.max_log_size, self.segment_bytes
             ));
         }
+        if let Some(u) = &self.advertise_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(format!(
+                    "--advertise-url {u:?} must start with http:// or https://"
+                ));
+            }
+        }
         if self.peer_timeout < Duration::from_secs(1) {
-            return Err("--peer-timeout must be at least 1s (peers report every 500 ms)".into());
+            return Err("--peer-timeout must be at least 1s (peers report every 200 ms)".into());
         }
         if self.sync_timeout.is_zero() {
             return Err("--sync-timeout must be longer than zero".into());

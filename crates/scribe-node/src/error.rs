@@ -47,8 +47,10 @@ pub enum ApiError {
         /// How long it waited.
         waited: std::time::Duration,
     },
-    /// Forwarding to the primary failed.
+    /// Forwarding to the primary failed before anything was sent.
     Forward(String),
+    /// Forwarding to the primary failed after the request may have reached it.
+    ForwardUnknown(String),
     /// A semi-sync or sync commit was not confirmed in time (`--on-sync-timeout error`): the
     /// transaction is committed on the primary, not confirmed replicated.
     SyncTimeout {
@@ -78,6 +80,7 @@ impl ApiError {
             ApiError::Lagging { .. } => (StatusCode::SERVICE_UNAVAILABLE, "lagging"),
             ApiError::NotCaughtUp { .. } => (StatusCode::GATEWAY_TIMEOUT, "not_caught_up"),
             ApiError::Forward(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::ForwardUnknown(_) => (StatusCode::BAD_GATEWAY, "outcome_unknown"),
             ApiError::SyncTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "sync_timeout"),
             ApiError::Engine(e) => match e {
                 EngineError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
@@ -86,6 +89,9 @@ impl ApiError {
                 EngineError::Constraint(_) => (StatusCode::CONFLICT, "constraint_violation"),
                 EngineError::DiskFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
                 EngineError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+                EngineError::OutcomeUnknown(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "outcome_unknown")
+                }
                 EngineError::Corrupt(_)
                 | EngineError::Diverged(_)
                 | EngineError::Internal(_)
@@ -111,11 +117,17 @@ impl ApiError {
                     "{node} is a read-only replica and has not reached its primary yet; send writes to the primary"
                 ),
             },
-            ApiError::Lagging { node, lag, max_lag } => format!(
-                "{node} may be {} ms behind its primary, more than the max_lag of {} ms asked for; allow forwarding to read from the primary",
-                lag.as_millis(),
-                max_lag.as_millis()
-            ),
+            ApiError::Lagging { node, lag, max_lag } => {
+                let lag = if *lag == std::time::Duration::MAX {
+                    "an unknown time".to_string()
+                } else {
+                    format!("{} ms", lag.as_millis())
+                };
+                format!(
+                    "{node} may be {lag} behind its primary, more than the max_lag of {} ms asked for; allow forwarding to read from the primary",
+                    max_lag.as_millis()
+                )
+            }
             ApiError::NotCaughtUp {
                 node,
                 position,
@@ -125,7 +137,12 @@ impl ApiError {
                 "{node} had not applied position {position} after waiting {} ms (it has applied {applied}); allow forwarding to read from the primary",
                 waited.as_millis()
             ),
-            ApiError::Forward(why) => format!("could not forward to the primary: {why}"),
+            ApiError::Forward(why) => {
+                format!("could not forward to the primary: {why}; nothing was sent")
+            }
+            ApiError::ForwardUnknown(why) => format!(
+                "forwarded to the primary but got no answer ({why}): a write may or may not have been committed; read before retrying"
+            ),
             ApiError::SyncTimeout {
                 position,
                 durability,

@@ -17,6 +17,22 @@ use crate::replication::registry::Registry;
 use crate::replication::{retention, sender, Role};
 use crate::{identity, NodeConfig};
 
+/// The URL other nodes and clients reach this node's HTTP API at: `--advertise-url`, or the
+/// address bound (which is only useful to others when it is not a wildcard like 0.0.0.0).
+fn advertised_url(
+    config: &NodeConfig,
+    listener: &tokio::net::TcpListener,
+) -> Result<String, String> {
+    if let Some(url) = &config.advertise_url {
+        return Ok(url.trim_end_matches('/').to_string());
+    }
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    if addr.ip().is_unspecified() {
+        tracing::warn!(%addr, "the HTTP API listens on a wildcard address: set --advertise-url so replicas can forward to this node and clients can find it");
+    }
+    Ok(format!("http://{addr}"))
+}
+
 /// A started node: its engine is open and its listeners bound.
 pub struct Node {
     state: Arc<AppState>,
@@ -66,10 +82,7 @@ impl Node {
             ),
             None => None,
         };
-        let http_url = format!(
-            "http://{}",
-            listener.local_addr().map_err(|e| e.to_string())?
-        );
+        let http_url = advertised_url(&config, &listener)?;
         let role = match &config.follow {
             Some(follow) => Role::Replica(Arc::new(Follower::new(
                 engine.clone(),
@@ -144,10 +157,7 @@ impl Node {
                 engine: state.engine.clone(),
                 name: state.identity.name.clone(),
                 cluster_id: state.identity.cluster_id.clone(),
-                http_url: format!(
-                    "http://{}",
-                    self.listener.local_addr().map_err(|e| e.to_string())?
-                ),
+                http_url: advertised_url(&state.config, &self.listener)?,
                 snapshot_dir: state.config.data_dir.join("snapshots"),
                 role: state.role.clone(),
                 peer_timeout: state.config.peer_timeout,

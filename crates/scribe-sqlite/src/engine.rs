@@ -313,8 +313,9 @@ impl Engine {
             .send(WriterMsg::Execute { statements, reply })
             .await
             .map_err(|_| EngineError::Unavailable("the node is shutting down".into()))?;
-        rx.await
-            .map_err(|_| EngineError::Unavailable("the writer stopped before answering".into()))?
+        rx.await.map_err(|_| {
+            EngineError::OutcomeUnknown("the writer stopped before answering".into())
+        })?
     }
 
     /// Appends records copied from another node's log (they must follow this log: next LSN, no

@@ -23,8 +23,13 @@ pub enum EngineError {
     #[error("disk full: {0}")]
     DiskFull(String),
     /// The node cannot take this request now (stopped writing after a fatal error, shutting down).
+    /// Nothing of the request was kept.
     #[error("{0}")]
     Unavailable(String),
+    /// The transaction may or may not have been committed (a failed fsync, a failed COMMIT after
+    /// the log was made durable, a writer that stopped mid-batch): only a later read can tell.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
     /// Stored data is damaged.
     #[error("corrupt data: {0}")]
     Corrupt(String),

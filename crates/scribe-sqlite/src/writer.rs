@@ -433,7 +433,7 @@ impl Writer {
             tracing::error!("{why}");
             let _ = self.internal("ROLLBACK");
             let _ = self.fatal.set(why.clone());
-            return Err(EngineError::Unavailable(why));
+            return Err(EngineError::OutcomeUnknown(why));
         }
         Ok(())
     }
@@ -453,10 +453,12 @@ impl Writer {
 
     fn log_failed(&mut self, e: LogError) -> EngineError {
         if e.is_fatal() {
+            // The batch may have reached the disk before the fsync failed: its clients cannot be
+            // told either way; later requests are refused up front.
             let why = format!("this node stopped taking writes: {e}");
             tracing::error!("{why}");
             let _ = self.fatal.set(why.clone());
-            EngineError::Unavailable(why)
+            EngineError::OutcomeUnknown(why)
         } else {
             tracing::warn!(error = %e, "write of a batch to the change log failed; nothing of it was kept");
             match &e {
@@ -568,6 +570,7 @@ fn clone_err(e: &EngineError) -> EngineError {
     match e {
         EngineError::DiskFull(m) => EngineError::DiskFull(m.clone()),
         EngineError::Unavailable(m) => EngineError::Unavailable(m.clone()),
+        EngineError::OutcomeUnknown(m) => EngineError::OutcomeUnknown(m.clone()),
         other => EngineError::Internal(other.to_string()),
     }
 }

@@ -114,7 +114,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<i32> {
             ReadConsistency::Session => Consistency::Session,
             ReadConsistency::Strong => Consistency::Strong,
         };
-        // Every node has the rows before anything is measured: a session read of the last write.
+        // The rows should be everywhere before anything is measured: a session read proves it for
+        // the node that serves it, and the pause lets the others finish applying.
         cluster
             .query_with(&format!("SELECT count(*) FROM {TABLE}"), (), Consistency::Session)
             .await

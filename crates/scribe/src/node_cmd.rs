@@ -59,6 +59,9 @@ pub struct NodeArgs {
     /// Most bytes of change log kept for replicas that are behind; a replica further behind is re-seeded from a snapshot [default: 1073741824]
     #[arg(long, env = "SCRIBE_MAX_LOG_SIZE")]
     pub max_log_size: Option<u64>,
+    /// URL of this node's HTTP API as other nodes and clients reach it, when --http is a wildcard address (0.0.0.0) or behind NAT; replicas forward writes to the primary's [default: http:// + the bound address]
+    #[arg(long, env = "SCRIBE_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
     /// Silence after which a peer connection (primary to replica) is considered dead and dropped; the replica then reconnects [default: 10s]
     #[arg(long, env = "SCRIBE_PEER_TIMEOUT", value_parser = humantime::parse_duration)]
     pub peer_timeout: Option<Duration>,
@@ -86,6 +89,7 @@ struct FileConfig {
     on_sync_timeout: Option<String>,
     max_log_size: Option<u64>,
     peer_timeout: Option<String>,
+    advertise_url: Option<String>,
     log: Option<String>,
 }
 
@@ -148,6 +152,7 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, String)> {
     if let Some(v) = args.max_log_size.or(file.max_log_size) {
         config.max_log_size = v;
     }
+    config.advertise_url = args.advertise_url.or(file.advertise_url);
     if let Some(v) = args.peer_timeout {
         config.peer_timeout = v;
     } else if let Some(v) = file.peer_timeout {

@@ -66,8 +66,9 @@ pub struct FollowView {
     pub written_lsn: u64,
     /// Records the primary has that this node has not applied (as of the last word from it).
     pub lag_records: u64,
-    /// How stale its reads may be, milliseconds (see `max_lag` on `/v1/query`).
-    pub lag_ms: f64,
+    /// How stale its reads may be, milliseconds (see `max_lag` on `/v1/query`); `null` when
+    /// unknown (it has not yet known itself caught up).
+    pub lag_ms: Option<f64>,
     /// Milliseconds since the primary last sent anything.
     pub last_contact_ms_ago: Option<u64>,
     /// Snapshot transfer, while seeding.
@@ -86,8 +87,11 @@ struct Shared {
     last_contact: Option<Instant>,
     seeding: Option<(u64, u64)>,
     error: Option<String>,
-    /// When this replica last knew it had applied everything the primary had flushed.
-    caught_up_at: Instant,
+    /// When this replica last knew it had applied everything the primary had flushed: the
+    /// arrival of a heartbeat whose flushed position it had applied. `None`: never known.
+    caught_up_at: Option<Instant>,
+    /// The primary's last heartbeat on this connection: its flushed position, and when it came.
+    heartbeat: Option<(Lsn, Instant)>,
 }
 
 /// A replica's follower: its configuration and the state its status page shows.
@@ -151,7 +155,8 @@ impl Follower {
                 last_contact: None,
                 seeding: None,
                 error: None,
-                caught_up_at: Instant::now(),
+                caught_up_at: None,
+                heartbeat: None,
             }),
             written: watch::channel(at).0,
             peer_timeout,
@@ -180,23 +185,27 @@ impl Follower {
         }
     }
 
-    /// How stale this replica's reads may be: zero when, as of a word from the primary in the
-    /// last three heartbeats, it had applied everything the primary had flushed; otherwise the
-    /// time since it last knew that (so a replica cut off from its primary ages).
-    pub fn lag(&self) -> Duration {
+    /// How stale this replica's reads may be, `None` when unknown (it has never known itself
+    /// caught up). Zero while the primary's latest heartbeat is at most three heartbeats old and
+    /// this replica has applied the flushed position it carried; otherwise the time since the
+    /// last such heartbeat arrived (so a replica cut off from its primary, or catching up, ages).
+    /// It can understate by the time that heartbeat spent in transit.
+    pub fn lag(&self) -> Option<Duration> {
         let s = self.shared();
         let applied = self.engine.progress().applied.lsn;
-        let fresh = s.last_contact.is_some_and(|t| t.elapsed() <= HEARTBEAT * 3);
-        if fresh && applied >= s.primary_flushed {
-            Duration::ZERO
-        } else {
-            s.caught_up_at.elapsed()
+        // Records received and not yet applied mean behind, whatever the last heartbeat said.
+        let received = self.written.borrow().lsn;
+        match s.heartbeat {
+            Some((f, at)) if applied >= f.max(received) && at.elapsed() <= HEARTBEAT * 3 => {
+                Some(Duration::ZERO)
+            }
+            _ => s.caught_up_at.map(|t| t.elapsed()),
         }
     }
 
     /// The status view.
     pub fn view(&self) -> FollowView {
-        let lag_ms = self.lag().as_secs_f64() * 1000.0;
+        let lag_ms = self.lag().map(|l| l.as_secs_f64() * 1000.0);
         let s = self.shared();
         let applied = self.engine.progress().applied.lsn;
         FollowView {
@@ -225,15 +234,22 @@ impl Follower {
         }
     }
 
-    fn contact(&self, primary_flushed: Option<Lsn>) {
+    /// Notes a message from the primary; `heartbeat` is the flushed position a heartbeat carried.
+    fn contact(&self, heartbeat: Option<Lsn>) {
         let mut s = self.shared();
-        s.last_contact = Some(Instant::now());
-        if let Some(f) = primary_flushed {
-            s.primary_flushed = s.primary_flushed.max(f);
-        }
+        let now = Instant::now();
+        s.last_contact = Some(now);
         let applied = self.engine.progress().applied.lsn;
-        if applied >= s.primary_flushed {
-            s.caught_up_at = Instant::now();
+        if let Some(f) = heartbeat {
+            s.primary_flushed = s.primary_flushed.max(f);
+            s.heartbeat = Some((f, now));
+        }
+        // Caught up as of the latest heartbeat once its position is applied (which may happen
+        // after it arrived, when records were still queued ahead of it).
+        if let Some((f, at)) = s.heartbeat {
+            if applied >= f && s.caught_up_at.is_none_or(|t| t < at) {
+                s.caught_up_at = Some(at);
+            }
         }
         if s.state == FollowState::CatchingUp || s.state == FollowState::Streaming {
             s.state = if applied >= s.primary_flushed {
@@ -387,6 +403,8 @@ impl Follower {
             let mut s = self.shared();
             s.primary = Some((welcome.primary.clone(), welcome.http_url.clone()));
             s.last_contact = Some(Instant::now());
+            // Freshness is known again only from this connection's heartbeats.
+            s.heartbeat = None;
         }
         tracing::info!(primary = %welcome.primary, follow = %self.follow, start = ?welcome.start, "following the primary");
         match welcome.start {

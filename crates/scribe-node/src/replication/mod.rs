@@ -21,7 +21,7 @@ use std::time::Duration;
 /// How long a peer has to complete the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an idle primary sends a heartbeat, and an idle replica its positions.
-pub const HEARTBEAT: Duration = Duration::from_millis(500);
+pub const HEARTBEAT: Duration = Duration::from_millis(200);
 /// Default silence after which a peer connection is considered dead (`--peer-timeout`).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -325,6 +325,9 @@ async fn stream_to(
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let io = |e: WireError| format!("send to the replica: {e}");
+    // A heartbeat goes first, and then at least every HEARTBEAT even while a backlog streams:
+    // the replica judges its freshness (`max_lag`) by them.
+    let mut last_heartbeat: Option<Instant> = None;
     loop {
         let flushed = progress.borrow_and_update().flushed;
         reader
@@ -332,6 +335,19 @@ async fn stream_to(
             .map_err(|e| format!("read the change log: {e}"))?;
         let mut sent = false;
         loop {
+            if last_heartbeat.is_none_or(|t| t.elapsed() >= HEARTBEAT) {
+                let now_flushed = ctx.engine.progress().flushed;
+                write_message(
+                    wr,
+                    &Message::Heartbeat {
+                        flushed: now_flushed,
+                    },
+                )
+                .await
+                .map_err(io)?;
+                last_heartbeat = Some(Instant::now());
+                sent = true;
+            }
             let chunk = read_chunk(&mut reader)?;
             if chunk.is_empty() {
                 break;
@@ -351,10 +367,7 @@ async fn stream_to(
                     return Ok(());
                 }
             }
-            _ = heartbeat.tick() => {
-                write_message(wr, &Message::Heartbeat { flushed }).await.map_err(io)?;
-                wr.flush().await.map_err(|e| io(e.into()))?;
-            }
+            _ = heartbeat.tick() => {}
         }
     }
 }

@@ -65,7 +65,7 @@ async fn connect(pair: &Pair) -> Cluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_reads_on_a_lagging_replica_see_every_write() {
-    let pair = Pair::start(APPLY_DELAY_MS).await;
+    let pair = Pair::start_with_table(APPLY_DELAY_MS).await;
     let cluster = connect(&pair).await;
     let started = Instant::now();
     let tally = pairs(&cluster, "session", |id| {
@@ -90,7 +90,7 @@ async fn session_reads_on_a_lagging_replica_see_every_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_reads_on_a_lagging_replica_miss_writes() {
-    let pair = Pair::start(APPLY_DELAY_MS).await;
+    let pair = Pair::start_with_table(APPLY_DELAY_MS).await;
     let cluster = connect(&pair).await;
     let tally = pairs(&cluster, "stale", |id| {
         let cluster = cluster.clone();
@@ -116,7 +116,7 @@ async fn stale_reads_on_a_lagging_replica_miss_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_sees_its_own_writes_and_not_necessarily_others() {
     // A long pause, so that a read right after a write surely comes before the replica applies.
-    let pair = Pair::start(400).await;
+    let pair = Pair::start_with_table(400).await;
     let cluster = connect(&pair).await;
     let (alice, bob) = (cluster.session(), cluster.session());
     assert_eq!(alice.position(), None);

@@ -10,7 +10,7 @@ use scribe_client::{Cluster, CommitMode, Consistency, Error, Options, Statement,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_alone_leads_to_the_primary() {
-    let pair = Pair::start(0).await;
+    let pair = Pair::start_with_table(0).await;
     let cluster = Cluster::connect([format!("{}/", pair.replica.url)])
         .await
         .expect("connect");
@@ -47,7 +47,7 @@ async fn a_replica_alone_leads_to_the_primary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_say_what_to_do_next() {
-    let pair = Pair::start(0).await;
+    let pair = Pair::start_with_table(0).await;
     let cluster = Cluster::connect([&pair.primary.url])
         .await
         .expect("connect");
@@ -102,7 +102,7 @@ async fn errors_say_what_to_do_next() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_primary_gone_writes_fail_as_not_sent_and_reads_go_on() {
-    let pair = Pair::start(0).await;
+    let pair = Pair::start_with_table(0).await;
     let cluster = Cluster::connect_with(
         [&pair.primary.url, &pair.replica.url],
         Options::default().write_retries(2),

@@ -23,6 +23,9 @@ pub enum ClientError {
         code: String,
         /// What the node said.
         message: String,
+        /// The transaction's position, when the error carries one (`sync_timeout`: the
+        /// transaction is committed on the primary, its replication unconfirmed).
+        position: Option<Position>,
     },
     /// The node could not be reached, or the connection failed before its answer was read.
     #[error("could not reach the node at {url}: {message}")]
@@ -138,6 +141,8 @@ struct ErrorBody {
 struct ErrorDetail {
     code: String,
     message: String,
+    #[serde(default)]
+    position: Option<Position>,
 }
 
 /// A client of one node. Cloning is cheap and shares the connection pool and the session.
@@ -197,13 +202,27 @@ impl Client {
                     .header("content-type", "application/json")
                     .body(body),
             )
-            .await?;
+            .await
+            .inspect_err(|e| {
+                // A transaction committed on the primary but not confirmed replicated is this
+                // session's write all the same: its reads must see it.
+                if let ClientError::Server {
+                    position: Some(p), ..
+                } = e
+                {
+                    self.advance(*p);
+                }
+            })?;
         let answer: ExecuteResponse = self.decode(&bytes)?;
-        let mut last = self.last_write.lock().expect("session token");
-        if last.is_none_or(|p| p < answer.position) {
-            *last = Some(answer.position);
-        }
+        self.advance(answer.position);
         Ok(answer)
+    }
+
+    fn advance(&self, position: Position) {
+        let mut last = self.last_write.lock().expect("session token");
+        if last.is_none_or(|p| p < position) {
+            *last = Some(position);
+        }
     }
 
     /// The position token of this client's newest write, if it wrote.
@@ -301,6 +320,7 @@ fn server_error(status: reqwest::StatusCode, body: &[u8]) -> ClientError {
             status: status.as_u16(),
             code: error.code,
             message: error.message,
+            position: error.position,
         };
     }
     let text = String::from_utf8_lossy(body).trim().to_string();
@@ -313,6 +333,7 @@ fn server_error(status: reqwest::StatusCode, body: &[u8]) -> ClientError {
         status: status.as_u16(),
         code: format!("http_{}", status.as_u16()),
         message,
+        position: None,
     }
 }
 
@@ -404,6 +425,28 @@ mod tests {
         let e = server_error(reqwest::StatusCode::NOT_FOUND, b"no such page");
         assert_eq!(e.code(), Some("http_404"));
         assert_eq!(e.to_string(), "404 Not Found: no such page");
+    }
+
+    #[test]
+    fn a_sync_timeout_still_moves_the_session_token() {
+        let e = server_error(
+            reqwest::StatusCode::GATEWAY_TIMEOUT,
+            br#"{"error": {"code": "sync_timeout", "message": "committed on the primary", "position": "1/42", "durability": {}}}"#,
+        );
+        let ClientError::Server { position, .. } = &e else {
+            panic!("{e:?}");
+        };
+        let client = Client::new("http://127.0.0.1:1").unwrap();
+        client.advance(position.unwrap());
+        assert_eq!(
+            client.last_write().map(|p| p.to_string()),
+            Some("1/42".into())
+        );
+        client.advance("1/7".parse().unwrap());
+        assert_eq!(
+            client.last_write().map(|p| p.to_string()),
+            Some("1/42".into())
+        );
     }
 
     #[test]

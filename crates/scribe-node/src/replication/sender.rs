@@ -328,6 +328,7 @@ async fn stream_to(
     // A heartbeat goes first, and then at least every HEARTBEAT even while a backlog streams:
     // the replica judges its freshness (`max_lag`) by them.
     let mut last_heartbeat: Option<Instant> = None;
+    let mut tick_fired = false;
     loop {
         let flushed = progress.borrow_and_update().flushed;
         reader
@@ -335,7 +336,8 @@ async fn stream_to(
             .map_err(|e| format!("read the change log: {e}"))?;
         let mut sent = false;
         loop {
-            if last_heartbeat.is_none_or(|t| t.elapsed() >= HEARTBEAT) {
+            if tick_fired || last_heartbeat.is_none_or(|t| t.elapsed() >= HEARTBEAT) {
+                tick_fired = false;
                 let now_flushed = ctx.engine.progress().flushed;
                 write_message(
                     wr,
@@ -367,7 +369,7 @@ async fn stream_to(
                     return Ok(());
                 }
             }
-            _ = heartbeat.tick() => {}
+            _ = heartbeat.tick() => tick_fired = true,
         }
     }
 }

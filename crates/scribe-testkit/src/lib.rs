@@ -36,6 +36,69 @@ pub fn scribe_bin() -> PathBuf {
         })
 }
 
+/// A `scribe node` process that has said where it listens.
+pub struct Spawned {
+    /// The process.
+    pub child: Child,
+    /// Its HTTP API, from its first line on stdout.
+    pub url: String,
+    /// What it writes on stderr, collected until it exits.
+    pub stderr: std::thread::JoinHandle<String>,
+}
+
+/// Runs `BIN node --name NAME --http 127.0.0.1:0 --data DIR EXTRA...` with `SCRIBE_LOG=warn` and
+/// `env`, and waits for its listening line; keeps draining its stdout. On a node that exits before
+/// listening, answers what it printed.
+pub fn spawn_node(
+    bin: &Path,
+    name: &str,
+    dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Spawned, String> {
+    let mut child = Command::new(bin)
+        .args(["node", "--name", name, "--http", "127.0.0.1:0", "--data"])
+        .arg(dir)
+        .args(extra)
+        .env("SCRIBE_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("could not be spawned from {}: {e}", bin.display()))?;
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let mut out = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    let mut line = String::new();
+    if out.read_line(&mut line).unwrap_or(0) == 0 {
+        let status = child.wait().map_err(|e| e.to_string())?;
+        let err = stderr.join().unwrap_or_default();
+        return Err(format!(
+            "exited with {status} before listening; stderr:\n{err}"
+        ));
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        let _ = out.read_to_string(&mut sink);
+    });
+    let url = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    if !url.starts_with("http://") {
+        return Err(format!("printed an unexpected first line {line:?}"));
+    }
+    Ok(Spawned { child, url, stderr })
+}
+
 /// A `scribe node` process, killed when dropped.
 pub struct NodeProc {
     child: Child,
@@ -49,45 +112,11 @@ impl NodeProc {
     /// Starts `scribe node` on a free HTTP port with `extra` flags and `env`, and waits for its
     /// listening line.
     pub fn start(name: &str, dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> NodeProc {
-        let mut child = Command::new(scribe_bin())
-            .args(["node", "--name", name, "--http", "127.0.0.1:0", "--data"])
-            .arg(dir)
-            .args(extra)
-            .env("SCRIBE_LOG", "warn")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn scribe node");
-        let mut stderr = child.stderr.take().expect("stderr");
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
-        });
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap_or(0) == 0 {
-            let status = child.wait().expect("wait");
-            let err = stderr.join().unwrap_or_default();
-            panic!("node {name} exited with {status} before listening; stderr:\n{err}");
-        }
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sink = String::new();
-            let _ = out.read_to_string(&mut sink);
-        });
-        let url = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        assert!(url.starts_with("http://"), "unexpected first line {line:?}");
+        let spawned = spawn_node(&scribe_bin(), name, dir, extra, env)
+            .unwrap_or_else(|e| panic!("node {name} {e}"));
         NodeProc {
-            child,
-            url,
+            child: spawned.child,
+            url: spawned.url,
             name: name.to_string(),
         }
     }

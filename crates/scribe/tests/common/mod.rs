@@ -2,9 +2,8 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -42,40 +41,8 @@ impl NodeProc {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<NodeProc, String> {
-        let mut child = Command::new(scribe_bin())
-            .args(["node", "--name", name, "--http", "127.0.0.1:0", "--data"])
-            .arg(dir)
-            .args(extra)
-            .env("SCRIBE_LOG", "warn")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn scribe node");
-        let mut stderr = child.stderr.take().expect("stderr");
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
-        });
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        let n = out.read_line(&mut line).unwrap_or(0);
-        if n == 0 {
-            let status = child.wait().expect("wait");
-            let err = stderr.join().unwrap_or_default();
-            return Err(format!(
-                "exited with {status} before listening; stderr:\n{err}"
-            ));
-        }
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sink = String::new();
-            let _ = out.read_to_string(&mut sink);
-        });
-        let url = line.trim().rsplit(' ').next().expect("url").to_string();
-        assert!(url.starts_with("http://"), "unexpected first line {line:?}");
+        let scribe_testkit::Spawned { child, url, stderr } =
+            scribe_testkit::spawn_node(&scribe_bin(), name, dir, extra, env)?;
         Ok(NodeProc {
             child,
             url,

@@ -263,12 +263,7 @@ impl Writer {
         self.sync_sqlite()?;
         self.log.reset_to(at).map_err(|e| self.log_failed(e))?;
         self.term = self.term.max(at.term);
-        self.metrics
-            .log_first_lsn
-            .store(self.log.first_lsn().0, std::sync::atomic::Ordering::Relaxed);
-        self.metrics
-            .log_size_bytes
-            .store(self.log.size_bytes(), std::sync::atomic::Ordering::Relaxed);
+        self.publish_log_extent();
         self.progress.send_modify(|p| {
             p.last = at;
             p.flushed = at;
@@ -314,12 +309,7 @@ impl Writer {
         self.sync_sqlite()?;
         let n = self.log.delete_before(cut)?;
         EngineMetrics::add(&self.metrics.segments_deleted, n as u64);
-        self.metrics
-            .log_first_lsn
-            .store(self.log.first_lsn().0, std::sync::atomic::Ordering::Relaxed);
-        self.metrics
-            .log_size_bytes
-            .store(self.log.size_bytes(), std::sync::atomic::Ordering::Relaxed);
+        self.publish_log_extent();
         if n > 0 {
             tracing::info!(segments = n, first_lsn = %self.log.first_lsn(), "deleted change-log segments no longer needed");
         }
@@ -446,9 +436,19 @@ impl Writer {
         EngineMetrics::add(&m.batches, 1);
         EngineMetrics::add(&m.log_bytes_written, bytes);
         m.fsync_seconds.observe(report.fsync.as_secs_f64());
-        m.log_size_bytes
-            .store(self.log.size_bytes(), std::sync::atomic::Ordering::Relaxed);
+        self.publish_log_extent();
         Ok(())
+    }
+
+    /// Publishes where the log starts and how large it is (gauges).
+    fn publish_log_extent(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.metrics
+            .log_first_lsn
+            .store(self.log.first_lsn().0, Relaxed);
+        self.metrics
+            .log_size_bytes
+            .store(self.log.size_bytes(), Relaxed);
     }
 
     fn log_failed(&mut self, e: LogError) -> EngineError {

@@ -12,7 +12,6 @@ use crate::options::Options;
 use crate::routing::{seed_urls, Router};
 use crate::session::Session;
 use crate::statement::{CommitMode, Consistency, Statement};
-use crate::token::Token;
 use crate::value::Params;
 
 /// A connection to a Scribe cluster: the classic setup's two doors, writes to the primary and
@@ -33,8 +32,8 @@ use crate::value::Params;
 /// Cloning is cheap; clones share everything.
 #[derive(Clone)]
 pub struct Cluster {
-    router: Arc<Router>,
-    token: Token,
+    /// The cluster-wide session: the router and the handle's token, shared by clones.
+    own: Session,
 }
 
 /// A replica as the client last saw it.
@@ -71,8 +70,7 @@ impl Cluster {
         let seeds = seed_urls(urls)?;
         let router = Router::connect(seeds, options).await?;
         Ok(Cluster {
-            router: Arc::new(router),
-            token: Token::default(),
+            own: Session::new(Arc::new(router)),
         })
     }
 
@@ -84,8 +82,7 @@ impl Cluster {
         &self,
         statements: impl IntoIterator<Item = impl Into<Statement>>,
     ) -> Result<Executed, Error> {
-        let statements: Vec<Statement> = statements.into_iter().map(Into::into).collect();
-        self.router.execute(&self.token, &statements, None).await
+        self.own.execute(statements).await
     }
 
     /// Like [`execute`](Cluster::execute), in commit mode `commit`.
@@ -94,10 +91,7 @@ impl Cluster {
         statements: impl IntoIterator<Item = impl Into<Statement>>,
         commit: CommitMode,
     ) -> Result<Executed, Error> {
-        let statements: Vec<Statement> = statements.into_iter().map(Into::into).collect();
-        self.router
-            .execute(&self.token, &statements, Some(commit))
-            .await
+        self.own.execute_with(statements, commit).await
     }
 
     /// Runs a read on a replica (round robin over the healthy ones, the primary as fallback),
@@ -116,30 +110,29 @@ impl Cluster {
         params: impl Into<Params>,
         consistency: Consistency,
     ) -> Result<Rows, Error> {
-        self.router
-            .query(&self.token, sql, &params.into(), consistency)
-            .await
+        self.own.query_with(sql, params, consistency).await
     }
 
     /// A session: a handle on the same cluster with a position token of its own, starting
     /// empty. See [`Session`].
     pub fn session(&self) -> Session {
-        Session::new(Arc::clone(&self.router))
+        Session::new(Arc::clone(&self.own.router))
     }
 
     /// The newest position this handle has seen.
     pub fn position(&self) -> Option<Position> {
-        self.token.get()
+        self.own.position()
     }
 
     /// The primary's HTTP API, as last discovered.
     pub fn primary_url(&self) -> Option<String> {
-        self.router.topology().primary.map(|p| p.url)
+        self.own.router.topology().primary.map(|p| p.url)
     }
 
     /// The replicas, as last discovered.
     pub fn replicas(&self) -> Vec<ReplicaInfo> {
-        self.router
+        self.own
+            .router
             .topology()
             .replicas
             .into_iter()
@@ -155,7 +148,7 @@ impl Cluster {
     /// Discovers the cluster again now (it also happens by itself); fails with
     /// [`Error::Unreachable`] when no node answers, keeping the previous picture.
     pub async fn refresh(&self) -> Result<(), Error> {
-        self.router.refresh_now().await
+        self.own.router.refresh_now().await
     }
 }
 

@@ -28,7 +28,7 @@ use crate::value::Params;
 /// Clones share the token. Routing, retries and errors are the cluster handle's.
 #[derive(Clone)]
 pub struct Session {
-    router: Arc<Router>,
+    pub(crate) router: Arc<Router>,
     token: Token,
 }
 

@@ -190,14 +190,8 @@ pub fn seed(test: &str) -> u64 {
     seed
 }
 
-/// A port free on 127.0.0.1 right now (for a node that must come back on the same address).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+#[allow(unused_imports)]
+pub use scribe_testkit::free_port;
 
 /// Starts a primary with a peer listener on `peer` (HOST:PORT).
 pub fn start_primary(name: &str, dir: &Path, peer: &str, extra: &[&str]) -> NodeProc {
@@ -280,16 +274,5 @@ pub async fn wait_status(
     what: &str,
     f: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let s = api.status().await;
-        if f(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {within:?}; status {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    scribe_testkit::wait_status(&api.url, within, what, f).await
 }

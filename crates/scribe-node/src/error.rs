@@ -86,6 +86,7 @@ impl ApiError {
                 EngineError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
                 EngineError::Sql(_) => (StatusCode::BAD_REQUEST, "sql_error"),
                 EngineError::NotReadOnly(_) => (StatusCode::BAD_REQUEST, "not_read_only"),
+                EngineError::TxnEnded(_) => (StatusCode::CONFLICT, "transaction_ended"),
                 EngineError::Constraint(_) => (StatusCode::CONFLICT, "constraint_violation"),
                 EngineError::DiskFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
                 EngineError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),

@@ -318,6 +318,12 @@ impl Engine {
         })?
     }
 
+    /// Opens an interactive transaction, once the writer is free for it (see [`crate::txn`]). It
+    /// is rolled back if it stays idle longer than `idle` between operations.
+    pub async fn begin(&self, idle: std::time::Duration) -> Result<crate::Transaction, EngineError> {
+        crate::Transaction::begin(&self.inner.tx, idle).await
+    }
+
     /// Appends records copied from another node's log (they must follow this log: next LSN, no
     /// older term), makes them durable, and applies them to SQLite in one transaction. Answers
     /// with the new positions. This is a replica's write path.

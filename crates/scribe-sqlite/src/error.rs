@@ -16,6 +16,10 @@ pub enum EngineError {
     /// A constraint (UNIQUE, NOT NULL, CHECK, FOREIGN KEY) refused the change.
     #[error("{0}")]
     Constraint(String),
+    /// An interactive transaction is no longer open (rolled back after an error or after it
+    /// stayed idle too long); nothing of it was kept.
+    #[error("{0}")]
+    TxnEnded(String),
     /// A statement that writes was sent where only reads are served.
     #[error("{0}")]
     NotReadOnly(String),

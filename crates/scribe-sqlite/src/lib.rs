@@ -11,6 +11,7 @@
 //! - [`engine`]: [`Engine`], opening, recovery and replay, the public handle.
 //! - [`writer`]: the writer thread and group commit.
 //! - [`reader`]: the read pool.
+//! - [`txn`]: interactive transactions (statements across round trips), which lease the writer.
 //! - [`exec`]: binding parameters and collecting rows.
 //! - [`capture`]: session-extension change capture and changeset replay.
 //! - [`payload`]: what a record's payload holds.
@@ -29,6 +30,7 @@ pub mod metrics;
 pub mod payload;
 pub mod policy;
 pub mod reader;
+pub mod txn;
 pub mod value;
 pub mod writer;
 
@@ -37,5 +39,6 @@ pub use error::EngineError;
 pub use exec::{Rows, Statement};
 pub use metrics::EngineMetrics;
 pub use reader::QueryResult;
+pub use txn::Transaction;
 pub use value::{Params, Value};
 pub use writer::{Committed, Retention, StatementResult};

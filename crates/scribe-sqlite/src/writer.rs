@@ -86,6 +86,13 @@ pub(crate) enum WriterMsg {
         retain: Retention,
         reply: oneshot::Sender<Result<usize, EngineError>>,
     },
+    /// Open an interactive transaction: the writer serves only its operations until it commits,
+    /// rolls back, fails, or stays idle longer than `idle`.
+    Begin {
+        ops: std::sync::mpsc::Receiver<crate::txn::TxnOp>,
+        idle: std::time::Duration,
+        started: oneshot::Sender<Result<(), EngineError>>,
+    },
     /// Finish what is queued before this and stop.
     Stop(oneshot::Sender<()>),
 }
@@ -107,13 +114,13 @@ pub(crate) struct Writer {
     pub db_path: std::path::PathBuf,
 }
 
-struct Done {
-    reply: Reply,
-    results: Vec<StatementResult>,
-    position: Option<Position>,
+pub(crate) struct Done {
+    pub reply: Reply,
+    pub results: Vec<StatementResult>,
+    pub position: Option<Position>,
 }
 
-fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
@@ -145,6 +152,9 @@ impl Writer {
                 }
                 WriterMsg::Retain { retain, reply } => {
                     let _ = reply.send(self.retain(retain));
+                }
+                WriterMsg::Begin { ops, idle, started } => {
+                    self.run_interactive(ops, idle, started, &mut rx, &mut carry);
                 }
                 WriterMsg::Execute { statements, reply } => {
                     // Group commit: everything already queued joins this batch.
@@ -333,7 +343,7 @@ impl Writer {
         }
     }
 
-    fn internal(&self, sql: &str) -> rusqlite::Result<()> {
+    pub(crate) fn internal(&self, sql: &str) -> rusqlite::Result<()> {
         self.policy.internal(|| self.conn.execute_batch(sql))
     }
 
@@ -351,7 +361,12 @@ impl Writer {
             }
             return;
         }
-        let mut done: Vec<Done> = Vec::with_capacity(batch.len());
+        self.run_in_open(Vec::with_capacity(batch.len()), batch);
+    }
+
+    /// Runs `batch` inside the open write transaction, after the transactions of `done` (already
+    /// run in it), then makes them all durable, commits and answers everyone.
+    pub(crate) fn run_in_open(&mut self, mut done: Vec<Done>, batch: Vec<(Vec<Statement>, Reply)>) {
         for (statements, reply) in batch {
             match self.run_txn(&statements) {
                 Ok((results, position)) => done.push(Done {
@@ -404,7 +419,7 @@ impl Writer {
 
     /// Makes the batch durable in the log, then commits SQLite. On failure nothing of the batch
     /// is kept (or, after a fatal failure, the node stops taking writes).
-    fn commit_batch(&mut self) -> Result<(), EngineError> {
+    pub(crate) fn commit_batch(&mut self) -> Result<(), EngineError> {
         let last = self.log.last_position();
         if let Err(e) = self.policy.internal(|| meta::set_applied(&self.conn, last)) {
             self.log.discard_pending();
@@ -472,7 +487,7 @@ impl Writer {
 
     /// Runs one client transaction in a savepoint; on success its record is appended to the log
     /// batch (not yet durable) and its position returned (`None` when it changed nothing).
-    fn run_txn(
+    pub(crate) fn run_txn(
         &mut self,
         statements: &[Statement],
     ) -> Result<(Vec<StatementResult>, Option<Position>), EngineError> {
@@ -516,7 +531,7 @@ impl Writer {
             .map_err(|e| EngineError::Internal(format!("read schema version: {e}")))
     }
 
-    fn run_statements(
+    pub(crate) fn run_statements(
         &self,
         statements: &[Statement],
     ) -> Result<(Vec<StatementResult>, Vec<Step>), EngineError> {

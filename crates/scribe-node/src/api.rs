@@ -44,6 +44,8 @@ pub struct AppState {
     pub peer_addr: Option<std::net::SocketAddr>,
     /// HTTP client for forwarding to the primary.
     pub http: reqwest::Client,
+    /// Interactive transactions held for HTTP clients.
+    pub txns: crate::txns::TxnTable,
 }
 
 /// The longest a session read may wait for its position.
@@ -135,6 +137,11 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/execute", post(execute))
         .route("/v1/query", post(query))
+        .route("/v1/tx", post(crate::tx_api::begin))
+        .route("/v1/tx/{id}/execute", post(crate::tx_api::execute))
+        .route("/v1/tx/{id}/commit", post(crate::tx_api::commit))
+        .route("/v1/tx/{id}/rollback", post(crate::tx_api::rollback))
+        .route("/v1/tx/{id}/savepoint", post(crate::tx_api::savepoint))
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics_page))
         .fallback(|req: Request| async move { ApiError::NotFound(req.uri().path().to_string()) })
@@ -174,7 +181,7 @@ async fn count_and_limit(State(state): State<Arc<AppState>>, req: Request, next:
     response
 }
 
-fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(limit)
@@ -184,7 +191,7 @@ fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes
     })
 }
 
-fn parse_bytes<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_bytes<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::BadJson(e.to_string()))
 }
 
@@ -199,7 +206,7 @@ fn duration(field: &str, v: &Option<String>) -> Result<Option<Duration>, ApiErro
 
 /// Sends the request, as it came, to the primary and answers with the primary's answer, adding
 /// `forwarded_to` to a successful one.
-async fn forward(
+pub(crate) async fn forward(
     state: &AppState,
     follower: &crate::replication::follower::Follower,
     path: &str,
@@ -264,41 +271,7 @@ async fn execute(
     };
     let mode = req.commit.unwrap_or(state.config.commit);
     let committed = state.engine.execute(req.statements).await?;
-    let durability = if !committed.logged || mode == CommitMode::Async {
-        // Nothing written means nothing to replicate: the mode holds trivially.
-        Durability::local(mode)
-    } else {
-        match commit_wait::wait(
-            registry,
-            mode,
-            committed.position.lsn,
-            state.config.sync_timeout,
-        )
-        .await
-        {
-            Ok(d) => d,
-            Err(timed_out) => {
-                tracing::warn!(
-                    position = %committed.position,
-                    requested = %mode,
-                    reached = %timed_out.reached.mode,
-                    waited = ?timed_out.waited,
-                    policy = %state.config.on_sync_timeout,
-                    "a commit was not confirmed by the sync set in time"
-                );
-                match state.config.on_sync_timeout {
-                    OnSyncTimeout::Degrade => timed_out.reached,
-                    OnSyncTimeout::Error => {
-                        return Err(ApiError::SyncTimeout {
-                            position: committed.position,
-                            durability: timed_out.reached,
-                            sync_set: registry.sync_set().to_string(),
-                        })
-                    }
-                }
-            }
-        }
-    };
+    let durability = wait_durability(&state, registry, mode, &committed).await?;
     Ok(Json(ExecuteResponse {
         results: committed.results,
         position: committed.position,
@@ -307,8 +280,52 @@ async fn execute(
     .into_response())
 }
 
+/// Waits until the commit mode `mode` holds for a committed transaction (semi-sync, sync: its
+/// sync replicas confirmed it, bounded by `--sync-timeout`), and answers the durability reached;
+/// on timeout, by `--on-sync-timeout`: an error saying it is committed but not confirmed, or the
+/// durability reached, marked degraded.
+pub async fn wait_durability(
+    state: &AppState,
+    registry: &crate::replication::registry::Registry,
+    mode: CommitMode,
+    committed: &scribe_sqlite::Committed,
+) -> Result<Durability, ApiError> {
+    if !committed.logged || mode == CommitMode::Async {
+        // Nothing written means nothing to replicate: the mode holds trivially.
+        return Ok(Durability::local(mode));
+    }
+    match commit_wait::wait(
+        registry,
+        mode,
+        committed.position.lsn,
+        state.config.sync_timeout,
+    )
+    .await
+    {
+        Ok(d) => Ok(d),
+        Err(timed_out) => {
+            tracing::warn!(
+                position = %committed.position,
+                requested = %mode,
+                reached = %timed_out.reached.mode,
+                waited = ?timed_out.waited,
+                policy = %state.config.on_sync_timeout,
+                "a commit was not confirmed by the sync set in time"
+            );
+            match state.config.on_sync_timeout {
+                OnSyncTimeout::Degrade => Ok(timed_out.reached),
+                OnSyncTimeout::Error => Err(ApiError::SyncTimeout {
+                    position: committed.position,
+                    durability: timed_out.reached,
+                    sync_set: registry.sync_set().to_string(),
+                }),
+            }
+        }
+    }
+}
+
 /// Waits until this node has applied `position`, at most `wait`; answers what it has applied.
-async fn wait_applied(
+pub async fn wait_applied(
     engine: &scribe_sqlite::Engine,
     position: Position,
     wait: Duration,

@@ -45,6 +45,15 @@ pub struct NodeConfig {
     /// The URL of this node's HTTP API as others reach it (when `http_addr` is a wildcard or
     /// behind NAT); `None`: `http://` + the bound address.
     pub advertise_url: Option<String>,
+    /// Address of the PostgreSQL wire protocol; `None`: not served.
+    pub pg_addr: Option<SocketAddr>,
+    /// Password PostgreSQL clients must give (SCRAM-SHA-256); `None`: no authentication.
+    pub pg_password: Option<String>,
+    /// PEM certificate chain and private key files for TLS on the PostgreSQL port; `None`: no TLS.
+    pub pg_tls: Option<(PathBuf, PathBuf)>,
+    /// The longest an interactive transaction may stay idle between statements before it is
+    /// rolled back (it holds the writer meanwhile).
+    pub txn_idle_timeout: Duration,
     /// Test-only fault injection: a replica pauses this long between making streamed records
     /// durable and applying them (`SCRIBE_TEST_APPLY_DELAY_MS`). Zero in production.
     pub test_apply_delay: Duration,
@@ -95,6 +104,10 @@ impl NodeConfig {
             peer_timeout: crate::replication::IDLE_TIMEOUT,
             test_apply_delay: Duration::ZERO,
             advertise_url: None,
+            pg_addr: None,
+            pg_password: None,
+            pg_tls: None,
+            txn_idle_timeout: Duration::from_secs(30),
         }
     }
 
@@ -118,6 +131,12 @@ impl NodeConfig {
                 "--max-log-size ({}) must be at least one segment (--segment-bytes {})",
                 self.max_log_size, self.segment_bytes
             ));
+        }
+        if self.txn_idle_timeout.is_zero() {
+            return Err("--txn-idle-timeout must be more than zero".into());
+        }
+        if matches!(&self.pg_password, Some(p) if p.is_empty()) {
+            return Err("--pg-password must not be empty (leave it out for no authentication)".into());
         }
         if let Some(u) = &self.advertise_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) {

@@ -11,6 +11,8 @@
 //! - [`api`]: the HTTP routes and their JSON.
 //! - [`error`]: [`ApiError`] and its one mapping to status codes.
 //! - [`metrics`]: rendering metrics in Prometheus' text format.
+//! - [`txns`], [`tx_api`]: interactive transactions held across HTTP requests.
+//! - [`pg`]: the PostgreSQL wire protocol front end.
 //! - [`replication`]: primary/replica streaming, commit modes, lag, snapshots, retention.
 
 pub mod api;
@@ -19,7 +21,10 @@ pub mod error;
 pub mod identity;
 pub mod metrics;
 pub mod node;
+pub mod pg;
 pub mod replication;
+pub mod tx_api;
+pub mod txns;
 
 pub use config::NodeConfig;
 pub use error::ApiError;

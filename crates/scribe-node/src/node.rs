@@ -108,6 +108,7 @@ impl Node {
                 .timeout(std::time::Duration::from_secs(30))
                 .build()
                 .map_err(|e| format!("build the HTTP client for forwarding: {e}"))?,
+            txns: crate::txns::TxnTable::default(),
         });
         Ok(Node {
             state,

@@ -418,6 +418,12 @@ impl Engine {
         )
     }
 
+    /// Describes a statement (its columns with declared types, its parameters, whether it only
+    /// reads) on a read connection, without running it.
+    pub async fn describe(&self, sql: String) -> Result<crate::exec::Described, EngineError> {
+        self.inner.readers.describe(sql).await
+    }
+
     /// Runs one read-only statement on a read connection.
     pub async fn query(&self, statement: Statement) -> Result<QueryResult, EngineError> {
         self.inner.readers.query(statement).await

@@ -44,6 +44,33 @@ pub struct Rows {
     pub columns: Vec<String>,
     /// The rows, each with one value per column.
     pub rows: Vec<Vec<Value>>,
+    /// Each column's declared type, when it is a table column (SQLite's `decltype`); for wire
+    /// protocols that announce column types. Not part of the JSON answer.
+    #[serde(skip)]
+    pub decltypes: Vec<Option<String>>,
+}
+
+/// What a statement would return, without running it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Described {
+    /// Column names and declared types (empty when it returns no rows).
+    pub columns: Vec<(String, Option<String>)>,
+    /// Number of parameters it takes.
+    pub params: usize,
+    /// Whether it only reads.
+    pub readonly: bool,
+}
+
+/// Describes a prepared statement.
+pub(crate) fn describe(stmt: &Prepared<'_>) -> Described {
+    Described {
+        columns: stmt
+            .columns()
+            .map(|c| (c.name().to_string(), c.decl_type().map(str::to_string)))
+            .collect(),
+        params: stmt.parameter_count(),
+        readonly: stmt.readonly(),
+    }
 }
 
 /// Checks that `sql` holds a statement, for a clear error instead of SQLite's silence.
@@ -136,6 +163,10 @@ pub(crate) fn run(stmt: &mut Prepared<'_>, policy: &Policy) -> Result<Option<Row
         return Ok(None);
     }
     let columns: Vec<String> = stmt.column_names().map(str::to_string).collect();
+    let decltypes = stmt
+        .columns()
+        .map(|c| c.decl_type().map(str::to_string))
+        .collect();
     let mut out = Vec::new();
     let mut rows = stmt.raw_query();
     while let Some(row) = rows
@@ -151,5 +182,9 @@ pub(crate) fn run(stmt: &mut Prepared<'_>, policy: &Policy) -> Result<Option<Row
         }
         out.push(r);
     }
-    Ok(Some(Rows { columns, rows: out }))
+    Ok(Some(Rows {
+        columns,
+        rows: out,
+        decltypes,
+    }))
 }

@@ -36,9 +36,9 @@ pub mod writer;
 
 pub use engine::{db_path, Engine, EngineOptions, OpenReport, Progress};
 pub use error::EngineError;
-pub use exec::{Rows, Statement};
+pub use exec::{Described, Rows, Statement};
 pub use metrics::EngineMetrics;
 pub use reader::QueryResult;
-pub use txn::Transaction;
+pub use txn::{SavepointOp, Transaction};
 pub use value::{Params, Value};
 pub use writer::{Committed, Retention, StatementResult};

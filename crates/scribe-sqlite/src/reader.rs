@@ -56,8 +56,19 @@ impl ReadPool {
         })
     }
 
-    /// Runs one read-only statement.
-    pub async fn query(self: &Arc<Self>, stmt: Statement) -> Result<QueryResult, EngineError> {
+    /// Describes a statement (columns, declared types, parameters) without running it.
+    pub async fn describe(self: &Arc<Self>, sql: String) -> Result<exec::Described, EngineError> {
+        self.with_conn(move |rc| {
+            let prepared = exec::prepare(&rc.conn, &rc.policy, &sql)?;
+            Ok(exec::describe(&prepared))
+        })
+        .await
+    }
+
+    async fn with_conn<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&ReadConn) -> Result<T, EngineError> + Send + 'static,
+    ) -> Result<T, EngineError> {
         let _permit = self
             .permits
             .acquire()
@@ -71,13 +82,18 @@ impl ReadPool {
             .expect("a permit guarantees an idle connection");
         let pool = self.clone();
         let (rc, result) = tokio::task::spawn_blocking(move || {
-            let result = run_query(&rc, &stmt);
+            let result = f(&rc);
             (rc, result)
         })
         .await
         .map_err(|e| EngineError::Internal(format!("read task failed: {e}")))?;
         pool.idle.lock().expect("read pool").push(rc);
         result
+    }
+
+    /// Runs one read-only statement.
+    pub async fn query(self: &Arc<Self>, stmt: Statement) -> Result<QueryResult, EngineError> {
+        self.with_conn(move |rc| run_query(rc, &stmt)).await
     }
 }
 

@@ -32,12 +32,30 @@ pub(crate) enum TxnOp {
     Rollback {
         reply: oneshot::Sender<()>,
     },
+    Savepoint {
+        op: SavepointOp,
+        name: String,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+}
+
+/// What to do with a named savepoint inside an interactive transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SavepointOp {
+    /// `SAVEPOINT name`: mark the point.
+    Create,
+    /// `RELEASE name`: forget it (and the ones after it), keeping their changes.
+    Release,
+    /// `ROLLBACK TO name`: undo every change since it; it stays.
+    RollbackTo,
 }
 
 /// An open interactive transaction. Dropping it rolls it back.
 ///
-/// Invariant: once an operation has failed, or the transaction committed or rolled back, `ops` is
-/// `None` and every later operation is refused with [`EngineError::TxnEnded`].
+/// A failing statement leaves no change behind but keeps the transaction open (the caller decides:
+/// PostgreSQL sessions refuse everything but a rollback after it). Invariant: once the transaction
+/// committed, rolled back or was rolled back by the writer (idle limit), `ops` is `None` and every
+/// later operation is refused with [`EngineError::TxnEnded`].
 pub struct Transaction {
     ops: Option<Sender<TxnOp>>,
     idle: Duration,
@@ -86,17 +104,33 @@ impl Transaction {
         self.ops.is_some()
     }
 
-    /// Runs one statement inside the transaction. On error the whole transaction has been rolled
-    /// back and the transaction is closed.
+    /// Runs one statement inside the transaction. On error nothing of the statement is kept and
+    /// the transaction stays open.
     pub async fn execute(&mut self, statement: Statement) -> Result<StatementResult, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.send(TxnOp::Execute { statement, reply })?;
-        let answer = rx.await.map_err(|_| self.ended());
-        match answer {
-            Ok(Ok(result)) => Ok(result),
-            Ok(Err(e)) | Err(e) => {
+        match rx.await {
+            Ok(answer) => answer,
+            Err(_) => {
                 self.ops = None;
-                Err(e)
+                Err(self.ended())
+            }
+        }
+    }
+
+    /// Creates, releases or rolls back to a named savepoint.
+    pub async fn savepoint(&mut self, op: SavepointOp, name: &str) -> Result<(), EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(TxnOp::Savepoint {
+            op,
+            name: name.to_string(),
+            reply,
+        })?;
+        match rx.await {
+            Ok(answer) => answer,
+            Err(_) => {
+                self.ops = None;
+                Err(self.ended())
             }
         }
     }
@@ -149,6 +183,8 @@ impl Writer {
             return;
         }
         let mut steps: Vec<Step> = Vec::new();
+        // Named savepoints, innermost last, with how many steps the record had at each.
+        let mut savepoints: Vec<(String, usize)> = Vec::new();
         loop {
             let op = match ops.recv_timeout(idle) {
                 Ok(op) => op,
@@ -167,18 +203,10 @@ impl Writer {
             };
             match op {
                 TxnOp::Execute { statement, reply } => {
-                    match self.run_statements(std::slice::from_ref(&statement)) {
-                        Ok((mut results, mut more)) => {
-                            steps.append(&mut more);
-                            let _ = reply.send(Ok(results.pop().unwrap_or_default()));
-                        }
-                        Err(e) => {
-                            EngineMetrics::add(&self.metrics.txn_errors, 1);
-                            let _ = self.internal("ROLLBACK");
-                            let _ = reply.send(Err(e));
-                            return;
-                        }
-                    }
+                    let _ = reply.send(self.run_one(&statement, &mut steps));
+                }
+                TxnOp::Savepoint { op, name, reply } => {
+                    let _ = reply.send(self.savepoint(op, &name, &mut savepoints, &mut steps));
                 }
                 TxnOp::Rollback { reply } => {
                     let _ = self.internal("ROLLBACK");
@@ -191,6 +219,76 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Runs one statement of an interactive transaction in a savepoint of its own, so that a
+    /// failing one leaves nothing behind.
+    fn run_one(
+        &mut self,
+        statement: &Statement,
+        steps: &mut Vec<Step>,
+    ) -> Result<StatementResult, EngineError> {
+        self.internal("SAVEPOINT scribe_stmt")
+            .map_err(|e| EngineError::Internal(format!("open statement savepoint: {e}")))?;
+        match self.run_statements(std::slice::from_ref(statement)) {
+            Ok((mut results, mut more)) => {
+                self.internal("RELEASE scribe_stmt")
+                    .map_err(|e| EngineError::Internal(format!("release statement savepoint: {e}")))?;
+                steps.append(&mut more);
+                Ok(results.pop().unwrap_or_default())
+            }
+            Err(e) => {
+                EngineMetrics::add(&self.metrics.txn_errors, 1);
+                self.internal("ROLLBACK TO scribe_stmt; RELEASE scribe_stmt")
+                    .map_err(|e| EngineError::Internal(format!("undo a failed statement: {e}")))?;
+                Err(e)
+            }
+        }
+    }
+
+    /// A client's named savepoint. Steps recorded after the savepoint are dropped with a rollback
+    /// to it, exactly as SQLite drops their changes.
+    fn savepoint(
+        &mut self,
+        op: SavepointOp,
+        name: &str,
+        savepoints: &mut Vec<(String, usize)>,
+        steps: &mut Vec<Step>,
+    ) -> Result<(), EngineError> {
+        if name.is_empty()
+            || name.len() > 63
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || name.to_ascii_lowercase().starts_with("scribe_")
+        {
+            return Err(EngineError::BadRequest(format!(
+                "savepoint name {name:?} must be letters, digits and '_' (and not start with scribe_)"
+            )));
+        }
+        let find = |savepoints: &Vec<(String, usize)>| {
+            savepoints
+                .iter()
+                .rposition(|(n, _)| n.eq_ignore_ascii_case(name))
+                .ok_or_else(|| EngineError::BadRequest(format!("savepoint \"{name}\" does not exist")))
+        };
+        let sql_err = |e: rusqlite::Error| EngineError::Internal(format!("savepoint {name}: {e}"));
+        match op {
+            SavepointOp::Create => {
+                self.internal(&format!("SAVEPOINT sp_{name}")).map_err(sql_err)?;
+                savepoints.push((name.to_string(), steps.len()));
+            }
+            SavepointOp::Release => {
+                let at = find(savepoints)?;
+                self.internal(&format!("RELEASE sp_{name}")).map_err(sql_err)?;
+                savepoints.truncate(at);
+            }
+            SavepointOp::RollbackTo => {
+                let at = find(savepoints)?;
+                self.internal(&format!("ROLLBACK TO sp_{name}")).map_err(sql_err)?;
+                steps.truncate(savepoints[at].1);
+                savepoints.truncate(at + 1);
+            }
+        }
+        Ok(())
     }
 
     fn commit_interactive(

@@ -35,6 +35,9 @@ pub struct StatementResult {
     /// The rows, when the statement returned rows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rows: Option<Vec<Vec<crate::Value>>>,
+    /// The columns' declared types, when the statement returned rows (see [`crate::Rows`]).
+    #[serde(skip)]
+    pub decltypes: Option<Vec<Option<String>>>,
 }
 
 /// A committed transaction.
@@ -565,15 +568,16 @@ impl Writer {
             } else {
                 self.conn.changes()
             };
-            let (columns, rows) = match rows {
-                Some(r) => (Some(r.columns), Some(r.rows)),
-                None => (None, None),
+            let (columns, rows, decltypes) = match rows {
+                Some(r) => (Some(r.columns), Some(r.rows), Some(r.decltypes)),
+                None => (None, None, None),
             };
             results.push(StatementResult {
                 rows_affected,
                 last_insert_id: self.conn.last_insert_rowid(),
                 columns,
                 rows,
+                decltypes,
             });
         }
         Ok((results, steps))

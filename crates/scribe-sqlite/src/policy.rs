@@ -52,6 +52,12 @@ impl Policy {
                 return Authorization::Allow;
             }
             match refusal(role, &ctx.action) {
+                // A DELETE without WHERE would be compiled as one "clear the table" step that
+                // change capture never sees (SQLite's truncate optimization); answering IGNORE for
+                // the delete action keeps the DELETE but makes SQLite delete row by row.
+                None if role == Role::Writer && matches!(ctx.action, AuthAction::Delete { .. }) => {
+                    Authorization::Ignore
+                }
                 None => Authorization::Allow,
                 Some(reason) => {
                     *denied.lock().expect("policy note") = Some(reason);

@@ -553,3 +553,47 @@ async fn records_applied_as_one_batch_give_the_same_rows_as_one_by_one() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_delete_without_where_is_captured_row_by_row() {
+    // SQLite compiles `DELETE FROM t` as one "clear the table" step that change capture cannot
+    // see; the record must still hold every deleted row, or replicas keep them.
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    e.execute(vec![
+        st("CREATE TABLE nokey (a, b)"),
+        st("CREATE TABLE keyed (id INTEGER PRIMARY KEY, v)"),
+    ])
+    .await
+    .unwrap();
+    for round in 0..3 {
+        e.execute(vec![
+            st("INSERT INTO nokey VALUES (1, 'x'), (2, 'y')"),
+            st("INSERT INTO keyed (v) VALUES ('x'), ('y')"),
+        ])
+        .await
+        .unwrap();
+        let c = e
+            .execute(vec![st("DELETE FROM nokey"), st("DELETE FROM keyed")])
+            .await
+            .unwrap();
+        assert_eq!(c.results[0].rows_affected, 2, "round {round}");
+        assert_eq!(c.results[1].rows_affected, 2, "round {round}");
+    }
+    e.execute(vec![st("INSERT INTO nokey VALUES (3, 'z')")])
+        .await
+        .unwrap();
+    e.shutdown().await;
+    drop(e);
+    std::fs::remove_dir_all(dir.path().join("db")).unwrap();
+    let e = open(dir.path());
+    assert_eq!(
+        rows(&e, "SELECT rowid, a, b FROM nokey").await,
+        vec![vec![Value::Integer(1), Value::Integer(3), text("z")]]
+    );
+    assert_eq!(
+        rows(&e, "SELECT count(*) FROM keyed").await,
+        vec![vec![Value::Integer(0)]]
+    );
+    e.shutdown().await;
+}

@@ -136,7 +136,9 @@ impl NodeConfig {
             return Err("--txn-idle-timeout must be more than zero".into());
         }
         if matches!(&self.pg_password, Some(p) if p.is_empty()) {
-            return Err("--pg-password must not be empty (leave it out for no authentication)".into());
+            return Err(
+                "--pg-password must not be empty (leave it out for no authentication)".into(),
+            );
         }
         if let Some(u) = &self.advertise_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) {

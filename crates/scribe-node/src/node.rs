@@ -38,6 +38,7 @@ pub struct Node {
     state: Arc<AppState>,
     listener: tokio::net::TcpListener,
     peer: Option<tokio::net::TcpListener>,
+    pg: Option<crate::pg::PgServer>,
     report: OpenReport,
 }
 
@@ -82,6 +83,7 @@ impl Node {
             ),
             None => None,
         };
+        let pg = crate::pg::PgServer::bind(&config).await?;
         let http_url = advertised_url(&config, &listener)?;
         let role = match &config.follow {
             Some(follow) => Role::Replica(Arc::new(Follower::new(
@@ -114,6 +116,7 @@ impl Node {
             state,
             listener,
             peer,
+            pg,
             report,
         })
     }
@@ -128,6 +131,11 @@ impl Node {
     /// The address the peer protocol listens on, if any.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.state.peer_addr
+    }
+
+    /// The address the PostgreSQL protocol listens on, if any.
+    pub fn pg_addr(&self) -> Option<SocketAddr> {
+        self.pg.as_ref().and_then(|p| p.local_addr())
     }
 
     /// `primary` or `replica`.
@@ -167,6 +175,9 @@ impl Node {
         }
         if let Role::Replica(f) = &state.role {
             tasks.push(tokio::spawn(f.clone().run()));
+        }
+        if let Some(pg) = self.pg {
+            tasks.push(tokio::spawn(pg.serve(state.clone())));
         }
         tasks.push(tokio::spawn(retention::run(
             state.engine.clone(),

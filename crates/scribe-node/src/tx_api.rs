@@ -93,7 +93,12 @@ pub async fn execute(
     held.touch();
     let mut guard = held.txn.lock().await;
     let Some(txn) = guard.as_mut() else {
-        return Err(state.txns.get("").err().expect("the empty id is never held").into());
+        return Err(state
+            .txns
+            .get("")
+            .err()
+            .expect("the empty id is never held")
+            .into());
     };
     let result = txn
         .execute(Statement {
@@ -184,7 +189,12 @@ pub async fn savepoint(
     held.touch();
     let mut guard = held.txn.lock().await;
     let Some(txn) = guard.as_mut() else {
-        return Err(state.txns.get("").err().expect("the empty id is never held").into());
+        return Err(state
+            .txns
+            .get("")
+            .err()
+            .expect("the empty id is never held")
+            .into());
     };
     txn.savepoint(op, &req.name).await?;
     Ok(Json(serde_json::json!({ "ok": true })))

@@ -320,7 +320,10 @@ impl Engine {
 
     /// Opens an interactive transaction, once the writer is free for it (see [`crate::txn`]). It
     /// is rolled back if it stays idle longer than `idle` between operations.
-    pub async fn begin(&self, idle: std::time::Duration) -> Result<crate::Transaction, EngineError> {
+    pub async fn begin(
+        &self,
+        idle: std::time::Duration,
+    ) -> Result<crate::Transaction, EngineError> {
         crate::Transaction::begin(&self.inner.tx, idle).await
     }
 

@@ -71,8 +71,9 @@ impl Transaction {
         tx.send(WriterMsg::Begin { ops, idle, started })
             .await
             .map_err(|_| EngineError::Unavailable("the node is shutting down".into()))?;
-        rx.await
-            .map_err(|_| EngineError::Unavailable("the writer stopped before answering".into()))??;
+        rx.await.map_err(|_| {
+            EngineError::Unavailable("the writer stopped before answering".into())
+        })??;
         Ok(Transaction {
             ops: Some(ops_tx),
             idle,
@@ -232,8 +233,9 @@ impl Writer {
             .map_err(|e| EngineError::Internal(format!("open statement savepoint: {e}")))?;
         match self.run_statements(std::slice::from_ref(statement)) {
             Ok((mut results, mut more)) => {
-                self.internal("RELEASE scribe_stmt")
-                    .map_err(|e| EngineError::Internal(format!("release statement savepoint: {e}")))?;
+                self.internal("RELEASE scribe_stmt").map_err(|e| {
+                    EngineError::Internal(format!("release statement savepoint: {e}"))
+                })?;
                 steps.append(&mut more);
                 Ok(results.pop().unwrap_or_default())
             }
@@ -268,22 +270,27 @@ impl Writer {
             savepoints
                 .iter()
                 .rposition(|(n, _)| n.eq_ignore_ascii_case(name))
-                .ok_or_else(|| EngineError::BadRequest(format!("savepoint \"{name}\" does not exist")))
+                .ok_or_else(|| {
+                    EngineError::BadRequest(format!("savepoint \"{name}\" does not exist"))
+                })
         };
         let sql_err = |e: rusqlite::Error| EngineError::Internal(format!("savepoint {name}: {e}"));
         match op {
             SavepointOp::Create => {
-                self.internal(&format!("SAVEPOINT sp_{name}")).map_err(sql_err)?;
+                self.internal(&format!("SAVEPOINT sp_{name}"))
+                    .map_err(sql_err)?;
                 savepoints.push((name.to_string(), steps.len()));
             }
             SavepointOp::Release => {
                 let at = find(savepoints)?;
-                self.internal(&format!("RELEASE sp_{name}")).map_err(sql_err)?;
+                self.internal(&format!("RELEASE sp_{name}"))
+                    .map_err(sql_err)?;
                 savepoints.truncate(at);
             }
             SavepointOp::RollbackTo => {
                 let at = find(savepoints)?;
-                self.internal(&format!("ROLLBACK TO sp_{name}")).map_err(sql_err)?;
+                self.internal(&format!("ROLLBACK TO sp_{name}"))
+                    .map_err(sql_err)?;
                 steps.truncate(savepoints[at].1);
                 savepoints.truncate(at + 1);
             }

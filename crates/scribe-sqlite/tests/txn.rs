@@ -51,13 +51,19 @@ async fn a_committed_transaction_sees_its_own_writes_and_is_durable() {
     let c = t.commit().await.unwrap();
     assert!(c.logged);
     assert_eq!(e.progress().applied, c.position);
-    assert_eq!(count(&e, "SELECT count(*) FROM t WHERE v IN ('b', 'c')").await, 2);
+    assert_eq!(
+        count(&e, "SELECT count(*) FROM t WHERE v IN ('b', 'c')").await,
+        2
+    );
     e.shutdown().await;
     drop(e);
     // The log alone rebuilds it: remove SQLite's files and replay.
     std::fs::remove_dir_all(dir.path().join("db")).unwrap();
     let e = open(dir.path());
-    assert_eq!(count(&e, "SELECT count(*) FROM t WHERE v IN ('b', 'c')").await, 2);
+    assert_eq!(
+        count(&e, "SELECT count(*) FROM t WHERE v IN ('b', 'c')").await,
+        2
+    );
     e.shutdown().await;
 }
 
@@ -69,7 +75,9 @@ async fn rollback_a_failing_statement_and_a_dropped_handle_keep_nothing() {
     let before = e.progress();
 
     let mut t = e.begin(IDLE).await.unwrap();
-    t.execute(st("INSERT INTO t (v) VALUES ('x')")).await.unwrap();
+    t.execute(st("INSERT INTO t (v) VALUES ('x')"))
+        .await
+        .unwrap();
     t.rollback().await;
 
     let mut t = e.begin(IDLE).await.unwrap();
@@ -88,7 +96,9 @@ async fn rollback_a_failing_statement_and_a_dropped_handle_keep_nothing() {
     t.rollback().await;
 
     let mut t = e.begin(IDLE).await.unwrap();
-    t.execute(st("INSERT INTO t (v) VALUES ('z')")).await.unwrap();
+    t.execute(st("INSERT INTO t (v) VALUES ('z')"))
+        .await
+        .unwrap();
     drop(t);
 
     // The writer is free again and nothing above was kept.
@@ -117,8 +127,14 @@ async fn an_idle_transaction_is_rolled_back_and_frees_the_writer() {
     assert!(started.elapsed() >= Duration::from_millis(150));
     let err = t.commit().await.unwrap_err();
     assert!(matches!(err, EngineError::TxnEnded(_)), "{err:?}");
-    assert_eq!(count(&e, "SELECT count(*) FROM t WHERE v = 'held'").await, 0);
-    assert_eq!(count(&e, "SELECT count(*) FROM t WHERE v = 'queued'").await, 1);
+    assert_eq!(
+        count(&e, "SELECT count(*) FROM t WHERE v = 'held'").await,
+        0
+    );
+    assert_eq!(
+        count(&e, "SELECT count(*) FROM t WHERE v = 'queued'").await,
+        1
+    );
     e.shutdown().await;
 }
 

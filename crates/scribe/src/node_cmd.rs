@@ -65,6 +65,21 @@ pub struct NodeArgs {
     /// Silence after which a peer connection (primary to replica) is considered dead and dropped; the replica then reconnects [default: 10s]
     #[arg(long, env = "SCRIBE_PEER_TIMEOUT", value_parser = humantime::parse_duration)]
     pub peer_timeout: Option<Duration>,
+    /// Address of the PostgreSQL wire protocol (psql, pgbench, psycopg...); port 0 picks a free port [default: not served]
+    #[arg(long, env = "SCRIBE_PG")]
+    pub pg: Option<SocketAddr>,
+    /// Password PostgreSQL clients must give (SCRAM-SHA-256), for any user name; prefer the environment variable to the flag [default: no authentication]
+    #[arg(long, env = "SCRIBE_PG_PASSWORD", hide_env_values = true)]
+    pub pg_password: Option<String>,
+    /// PEM certificate chain for TLS on the PostgreSQL port (with --pg-tls-key); clients that ask for TLS get it [default: no TLS]
+    #[arg(long, env = "SCRIBE_PG_TLS_CERT", requires = "pg_tls_key")]
+    pub pg_tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS on the PostgreSQL port (with --pg-tls-cert)
+    #[arg(long, env = "SCRIBE_PG_TLS_KEY", requires = "pg_tls_cert")]
+    pub pg_tls_key: Option<PathBuf>,
+    /// Longest an interactive transaction (BEGIN ... COMMIT over PostgreSQL or /v1/tx) may stay idle between statements; it holds the writer, so it is then rolled back [default: 30s]
+    #[arg(long, env = "SCRIBE_TXN_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub txn_idle_timeout: Option<Duration>,
     /// What to log, in RUST_LOG syntax (for example "info" or "scribe_log=debug") [default: info]
     #[arg(long, env = "SCRIBE_LOG")]
     pub log: Option<String>,
@@ -90,6 +105,11 @@ struct FileConfig {
     max_log_size: Option<u64>,
     peer_timeout: Option<String>,
     advertise_url: Option<String>,
+    pg: Option<SocketAddr>,
+    pg_password: Option<String>,
+    pg_tls_cert: Option<PathBuf>,
+    pg_tls_key: Option<PathBuf>,
+    txn_idle_timeout: Option<String>,
     log: Option<String>,
 }
 
@@ -127,6 +147,22 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, String)> {
         config.segment_bytes = v;
     }
     config.peer_addr = args.peer.or(file.peer);
+    config.pg_addr = args.pg.or(file.pg);
+    config.pg_password = args.pg_password.or(file.pg_password);
+    match (
+        args.pg_tls_cert.or(file.pg_tls_cert),
+        args.pg_tls_key.or(file.pg_tls_key),
+    ) {
+        (Some(c), Some(k)) => config.pg_tls = Some((c, k)),
+        (None, None) => {}
+        _ => return Err(anyhow!("--pg-tls-cert and --pg-tls-key go together")),
+    }
+    if let Some(v) = args.txn_idle_timeout {
+        config.txn_idle_timeout = v;
+    } else if let Some(v) = &file.txn_idle_timeout {
+        config.txn_idle_timeout = humantime::parse_duration(v)
+            .with_context(|| "config file key txn_idle_timeout".to_string())?;
+    }
     config.follow = args.follow.or(file.follow);
     let key = |k: &str| format!("config file key {k}");
     if let Some(v) = args.commit {
@@ -227,6 +263,9 @@ pub fn run(args: NodeArgs) -> anyhow::Result<i32> {
         );
         // One line on stdout for scripts and tests: the address actually bound.
         println!("scribe node {name} listening on http://{}", node.http_addr());
+        if let Some(pg) = node.pg_addr() {
+            println!("scribe node {name} serves PostgreSQL on {pg}");
+        }
         node.serve(stop_signal()).await.map_err(|e| anyhow!(e))?;
         tracing::info!(node = %name, "node stopped cleanly");
         Ok(0)

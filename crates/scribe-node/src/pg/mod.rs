@@ -1,1 +1,274 @@
-//! placeholder
+//! The PostgreSQL wire protocol front end (`--pg ADDR`), on the `pgwire` crate: psql, pgbench,
+//! psycopg and other libpq clients talk to any node. Simple and extended query protocol,
+//! prepared statements, transaction blocks held across round trips (see [`session`]), COPY FROM
+//! STDIN, cancel requests, SCRAM-SHA-256 when a password is set, optional TLS.
+//!
+//! The SQL is PostgreSQL's, translated for SQLite by `scribe-pgsql`; errors carry SQLSTATEs
+//! mapped in [`sqlstate`]. On a replica, writes and transaction blocks run on the primary and the
+//! session's reads wait for its own writes.
+//!
+//! Modules: [`session`] (a connection's state and what its statements do), [`handler`] (pgwire's
+//! handlers), [`types`] (values and types), [`sqlstate`] (errors), [`remote`] (a replica's calls
+//! to its primary).
+
+pub mod handler;
+pub mod remote;
+pub mod session;
+pub mod sqlstate;
+pub mod types;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::Sink;
+use pgwire::api::auth::sasl::scram::{gen_salted_password, ScramAuth};
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
+use pgwire::api::auth::{
+    finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata, AuthSource,
+    DefaultServerParameterProvider, LoginInfo, Password, ServerParameterProvider, StartupHandler,
+};
+use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::{
+    ClientInfo, ConnectionGuard, ConnectionHandle, ConnectionManager, PgWireServerHandlers,
+    PidSecretKeyGenerator, RandomPidSecretKeyGenerator,
+};
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use tokio::net::TcpListener;
+
+use crate::api::AppState;
+use handler::Conn;
+use session::Runner;
+
+const SCRAM_ITERATIONS: usize = 4096;
+
+/// The server parameters every client is told at startup.
+struct Params {
+    inner: DefaultServerParameterProvider,
+}
+
+impl Params {
+    fn new() -> Params {
+        let mut inner = DefaultServerParameterProvider::default();
+        inner.server_version = scribe_pgsql::SERVER_VERSION.to_string();
+        inner.time_zone = "UTC".into();
+        inner.scram_iterations = SCRAM_ITERATIONS;
+        Params { inner }
+    }
+}
+
+impl ServerParameterProvider for Params {
+    fn server_parameters<C: ClientInfo>(&self, client: &C) -> Option<HashMap<String, String>> {
+        let mut p = self.inner.server_parameters(client)?;
+        p.insert("client_encoding".into(), "UTF8".into());
+        Some(p)
+    }
+}
+
+/// Authentication when no password is configured: every client is let in.
+struct Trust {
+    params: Arc<Params>,
+    manager: Arc<ConnectionManager>,
+    pids: RandomPidSecretKeyGenerator,
+}
+
+#[async_trait]
+impl StartupHandler for Trust {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let PgWireFrontendMessage::Startup(ref startup) = message {
+            protocol_negotiation(client, startup).await?;
+            save_startup_parameters_to_metadata(client, startup);
+            let (pid, key) = self.pids.generate(client);
+            client.set_pid_and_secret_key(pid, key.clone());
+            let (handle, guard) = self.manager.register(pid, key);
+            client
+                .session_extensions()
+                .insert::<Arc<ConnectionHandle>>(handle);
+            client.session_extensions().insert::<ConnectionGuard>(guard);
+            finish_authentication(client, self.params.as_ref()).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The configured password, salted afresh for each SCRAM exchange.
+#[derive(Debug)]
+struct PasswordSource {
+    password: String,
+}
+
+#[async_trait]
+impl AuthSource for PasswordSource {
+    async fn get_password(&self, _login: &LoginInfo) -> PgWireResult<Password> {
+        let salt: Vec<u8> = (0..16).map(|_| fastrand::u8(..)).collect();
+        let hash = gen_salted_password(&self.password, &salt, SCRAM_ITERATIONS);
+        Ok(Password::new(Some(salt), hash))
+    }
+}
+
+enum Startup {
+    Trust(Trust),
+    Scram(SASLAuthStartupHandler<Params>),
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match self {
+            Startup::Trust(t) => t.on_startup(client, message).await,
+            Startup::Scram(s) => s.on_startup(client, message).await,
+        }
+    }
+}
+
+/// What all connections share.
+struct Shared {
+    runner: Arc<Runner>,
+    startup: Arc<Startup>,
+    cancel: Arc<DefaultCancelHandler>,
+}
+
+/// One connection's handlers.
+struct Handlers {
+    shared: Arc<Shared>,
+    conn: Arc<Conn>,
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl pgwire::api::query::SimpleQueryHandler> {
+        self.conn.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl pgwire::api::query::ExtendedQueryHandler> {
+        self.conn.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        self.shared.startup.clone()
+    }
+
+    fn copy_handler(&self) -> Arc<impl pgwire::api::copy::CopyHandler> {
+        self.conn.clone()
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        self.shared.cancel.clone()
+    }
+}
+
+fn load_tls(cert: &Path, key: &Path) -> Result<pgwire::tokio::TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("read TLS certificates {}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("read TLS key {}: {e}", key.display()))?;
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("TLS: {e}"))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("TLS certificate and key {}: {e}", cert.display()))?;
+    Ok(pgwire::tokio::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A bound PostgreSQL listener, ready to serve.
+pub struct PgServer {
+    listener: TcpListener,
+    tls: Option<pgwire::tokio::TlsAcceptor>,
+}
+
+impl PgServer {
+    /// Binds the address and loads the TLS files, if any.
+    pub async fn bind(config: &crate::NodeConfig) -> Result<Option<PgServer>, String> {
+        let Some(addr) = config.pg_addr else {
+            return Ok(None);
+        };
+        let tls = match &config.pg_tls {
+            Some((cert, key)) => Some(load_tls(cert, key)?),
+            None => None,
+        };
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("listen for PostgreSQL clients on {addr}: {e}"))?;
+        Ok(Some(PgServer { listener, tls }))
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves connections until the task is dropped.
+    pub async fn serve(self, state: Arc<AppState>) {
+        let manager = Arc::new(ConnectionManager::new());
+        let params = Arc::new(Params::new());
+        let startup = match &state.config.pg_password {
+            None => Startup::Trust(Trust {
+                params: params.clone(),
+                manager: manager.clone(),
+                pids: RandomPidSecretKeyGenerator::default(),
+            }),
+            Some(p) => {
+                let mut scram = ScramAuth::new(Arc::new(PasswordSource {
+                    password: p.clone(),
+                }));
+                scram.set_iterations(SCRAM_ITERATIONS);
+                Startup::Scram(
+                    SASLAuthStartupHandler::new(params.clone())
+                        .with_scram(scram)
+                        .with_connection_manager(manager.clone()),
+                )
+            }
+        };
+        let shared = Arc::new(Shared {
+            runner: Arc::new(Runner { state }),
+            startup: Arc::new(startup),
+            cancel: Arc::new(DefaultCancelHandler::new(manager)),
+        });
+        loop {
+            let (socket, peer) = match self.listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept a PostgreSQL connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = socket.set_nodelay(true);
+            let handlers = Handlers {
+                shared: shared.clone(),
+                conn: Arc::new(Conn::new(shared.runner.clone())),
+            };
+            let tls = self.tls.clone();
+            tokio::spawn(async move {
+                if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
+                    tracing::debug!(%peer, error = %e, "PostgreSQL connection ended");
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! The pgwire handlers of one connection: simple and extended query protocol, COPY FROM STDIN,
+//! on top of the connection's [`Session`].
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::{stream, Sink, SinkExt};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{
+    CopyResponse, DataRowEncoder, DescribePortalResponse, DescribeStatementResponse, FieldInfo,
+    QueryResponse, Response, Tag,
+};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, Type};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
+use pgwire::messages::response::{CommandComplete, NoticeResponse};
+use pgwire::messages::PgWireBackendMessage;
+use scribe_pgsql::{Command, Kind};
+use tokio::sync::Mutex;
+
+use super::session::{savepoint_of, Outcome, Runner, Session};
+use super::sqlstate::PgError;
+use super::types;
+
+/// A parsed statement: the PostgreSQL text and what it became.
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    /// The command.
+    pub command: Arc<Command>,
+    /// Highest `$n` it uses.
+    pub params: usize,
+}
+
+/// Translates statements for the extended protocol.
+pub struct Parser;
+
+/// Parses one PostgreSQL statement (savepoint statements are the session's own).
+pub fn parse(sql: &str) -> Result<Parsed, PgError> {
+    let command = if savepoint_of(sql).is_some() {
+        Command::Sql {
+            sql: sql.trim().trim_end_matches(';').to_string(),
+            kind: Kind::Other {
+                tag: "SAVEPOINT".into(),
+            },
+        }
+    } else {
+        scribe_pgsql::translate(sql)?
+    };
+    Ok(Parsed {
+        command: Arc::new(command),
+        params: scribe_pgsql::param_count(sql),
+    })
+}
+
+#[async_trait]
+impl QueryParser for Parser {
+    type Statement = Parsed;
+
+    async fn parse_sql<C>(
+        &self,
+        _client: &C,
+        sql: &str,
+        _types: &[Option<Type>],
+    ) -> PgWireResult<Option<Parsed>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let p = parse(sql)?;
+        if matches!(*p.command, Command::Empty) {
+            return Ok(None);
+        }
+        Ok(Some(p))
+    }
+
+    fn get_parameter_types(&self, stmt: &Parsed) -> PgWireResult<Vec<Type>> {
+        Ok(vec![Type::TEXT; stmt.params])
+    }
+
+    fn get_result_schema(
+        &self,
+        _stmt: &Parsed,
+        _format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        Ok(Vec::new())
+    }
+}
+
+/// One connection.
+pub struct Conn {
+    pub runner: Arc<Runner>,
+    pub session: Mutex<Session>,
+    parser: Arc<Parser>,
+    /// A read run early to describe its portal, kept for the Execute that follows (keyed by the
+    /// portal instance: a portal bound again is a new instance).
+    prefetched: Mutex<Option<(usize, Outcome)>>,
+}
+
+impl Conn {
+    /// A new connection's handlers.
+    pub fn new(runner: Arc<Runner>) -> Conn {
+        Conn {
+            runner,
+            session: Mutex::new(Session::default()),
+            parser: Arc::new(Parser),
+            prefetched: Mutex::new(None),
+        }
+    }
+}
+
+async fn send_notices<C>(client: &mut C, s: &mut Session) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    for n in s.notices.drain(..) {
+        client
+            .feed(PgWireBackendMessage::NoticeResponse(NoticeResponse::from(
+                ErrorInfo::new("WARNING".into(), "01000".into(), n),
+            )))
+            .await?;
+    }
+    Ok(())
+}
+
+fn to_response(outcome: Outcome, format: &Format) -> Response {
+    match outcome {
+        Outcome::Rows { columns, rows, tag } => {
+            let types: Vec<Type> = columns.iter().map(|c| c.1.clone()).collect();
+            let fields = Arc::new(types::fields(&columns, format));
+            let mut encoder = DataRowEncoder::new(fields.clone());
+            let encoded: Vec<PgWireResult<_>> = rows
+                .iter()
+                .map(|r| types::encode_row(&mut encoder, &types, r))
+                .collect();
+            let mut q = QueryResponse::new(fields, stream::iter(encoded));
+            q.set_command_tag(&tag);
+            Response::Query(q)
+        }
+        Outcome::Done { tag, rows } => {
+            let (cmd, oid) = match tag.strip_suffix(" 0") {
+                Some(c) if rows.is_some() => (c.to_string(), Some(0)),
+                _ => (tag, None),
+            };
+            let mut t = Tag::new(&cmd);
+            if let Some(o) = oid {
+                t = t.with_oid(o);
+            }
+            if let Some(n) = rows {
+                t = t.with_rows(n);
+            }
+            Response::Execution(t)
+        }
+        Outcome::Begin => Response::TransactionStart(Tag::new("BEGIN")),
+        Outcome::End(tag) => Response::TransactionEnd(Tag::new(tag)),
+        Outcome::CopyIn { columns } => {
+            Response::CopyIn(CopyResponse::new(0, columns, stream::empty()))
+        }
+        Outcome::Empty => Response::EmptyQuery,
+    }
+}
+
+fn describe_fields(outcome: &Outcome, format: &Format) -> Vec<FieldInfo> {
+    match outcome {
+        Outcome::Rows { columns, .. } => types::fields(columns, format),
+        _ => Vec::new(),
+    }
+}
+
+fn err_response(e: PgError) -> Response {
+    Response::Error(Box::new(ErrorInfo::new(
+        "ERROR".into(),
+        e.sqlstate.into(),
+        e.message,
+    )))
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Conn {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let mut out = Vec::new();
+        let mut s = self.session.lock().await;
+        for stmt in scribe_pgsql::split(query) {
+            let result = match parse(&stmt) {
+                Ok(p) => self.runner.run(&mut s, &p.command, Vec::new()).await,
+                Err(e) => {
+                    self.runner.fail(&mut s);
+                    Err(e)
+                }
+            };
+            send_notices(client, &mut s).await?;
+            match result {
+                Ok(o) => {
+                    let copy = matches!(o, Outcome::CopyIn { .. });
+                    out.push(to_response(o, &Format::UnifiedText));
+                    if copy {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    out.push(err_response(e));
+                    break;
+                }
+            }
+        }
+        if out.is_empty() {
+            out.push(Response::EmptyQuery);
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Conn {
+    type Statement = Parsed;
+    type QueryParser = Parser;
+
+    fn query_parser(&self) -> Arc<Parser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Parsed>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let early = {
+            let mut p = self.prefetched.lock().await;
+            match p.take() {
+                Some((id, o)) if id == portal_id(portal) => Some(o),
+                _ => None,
+            }
+        };
+        let mut s = self.session.lock().await;
+        let result = match early {
+            Some(o) => Ok(o),
+            None => match types::decode_params(
+                &portal.parameters,
+                &portal.statement.parameter_types,
+                &portal.parameter_format,
+            ) {
+                Ok(params) => {
+                    self.runner
+                        .run(&mut s, &portal.statement.statement.command, params)
+                        .await
+                }
+                Err(e) => {
+                    self.runner.fail(&mut s);
+                    Err(e)
+                }
+            },
+        };
+        send_notices(client, &mut s).await?;
+        match result {
+            Ok(o) => Ok(to_response(o, &portal.result_column_format)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn do_describe_statement<C>(
+        &self,
+        _client: &mut C,
+        target: &StoredStatement<Parsed>,
+    ) -> PgWireResult<DescribeStatementResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let n = target.statement.params.max(target.parameter_types.len());
+        let params = (0..n)
+            .map(|i| {
+                target
+                    .parameter_types
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .unwrap_or(Type::TEXT)
+            })
+            .collect();
+        let fields = self.static_fields(&target.statement.command).await?;
+        Ok(DescribeStatementResponse::new(params, fields))
+    }
+
+    async fn do_describe_portal<C>(
+        &self,
+        _client: &mut C,
+        portal: &Portal<Parsed>,
+    ) -> PgWireResult<DescribePortalResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let command = &portal.statement.statement.command;
+        let is_read = matches!(
+            &**command,
+            Command::Sql {
+                kind: Kind::Read,
+                ..
+            } | Command::Show { .. }
+        );
+        if !is_read {
+            let fields = self.static_fields(command).await?;
+            return Ok(DescribePortalResponse::new(fields));
+        }
+        // Run the read now: its values give the types of computed columns; Execute sends them.
+        let params = types::decode_params(
+            &portal.parameters,
+            &portal.statement.parameter_types,
+            &portal.parameter_format,
+        )
+        .map_err(wire)?;
+        let mut s = self.session.lock().await;
+        let outcome = self
+            .runner
+            .run(&mut s, command, params)
+            .await
+            .map_err(wire)?;
+        let fields = describe_fields(&outcome, &portal.result_column_format);
+        *self.prefetched.lock().await = Some((portal_id(portal), outcome));
+        Ok(DescribePortalResponse::new(fields))
+    }
+}
+
+impl Conn {
+    /// Columns a statement returns, from declared types (computed columns are text), without
+    /// running it.
+    async fn static_fields(&self, command: &Command) -> PgWireResult<Vec<FieldInfo>> {
+        match command {
+            Command::Sql { sql, .. } if savepoint_of(sql).is_none() => {
+                let d = match self.runner.state.engine.describe(sql.clone()).await {
+                    Ok(d) => d,
+                    // Not describable here (a table created in this session's open transaction):
+                    // the answer will say.
+                    Err(_) => return Ok(Vec::new()),
+                };
+                let columns: Vec<(String, Type)> = d
+                    .columns
+                    .into_iter()
+                    .map(|(n, decl)| {
+                        let t = decl
+                            .as_deref()
+                            .and_then(types::from_decltype)
+                            .unwrap_or(Type::TEXT);
+                        (n, t)
+                    })
+                    .collect();
+                Ok(types::fields(&columns, &Format::UnifiedText))
+            }
+            Command::Show { name } => Ok(types::fields(
+                &[(name.clone(), Type::TEXT)],
+                &Format::UnifiedText,
+            )),
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl pgwire::api::copy::CopyHandler for Conn {
+    async fn on_copy_data<C>(&self, _client: &mut C, data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let mut s = self.session.lock().await;
+        self.runner.copy_data(&mut s, &data.data).map_err(wire)
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let mut s = self.session.lock().await;
+        let n = self.runner.copy_done(&mut s).await;
+        send_notices(client, &mut s).await?;
+        let n = n.map_err(wire)?;
+        client
+            .send(PgWireBackendMessage::CommandComplete(
+                CommandComplete::from(Tag::new("COPY").with_rows(n)),
+            ))
+            .await?;
+        Ok(())
+    }
+
+    async fn on_copy_fail<C>(&self, _client: &mut C, fail: CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let mut s = self.session.lock().await;
+        self.runner.copy_fail(&mut s);
+        PgError::new("57014", format!("COPY from stdin failed: {}", fail.message)).into()
+    }
+}
+
+/// A session error as pgwire's (outside the generic handlers, whose bounds make `From` ambiguous).
+fn wire(e: PgError) -> PgWireError {
+    e.into()
+}
+
+/// The identity of a bound portal instance.
+fn portal_id(portal: &Portal<Parsed>) -> usize {
+    std::sync::Arc::as_ptr(&portal.state) as *const () as usize
+}

@@ -1,0 +1,225 @@
+//! A replica's PostgreSQL sessions run their writes and transactions on the primary, over the
+//! primary's HTTP API (`/v1/execute`, `/v1/tx/...`, `/v1/query`); answers come back as the
+//! engine's types, errors with the primary's code mapped to SQLSTATE.
+
+use scribe_core::{CommitMode, Position};
+use scribe_sqlite::{Statement, StatementResult, Value};
+use serde::Deserialize;
+
+use super::sqlstate::{PgError, CONNECTION_FAILURE};
+use crate::api::FORWARDED_BY;
+
+/// Where the primary is and who asks.
+#[derive(Clone)]
+pub struct Primary {
+    /// The HTTP client.
+    pub http: reqwest::Client,
+    /// The primary's HTTP URL.
+    pub url: String,
+    /// This replica's name (sent as the forwarding header).
+    pub via: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorFields,
+}
+
+#[derive(Deserialize)]
+struct ErrorFields {
+    code: String,
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct ResultJson {
+    #[serde(default)]
+    rows_affected: u64,
+    #[serde(default)]
+    last_insert_id: i64,
+    #[serde(default)]
+    columns: Option<Vec<String>>,
+    #[serde(default)]
+    rows: Option<Vec<Vec<Value>>>,
+}
+
+impl From<ResultJson> for StatementResult {
+    fn from(r: ResultJson) -> StatementResult {
+        StatementResult {
+            rows_affected: r.rows_affected,
+            last_insert_id: r.last_insert_id,
+            columns: r.columns,
+            rows: r.rows,
+            decltypes: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ExecuteJson {
+    results: Vec<ResultJson>,
+    position: Position,
+}
+
+#[derive(Deserialize)]
+struct BeginJson {
+    tx: String,
+}
+
+#[derive(Deserialize)]
+struct QueryJson {
+    columns: Vec<String>,
+    rows: Vec<Vec<Value>>,
+}
+
+impl Primary {
+    async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+        writes: bool,
+    ) -> Result<T, PgError> {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header(FORWARDED_BY, self.via.as_str())
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() || !writes {
+                    PgError::new(CONNECTION_FAILURE, format!("could not reach the primary at {}: {e}", self.url))
+                } else {
+                    PgError::new("08007", format!("sent to the primary at {} but got no answer ({e}): the write may or may not have been committed", self.url))
+                }
+            })?;
+        let ok = r.status().is_success();
+        let bytes = r
+            .bytes()
+            .await
+            .map_err(|e| PgError::new("08007", format!("the primary's answer was lost: {e}")))?;
+        if ok {
+            serde_json::from_slice(&bytes).map_err(|e| {
+                PgError::new("XX000", format!("unexpected answer from the primary: {e}"))
+            })
+        } else {
+            let body: ErrorBody = serde_json::from_slice(&bytes).map_err(|e| {
+                PgError::new(
+                    "XX000",
+                    format!("unexpected error answer from the primary: {e}"),
+                )
+            })?;
+            Err(PgError::remote(&body.error.code, &body.error.message))
+        }
+    }
+
+    /// Runs `statements` as one transaction on the primary.
+    pub async fn execute(
+        &self,
+        statements: Vec<Statement>,
+        commit: Option<CommitMode>,
+    ) -> Result<(Vec<StatementResult>, Position), PgError> {
+        let mut body = serde_json::json!({ "statements": statements, "forward": false });
+        if let Some(c) = commit {
+            body["commit"] = serde_json::to_value(c).expect("a commit mode is JSON");
+        }
+        let r: ExecuteJson = self.post("/v1/execute", body, true).await?;
+        Ok((r.results.into_iter().map(Into::into).collect(), r.position))
+    }
+
+    /// Reads on the primary (a replica that could not catch up with the session in time).
+    pub async fn query(
+        &self,
+        statement: Statement,
+    ) -> Result<(Vec<String>, Vec<Vec<Value>>), PgError> {
+        let body = serde_json::json!({ "sql": statement.sql, "params": statement.params, "consistency": "strong", "forward": false });
+        let r: QueryJson = self.post("/v1/query", body, false).await?;
+        Ok((r.columns, r.rows))
+    }
+
+    /// Opens a transaction on the primary.
+    pub async fn begin(&self) -> Result<RemoteTxn, PgError> {
+        let r: BeginJson = self.post("/v1/tx", serde_json::json!({}), false).await?;
+        Ok(RemoteTxn {
+            primary: self.clone(),
+            id: r.tx,
+            open: true,
+        })
+    }
+}
+
+/// A transaction held on the primary. Dropping it while open rolls it back (in the background).
+pub struct RemoteTxn {
+    primary: Primary,
+    id: String,
+    open: bool,
+}
+
+impl RemoteTxn {
+    /// Runs one statement in it.
+    pub async fn execute(&mut self, statement: Statement) -> Result<StatementResult, PgError> {
+        let body = serde_json::json!({ "sql": statement.sql, "params": statement.params });
+        let r: ResultJson = self
+            .primary
+            .post(&format!("/v1/tx/{}/execute", self.id), body, true)
+            .await?;
+        Ok(r.into())
+    }
+
+    /// A savepoint operation (`create`, `release`, `rollback_to`).
+    pub async fn savepoint(&mut self, op: &str, name: &str) -> Result<(), PgError> {
+        let body = serde_json::json!({ "op": op, "name": name });
+        let _: serde_json::Value = self
+            .primary
+            .post(&format!("/v1/tx/{}/savepoint", self.id), body, true)
+            .await?;
+        Ok(())
+    }
+
+    /// Commits it; answers its position.
+    pub async fn commit(mut self, commit: Option<CommitMode>) -> Result<Position, PgError> {
+        self.open = false;
+        let mut body = serde_json::json!({});
+        if let Some(c) = commit {
+            body["commit"] = serde_json::to_value(c).expect("a commit mode is JSON");
+        }
+        let r: ExecuteJson = self
+            .primary
+            .post(&format!("/v1/tx/{}/commit", self.id), body, true)
+            .await?;
+        Ok(r.position)
+    }
+
+    /// Rolls it back.
+    pub async fn rollback(mut self) {
+        self.open = false;
+        let _: Result<serde_json::Value, _> = self
+            .primary
+            .post(
+                &format!("/v1/tx/{}/rollback", self.id),
+                serde_json::json!({}),
+                false,
+            )
+            .await;
+    }
+}
+
+impl Drop for RemoteTxn {
+    fn drop(&mut self) {
+        if self.open {
+            let primary = self.primary.clone();
+            let id = std::mem::take(&mut self.id);
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _: Result<serde_json::Value, _> = primary
+                        .post(
+                            &format!("/v1/tx/{id}/rollback"),
+                            serde_json::json!({}),
+                            false,
+                        )
+                        .await;
+                });
+            }
+        }
+    }
+}

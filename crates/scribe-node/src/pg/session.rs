@@ -1,0 +1,725 @@
+//! One PostgreSQL connection's session: its transaction (reads before the first write go to the
+//! read pool, like READ COMMITTED; the first write leases the writer, or on a replica opens the
+//! transaction on the primary), its settings (`scribe.commit`, `SET LOCAL` inside a transaction),
+//! its position token (a replica's reads wait for the session's own writes), and COPY in progress.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgwire::api::Type;
+use scribe_core::{CommitMode, Position};
+use scribe_pgsql::{Command, CopyIn, Kind};
+use scribe_sqlite::{SavepointOp, Statement, StatementResult, Transaction, Value};
+
+use super::remote::{Primary, RemoteTxn};
+use super::sqlstate::{PgError, FEATURE_NOT_SUPPORTED, INVALID_PARAMETER_VALUE, INVALID_SAVEPOINT};
+use super::types;
+use crate::api::{wait_applied, wait_durability, AppState};
+use crate::replication::Role;
+use crate::ApiError;
+
+/// How long a replica waits to apply the session's last write before it reads on the primary.
+const SESSION_WAIT: Duration = Duration::from_secs(5);
+
+/// What a statement answers.
+pub enum Outcome {
+    /// Rows, with column names and types, and the command tag before the row count.
+    Rows {
+        columns: Vec<(String, Type)>,
+        rows: Vec<Vec<Value>>,
+        tag: String,
+    },
+    /// A command tag, with the rows affected when the command counts them.
+    Done { tag: String, rows: Option<usize> },
+    /// `BEGIN`.
+    Begin,
+    /// The end of a transaction block, with its tag (`COMMIT` or `ROLLBACK`).
+    End(&'static str),
+    /// COPY FROM STDIN started: the client now sends data for this many columns.
+    CopyIn { columns: usize },
+    /// Nothing to run.
+    Empty,
+}
+
+/// A transaction block's writer side: held locally on a primary, on the primary from a replica.
+enum Lease {
+    Local(Transaction),
+    Remote(RemoteTxn),
+}
+
+#[derive(Default)]
+struct TxnState {
+    lease: Option<Lease>,
+    aborted: bool,
+    local_commit: Option<CommitMode>,
+}
+
+/// The state of one connection.
+#[derive(Default)]
+pub struct Session {
+    txn: Option<TxnState>,
+    settings: BTreeMap<String, String>,
+    commit: Option<CommitMode>,
+    token: Option<Position>,
+    copy: Option<(CopyIn, Vec<u8>)>,
+    /// A statement was running when its future was dropped (a cancel request): its transaction
+    /// can no longer be trusted.
+    busy: bool,
+    /// Warnings to send before the next answer.
+    pub notices: Vec<String>,
+}
+
+fn mode_name(m: CommitMode) -> String {
+    m.to_string()
+}
+
+fn parse_commit(value: &str) -> Result<CommitMode, PgError> {
+    value.parse::<CommitMode>().map_err(|_| {
+        PgError::new(
+            INVALID_PARAMETER_VALUE,
+            format!("invalid value for parameter \"scribe.commit\": \"{value}\" (expected async, semi-sync or sync)"),
+        )
+    })
+}
+
+/// `synchronous_commit` as PostgreSQL users set it, in Scribe's modes.
+fn from_synchronous_commit(value: &str) -> Result<CommitMode, PgError> {
+    match value.to_ascii_lowercase().as_str() {
+        "off" | "local" | "false" | "0" => Ok(CommitMode::Async),
+        "on" | "remote_write" | "true" | "1" => Ok(CommitMode::SemiSync),
+        "remote_apply" => Ok(CommitMode::Sync),
+        other => Err(PgError::new(
+            INVALID_PARAMETER_VALUE,
+            format!("invalid value for parameter \"synchronous_commit\": \"{other}\""),
+        )),
+    }
+}
+
+/// The outcome of a statement's result, by what kind of statement it was.
+pub fn outcome(kind: &Kind, r: StatementResult) -> Outcome {
+    let tag = match kind {
+        Kind::Read => "SELECT".to_string(),
+        Kind::Insert => "INSERT 0".to_string(),
+        Kind::Update => "UPDATE".to_string(),
+        Kind::Delete => "DELETE".to_string(),
+        Kind::Ddl { tag } | Kind::Other { tag } => tag.clone(),
+    };
+    if let (Some(names), Some(rows)) = (r.columns, r.rows) {
+        let decl = r.decltypes.unwrap_or_default();
+        let columns = names
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let d = decl.get(i).cloned().flatten();
+                let t = types::column_type(d.as_deref(), rows.iter().filter_map(|r| r.get(i)));
+                (n, t)
+            })
+            .collect();
+        return Outcome::Rows { columns, rows, tag };
+    }
+    let rows = match kind {
+        Kind::Insert | Kind::Update | Kind::Delete => Some(r.rows_affected as usize),
+        _ => None,
+    };
+    Outcome::Done { tag, rows }
+}
+
+/// Runs sessions' statements against this node.
+pub struct Runner {
+    pub state: Arc<AppState>,
+}
+
+impl Runner {
+    fn primary(&self) -> Result<Option<Primary>, PgError> {
+        match &self.state.role {
+            Role::Primary(_) => Ok(None),
+            Role::Replica(f) => match f.primary() {
+                Some((_, url)) => Ok(Some(Primary {
+                    http: self.state.http.clone(),
+                    url,
+                    via: self.state.identity.name.clone(),
+                })),
+                None => Err(PgError::new(
+                    "57P03",
+                    format!("{} is a replica that has not reached its primary yet; writes cannot be sent", self.state.identity.name),
+                )),
+            },
+        }
+    }
+
+    fn effective_commit(&self, s: &Session, local: Option<CommitMode>) -> CommitMode {
+        local.or(s.commit).unwrap_or(self.state.config.commit)
+    }
+
+    /// Waits for the durability asked; a sync wait that times out becomes a warning, as in
+    /// PostgreSQL (the transaction is committed, it cannot be taken back).
+    async fn durability(
+        &self,
+        s: &mut Session,
+        mode: CommitMode,
+        committed: &scribe_sqlite::Committed,
+    ) -> Result<(), PgError> {
+        let Role::Primary(registry) = &self.state.role else {
+            return Ok(());
+        };
+        match wait_durability(&self.state, registry, mode, committed).await {
+            Ok(_) => Ok(()),
+            Err(e @ ApiError::SyncTimeout { .. }) => {
+                s.notices.push(e.message());
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Runs one command with its parameters.
+    pub async fn run(
+        &self,
+        s: &mut Session,
+        cmd: &Command,
+        params: Vec<Value>,
+    ) -> Result<Outcome, PgError> {
+        if s.busy {
+            // The last statement was cancelled mid-flight: its transaction is rolled back.
+            s.busy = false;
+            if let Some(t) = &mut s.txn {
+                t.lease = None;
+                t.aborted = true;
+            }
+        }
+        s.busy = true;
+        let r = match cmd {
+            Command::Sql { sql, .. } => match self.rollback_to(s, sql).await {
+                Some(r) => r,
+                None => self.dispatch(s, cmd, params).await,
+            },
+            _ => self.dispatch(s, cmd, params).await,
+        };
+        s.busy = false;
+        if r.is_err() {
+            if let Some(t) = &mut s.txn {
+                t.aborted = true;
+            }
+        }
+        r
+    }
+
+    async fn dispatch(
+        &self,
+        s: &mut Session,
+        cmd: &Command,
+        params: Vec<Value>,
+    ) -> Result<Outcome, PgError> {
+        let in_failed = s.txn.as_ref().is_some_and(|t| t.aborted);
+        match cmd {
+            Command::Rollback => return Ok(self.rollback(s).await),
+            Command::Commit => return self.commit(s).await,
+            _ if in_failed => return Err(PgError::aborted()),
+            _ => {}
+        }
+        match cmd {
+            Command::Empty => Ok(Outcome::Empty),
+            Command::Begin => {
+                if s.txn.is_some() {
+                    s.notices
+                        .push("there is already a transaction in progress".into());
+                } else {
+                    s.txn = Some(TxnState::default());
+                }
+                Ok(Outcome::Begin)
+            }
+            Command::Commit | Command::Rollback => unreachable!("handled above"),
+            Command::Set { name, value, local } => self.set(s, name, value.as_deref(), *local),
+            Command::Reset { name } => {
+                match name.as_deref() {
+                    None => {
+                        s.settings.clear();
+                        s.commit = None;
+                    }
+                    Some(n)
+                        if n.eq_ignore_ascii_case("scribe.commit")
+                            || n.eq_ignore_ascii_case("synchronous_commit") =>
+                    {
+                        s.commit = None
+                    }
+                    Some(n) => {
+                        s.settings.remove(&n.to_ascii_lowercase());
+                    }
+                }
+                Ok(Outcome::Done {
+                    tag: "RESET".into(),
+                    rows: None,
+                })
+            }
+            Command::Show { name } => Ok(self.show(s, name)),
+            Command::Noop { tag } => Ok(Outcome::Done {
+                tag: tag.clone(),
+                rows: None,
+            }),
+            Command::CopyIn(copy) => {
+                let columns = match &copy.columns {
+                    Some(c) => c.len(),
+                    None => self.table_columns(&copy.table).await?.len(),
+                };
+                s.copy = Some((copy.clone(), Vec::new()));
+                Ok(Outcome::CopyIn { columns })
+            }
+            Command::Multi { sqls, tag } => {
+                let statements = sqls.iter().map(|q| Statement::new(q.clone())).collect();
+                self.write(s, statements).await?;
+                Ok(Outcome::Done {
+                    tag: tag.clone(),
+                    rows: None,
+                })
+            }
+            Command::Sql { sql, kind } => {
+                if let Some(sp) = savepoint_of(sql) {
+                    return self.savepoint(s, sp).await;
+                }
+                let st = Statement::with_params(sql.clone(), params);
+                let leased = s.txn.as_ref().is_some_and(|t| t.lease.is_some());
+                if matches!(kind, Kind::Read) && !leased {
+                    match self.read(s, st.clone()).await {
+                        Err(e) if e.sqlstate == "25006" => {}
+                        other => return other.map(|r| outcome(kind, r)),
+                    }
+                }
+                let mut results = self.write(s, vec![st]).await?;
+                Ok(outcome(kind, results.pop().unwrap_or_default()))
+            }
+        }
+    }
+
+    fn set(
+        &self,
+        s: &mut Session,
+        name: &str,
+        value: Option<&str>,
+        local: bool,
+    ) -> Result<Outcome, PgError> {
+        let key = name.to_ascii_lowercase();
+        let mode = match (key.as_str(), value) {
+            ("scribe.commit", Some(v)) => Some(Some(parse_commit(v)?)),
+            ("synchronous_commit", Some(v)) => Some(Some(from_synchronous_commit(v)?)),
+            ("scribe.commit" | "synchronous_commit", None) => Some(None),
+            _ => None,
+        };
+        match mode {
+            Some(m) => match (&mut s.txn, local) {
+                (Some(t), true) => t.local_commit = m,
+                (None, true) => s
+                    .notices
+                    .push("SET LOCAL can only be used in transaction blocks".into()),
+                (_, false) => s.commit = m,
+            },
+            None => match value {
+                Some(v) => {
+                    s.settings.insert(key, v.to_string());
+                }
+                None => {
+                    s.settings.remove(&key);
+                }
+            },
+        }
+        Ok(Outcome::Done {
+            tag: "SET".into(),
+            rows: None,
+        })
+    }
+
+    fn show(&self, s: &Session, name: &str) -> Outcome {
+        let key = name.to_ascii_lowercase();
+        let local = s.txn.as_ref().and_then(|t| t.local_commit);
+        let commit = mode_name(self.effective_commit(s, local));
+        let defaults: Vec<(&str, String)> = vec![
+            ("scribe.commit", commit.clone()),
+            ("server_version", scribe_pgsql::SERVER_VERSION.to_string()),
+            ("server_encoding", "UTF8".into()),
+            ("client_encoding", "UTF8".into()),
+            ("datestyle", "ISO, MDY".into()),
+            ("timezone", "UTC".into()),
+            ("standard_conforming_strings", "on".into()),
+            ("transaction_isolation", "read committed".into()),
+            ("default_transaction_isolation", "read committed".into()),
+            ("integer_datetimes", "on".into()),
+            ("max_identifier_length", "63".into()),
+            ("search_path", "public".into()),
+        ];
+        let value_of = |k: &str| -> String {
+            if let Some(v) = s.settings.get(k) {
+                return v.clone();
+            }
+            if k == "synchronous_commit" {
+                return match self.effective_commit(s, local) {
+                    CommitMode::Async => "local".into(),
+                    CommitMode::SemiSync => "remote_write".into(),
+                    CommitMode::Sync => "remote_apply".into(),
+                };
+            }
+            defaults
+                .iter()
+                .find(|(d, _)| *d == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        if key == "all" {
+            let mut names: Vec<String> = defaults.iter().map(|(k, _)| k.to_string()).collect();
+            names.extend(s.settings.keys().cloned());
+            names.sort();
+            names.dedup();
+            let rows = names
+                .into_iter()
+                .map(|n| {
+                    let v = value_of(&n);
+                    vec![Value::Text(n), Value::Text(v), Value::Text(String::new())]
+                })
+                .collect();
+            return Outcome::Rows {
+                columns: vec![
+                    ("name".into(), Type::TEXT),
+                    ("setting".into(), Type::TEXT),
+                    ("description".into(), Type::TEXT),
+                ],
+                rows,
+                tag: "SHOW".into(),
+            };
+        }
+        Outcome::Rows {
+            columns: vec![(name.to_string(), Type::TEXT)],
+            rows: vec![vec![Value::Text(value_of(&key))]],
+            tag: "SHOW".into(),
+        }
+    }
+
+    /// A read outside the transaction's writer: this node's read pool; on a replica after the
+    /// session's last write is applied here (else on the primary).
+    async fn read(&self, s: &mut Session, st: Statement) -> Result<StatementResult, PgError> {
+        if let (Role::Replica(_), Some(token)) = (&self.state.role, s.token) {
+            if wait_applied(&self.state.engine, token, SESSION_WAIT)
+                .await
+                .is_err()
+            {
+                let primary = self.primary()?.expect("a replica");
+                let (columns, rows) = primary.query(st).await?;
+                return Ok(StatementResult {
+                    columns: Some(columns),
+                    rows: Some(rows),
+                    ..Default::default()
+                });
+            }
+        }
+        let r = self.state.engine.query(st).await?;
+        Ok(StatementResult {
+            columns: Some(r.rows.columns),
+            rows: Some(r.rows.rows),
+            decltypes: Some(r.rows.decltypes),
+            ..Default::default()
+        })
+    }
+
+    /// Writes: inside a transaction block through its lease (opened on first use), otherwise as
+    /// one transaction of their own, committed in the session's commit mode.
+    async fn write(
+        &self,
+        s: &mut Session,
+        statements: Vec<Statement>,
+    ) -> Result<Vec<StatementResult>, PgError> {
+        if s.txn.is_some() {
+            self.ensure_lease(s).await?;
+            let lease = s
+                .txn
+                .as_mut()
+                .and_then(|t| t.lease.as_mut())
+                .expect("leased above");
+            let mut out = Vec::with_capacity(statements.len());
+            for st in statements {
+                out.push(match lease {
+                    Lease::Local(t) => t.execute(st).await?,
+                    Lease::Remote(t) => t.execute(st).await?,
+                });
+            }
+            return Ok(out);
+        }
+        let mode = self.effective_commit(s, None);
+        match self.primary()? {
+            None => {
+                let committed = self.state.engine.execute(statements).await?;
+                self.durability(s, mode, &committed).await?;
+                if committed.logged {
+                    s.token = Some(committed.position);
+                }
+                Ok(committed.results)
+            }
+            Some(primary) => {
+                let (results, position) = primary.execute(statements, Some(mode)).await?;
+                s.token = Some(s.token.map_or(position, |t| t.max(position)));
+                Ok(results)
+            }
+        }
+    }
+
+    async fn ensure_lease(&self, s: &mut Session) -> Result<(), PgError> {
+        if s.txn.as_ref().is_some_and(|t| t.lease.is_some()) {
+            return Ok(());
+        }
+        let lease = match self.primary()? {
+            None => Lease::Local(
+                self.state
+                    .engine
+                    .begin(self.state.config.txn_idle_timeout)
+                    .await?,
+            ),
+            Some(p) => Lease::Remote(p.begin().await?),
+        };
+        if let Some(t) = &mut s.txn {
+            t.lease = Some(lease);
+        }
+        Ok(())
+    }
+
+    async fn savepoint(
+        &self,
+        s: &mut Session,
+        (op, name): (SavepointOp, String),
+    ) -> Result<Outcome, PgError> {
+        if s.txn.is_none() {
+            return Err(PgError::new(
+                "25P01",
+                format!("{} can only be used in transaction blocks", op_sql(op)),
+            ));
+        }
+        self.ensure_lease(s).await?;
+        let lease = s
+            .txn
+            .as_mut()
+            .and_then(|t| t.lease.as_mut())
+            .expect("leased above");
+        let r = match lease {
+            Lease::Local(t) => t.savepoint(op, &name).await.map_err(PgError::from),
+            Lease::Remote(t) => {
+                let op = match op {
+                    SavepointOp::Create => "create",
+                    SavepointOp::Release => "release",
+                    SavepointOp::RollbackTo => "rollback_to",
+                };
+                t.savepoint(op, &name).await
+            }
+        };
+        r.map_err(|e| {
+            if e.message.contains("does not exist") {
+                PgError::new(INVALID_SAVEPOINT, e.message)
+            } else {
+                e
+            }
+        })?;
+        let tag = match op {
+            SavepointOp::Create => "SAVEPOINT",
+            SavepointOp::Release => "RELEASE",
+            SavepointOp::RollbackTo => "ROLLBACK",
+        };
+        Ok(Outcome::Done {
+            tag: tag.into(),
+            rows: None,
+        })
+    }
+
+    /// `ROLLBACK TO SAVEPOINT` inside a failed transaction is allowed: it recovers the transaction.
+    pub async fn rollback_to(
+        &self,
+        s: &mut Session,
+        sql: &str,
+    ) -> Option<Result<Outcome, PgError>> {
+        let (op, name) = savepoint_of(sql)?;
+        if op != SavepointOp::RollbackTo {
+            return None;
+        }
+        let t = s.txn.as_mut()?;
+        if t.lease.is_none() && t.aborted {
+            // The failure was before any write: nothing to undo.
+            t.aborted = false;
+            return Some(Ok(Outcome::Done {
+                tag: "ROLLBACK".into(),
+                rows: None,
+            }));
+        }
+        let r = self.savepoint(s, (op, name)).await;
+        if r.is_ok() {
+            if let Some(t) = &mut s.txn {
+                t.aborted = false;
+            }
+        }
+        Some(r)
+    }
+
+    async fn rollback(&self, s: &mut Session) -> Outcome {
+        match s.txn.take() {
+            None => s.notices.push("there is no transaction in progress".into()),
+            Some(t) => match t.lease {
+                Some(Lease::Local(l)) => l.rollback().await,
+                Some(Lease::Remote(r)) => r.rollback().await,
+                None => {}
+            },
+        }
+        Outcome::End("ROLLBACK")
+    }
+
+    async fn commit(&self, s: &mut Session) -> Result<Outcome, PgError> {
+        let Some(t) = s.txn.take() else {
+            s.notices.push("there is no transaction in progress".into());
+            return Ok(Outcome::End("COMMIT"));
+        };
+        if t.aborted {
+            drop(t.lease);
+            return Ok(Outcome::End("ROLLBACK"));
+        }
+        let mode = self.effective_commit(s, t.local_commit);
+        match t.lease {
+            None => {}
+            Some(Lease::Local(l)) => {
+                let committed = l.commit().await?;
+                self.durability(s, mode, &committed).await?;
+                if committed.logged {
+                    s.token = Some(committed.position);
+                }
+            }
+            Some(Lease::Remote(r)) => {
+                let position = r.commit(Some(mode)).await?;
+                s.token = Some(s.token.map_or(position, |t| t.max(position)));
+            }
+        }
+        Ok(Outcome::End("COMMIT"))
+    }
+
+    /// The column names of a table, in order.
+    async fn table_columns(&self, table: &str) -> Result<Vec<String>, PgError> {
+        let d = self
+            .state
+            .engine
+            .describe(format!("SELECT * FROM \"{}\"", table.replace('"', "\"\"")))
+            .await?;
+        Ok(d.columns.into_iter().map(|(n, _)| n).collect())
+    }
+
+    /// Receives COPY data.
+    pub fn copy_data(&self, s: &mut Session, data: &[u8]) -> Result<(), PgError> {
+        match &mut s.copy {
+            Some((_, buf)) => {
+                if buf.len() + data.len() > (1 << 30) {
+                    s.copy = None;
+                    return Err(PgError::new(
+                        "54000",
+                        "COPY data larger than 1 GiB: load it in parts",
+                    ));
+                }
+                buf.extend_from_slice(data);
+                Ok(())
+            }
+            None => Err(PgError::new("08P01", "COPY data without COPY FROM STDIN")),
+        }
+    }
+
+    /// Loads the COPY data received, as one transaction (or inside the session's), and answers
+    /// how many rows.
+    pub async fn copy_done(&self, s: &mut Session) -> Result<usize, PgError> {
+        let Some((copy, data)) = s.copy.take() else {
+            return Err(PgError::new("08P01", "COPY done without COPY FROM STDIN"));
+        };
+        let r = self.load(s, &copy, &data).await;
+        if r.is_err() {
+            if let Some(t) = &mut s.txn {
+                t.aborted = true;
+            }
+        }
+        r
+    }
+
+    async fn load(&self, s: &mut Session, copy: &CopyIn, data: &[u8]) -> Result<usize, PgError> {
+        let rows = scribe_pgsql::parse_copy_rows(copy, data)?;
+        let columns = match &copy.columns {
+            Some(c) => c.clone(),
+            None => self.table_columns(&copy.table).await?,
+        };
+        let sql = scribe_pgsql::copy_insert_sql(&copy.table, &columns);
+        let n = rows.len();
+        let statements: Vec<Statement> = rows
+            .into_iter()
+            .map(|r| {
+                Statement::with_params(
+                    sql.clone(),
+                    r.into_iter()
+                        .map(|v| v.map_or(Value::Null, Value::Text))
+                        .collect(),
+                )
+            })
+            .collect();
+        if statements.is_empty() {
+            return Ok(0);
+        }
+        self.write(s, statements).await?;
+        Ok(n)
+    }
+
+    /// Abandons a COPY the client failed.
+    pub fn copy_fail(&self, s: &mut Session) {
+        s.copy = None;
+        if let Some(t) = &mut s.txn {
+            t.aborted = true;
+        }
+    }
+
+    /// Marks the session's transaction failed (a statement that could not even be parsed).
+    pub fn fail(&self, s: &mut Session) {
+        if let Some(t) = &mut s.txn {
+            t.aborted = true;
+        }
+    }
+
+    /// Whether the session is inside a transaction block.
+    pub fn in_transaction(s: &Session) -> bool {
+        s.txn.is_some()
+    }
+}
+
+fn op_sql(op: SavepointOp) -> &'static str {
+    match op {
+        SavepointOp::Create => "SAVEPOINT",
+        SavepointOp::Release => "RELEASE SAVEPOINT",
+        SavepointOp::RollbackTo => "ROLLBACK TO SAVEPOINT",
+    }
+}
+
+/// `SAVEPOINT x`, `RELEASE [SAVEPOINT] x`, `ROLLBACK [WORK|TRANSACTION] TO [SAVEPOINT] x`.
+pub fn savepoint_of(sql: &str) -> Option<(SavepointOp, String)> {
+    let words: Vec<String> = sql
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .map(|w| w.to_ascii_uppercase())
+        .collect();
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    let name = |i: usize| -> Option<String> {
+        let raw = sql.trim().trim_end_matches(';').split_whitespace().nth(i)?;
+        Some(raw.trim_matches('"').to_string())
+    };
+    match w.as_slice() {
+        ["SAVEPOINT", _] => Some((SavepointOp::Create, name(1)?)),
+        ["RELEASE", "SAVEPOINT", _] => Some((SavepointOp::Release, name(2)?)),
+        ["RELEASE", _] => Some((SavepointOp::Release, name(1)?)),
+        ["ROLLBACK", "TO", "SAVEPOINT", _] => Some((SavepointOp::RollbackTo, name(3)?)),
+        ["ROLLBACK", "TO", _] => Some((SavepointOp::RollbackTo, name(2)?)),
+        ["ROLLBACK", "WORK" | "TRANSACTION", "TO", "SAVEPOINT", _] => {
+            Some((SavepointOp::RollbackTo, name(4)?))
+        }
+        ["ROLLBACK", "WORK" | "TRANSACTION", "TO", _] => Some((SavepointOp::RollbackTo, name(3)?)),
+        _ => None,
+    }
+}
+
+/// Refuses what the session layer cannot do.
+pub fn unsupported(what: &str) -> PgError {
+    PgError::new(
+        FEATURE_NOT_SUPPORTED,
+        format!("{what} is not supported by Scribe"),
+    )
+}

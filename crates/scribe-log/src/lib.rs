@@ -7,10 +7,16 @@
 //! (a torn tail is cut, corruption anywhere else stops start-up) and deleting old segments. It
 //! knows nothing of what a record's payload means: that is `scribe-sqlite`'s business.
 //!
+//! The active segment is zero-filled ahead of its records (up to 1 MiB at a time), so that the
+//! fsync of each batch writes only the batch's data, not also the file's grown size. A segment
+//! file's length is therefore not where its records end: zeros after the last record are padding,
+//! which recovery and readers skip; closed segments hold none. Read segment files through this
+//! crate ([`segment::scan`], [`LogReader`]), never by their length.
+//!
 //! Modules:
 //! - [`record`]: the record and its checksummed, versioned frame.
-//! - [`segment`]: segment file names, headers, and scanning a segment's frames.
-//! - [`log`]: the [`Log`] itself: recovery, append, sync, rotation, deletion.
+//! - [`segment`]: segment file names, headers, and scanning a segment's frames and padding.
+//! - [`log`]: the [`Log`] itself: recovery, append, preallocation, sync, rotation, deletion.
 //! - [`reader`]: iterating durable records from an LSN.
 //! - [`error`]: [`LogError`], split into "this append failed" and "this log must stop".
 

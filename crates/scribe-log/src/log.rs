@@ -4,6 +4,25 @@
 //! [`Log::sync`], which writes the batch with one `pwrite` and makes it durable with one
 //! `fdatasync`. Only then may the caller make the batch visible anywhere else.
 //!
+//! ## Preallocation
+//!
+//! `fdatasync` after a write that grows a file must also write the inode (its size changed): two
+//! disk writes per commit. So the active segment is zero-filled ahead of the records, in chunks
+//! of [`PREALLOCATE_BYTES`] (never past the segment size unless a batch needs it), and the chunk
+//! made durable with one `fsync` before the first batch lands in it; a batch then overwrites
+//! zeros inside the file and its `fdatasync` writes the data alone. Real zeros are written: a
+//! sparse hole (`set_len`) or an unwritten extent (`fallocate`) would still change metadata on
+//! the first write into it.
+//!
+//! The log keeps each segment's *logical* size (header and records, what
+//! [`Log::segment_sizes`] reports) apart from the active file's length; the bytes between are
+//! zeros, always: a failed write is cut back to the logical end, padding included, so no
+//! remains of a refused batch can lie past it. If the zero-fill fails (a full disk), the padding
+//! is cut and the batch written as it would be without preallocation, growing the file, so a
+//! batch that fits is not refused for want of a whole chunk. At rotation, and when the log is
+//! dropped, the padding is cut (`ftruncate` and `fsync`), so closed segments end at their last
+//! record.
+//!
 //! ## Recovery
 //!
 //! At open every segment is read and every frame checked (checksum, version, LSNs contiguous,
@@ -20,10 +39,16 @@
 //! Damage inside the very last batch looks exactly like a torn write and is cut too; that batch
 //! is the only one that can be lost this way.
 //!
+//! Zeros from the last valid frame to the end of a segment are padding, not a torn tail: in the
+//! last segment they stay (the next batch overwrites them) and nothing is reported; in an earlier
+//! one (a crash while a rotation was cutting them) they are cut. A torn write into the padding
+//! leaves bytes that are not all zero, and is cut as above, padding and all.
+//!
 //! ## Invariants
 //!
 //! `first_lsn <= durable.lsn + 1`, `durable <= last`, and the bytes of the records in
-//! `(durable, last]` are exactly `buf`.
+//! `(durable, last]` are exactly `buf`. The active segment's logical size is at most
+//! `allocated`, and every byte of its file past the logical size is zero.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -36,6 +61,10 @@ use crate::reader::LogReader;
 use crate::record::Record;
 use crate::segment::{self, SEGMENT_HEADER};
 use crate::LogError;
+
+/// Bytes of zeros the active segment is extended by at a time, ahead of the records (or fewer, to
+/// stay within the segment size; more when one batch needs more).
+pub const PREALLOCATE_BYTES: u64 = 1 << 20;
 
 /// How the log is laid out.
 #[derive(Debug, Clone)]
@@ -86,6 +115,8 @@ pub struct Log {
     /// Every segment, sorted by first LSN, with its durable size in bytes; the last is active.
     segments: Vec<(Lsn, PathBuf, u64)>,
     active: File,
+    /// Length of the active segment's file: its durable size and then zeros (padding).
+    allocated: u64,
     buf: Vec<u8>,
     buf_records: u64,
     batch_first: Lsn,
@@ -107,6 +138,7 @@ impl Log {
                 opts,
                 segments: vec![(Lsn(1), path, SEGMENT_HEADER as u64)],
                 active,
+                allocated: SEGMENT_HEADER as u64,
                 buf: Vec::new(),
                 buf_records: 0,
                 batch_first: Lsn(1),
@@ -164,6 +196,16 @@ impl Log {
                 }
             }
             let mut size = bytes.len() as u64;
+            if scan.padding > 0 {
+                size = scan.valid_len;
+                if i + 1 < count {
+                    // Left by a crash between cutting a full segment's padding and starting the
+                    // next one; the next segment's first LSN (checked below) shows nothing is
+                    // missing.
+                    cut_to(&path, size, "cut the padding of")?;
+                    tracing::info!(segment = %path.display(), bytes = scan.padding, "cut the padding of a closed log segment");
+                }
+            }
             if let Some((offset, reason)) = scan.bad {
                 if i + 1 < count {
                     return Err(corrupt(offset, reason));
@@ -182,23 +224,7 @@ impl Log {
                         ),
                     ));
                 }
-                let file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| {
-                        LogError::io(
-                            format!("open log segment {} to cut its torn tail", path.display()),
-                            e,
-                        )
-                    })?;
-                file.set_len(offset)
-                    .and_then(|_| file.sync_all())
-                    .map_err(|e| {
-                        LogError::io(
-                            format!("cut torn tail of log segment {}", path.display()),
-                            e,
-                        )
-                    })?;
+                cut_to(&path, offset, "cut the torn tail of")?;
                 tracing::warn!(segment = %path.display(), offset, bytes = size - offset, %reason, "cut torn tail of the change log");
                 torn = Some((path.clone(), offset, size - offset));
                 size = offset;
@@ -217,6 +243,10 @@ impl Log {
             .write(true)
             .open(active_path)
             .map_err(|e| LogError::io(format!("open log segment {}", active_path.display()), e))?;
+        let allocated = active
+            .metadata()
+            .map_err(|e| LogError::io(format!("stat log segment {}", active_path.display()), e))?
+            .len();
         let first_lsn = segments[0].0;
         let recovery = Recovery {
             first_lsn,
@@ -230,6 +260,7 @@ impl Log {
             opts,
             segments,
             active,
+            allocated,
             buf: Vec::new(),
             buf_records: 0,
             batch_first: last.lsn.next(),
@@ -260,12 +291,14 @@ impl Log {
         self.segments.first().map_or(self.last.lsn.next(), |s| s.0)
     }
 
-    /// Bytes of all segments on disk.
+    /// Bytes of all segments' headers and records; the active segment's padding (at most
+    /// [`PREALLOCATE_BYTES`]) is not counted.
     pub fn size_bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.2).sum()
     }
 
-    /// Each segment's first LSN and size in bytes, oldest first; the last is the active one.
+    /// Each segment's first LSN and size in bytes (headers and records, not padding), oldest
+    /// first; the last is the active one.
     pub fn segment_sizes(&self) -> Vec<(Lsn, u64)> {
         self.segments.iter().map(|(l, _, n)| (*l, *n)).collect()
     }
@@ -341,7 +374,8 @@ impl Log {
     /// Writes the batch with one write and makes it durable with one fsync.
     ///
     /// A failed write (a full disk, say) removes what it wrote and drops the batch: the log is as
-    /// before and usable. A failed fsync poisons the log: it refuses every further append.
+    /// before and usable. A failed fsync poisons the log: it refuses every further append. So
+    /// does a failed write whose remains cannot be cut off again.
     pub fn sync(&mut self) -> Result<SyncReport, LogError> {
         if self.poisoned {
             return Err(LogError::Poisoned);
@@ -349,18 +383,30 @@ impl Log {
         if self.buf.is_empty() {
             return Ok(SyncReport::default());
         }
-        let (_, path, len) = self.segments.last_mut().expect("at least one segment");
-        if let Err(source) = self.active.write_all_at(&self.buf, *len) {
-            let _ = self.active.set_len(*len);
-            let segment = path.clone();
+        let len = self.segments.last().expect("at least one segment").2;
+        let end = len + self.buf.len() as u64;
+        if end > self.allocated {
+            self.preallocate(len, end)?;
+        }
+        if let Err(source) = self.active.write_all_at(&self.buf, len) {
+            let segment = self.active_path().to_path_buf();
             self.discard_pending();
+            // Bytes of the refused batch left past the logical end could pass for records once a
+            // shorter batch is written over their start: they must go, with the padding.
+            match self.active.set_len(len) {
+                Ok(()) => self.allocated = len,
+                Err(e) => {
+                    tracing::error!(segment = %segment.display(), error = %e, "cut a failed write from the change log; refusing further writes");
+                    self.poisoned = true;
+                }
+            }
             return Err(LogError::Write { segment, source });
         }
         let started = Instant::now();
         if let Err(source) = self.active.sync_data() {
             self.poisoned = true;
             return Err(LogError::Fsync {
-                segment: path.clone(),
+                segment: self.active_path().to_path_buf(),
                 source,
             });
         }
@@ -369,8 +415,9 @@ impl Log {
             bytes: self.buf.len() as u64,
             fsync: started.elapsed(),
         };
-        *len += self.buf.len() as u64;
-        let full = *len >= self.opts.segment_bytes;
+        self.segments.last_mut().expect("at least one segment").2 = end;
+        self.allocated = self.allocated.max(end);
+        let full = end >= self.opts.segment_bytes;
         self.buf.clear();
         self.buf_records = 0;
         self.durable = self.last;
@@ -382,11 +429,76 @@ impl Log {
         Ok(report)
     }
 
+    fn active_path(&self) -> &Path {
+        &self.segments.last().expect("at least one segment").1
+    }
+
+    /// Zero-fills the active segment from `allocated` up so that it holds at least `end` bytes,
+    /// and makes that durable; `len` is its logical size. If the zeros cannot be written (a full
+    /// disk), the padding is cut back to `len` and the batch grows the file as it is written, as
+    /// it would without preallocation.
+    fn preallocate(&mut self, len: u64, end: u64) -> Result<(), LogError> {
+        let target = end
+            .div_ceil(PREALLOCATE_BYTES)
+            .saturating_mul(PREALLOCATE_BYTES)
+            .min(self.opts.segment_bytes.max(end));
+        let zeros = vec![0u8; (target - self.allocated).min(PREALLOCATE_BYTES) as usize];
+        let mut at = self.allocated;
+        let mut written = Ok(());
+        while at < target && written.is_ok() {
+            let n = (target - at).min(zeros.len() as u64);
+            written = self.active.write_all_at(&zeros[..n as usize], at);
+            at += n;
+        }
+        if let Err(e) = written {
+            tracing::debug!(segment = %self.active_path().display(), error = %e, "zero-fill the change log ahead of a batch; writing the batch without");
+            // Only zeros lie past `len`: if this cut fails too, the file is still sound.
+            if self.active.set_len(len).is_ok() {
+                self.allocated = len;
+            }
+            return Ok(());
+        }
+        if let Err(source) = self.active.sync_all() {
+            self.poisoned = true;
+            self.discard_pending();
+            return Err(LogError::Fsync {
+                segment: self.active_path().to_path_buf(),
+                source,
+            });
+        }
+        self.allocated = target;
+        Ok(())
+    }
+
+    /// Cuts the active segment's padding, so that it ends at its last record.
+    fn cut_padding(&mut self) -> Result<(), LogError> {
+        let len = self.segments.last().expect("at least one segment").2;
+        if self.allocated > len {
+            let ctx = |e| {
+                LogError::io(
+                    format!(
+                        "cut the padding of log segment {}",
+                        self.active_path().display()
+                    ),
+                    e,
+                )
+            };
+            self.active
+                .set_len(len)
+                .and_then(|()| self.active.sync_all())
+                .map_err(ctx)?;
+            self.allocated = len;
+        }
+        Ok(())
+    }
+
     fn rotate(&mut self) -> Result<(), LogError> {
+        self.cut_padding()?;
         let first = self.durable.lsn.next();
         let (path, file) = segment::create_segment(&self.dir, first)?;
         self.segments.push((first, path, SEGMENT_HEADER as u64));
         self.active = file;
+        self.allocated = SEGMENT_HEADER as u64;
         Ok(())
     }
 
@@ -440,6 +552,7 @@ impl Log {
         self.poisoned = false;
         self.segments.push((first, path, SEGMENT_HEADER as u64));
         self.active = file;
+        self.allocated = SEGMENT_HEADER as u64;
         self.batch_first = first;
         self.last = at;
         self.durable = at;
@@ -455,6 +568,31 @@ impl Log {
             .collect();
         LogReader::new(segments, from, self.durable.lsn)
     }
+}
+
+impl Drop for Log {
+    /// Cuts the active segment's padding, so that a log closed cleanly holds none. Best effort:
+    /// recovery takes padding in its stride. A poisoned log is left as it is.
+    fn drop(&mut self) {
+        if !self.poisoned {
+            if let Err(e) = self.cut_padding() {
+                tracing::debug!(error = %e, "cut the change log's padding on close");
+            }
+        }
+    }
+}
+
+/// Truncates the segment at `path` to `len` bytes and fsyncs it; `what` is the verb phrase of
+/// the error context ("cut the torn tail of").
+fn cut_to(path: &Path, len: u64, what: &str) -> Result<(), LogError> {
+    let ctx = |e| LogError::io(format!("{what} log segment {}", path.display()), e);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(ctx)?;
+    file.set_len(len)
+        .and_then(|()| file.sync_all())
+        .map_err(ctx)
 }
 
 #[cfg(test)]

@@ -1,6 +1,12 @@
 //! [`LogReader`]: iterates durable records from an LSN, segment by segment, reading each file
 //! through a buffer. It never reads past the durable position it was given, so it can run beside
 //! the writer.
+//!
+//! The active segment may end in zero padding that the writer later overwrites with records (see
+//! [`crate::log`]), and a buffer filled earlier may still hold those zeros. So a zero frame header
+//! means "no record here yet", never a record: the reader drops its buffer and reads the file
+//! again at that offset; if it still finds zeros, the segment holds no more records, and the
+//! reader goes on to the next segment, or, if there is none, stops where it is.
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -110,6 +116,9 @@ impl LogReader {
     }
 
     fn read_one(&mut self) -> Result<Option<Record>, LogError> {
+        // Whether the buffer was dropped during this call: bytes read since then are at least as
+        // new as the call, so they hold every record up to `upto`.
+        let mut reread = false;
         loop {
             if self.next > self.upto {
                 return Ok(None);
@@ -131,6 +140,20 @@ impl LogReader {
                         e,
                     ))
                 }
+            }
+            if self.frame[..FRAME_HEADER].iter().all(|&b| b == 0) {
+                let ctx = |e| LogError::io(format!("read log segment {}", path.display()), e);
+                r.seek(SeekFrom::Start(*offset)).map_err(ctx)?;
+                if !reread {
+                    reread = true;
+                    continue;
+                }
+                // Padding: no more records in this segment.
+                if self.next_segment < self.segments.len() || self.relist()? {
+                    self.current = None;
+                    continue;
+                }
+                return Ok(None);
             }
             let body_len =
                 u32::from_le_bytes(self.frame[4..8].try_into().expect("4 bytes")) as usize;

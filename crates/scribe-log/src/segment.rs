@@ -7,6 +7,11 @@
 //!
 //! Segments are created atomically (temporary file, fsync, rename, fsync of the directory), so a
 //! segment whose header is damaged is corruption, never a half-created file.
+//!
+//! The active segment may end in *padding*: zeros written ahead of the records so that appending
+//! a batch overwrites space the file already has instead of growing it (see [`crate::log`]). A
+//! frame never starts with a zero byte (its magic is "SREC"), so zeros after the last frame are
+//! told apart from a torn write by [`scan`]. Closed segments hold no padding.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -152,12 +157,17 @@ pub struct Scan {
     pub records: Vec<Record>,
     /// Byte offset after the last valid frame.
     pub valid_len: u64,
+    /// Bytes after the last valid frame that are all zero (padding, not a torn write); the file is
+    /// `valid_len + padding` bytes long when `bad` is `None`.
+    pub padding: u64,
     /// The first bad frame, if the scan stopped before the end: its offset and what is wrong.
+    /// Never set for a tail of zeros, which is `padding`.
     pub bad: Option<(u64, String)>,
 }
 
 /// Scans the frames of a segment, stopping at the first one that is not whole and valid or whose
-/// LSN does not follow its predecessor.
+/// LSN does not follow its predecessor. If everything from there to the end of the file is zero,
+/// that is padding and not a bad frame.
 pub fn scan(bytes: &[u8], path: &Path) -> Result<Scan, LogError> {
     let first = decode_header(bytes).map_err(|reason| LogError::Corrupt {
         segment: path.to_path_buf(),
@@ -203,10 +213,16 @@ pub fn scan(bytes: &[u8], path: &Path) -> Result<Scan, LogError> {
             }
         }
     }
+    let mut padding = 0;
+    if bad.is_some() && bytes[off..].iter().all(|&b| b == 0) {
+        bad = None;
+        padding = (bytes.len() - off) as u64;
+    }
     Ok(Scan {
         first,
         records,
         valid_len: off as u64,
+        padding,
         bad,
     })
 }

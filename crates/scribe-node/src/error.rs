@@ -87,6 +87,11 @@ impl ApiError {
                 EngineError::Sql(_) => (StatusCode::BAD_REQUEST, "sql_error"),
                 EngineError::NotReadOnly(_) => (StatusCode::BAD_REQUEST, "not_read_only"),
                 EngineError::TxnEnded(_) => (StatusCode::CONFLICT, "transaction_ended"),
+                EngineError::SerializationFailure(_) => {
+                    (StatusCode::CONFLICT, "serialization_failure")
+                }
+                EngineError::Deadlock(_) => (StatusCode::CONFLICT, "deadlock"),
+                EngineError::LockTimeout(_) => (StatusCode::CONFLICT, "lock_timeout"),
                 EngineError::Constraint(_) => (StatusCode::CONFLICT, "constraint_violation"),
                 EngineError::DiskFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
                 EngineError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),

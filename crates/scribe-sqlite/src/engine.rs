@@ -89,6 +89,7 @@ struct Inner {
     metrics: Arc<EngineMetrics>,
     writer: Mutex<Option<JoinHandle<()>>>,
     fatal: Arc<std::sync::OnceLock<String>>,
+    locks: Arc<crate::occ::Locks>,
     log_dir: PathBuf,
     db: PathBuf,
 }
@@ -267,7 +268,9 @@ impl Engine {
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
         let term = opts.term.max(at.term);
         let fatal = Arc::new(std::sync::OnceLock::new());
+        let locks = Arc::new(crate::occ::Locks::default());
         let writer = Writer {
+            locks: locks.clone(),
             conn,
             policy,
             log,
@@ -291,6 +294,7 @@ impl Engine {
                 metrics,
                 writer: Mutex::new(Some(handle)),
                 fatal,
+                locks,
                 log_dir: opts.dir.join("log"),
                 db: db.clone(),
             }),
@@ -310,7 +314,11 @@ impl Engine {
         let (reply, rx) = oneshot::channel();
         self.inner
             .tx
-            .send(WriterMsg::Execute { statements, reply })
+            .send(WriterMsg::Execute(crate::writer::Job {
+                statements,
+                expect: None,
+                reply,
+            }))
             .await
             .map_err(|_| EngineError::Unavailable("the node is shutting down".into()))?;
         rx.await.map_err(|_| {
@@ -325,6 +333,17 @@ impl Engine {
         idle: std::time::Duration,
     ) -> Result<crate::Transaction, EngineError> {
         crate::Transaction::begin(&self.inner.tx, idle).await
+    }
+
+    /// Opens an optimistic transaction (see [`crate::occ`]): it holds no writer between its
+    /// statements; a statement waits at most `lock_wait` for a row another transaction holds.
+    pub fn begin_optimistic(&self, lock_wait: std::time::Duration) -> crate::occ::Optimistic {
+        crate::occ::Optimistic::new(
+            self.inner.tx.clone(),
+            self.inner.locks.clone(),
+            self.inner.progress.clone(),
+            lock_wait,
+        )
     }
 
     /// Appends records copied from another node's log (they must follow this log: next LSN, no

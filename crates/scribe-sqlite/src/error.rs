@@ -20,6 +20,16 @@ pub enum EngineError {
     /// stayed idle too long); nothing of it was kept.
     #[error("{0}")]
     TxnEnded(String),
+    /// An optimistic transaction's commit found that a statement gives another result than its
+    /// client was given (a concurrent transaction changed what it read): nothing was kept; retry.
+    #[error("{0}")]
+    SerializationFailure(String),
+    /// Two transactions wait for each other's rows; this statement was refused.
+    #[error("{0}")]
+    Deadlock(String),
+    /// A statement waited too long for a row another transaction holds; it was refused.
+    #[error("{0}")]
+    LockTimeout(String),
     /// A statement that writes was sent where only reads are served.
     #[error("{0}")]
     NotReadOnly(String),

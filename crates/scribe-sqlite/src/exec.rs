@@ -73,10 +73,19 @@ pub(crate) fn describe(stmt: &Prepared<'_>) -> Described {
     }
 }
 
+/// The start of the text of Scribe's own cached statements; clients' statements may not start
+/// with it (see `Writer::internal`).
+pub(crate) const INTERNAL_MARK: &str = "/*scribe-internal*/ ";
+
 /// Checks that `sql` holds a statement, for a clear error instead of SQLite's silence.
 pub(crate) fn check_not_empty(sql: &str) -> Result<(), EngineError> {
     if sql.trim().trim_matches(';').trim().is_empty() {
         return Err(EngineError::BadRequest("empty statement".into()));
+    }
+    if sql.starts_with(INTERNAL_MARK.trim_end()) {
+        return Err(EngineError::BadRequest(
+            "statements may not start with Scribe's internal marker".into(),
+        ));
     }
     Ok(())
 }

@@ -11,6 +11,7 @@
 //! - [`engine`]: [`Engine`], opening, recovery and replay, the public handle.
 //! - [`writer`]: the writer thread and group commit.
 //! - [`reader`]: the read pool.
+//! - [`occ`]: optimistic transactions: statements run speculatively, replayed and checked at commit.
 //! - [`txn`]: interactive transactions (statements across round trips), which lease the writer.
 //! - [`exec`]: binding parameters and collecting rows.
 //! - [`capture`]: session-extension change capture and changeset replay.
@@ -27,6 +28,7 @@ pub mod error;
 pub mod exec;
 pub mod meta;
 pub mod metrics;
+pub mod occ;
 pub mod payload;
 pub mod policy;
 pub mod reader;
@@ -38,6 +40,7 @@ pub use engine::{db_path, Engine, EngineOptions, OpenReport, Progress};
 pub use error::EngineError;
 pub use exec::{Described, Rows, Statement};
 pub use metrics::EngineMetrics;
+pub use occ::{Optimistic, Speculated};
 pub use reader::QueryResult;
 pub use txn::{SavepointOp, Transaction};
 pub use value::{Params, Value};

@@ -26,6 +26,10 @@ pub(crate) enum TxnOp {
         statement: Statement,
         reply: oneshot::Sender<Result<StatementResult, EngineError>>,
     },
+    ExecuteMany {
+        statements: Vec<Statement>,
+        reply: oneshot::Sender<Result<Vec<StatementResult>, EngineError>>,
+    },
     Commit {
         reply: Reply,
     },
@@ -110,6 +114,23 @@ impl Transaction {
     pub async fn execute(&mut self, statement: Statement) -> Result<StatementResult, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.send(TxnOp::Execute { statement, reply })?;
+        match rx.await {
+            Ok(answer) => answer,
+            Err(_) => {
+                self.ops = None;
+                Err(self.ended())
+            }
+        }
+    }
+
+    /// Runs statements inside the transaction in one step (a COPY's rows, say): all of them or,
+    /// on error, none; the transaction stays open either way.
+    pub async fn execute_many(
+        &mut self,
+        statements: Vec<Statement>,
+    ) -> Result<Vec<StatementResult>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(TxnOp::ExecuteMany { statements, reply })?;
         match rx.await {
             Ok(answer) => answer,
             Err(_) => {
@@ -204,7 +225,13 @@ impl Writer {
             };
             match op {
                 TxnOp::Execute { statement, reply } => {
-                    let _ = reply.send(self.run_one(&statement, &mut steps));
+                    let _ = reply.send(
+                        self.run_many(std::slice::from_ref(&statement), &mut steps)
+                            .map(|mut r| r.pop().unwrap_or_default()),
+                    );
+                }
+                TxnOp::ExecuteMany { statements, reply } => {
+                    let _ = reply.send(self.run_many(&statements, &mut steps));
                 }
                 TxnOp::Savepoint { op, name, reply } => {
                     let _ = reply.send(self.savepoint(op, &name, &mut savepoints, &mut steps));
@@ -222,22 +249,22 @@ impl Writer {
         }
     }
 
-    /// Runs one statement of an interactive transaction in a savepoint of its own, so that a
+    /// Runs statements of an interactive transaction in a savepoint of their own, so that a
     /// failing one leaves nothing behind.
-    fn run_one(
+    fn run_many(
         &mut self,
-        statement: &Statement,
+        statements: &[Statement],
         steps: &mut Vec<Step>,
-    ) -> Result<StatementResult, EngineError> {
+    ) -> Result<Vec<StatementResult>, EngineError> {
         self.internal("SAVEPOINT scribe_stmt")
             .map_err(|e| EngineError::Internal(format!("open statement savepoint: {e}")))?;
-        match self.run_statements(std::slice::from_ref(statement)) {
-            Ok((mut results, mut more)) => {
+        match self.run_statements(statements) {
+            Ok((results, mut more)) => {
                 self.internal("RELEASE scribe_stmt").map_err(|e| {
                     EngineError::Internal(format!("release statement savepoint: {e}"))
                 })?;
                 steps.append(&mut more);
-                Ok(results.pop().unwrap_or_default())
+                Ok(results)
             }
             Err(e) => {
                 EngineMetrics::add(&self.metrics.txn_errors, 1);
@@ -330,7 +357,7 @@ impl Writer {
         let mut batch = Vec::new();
         while batch.len() < self.max_batch {
             match rx.try_recv() {
-                Ok(WriterMsg::Execute { statements, reply }) => batch.push((statements, reply)),
+                Ok(WriterMsg::Execute(job)) => batch.push(job),
                 Ok(other) => {
                     *carry = Some(other);
                     break;

@@ -67,13 +67,21 @@ pub struct Retention {
 
 pub(crate) type Reply = oneshot::Sender<Result<Committed, EngineError>>;
 
+/// A transaction to run in a group-commit batch.
+pub(crate) struct Job {
+    pub statements: Vec<Statement>,
+    /// The results its statements must give again, when it is an optimistic transaction's commit
+    /// (`None` for a statement whose result was not promised: a read).
+    pub expect: Option<Vec<Option<StatementResult>>>,
+    pub reply: Reply,
+}
+
 /// A message to the writer.
 pub(crate) enum WriterMsg {
     /// Run a transaction.
-    Execute {
-        statements: Vec<Statement>,
-        reply: Reply,
-    },
+    Execute(Job),
+    /// Run a statement of an optimistic transaction and roll it back (see [`crate::occ`]).
+    Speculate(crate::occ::SpecJob),
     /// Append records from elsewhere to the log and apply them (a replica's path).
     Apply {
         records: Vec<Record>,
@@ -115,6 +123,8 @@ pub(crate) struct Writer {
     pub apply_delay: std::time::Duration,
     /// The SQLite database file (its WAL is beside it).
     pub db_path: std::path::PathBuf,
+    /// Row locks of optimistic transactions.
+    pub locks: Arc<crate::occ::Locks>,
 }
 
 pub(crate) struct Done {
@@ -159,14 +169,30 @@ impl Writer {
                 WriterMsg::Begin { ops, idle, started } => {
                     self.run_interactive(ops, idle, started, &mut rx, &mut carry);
                 }
-                WriterMsg::Execute { statements, reply } => {
-                    // Group commit: everything already queued joins this batch.
-                    let mut batch = vec![(statements, reply)];
+                WriterMsg::Speculate(job) => {
+                    // Every speculative statement already queued runs in the same pass.
+                    let mut specs = vec![job];
+                    loop {
+                        match rx.try_recv() {
+                            Ok(WriterMsg::Speculate(job)) => specs.push(job),
+                            Ok(other) => {
+                                carry = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.speculate_all(specs);
+                }
+                WriterMsg::Execute(job) => {
+                    // Group commit: everything already queued joins this batch; speculative
+                    // statements queued meanwhile run after it, on the newest state.
+                    let mut batch = vec![job];
+                    let mut specs = Vec::new();
                     while batch.len() < self.max_batch {
                         match rx.try_recv() {
-                            Ok(WriterMsg::Execute { statements, reply }) => {
-                                batch.push((statements, reply))
-                            }
+                            Ok(WriterMsg::Execute(job)) => batch.push(job),
+                            Ok(WriterMsg::Speculate(job)) => specs.push(job),
                             Ok(other) => {
                                 carry = Some(other);
                                 break;
@@ -175,6 +201,7 @@ impl Writer {
                         }
                     }
                     self.run_batch(batch);
+                    self.speculate_all(specs);
                 }
             }
         }
@@ -346,21 +373,32 @@ impl Writer {
         }
     }
 
+    /// Runs Scribe's own statements (policy off), each prepared once and cached: these run
+    /// several times per transaction.
     pub(crate) fn internal(&self, sql: &str) -> rusqlite::Result<()> {
-        self.policy.internal(|| self.conn.execute_batch(sql))
+        self.policy.internal(|| {
+            for one in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                // The marker keeps these cached statements apart from clients' (whose text may
+                // not start with it): a client's `COMMIT` must never find a cached `COMMIT`
+                // prepared without the authorizer.
+                let marked = format!("{}{one}", crate::exec::INTERNAL_MARK);
+                self.conn.prepare_cached(&marked)?.raw_execute()?;
+            }
+            Ok(())
+        })
     }
 
-    fn run_batch(&mut self, batch: Vec<(Vec<Statement>, Reply)>) {
+    fn run_batch(&mut self, batch: Vec<Job>) {
         if let Some(why) = self.fatal.get() {
-            for (_, reply) in batch {
-                let _ = reply.send(Err(EngineError::Unavailable(why.clone())));
+            for job in batch {
+                let _ = job.reply.send(Err(EngineError::Unavailable(why.clone())));
             }
             return;
         }
         if let Err(e) = self.internal("BEGIN IMMEDIATE") {
             let e = format!("begin write transaction: {e}");
-            for (_, reply) in batch {
-                let _ = reply.send(Err(EngineError::Internal(e.clone())));
+            for job in batch {
+                let _ = job.reply.send(Err(EngineError::Internal(e.clone())));
             }
             return;
         }
@@ -369,9 +407,14 @@ impl Writer {
 
     /// Runs `batch` inside the open write transaction, after the transactions of `done` (already
     /// run in it), then makes them all durable, commits and answers everyone.
-    pub(crate) fn run_in_open(&mut self, mut done: Vec<Done>, batch: Vec<(Vec<Statement>, Reply)>) {
-        for (statements, reply) in batch {
-            match self.run_txn(&statements) {
+    pub(crate) fn run_in_open(&mut self, mut done: Vec<Done>, batch: Vec<Job>) {
+        for Job {
+            statements,
+            expect,
+            reply,
+        } in batch
+        {
+            match self.run_txn(&statements, expect.as_deref()) {
                 Ok((results, position)) => done.push(Done {
                     reply,
                     results,
@@ -493,6 +536,7 @@ impl Writer {
     pub(crate) fn run_txn(
         &mut self,
         statements: &[Statement],
+        expect: Option<&[Option<StatementResult>]>,
     ) -> Result<(Vec<StatementResult>, Option<Position>), EngineError> {
         if statements.is_empty() {
             return Err(EngineError::BadRequest(
@@ -504,6 +548,9 @@ impl Writer {
         let outcome = self
             .run_statements(statements)
             .and_then(|(results, steps)| {
+                if let Some(expect) = expect {
+                    crate::occ::validate(&results, expect)?;
+                }
                 if steps.is_empty() {
                     return Ok((results, None));
                 }
@@ -590,6 +637,8 @@ fn clone_err(e: &EngineError) -> EngineError {
         EngineError::DiskFull(m) => EngineError::DiskFull(m.clone()),
         EngineError::Unavailable(m) => EngineError::Unavailable(m.clone()),
         EngineError::OutcomeUnknown(m) => EngineError::OutcomeUnknown(m.clone()),
+        EngineError::SerializationFailure(m) => EngineError::SerializationFailure(m.clone()),
+        EngineError::Constraint(m) => EngineError::Constraint(m.clone()),
         other => EngineError::Internal(other.to_string()),
     }
 }

@@ -159,6 +159,7 @@ async fn forbidden_statements_get_clear_errors() {
         ("CREATE TEMP TABLE tt (x)", "temporary"),
         ("", "empty statement"),
         ("SELECT 1; SELECT 2", "one statement per entry"),
+        ("/*scribe-internal*/ COMMIT", "internal marker"),
     ] {
         let err = e.execute(vec![st(sql)]).await.unwrap_err();
         assert!(matches!(err, EngineError::BadRequest(_)), "{sql}: {err:?}");

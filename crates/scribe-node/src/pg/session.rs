@@ -10,7 +10,7 @@ use std::time::Duration;
 use pgwire::api::Type;
 use scribe_core::{CommitMode, Position};
 use scribe_pgsql::{Command, CopyIn, Kind};
-use scribe_sqlite::{SavepointOp, Statement, StatementResult, Transaction, Value};
+use scribe_sqlite::{Optimistic, SavepointOp, Statement, StatementResult, Transaction, Value};
 
 use super::remote::{Primary, RemoteTxn};
 use super::sqlstate::{PgError, FEATURE_NOT_SUPPORTED, INVALID_PARAMETER_VALUE, INVALID_SAVEPOINT};
@@ -42,11 +42,18 @@ pub enum Outcome {
     Empty,
 }
 
-/// A transaction block's writer side: held locally on a primary, on the primary from a replica.
+/// A transaction block's writer side: optimistic on a primary (statements run speculatively,
+/// checked again at commit), moved onto the writer when optimism does not fit (see
+/// [`Runner::escalate`]), or held on the primary for a replica.
 enum Lease {
+    Optimistic(Optimistic),
     Local(Transaction),
     Remote(RemoteTxn),
 }
+
+/// Statements an optimistic transaction may hold before it moves onto the writer (each statement
+/// replays the ones before it).
+const MAX_OPTIMISTIC: usize = 64;
 
 #[derive(Default)]
 struct TxnState {
@@ -278,7 +285,11 @@ impl Runner {
                     return self.savepoint(s, sp).await;
                 }
                 let st = Statement::with_params(sql.clone(), params);
-                let leased = s.txn.as_ref().is_some_and(|t| t.lease.is_some());
+                let leased = s.txn.as_ref().is_some_and(|t| match &t.lease {
+                    None => false,
+                    Some(Lease::Optimistic(o)) => o.has_written(),
+                    Some(_) => true,
+                });
                 if matches!(kind, Kind::Read) && !leased {
                     match self.read(s, st.clone()).await {
                         Err(e) if e.sqlstate == "25006" => {}
@@ -427,16 +438,37 @@ impl Runner {
     ) -> Result<Vec<StatementResult>, PgError> {
         if s.txn.is_some() {
             self.ensure_lease(s).await?;
-            let lease = s
-                .txn
-                .as_mut()
-                .and_then(|t| t.lease.as_mut())
-                .expect("leased above");
+            let t = s.txn.as_mut().expect("in a transaction");
+            if let Some(Lease::Optimistic(o)) = &t.lease {
+                if o.history_len() + statements.len() > MAX_OPTIMISTIC {
+                    self.escalate(t).await?;
+                }
+            }
+            if statements.len() > 1 {
+                if let Some(Lease::Local(l)) = t.lease.as_mut() {
+                    return Ok(l.execute_many(statements).await?);
+                }
+            }
             let mut out = Vec::with_capacity(statements.len());
             for st in statements {
+                let lease = t.lease.as_mut().expect("leased above");
                 out.push(match lease {
-                    Lease::Local(t) => t.execute(st).await?,
-                    Lease::Remote(t) => t.execute(st).await?,
+                    Lease::Optimistic(o) => {
+                        let r = o.execute(st.clone()).await?;
+                        if r.ddl || (r.wrote && r.result.columns.is_some()) {
+                            // DDL, or a write whose returned rows (a new serial id, say) another
+                            // transaction's commit could change: run it on the writer, held.
+                            self.escalate_without_last(t).await?;
+                            match t.lease.as_mut() {
+                                Some(Lease::Local(l)) => l.execute(st).await?,
+                                _ => unreachable!("escalated"),
+                            }
+                        } else {
+                            r.result
+                        }
+                    }
+                    Lease::Local(l) => l.execute(st).await?,
+                    Lease::Remote(r) => r.execute(st).await?,
                 });
             }
             return Ok(out);
@@ -464,11 +496,10 @@ impl Runner {
             return Ok(());
         }
         let lease = match self.primary()? {
-            None => Lease::Local(
+            None => Lease::Optimistic(
                 self.state
                     .engine
-                    .begin(self.state.config.txn_idle_timeout)
-                    .await?,
+                    .begin_optimistic(self.state.config.txn_idle_timeout),
             ),
             Some(p) => Lease::Remote(p.begin().await?),
         };
@@ -476,6 +507,51 @@ impl Runner {
             t.lease = Some(lease);
         }
         Ok(())
+    }
+
+    /// Moves an optimistic transaction onto the writer: opens an interactive transaction and
+    /// replays what the client ran, checking it gives the same results (else a serialization
+    /// failure: the client's view cannot be kept).
+    async fn escalate(&self, t: &mut TxnState) -> Result<(), PgError> {
+        let Some(Lease::Optimistic(o)) = t.lease.take() else {
+            return Ok(());
+        };
+        let (history, savepoints) = o.into_history();
+        let n = history.len();
+        let mut l = self
+            .state
+            .engine
+            .begin(self.state.config.txn_idle_timeout)
+            .await?;
+        for (i, (st, expect)) in history.into_iter().enumerate() {
+            for (name, _) in savepoints.iter().filter(|(_, at)| *at == i) {
+                l.savepoint(SavepointOp::Create, name).await?;
+            }
+            let got = l.execute(st).await?;
+            if got.rows_affected != expect.rows_affected
+                || got.columns != expect.columns
+                || got.rows != expect.rows
+            {
+                l.rollback().await;
+                return Err(PgError::new(
+                    "40001",
+                    "could not serialize access due to concurrent update: a statement of this transaction gives another result than it gave; retry the transaction",
+                ));
+            }
+        }
+        for (name, _) in savepoints.iter().filter(|(_, at)| *at >= n) {
+            l.savepoint(SavepointOp::Create, name).await?;
+        }
+        t.lease = Some(Lease::Local(l));
+        Ok(())
+    }
+
+    /// [`Runner::escalate`] without the statement just run speculatively (it runs again held).
+    async fn escalate_without_last(&self, t: &mut TxnState) -> Result<(), PgError> {
+        if let Some(Lease::Optimistic(o)) = &mut t.lease {
+            o.forget_last();
+        }
+        self.escalate(t).await
     }
 
     async fn savepoint(
@@ -496,6 +572,7 @@ impl Runner {
             .and_then(|t| t.lease.as_mut())
             .expect("leased above");
         let r = match lease {
+            Lease::Optimistic(o) => o.savepoint(op, &name).map_err(PgError::from),
             Lease::Local(t) => t.savepoint(op, &name).await.map_err(PgError::from),
             Lease::Remote(t) => {
                 let op = match op {
@@ -556,6 +633,7 @@ impl Runner {
         match s.txn.take() {
             None => s.notices.push("there is no transaction in progress".into()),
             Some(t) => match t.lease {
+                Some(Lease::Optimistic(o)) => o.rollback(),
                 Some(Lease::Local(l)) => l.rollback().await,
                 Some(Lease::Remote(r)) => r.rollback().await,
                 None => {}
@@ -576,6 +654,13 @@ impl Runner {
         let mode = self.effective_commit(s, t.local_commit);
         match t.lease {
             None => {}
+            Some(Lease::Optimistic(o)) => {
+                let committed = o.commit().await?;
+                self.durability(s, mode, &committed).await?;
+                if committed.logged {
+                    s.token = Some(committed.position);
+                }
+            }
             Some(Lease::Local(l)) => {
                 let committed = l.commit().await?;
                 self.durability(s, mode, &committed).await?;

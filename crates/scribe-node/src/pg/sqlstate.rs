@@ -98,6 +98,9 @@ fn from_code(code: &str, message: &str) -> &'static str {
         }
         "not_read_only" => "25006",
         "transaction_ended" => "25P03",
+        "serialization_failure" => "40001",
+        "deadlock" => "40P01",
+        "lock_timeout" => "55P03",
         "disk_full" => "53100",
         "unavailable" | "not_primary" | "lagging" | "not_caught_up" | "forward_failed" => "57P03",
         // The outcome of a commit is not known (PostgreSQL's own phrase for it is 08007,
@@ -124,6 +127,9 @@ impl From<&EngineError> for PgError {
             }
             EngineError::NotReadOnly(_) => "25006",
             EngineError::TxnEnded(_) => "25P03",
+            EngineError::SerializationFailure(_) => "40001",
+            EngineError::Deadlock(_) => "40P01",
+            EngineError::LockTimeout(_) => "55P03",
             EngineError::DiskFull(_) => "53100",
             EngineError::Unavailable(_) => "57P03",
             EngineError::OutcomeUnknown(_) => "08007",

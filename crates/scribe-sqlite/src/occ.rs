@@ -1,0 +1,454 @@
+//! Optimistic transactions: a client's transaction block without holding the writer between its
+//! round trips.
+//!
+//! SQLite has one writer. Holding it across a client's round trips (see [`crate::txn`]) makes
+//! every transaction block wait for the slowest client. An [`Optimistic`] transaction instead
+//! runs each statement *speculatively*: the writer replays the transaction's statements so far,
+//! runs the new one, answers its result and rolls everything back — holding the writer for
+//! microseconds, between other transactions. At commit the writer runs the whole transaction
+//! again, for real, inside a group-commit batch, and checks that every statement gives the result
+//! the client was given; if one does not (a concurrent transaction changed what it read), the
+//! commit fails with a serialization failure and nothing is kept. So a committed transaction is
+//! exactly what the client saw, executed at its commit point.
+//!
+//! Rows a statement updates or deletes are locked for the transaction (the keys of the rows in
+//! its speculative changeset), as PostgreSQL locks them: another transaction that would change a
+//! locked row waits until the holder ends, then runs its statement on the new state — so
+//! concurrent increments of a hot row serialize instead of failing. A wait that would close a
+//! cycle is a deadlock error; a wait longer than the limit is a lock timeout. Statements before
+//! a transaction's first write are not replayed: they are ordinary reads (read committed).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::session::ChangesetIter;
+use rusqlite::types::ValueRef;
+use scribe_core::Position;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::exec::{self, Statement};
+use crate::payload::Step;
+use crate::writer::{Committed, Job, StatementResult, Writer, WriterMsg};
+use crate::{EngineError, Progress};
+
+/// A row lock's key: table and the row's primary key (rowid for tables without one), encoded.
+type RowKey = (String, Vec<u8>);
+
+/// The row locks of optimistic transactions. Shared by the writer (which takes them, atomically
+/// with the speculative run that found the rows) and the transactions (which release them).
+#[derive(Default)]
+pub(crate) struct Locks {
+    table: Mutex<LockTable>,
+    released: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct LockTable {
+    owners: HashMap<RowKey, u64>,
+    held: HashMap<u64, Vec<RowKey>>,
+    waiting: HashMap<u64, u64>,
+    next_owner: u64,
+}
+
+impl Locks {
+    fn new_owner(&self) -> u64 {
+        let mut t = self.table.lock().expect("locks");
+        t.next_owner += 1;
+        t.next_owner
+    }
+
+    /// Takes every key for `owner`, or none and answers who holds one of them.
+    fn try_lock(&self, owner: u64, keys: Vec<RowKey>) -> Result<(), u64> {
+        let mut t = self.table.lock().expect("locks");
+        if let Some(other) = keys
+            .iter()
+            .filter_map(|k| t.owners.get(k))
+            .find(|o| **o != owner)
+        {
+            return Err(*other);
+        }
+        for k in keys {
+            if t.owners.insert(k.clone(), owner).is_none() {
+                t.held.entry(owner).or_default().push(k);
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&self, owner: u64) {
+        let mut t = self.table.lock().expect("locks");
+        if let Some(keys) = t.held.remove(&owner) {
+            for k in keys {
+                t.owners.remove(&k);
+            }
+        }
+        t.waiting.remove(&owner);
+        drop(t);
+        self.released.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Records that `me` waits for `holder`; refuses if that closes a cycle.
+    fn wait_for(&self, me: u64, holder: u64) -> Result<(), EngineError> {
+        let mut t = self.table.lock().expect("locks");
+        let mut at = holder;
+        let mut steps = 0;
+        while let Some(next) = t.waiting.get(&at) {
+            if *next == me || steps > 10_000 {
+                return Err(EngineError::Deadlock(
+                    "deadlock detected: this transaction and another each wait for a row the other has changed; this statement was refused, roll back and retry the transaction".into(),
+                ));
+            }
+            at = *next;
+            steps += 1;
+        }
+        if holder == me {
+            return Ok(());
+        }
+        t.waiting.insert(me, holder);
+        Ok(())
+    }
+
+    fn done_waiting(&self, me: u64) {
+        self.table.lock().expect("locks").waiting.remove(&me);
+    }
+}
+
+/// A statement to run speculatively after `history` and roll back.
+pub(crate) struct SpecJob {
+    owner: u64,
+    history: Arc<Vec<Statement>>,
+    statement: Statement,
+    reply: oneshot::Sender<Result<Spec, EngineError>>,
+}
+
+/// What a speculative run found.
+pub(crate) enum Spec {
+    /// It ran: its result, whether it changed rows, whether it changed the schema.
+    Done {
+        result: StatementResult,
+        wrote: bool,
+        ddl: bool,
+    },
+    /// It would change a row another transaction holds.
+    Blocked { by: u64 },
+}
+
+/// The result of a statement of an optimistic transaction.
+#[derive(Debug, Clone)]
+pub struct Speculated {
+    /// What the statement gave.
+    pub result: StatementResult,
+    /// Whether it changed rows (it is then part of what the commit replays).
+    pub wrote: bool,
+    /// Whether it changed the schema.
+    pub ddl: bool,
+}
+
+/// Checks that a transaction replayed at commit gives what its client was given.
+pub(crate) fn validate(
+    got: &[StatementResult],
+    expect: &[Option<StatementResult>],
+) -> Result<(), EngineError> {
+    for (i, (g, e)) in got.iter().zip(expect).enumerate() {
+        let Some(e) = e else { continue };
+        if g.rows_affected != e.rows_affected || g.columns != e.columns || g.rows != e.rows {
+            return Err(EngineError::SerializationFailure(format!(
+                "could not serialize access due to concurrent update: statement {} of the transaction gives another result now than it gave; nothing of the transaction was kept, retry it",
+                i + 1
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn encode_key(item: &rusqlite::session::ChangesetItem, ncols: usize) -> Option<Vec<u8>> {
+    let pk = item.pk().ok()?;
+    let mut key = Vec::new();
+    for (col, is_pk) in pk.iter().enumerate().take(ncols) {
+        if *is_pk == 0 {
+            continue;
+        }
+        match item.old_value(col).ok()? {
+            ValueRef::Null => key.push(0),
+            ValueRef::Integer(i) => {
+                key.push(1);
+                key.extend_from_slice(&i.to_le_bytes());
+            }
+            ValueRef::Real(f) => {
+                key.push(2);
+                key.extend_from_slice(&f.to_le_bytes());
+            }
+            ValueRef::Text(t) | ValueRef::Blob(t) => {
+                key.push(3);
+                key.extend_from_slice(&(t.len() as u64).to_le_bytes());
+                key.extend_from_slice(t);
+            }
+        }
+    }
+    Some(key)
+}
+
+/// The rows a changeset updates or deletes (inserted rows are new: nobody else can hold them).
+fn changed_rows(steps: &[Step]) -> Result<Vec<RowKey>, EngineError> {
+    use fallible_streaming_iterator::FallibleStreamingIterator;
+    let mut out = Vec::new();
+    for step in steps {
+        let Step::Changeset(cs) = step else { continue };
+        let input: &mut dyn std::io::Read = &mut &cs[..];
+        let mut iter = ChangesetIter::start_strm(&input)
+            .map_err(|e| EngineError::Internal(format!("read a changeset: {e}")))?;
+        while let Some(item) = iter
+            .next()
+            .map_err(|e| EngineError::Internal(format!("read a changeset: {e}")))?
+        {
+            let op = item
+                .op()
+                .map_err(|e| EngineError::Internal(format!("read a changeset: {e}")))?;
+            if matches!(op.code(), rusqlite::hooks::Action::SQLITE_INSERT) {
+                continue;
+            }
+            let ncols = op.number_of_columns() as usize;
+            let table = op.table_name().to_string();
+            if let Some(key) = encode_key(item, ncols) {
+                out.push((table, key));
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Writer {
+    /// Runs speculative statements (between batches), all in one SQLite transaction that is
+    /// rolled back, each in a savepoint of its own rolled back before the next.
+    pub(crate) fn speculate_all(&mut self, jobs: Vec<SpecJob>) {
+        if jobs.is_empty() {
+            return;
+        }
+        if let Some(why) = self.fatal.get() {
+            for job in jobs {
+                let _ = job.reply.send(Err(EngineError::Unavailable(why.clone())));
+            }
+            return;
+        }
+        if let Err(e) = self.internal("BEGIN IMMEDIATE") {
+            for job in jobs {
+                let _ = job.reply.send(Err(EngineError::Internal(format!(
+                    "begin speculative run: {e}"
+                ))));
+            }
+            return;
+        }
+        for job in jobs {
+            let r = match self.internal("SAVEPOINT scribe_spec") {
+                Ok(()) => {
+                    let r = self.speculate(&job);
+                    if let Err(e) = self.internal("ROLLBACK TO scribe_spec; RELEASE scribe_spec") {
+                        Err(EngineError::Internal(format!(
+                            "undo a speculative run: {e}"
+                        )))
+                    } else {
+                        r
+                    }
+                }
+                Err(e) => Err(EngineError::Internal(format!(
+                    "open speculative savepoint: {e}"
+                ))),
+            };
+            let _ = job.reply.send(r);
+        }
+        let _ = self.internal("ROLLBACK");
+    }
+
+    fn speculate(&mut self, job: &SpecJob) -> Result<Spec, EngineError> {
+        for st in job.history.iter() {
+            let mut prepared = exec::prepare(&self.conn, &self.policy, &st.sql)?;
+            exec::bind(&mut prepared, &st.params)?;
+            exec::run(&mut prepared, &self.policy).map_err(|e| {
+                EngineError::SerializationFailure(format!(
+                    "could not serialize access due to concurrent update: a statement run earlier in this transaction fails now ({e}); retry the transaction"
+                ))
+            })?;
+        }
+        let (mut results, steps) = self.run_statements(std::slice::from_ref(&job.statement))?;
+        let ddl = steps.iter().any(|s| matches!(s, Step::Sql(_)));
+        let keys = changed_rows(&steps)?;
+        if let Err(by) = self.locks.try_lock(job.owner, keys) {
+            return Ok(Spec::Blocked { by });
+        }
+        Ok(Spec::Done {
+            result: results.pop().unwrap_or_default(),
+            wrote: !steps.is_empty(),
+            ddl,
+        })
+    }
+}
+
+/// The statements of a transaction since its first write, with the results its client was given.
+pub type History = Vec<(Statement, StatementResult)>;
+
+/// An open optimistic transaction (see the module documentation). Dropping it rolls it back.
+pub struct Optimistic {
+    tx: mpsc::Sender<WriterMsg>,
+    locks: Arc<Locks>,
+    progress: watch::Receiver<Progress>,
+    owner: u64,
+    /// The statements since the first write, with the results the client was given.
+    history: Vec<(Statement, StatementResult)>,
+    savepoints: Vec<(String, usize)>,
+    lock_wait: Duration,
+}
+
+impl Optimistic {
+    pub(crate) fn new(
+        tx: mpsc::Sender<WriterMsg>,
+        locks: Arc<Locks>,
+        progress: watch::Receiver<Progress>,
+        lock_wait: Duration,
+    ) -> Optimistic {
+        let owner = locks.new_owner();
+        Optimistic {
+            tx,
+            locks,
+            progress,
+            owner,
+            history: Vec::new(),
+            savepoints: Vec::new(),
+            lock_wait,
+        }
+    }
+
+    /// Whether the transaction has written (its statements are replayed from then on).
+    pub fn has_written(&self) -> bool {
+        !self.history.is_empty()
+    }
+
+    /// How many statements a speculative run replays.
+    pub fn history_len(&self) -> usize {
+        self.history.len()
+    }
+
+    /// Runs one statement speculatively; waits while it would change a row another transaction
+    /// holds. On error nothing of the statement is kept and the transaction stays open.
+    pub async fn execute(&mut self, statement: Statement) -> Result<Speculated, EngineError> {
+        let history: Arc<Vec<Statement>> =
+            Arc::new(self.history.iter().map(|(s, _)| s.clone()).collect());
+        loop {
+            let mut released = self.locks.released.subscribe();
+            let (reply, rx) = oneshot::channel();
+            self.tx
+                .send(WriterMsg::Speculate(SpecJob {
+                    owner: self.owner,
+                    history: history.clone(),
+                    statement: statement.clone(),
+                    reply,
+                }))
+                .await
+                .map_err(|_| EngineError::Unavailable("the node is shutting down".into()))?;
+            let spec = rx.await.map_err(|_| {
+                EngineError::Unavailable("the writer stopped before answering".into())
+            })??;
+            match spec {
+                Spec::Done { result, wrote, ddl } => {
+                    if wrote || self.has_written() {
+                        self.history.push((statement, result.clone()));
+                    }
+                    return Ok(Speculated { result, wrote, ddl });
+                }
+                Spec::Blocked { by } => {
+                    self.locks.wait_for(self.owner, by)?;
+                    let waited = tokio::time::timeout(self.lock_wait, released.changed()).await;
+                    self.locks.done_waiting(self.owner);
+                    if waited.is_err() {
+                        return Err(EngineError::LockTimeout(format!(
+                            "waited {:?} for a row another transaction changed and has not committed; this statement was refused",
+                            self.lock_wait
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets the last statement run (its row locks stay until the end).
+    pub fn forget_last(&mut self) {
+        self.history.pop();
+    }
+
+    /// Creates, releases or rolls back to a named savepoint. Row locks taken after a savepoint
+    /// are kept until the transaction ends, as in PostgreSQL.
+    pub fn savepoint(&mut self, op: crate::SavepointOp, name: &str) -> Result<(), EngineError> {
+        let find = |sp: &Vec<(String, usize)>| {
+            sp.iter()
+                .rposition(|(n, _)| n.eq_ignore_ascii_case(name))
+                .ok_or_else(|| {
+                    EngineError::BadRequest(format!("savepoint \"{name}\" does not exist"))
+                })
+        };
+        match op {
+            crate::SavepointOp::Create => {
+                self.savepoints.push((name.to_string(), self.history.len()))
+            }
+            crate::SavepointOp::Release => {
+                let at = find(&self.savepoints)?;
+                self.savepoints.truncate(at);
+            }
+            crate::SavepointOp::RollbackTo => {
+                let at = find(&self.savepoints)?;
+                self.history.truncate(self.savepoints[at].1);
+                self.savepoints.truncate(at + 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// The statements since the first write with their results, and the savepoints (name, how
+    /// many of those statements came before it), ending the transaction (its locks are released):
+    /// for moving it onto the writer as an interactive transaction.
+    pub fn into_history(mut self) -> (History, Vec<(String, usize)>) {
+        (
+            std::mem::take(&mut self.history),
+            std::mem::take(&mut self.savepoints),
+        )
+    }
+
+    /// Commits: runs the transaction again in a group-commit batch, checking every result.
+    pub async fn commit(mut self) -> Result<Committed, EngineError> {
+        let history = std::mem::take(&mut self.history);
+        if history.is_empty() {
+            let at: Position = self.progress.borrow().applied;
+            return Ok(Committed {
+                results: Vec::new(),
+                position: at,
+                logged: false,
+            });
+        }
+        let (statements, expect): (Vec<_>, Vec<_>) =
+            history.into_iter().map(|(s, r)| (s, Some(r))).unzip();
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(WriterMsg::Execute(Job {
+                statements,
+                expect: Some(expect),
+                reply,
+            }))
+            .await
+            .map_err(|_| EngineError::Unavailable("the node is shutting down".into()))?;
+        let r = rx.await.map_err(|_| {
+            EngineError::OutcomeUnknown("the writer stopped before answering a commit".into())
+        })?;
+        r.map(|mut c| {
+            c.results.clear();
+            c
+        })
+    }
+
+    /// Rolls back: nothing was kept; the locks go.
+    pub fn rollback(self) {}
+}
+
+impl Drop for Optimistic {
+    fn drop(&mut self) {
+        self.locks.release(self.owner);
+    }
+}

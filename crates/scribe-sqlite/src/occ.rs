@@ -14,7 +14,9 @@
 //! Rows a statement updates or deletes are locked for the transaction (the keys of the rows in
 //! its speculative changeset), as PostgreSQL locks them: another transaction that would change a
 //! locked row waits until the holder ends, then runs its statement on the new state — so
-//! concurrent increments of a hot row serialize instead of failing. A wait that would close a
+//! concurrent increments of a hot row serialize instead of failing. (Rows an UPDATE matches but
+//! leaves unchanged are not in the changeset, so not locked: a later read of them may still fail
+//! the commit's check.) A wait that would close a
 //! cycle is a deadlock error; a wait longer than the limit is a lock timeout. Statements before
 //! a transaction's first write are not replayed: they are ordinary reads (read committed).
 

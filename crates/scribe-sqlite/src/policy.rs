@@ -39,6 +39,8 @@ pub enum Role {
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     internal: Arc<AtomicBool>,
+    /// The statement being prepared drops a table (set by the authorizer, cleared before each).
+    dropping: Arc<AtomicBool>,
     denied: Arc<Mutex<Option<String>>>,
 }
 
@@ -47,15 +49,27 @@ impl Policy {
     pub fn install(conn: &mut Connection, role: Role) -> rusqlite::Result<Policy> {
         let policy = Policy::default();
         let (internal, denied) = (policy.internal.clone(), policy.denied.clone());
+        let dropping = policy.dropping.clone();
         conn.authorizer(Some(move |ctx: AuthContext<'_>| {
             if internal.load(Ordering::Relaxed) {
                 return Authorization::Allow;
             }
+            if matches!(
+                ctx.action,
+                AuthAction::DropTable { .. } | AuthAction::DropTempTable { .. }
+            ) {
+                dropping.store(true, Ordering::Relaxed);
+            }
             match refusal(role, &ctx.action) {
                 // A DELETE without WHERE would be compiled as one "clear the table" step that
                 // change capture never sees (SQLite's truncate optimization); answering IGNORE for
-                // the delete action keeps the DELETE but makes SQLite delete row by row.
-                None if role == Role::Writer && matches!(ctx.action, AuthAction::Delete { .. }) => {
+                // the delete action keeps the DELETE but makes SQLite delete row by row. Not
+                // for SQLite's own tables nor inside a DROP TABLE, which check the same action
+                // (on the schema table, then on the table) and would skip the drop.
+                None if role == Role::Writer
+                    && matches!(ctx.action, AuthAction::Delete { table_name } if !table_name.to_ascii_lowercase().starts_with("sqlite_"))
+                    && !dropping.load(Ordering::Relaxed) =>
+                {
                     Authorization::Ignore
                 }
                 None => Authorization::Allow,
@@ -78,6 +92,7 @@ impl Policy {
 
     /// Forgets the last refusal; call before preparing a client's statement.
     pub fn clear(&self) {
+        self.dropping.store(false, Ordering::Relaxed);
         *self.denied.lock().expect("policy note") = None;
     }
 

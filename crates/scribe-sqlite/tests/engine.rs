@@ -596,5 +596,21 @@ async fn a_delete_without_where_is_captured_row_by_row() {
         rows(&e, "SELECT count(*) FROM keyed").await,
         vec![vec![Value::Integer(0)]]
     );
+    // Dropping a table still drops it (its schema rows are SQLite's own deletes).
+    e.execute(vec![st("DROP TABLE keyed")]).await.unwrap();
+    e.execute(vec![st("DROP TABLE IF EXISTS nokey")])
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(
+            &e,
+            "SELECT count(*) FROM sqlite_master WHERE name IN ('keyed', 'nokey')"
+        )
+        .await,
+        vec![vec![Value::Integer(0)]]
+    );
+    e.execute(vec![st("CREATE TABLE keyed (id INTEGER PRIMARY KEY)")])
+        .await
+        .unwrap();
     e.shutdown().await;
 }

@@ -114,7 +114,10 @@ async fn a_full_disk_is_a_clear_error_and_loses_nothing_acknowledged() {
     if code == "outcome_unknown" && ids.contains(&failed_id) {
         expected.push(failed_id);
     } else {
-        assert!(!ids.contains(&failed_id), "a write refused as {code} was kept");
+        assert!(
+            !ids.contains(&failed_id),
+            "a write refused as {code} was kept"
+        );
     }
     expected.push(100000);
     assert_eq!(ids, expected);

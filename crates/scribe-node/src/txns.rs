@@ -35,7 +35,7 @@ pub struct TxnTable {
 impl TxnTable {
     /// Holds `txn` and answers its id.
     pub fn insert(&self, txn: Transaction, idle: Duration) -> String {
-        let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let id = format!("{:016x}{:016x}", os_random(), os_random());
         let held = Arc::new(Held {
             txn: tokio::sync::Mutex::new(Some(txn)),
             last_used: Mutex::new(Instant::now()),
@@ -75,4 +75,17 @@ impl TxnTable {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// 64 bits from the OS's random source (through the standard library's randomly keyed hasher,
+/// whose keys come from it): transaction ids must not be guessable.
+fn os_random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }

@@ -76,6 +76,8 @@ pub(crate) fn describe(stmt: &Prepared<'_>) -> Described {
 /// The start of the text of Scribe's own cached statements; clients' statements may not start
 /// with it (see `Writer::internal`).
 pub(crate) const INTERNAL_MARK: &str = "/*scribe-internal*/ ";
+// meta.rs spells the mark out in string literals; keep them in step.
+const _: () = assert!(INTERNAL_MARK.len() == 20);
 
 /// Checks that `sql` holds a statement, for a clear error instead of SQLite's silence.
 pub(crate) fn check_not_empty(sql: &str) -> Result<(), EngineError> {

@@ -20,7 +20,10 @@ pub fn ensure(conn: &Connection) -> rusqlite::Result<()> {
 /// The last applied position.
 pub fn applied(conn: &Connection) -> rusqlite::Result<Position> {
     let row: Option<(i64, i64)> = conn
-        .prepare_cached("SELECT applied_term, applied_lsn FROM _scribe_meta WHERE id = 1")?
+        .prepare_cached(concat!(
+            "/*scribe-internal*/ ",
+            "SELECT applied_term, applied_lsn FROM _scribe_meta WHERE id = 1"
+        ))?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let (term, lsn) = row.unwrap_or((0, 0));
@@ -30,7 +33,8 @@ pub fn applied(conn: &Connection) -> rusqlite::Result<Position> {
 /// Records `pos` as applied, inside the caller's transaction.
 pub fn set_applied(conn: &Connection, pos: Position) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "UPDATE _scribe_meta SET applied_term = ?1, applied_lsn = ?2 WHERE id = 1",
+        // Marked like every cached internal statement (see `exec::INTERNAL_MARK`).
+        "/*scribe-internal*/ UPDATE _scribe_meta SET applied_term = ?1, applied_lsn = ?2 WHERE id = 1",
     )?
     .execute([pos.term.0 as i64, pos.lsn.0 as i64])?;
     Ok(())

@@ -116,6 +116,18 @@ impl Locks {
     }
 }
 
+/// Removes a transaction's wait-for edge when dropped.
+struct WaitGuard<'a> {
+    locks: &'a Locks,
+    owner: u64,
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.locks.done_waiting(self.owner);
+    }
+}
+
 /// A statement to run speculatively after `history` and roll back.
 pub(crate) struct SpecJob {
     owner: u64,
@@ -359,8 +371,13 @@ impl Optimistic {
                 }
                 Spec::Blocked { by } => {
                     self.locks.wait_for(self.owner, by)?;
+                    // Forgets the wait even if this future is dropped (a cancelled statement).
+                    let waiting = WaitGuard {
+                        locks: &self.locks,
+                        owner: self.owner,
+                    };
                     let waited = tokio::time::timeout(self.lock_wait, released.changed()).await;
-                    self.locks.done_waiting(self.owner);
+                    drop(waiting);
                     if waited.is_err() {
                         return Err(EngineError::LockTimeout(format!(
                             "waited {:?} for a row another transaction changed and has not committed; this statement was refused",
@@ -387,6 +404,7 @@ impl Optimistic {
                     EngineError::BadRequest(format!("savepoint \"{name}\" does not exist"))
                 })
         };
+        crate::txn::check_savepoint_name(name)?;
         match op {
             crate::SavepointOp::Create => {
                 self.savepoints.push((name.to_string(), self.history.len()))

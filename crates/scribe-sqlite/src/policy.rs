@@ -56,7 +56,10 @@ impl Policy {
             }
             if matches!(
                 ctx.action,
-                AuthAction::DropTable { .. } | AuthAction::DropTempTable { .. }
+                AuthAction::DropTable { .. }
+                    | AuthAction::DropTempTable { .. }
+                    | AuthAction::DropView { .. }
+                    | AuthAction::DropTempView { .. }
             ) {
                 dropping.store(true, Ordering::Relaxed);
             }

@@ -284,15 +284,7 @@ impl Writer {
         savepoints: &mut Vec<(String, usize)>,
         steps: &mut Vec<Step>,
     ) -> Result<(), EngineError> {
-        if name.is_empty()
-            || name.len() > 63
-            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            || name.to_ascii_lowercase().starts_with("scribe_")
-        {
-            return Err(EngineError::BadRequest(format!(
-                "savepoint name {name:?} must be letters, digits and '_' (and not start with scribe_)"
-            )));
-        }
+        check_savepoint_name(name)?;
         let find = |savepoints: &Vec<(String, usize)>| {
             savepoints
                 .iter()
@@ -367,4 +359,18 @@ impl Writer {
         }
         self.run_in_open(done, batch);
     }
+}
+
+/// Savepoint names clients may use: 1 to 63 letters, digits and '_', not starting with `scribe_`.
+pub(crate) fn check_savepoint_name(name: &str) -> Result<(), EngineError> {
+    if name.is_empty()
+        || name.len() > 63
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        || name.to_ascii_lowercase().starts_with("scribe_")
+    {
+        return Err(EngineError::BadRequest(format!(
+            "savepoint name {name:?} must be letters, digits and '_' (and not start with scribe_)"
+        )));
+    }
+    Ok(())
 }

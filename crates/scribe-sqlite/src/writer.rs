@@ -408,11 +408,12 @@ impl Writer {
     /// Runs `batch` inside the open write transaction, after the transactions of `done` (already
     /// run in it), then makes them all durable, commits and answers everyone.
     pub(crate) fn run_in_open(&mut self, mut done: Vec<Done>, batch: Vec<Job>) {
-        for Job {
+        let mut jobs = batch.into_iter();
+        while let Some(Job {
             statements,
             expect,
             reply,
-        } in batch
+        }) = jobs.next()
         {
             match self.run_txn(&statements, expect.as_deref()) {
                 Ok((results, position)) => done.push(Done {
@@ -422,6 +423,24 @@ impl Writer {
                 }),
                 Err(e) => {
                     EngineMetrics::add(&self.metrics.txn_errors, 1);
+                    if self.conn.is_autocommit() {
+                        // SQLite rolled back the whole batch transaction by itself (a full disk,
+                        // an I/O error): the transactions run before this one are gone too, and
+                        // their records must not be written.
+                        self.log.discard_pending();
+                        let why = format!(
+                            "SQLite rolled back the write transaction ({e}); nothing of it was kept"
+                        );
+                        tracing::warn!("{why}");
+                        let _ = reply.send(Err(e));
+                        for d in done {
+                            let _ = d.reply.send(Err(EngineError::Unavailable(why.clone())));
+                        }
+                        for job in jobs {
+                            let _ = job.reply.send(Err(EngineError::Unavailable(why.clone())));
+                        }
+                        return;
+                    }
                     let _ = reply.send(Err(e));
                 }
             }
@@ -547,6 +566,16 @@ impl Writer {
             .map_err(|e| EngineError::Internal(format!("open savepoint: {e}")))?;
         let outcome = self
             .run_statements(statements)
+            .map_err(|e| match (expect, e) {
+                // An optimistic transaction replayed at commit: what fails now did not fail when
+                // its client ran it, so something concurrent got in the way.
+                (Some(_), EngineError::Constraint(m) | EngineError::Sql(m)) => {
+                    EngineError::SerializationFailure(format!(
+                        "could not serialize access due to a concurrent transaction: at commit, a statement of this transaction fails now ({m}); nothing of it was kept, retry it"
+                    ))
+                }
+                (_, e) => e,
+            })
             .and_then(|(results, steps)| {
                 if let Some(expect) = expect {
                     crate::occ::validate(&results, expect)?;
@@ -575,7 +604,10 @@ impl Writer {
         self.policy
             .internal(|| {
                 self.conn
-                    .prepare_cached("PRAGMA schema_version")?
+                    .prepare_cached(&format!(
+                        "{}PRAGMA schema_version",
+                        crate::exec::INTERNAL_MARK
+                    ))?
                     .query_row([], |r| r.get(0))
             })
             .map_err(|e| EngineError::Internal(format!("read schema version: {e}")))

@@ -33,6 +33,10 @@ pub struct DemoArgs {
     /// peer (replication) ports on PORT+1000, PORT+1001 and PORT+1002
     #[arg(long, env = "SCRIBE_DEMO_PORT", default_value_t = 5480)]
     pub port: u16,
+    /// Base port of the PostgreSQL protocol: n1, n2 and n3 serve psql, pgbench and other
+    /// PostgreSQL clients on PG_PORT, PG_PORT+1 and PG_PORT+2; 0: not served
+    #[arg(long, env = "SCRIBE_DEMO_PG_PORT", default_value_t = 5433)]
+    pub pg_port: u16,
     /// Run the walkthrough and stop the nodes, instead of keeping the cluster up until Ctrl-C
     #[arg(long, env = "SCRIBE_DEMO_NO_WAIT", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_wait: bool,
@@ -59,6 +63,8 @@ struct NodeSpec {
     follow: Option<SocketAddr>,
     http: SocketAddr,
     peer: SocketAddr,
+    /// Where it serves the PostgreSQL protocol, if it does.
+    pg: Option<SocketAddr>,
 }
 
 impl NodeSpec {
@@ -86,6 +92,9 @@ impl NodeSpec {
         if let Some(primary) = self.follow {
             a.extend(["--follow".into(), primary.to_string().into()]);
         }
+        if let Some(pg) = self.pg {
+            a.extend(["--pg".into(), pg.to_string().into()]);
+        }
         a.extend(["--log".into(), "info".into()]);
         a
     }
@@ -96,7 +105,10 @@ fn local(port: u16) -> SocketAddr {
 }
 
 /// The cluster on base port `port`: n1 the primary, n2 and n3 replicas following it.
-fn plan(port: u16) -> anyhow::Result<Vec<NodeSpec>> {
+fn plan(port: u16, pg_port: u16) -> anyhow::Result<Vec<NodeSpec>> {
+    if pg_port > u16::MAX - 2 {
+        bail!("--pg-port must be at most {}", u16::MAX - 2);
+    }
     let highest = port.checked_add(PEER_PORT_OFFSET + 2);
     if port == 0 || highest.is_none() {
         bail!(
@@ -114,6 +126,7 @@ fn plan(port: u16) -> anyhow::Result<Vec<NodeSpec>> {
             follow: (i > 0).then_some(primary_peer),
             http: local(port + i),
             peer: local(port + PEER_PORT_OFFSET + i),
+            pg: (pg_port != 0).then(|| local(pg_port + i)),
         })
         .collect())
 }
@@ -583,7 +596,7 @@ async fn walkthrough(cluster: &Cluster) -> anyhow::Result<()> {
 
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
-    let specs = plan(args.port)?;
+    let specs = plan(args.port, args.pg_port)?;
     prepare_dir(&args.dir, &specs)?;
     let dir = args.dir.display();
     println!("Scribe demo: a primary and two replicas under {dir}/");
@@ -637,6 +650,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<i32> {
         println!("   scribe sql --url {primary}      # the primary: reads and writes");
         println!("   scribe sql --url {replica}      # a replica: reads");
         println!("   scribe status --url {primary}   # the replicas and their lag");
+        if let (Some(p1), Some(p2)) = (specs[0].pg, specs[1].pg) {
+            println!(
+                "   psql -h 127.0.0.1 -p {} -U scribe -c \"SELECT * FROM users\"   # PostgreSQL clients: n1",
+                p1.port()
+            );
+            println!(
+                "   psql -h 127.0.0.1 -p {} -U scribe   # n2, a replica: writes go to n1, reads see them",
+                p2.port()
+            );
+        }
         println!("   curl -s {primary}/metrics");
         println!("Press Ctrl-C to stop.");
         let _ = ctrl_c.await;
@@ -651,7 +674,7 @@ mod tests {
 
     #[test]
     fn the_cluster_is_a_primary_and_two_replicas_following_it() {
-        let specs = plan(5480).unwrap();
+        let specs = plan(5480, 5433).unwrap();
         let args: Vec<String> = specs
             .iter()
             .map(|s| {
@@ -665,9 +688,9 @@ mod tests {
         assert_eq!(
             args,
             [
-                "node --name n1 --data d --http 127.0.0.1:5480 --peer 127.0.0.1:6480 --log info",
-                "node --name n2 --data d --http 127.0.0.1:5481 --peer 127.0.0.1:6481 --follow 127.0.0.1:6480 --log info",
-                "node --name n3 --data d --http 127.0.0.1:5482 --peer 127.0.0.1:6482 --follow 127.0.0.1:6480 --log info",
+                "node --name n1 --data d --http 127.0.0.1:5480 --peer 127.0.0.1:6480 --pg 127.0.0.1:5433 --log info",
+                "node --name n2 --data d --http 127.0.0.1:5481 --peer 127.0.0.1:6481 --follow 127.0.0.1:6480 --pg 127.0.0.1:5434 --log info",
+                "node --name n3 --data d --http 127.0.0.1:5482 --peer 127.0.0.1:6482 --follow 127.0.0.1:6480 --pg 127.0.0.1:5435 --log info",
             ]
         );
         assert_eq!(
@@ -678,15 +701,16 @@ mod tests {
 
     #[test]
     fn ports_that_do_not_fit_are_refused() {
-        assert!(plan(0).is_err());
-        assert!(plan(u16::MAX - 1001).is_err());
-        let top = plan(u16::MAX - 1002).unwrap();
+        assert!(plan(0, 5433).is_err());
+        assert!(plan(5480, u16::MAX).is_err());
+        assert!(plan(u16::MAX - 1001, 0).is_err());
+        let top = plan(u16::MAX - 1002, 0).unwrap();
         assert_eq!(top[2].peer.port(), u16::MAX);
     }
 
     #[test]
     fn only_an_earlier_runs_files_are_wiped() {
-        let specs = plan(5480).unwrap();
+        let specs = plan(5480, 5433).unwrap();
         for ok in ["n1", "n2", "n3", "n1.log", "n3.log"] {
             assert!(is_demo_leftover(ok, &specs), "{ok}");
         }

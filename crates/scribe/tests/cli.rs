@@ -109,6 +109,10 @@ fn every_command_has_help() {
         "--config",
         "--max-request-bytes",
         "SCRIBE_DATA",
+        "--pg",
+        "--pg-password",
+        "--pg-tls-cert",
+        "--txn-idle-timeout",
     ] {
         assert!(out.contains(flag), "node --help lacks {flag}");
     }
@@ -128,6 +132,8 @@ fn the_demo_runs_a_primary_and_two_replicas_and_walks_through_the_example() {
         demo_dir.to_str().unwrap(),
         "--port",
         &port.to_string(),
+        "--pg-port",
+        &(port + 2000).to_string(),
     ]);
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     // Alice read back from the replica n2, with id 1.

@@ -14,15 +14,18 @@ use pgwire::api::results::{
 };
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
-use pgwire::api::{ClientInfo, ClientPortalStore, Type};
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionGuard, ConnectionHandle, ConnectionManager, Type,
+};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
+use pgwire::messages::response::TransactionStatus;
 use pgwire::messages::response::{CommandComplete, NoticeResponse};
 use pgwire::messages::PgWireBackendMessage;
 use scribe_pgsql::{Command, Kind};
 use tokio::sync::Mutex;
 
-use super::session::{savepoint_of, Outcome, Runner, Session};
+use super::session::{savepoint_of, Hints, Outcome, Runner, Session};
 use super::sqlstate::PgError;
 use super::types;
 
@@ -31,12 +34,17 @@ use super::types;
 pub struct Parsed {
     /// The command.
     pub command: Arc<Command>,
+    /// What its text says beyond the translation.
+    pub hints: Hints,
     /// Highest `$n` it uses.
     pub params: usize,
 }
 
 /// Translates statements for the extended protocol.
-pub struct Parser;
+pub struct Parser {
+    /// The connection's session: a statement that does not parse fails its transaction.
+    session: Arc<Mutex<Session>>,
+}
 
 /// Parses one PostgreSQL statement (savepoint statements are the session's own).
 pub fn parse(sql: &str) -> Result<Parsed, PgError> {
@@ -51,6 +59,7 @@ pub fn parse(sql: &str) -> Result<Parsed, PgError> {
         scribe_pgsql::translate(sql)?
     };
     Ok(Parsed {
+        hints: Hints::of(sql),
         command: Arc::new(command),
         params: scribe_pgsql::param_count(sql),
     })
@@ -69,7 +78,13 @@ impl QueryParser for Parser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let p = parse(sql)?;
+        let p = match parse(sql) {
+            Ok(p) => p,
+            Err(e) => {
+                self.session.lock().await.fail();
+                return Err(wire(e));
+            }
+        };
         if matches!(*p.command, Command::Empty) {
             return Ok(None);
         }
@@ -92,21 +107,70 @@ impl QueryParser for Parser {
 /// One connection.
 pub struct Conn {
     pub runner: Arc<Runner>,
-    pub session: Mutex<Session>,
+    pub session: Arc<Mutex<Session>>,
     parser: Arc<Parser>,
     /// A read run early to describe its portal, kept for the Execute that follows (keyed by the
     /// portal instance: a portal bound again is a new instance).
-    prefetched: Mutex<Option<(usize, Outcome)>>,
+    prefetched: Mutex<Option<(PrefetchKey, Outcome)>>,
+    manager: Arc<ConnectionManager>,
+    /// The cancel handle and its registration (unregistered when the connection goes).
+    cancel: std::sync::Mutex<Option<(Arc<ConnectionHandle>, ConnectionGuard)>>,
 }
 
 impl Conn {
     /// A new connection's handlers.
-    pub fn new(runner: Arc<Runner>) -> Conn {
+    pub fn new(runner: Arc<Runner>, manager: Arc<ConnectionManager>) -> Conn {
+        let session = Arc::new(Mutex::new(Session::default()));
         Conn {
             runner,
-            session: Mutex::new(Session::default()),
-            parser: Arc::new(Parser),
+            session: session.clone(),
+            parser: Arc::new(Parser { session }),
             prefetched: Mutex::new(None),
+            manager,
+            cancel: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// This connection's cancel handle, registered on first use under its key.
+    fn cancel_handle<C: ClientInfo>(&self, client: &C) -> Arc<ConnectionHandle> {
+        let mut c = self.cancel.lock().expect("cancel handle");
+        if let Some((h, _)) = &*c {
+            return h.clone();
+        }
+        let (pid, key) = client.pid_and_secret_key();
+        let (h, guard) = self.manager.register(pid, key);
+        *c = Some((h.clone(), guard));
+        h
+    }
+
+    /// Runs a command; a cancel request interrupts it only while it is a read outside a
+    /// transaction block. A write or a commit already sent runs to its end — its outcome could
+    /// not be told otherwise.
+    async fn run_cancellable<C: ClientInfo>(
+        &self,
+        client: &C,
+        s: &mut Session,
+        command: &Command,
+        params: Vec<scribe_sqlite::Value>,
+        hints: Hints,
+    ) -> Result<Outcome, PgError> {
+        let read = matches!(
+            command,
+            Command::Sql {
+                kind: Kind::Read,
+                ..
+            } | Command::Show { .. }
+        ) && !Runner::in_transaction(s);
+        if !read {
+            return self.runner.run(s, command, params, hints).await;
+        }
+        let cancelled = self.cancel_handle(client).start_query().await;
+        tokio::select! {
+            r = self.runner.run(s, command, params, hints) => r,
+            _ = cancelled => Err(PgError::new(
+                super::sqlstate::QUERY_CANCELED,
+                "canceling statement due to user request",
+            )),
         }
     }
 }
@@ -192,7 +256,10 @@ impl SimpleQueryHandler for Conn {
         let mut s = self.session.lock().await;
         for stmt in scribe_pgsql::split(query) {
             let result = match parse(&stmt) {
-                Ok(p) => self.runner.run(&mut s, &p.command, Vec::new()).await,
+                Ok(p) => {
+                    self.run_cancellable(client, &mut s, &p.command, Vec::new(), p.hints)
+                        .await
+                }
                 Err(e) => {
                     self.runner.fail(&mut s);
                     Err(e)
@@ -208,6 +275,13 @@ impl SimpleQueryHandler for Conn {
                     }
                 }
                 Err(e) => {
+                    if !Runner::in_transaction(&s) {
+                        // A failed COMMIT ended the transaction: the session is idle, not failed.
+                        client.set_transaction_status(TransactionStatus::Idle);
+                    }
+                    if out.is_empty() {
+                        return Err(wire(e));
+                    }
                     out.push(err_response(e));
                     break;
                 }
@@ -244,7 +318,7 @@ impl ExtendedQueryHandler for Conn {
         let early = {
             let mut p = self.prefetched.lock().await;
             match p.take() {
-                Some((id, o)) if id == portal_id(portal) => Some(o),
+                Some((key, o)) if key == prefetch_key(portal) => Some(o),
                 _ => None,
             }
         };
@@ -257,9 +331,14 @@ impl ExtendedQueryHandler for Conn {
                 &portal.parameter_format,
             ) {
                 Ok(params) => {
-                    self.runner
-                        .run(&mut s, &portal.statement.statement.command, params)
-                        .await
+                    self.run_cancellable(
+                        client,
+                        &mut s,
+                        &portal.statement.statement.command,
+                        params,
+                        portal.statement.statement.hints,
+                    )
+                    .await
                 }
                 Err(e) => {
                     self.runner.fail(&mut s);
@@ -270,7 +349,12 @@ impl ExtendedQueryHandler for Conn {
         send_notices(client, &mut s).await?;
         match result {
             Ok(o) => Ok(to_response(o, &portal.result_column_format)),
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                if !Runner::in_transaction(&s) {
+                    client.set_transaction_status(TransactionStatus::Idle);
+                }
+                Err(wire(e))
+            }
         }
     }
 
@@ -324,20 +408,25 @@ impl ExtendedQueryHandler for Conn {
             return Ok(DescribePortalResponse::new(fields));
         }
         // Run the read now: its values give the types of computed columns; Execute sends them.
-        let params = types::decode_params(
+        let mut s = self.session.lock().await;
+        let params = match types::decode_params(
             &portal.parameters,
             &portal.statement.parameter_types,
             &portal.parameter_format,
-        )
-        .map_err(wire)?;
-        let mut s = self.session.lock().await;
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                self.runner.fail(&mut s);
+                return Err(wire(e));
+            }
+        };
         let outcome = self
             .runner
-            .run(&mut s, command, params)
+            .run(&mut s, command, params, portal.statement.statement.hints)
             .await
             .map_err(wire)?;
         let fields = describe_fields(&outcome, &portal.result_column_format);
-        *self.prefetched.lock().await = Some((portal_id(portal), outcome));
+        *self.prefetched.lock().await = Some((prefetch_key(portal), outcome));
         Ok(DescribePortalResponse::new(fields))
     }
 }
@@ -423,7 +512,19 @@ fn wire(e: PgError) -> PgWireError {
     e.into()
 }
 
-/// The identity of a bound portal instance.
-fn portal_id(portal: &Portal<Parsed>) -> usize {
-    std::sync::Arc::as_ptr(&portal.state) as *const () as usize
+/// What identifies a portal's execution: the portal instance, its statement and its parameters
+/// (an address may be reused by a later portal; the whole key then still has to match).
+#[derive(PartialEq)]
+struct PrefetchKey {
+    portal: usize,
+    statement: usize,
+    params: Vec<Option<bytes::Bytes>>,
+}
+
+fn prefetch_key(portal: &Portal<Parsed>) -> PrefetchKey {
+    PrefetchKey {
+        portal: std::sync::Arc::as_ptr(&portal.state) as *const () as usize,
+        statement: std::sync::Arc::as_ptr(&portal.statement) as *const () as usize,
+        params: portal.parameters.clone(),
+    }
 }

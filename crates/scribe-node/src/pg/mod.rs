@@ -31,8 +31,8 @@ use pgwire::api::auth::{
 };
 use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::{
-    ClientInfo, ConnectionGuard, ConnectionHandle, ConnectionManager, PgWireServerHandlers,
-    PidSecretKeyGenerator, RandomPidSecretKeyGenerator,
+    ClientInfo, ConnectionManager, PgWireServerHandlers, PidSecretKeyGenerator,
+    RandomPidSecretKeyGenerator,
 };
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
@@ -70,7 +70,6 @@ impl ServerParameterProvider for Params {
 /// Authentication when no password is configured: every client is let in.
 struct Trust {
     params: Arc<Params>,
-    manager: Arc<ConnectionManager>,
     pids: RandomPidSecretKeyGenerator,
 }
 
@@ -90,12 +89,9 @@ impl StartupHandler for Trust {
             protocol_negotiation(client, startup).await?;
             save_startup_parameters_to_metadata(client, startup);
             let (pid, key) = self.pids.generate(client);
-            client.set_pid_and_secret_key(pid, key.clone());
-            let (handle, guard) = self.manager.register(pid, key);
-            client
-                .session_extensions()
-                .insert::<Arc<ConnectionHandle>>(handle);
-            client.session_extensions().insert::<ConnectionGuard>(guard);
+            client.set_pid_and_secret_key(pid, key);
+            // Cancel requests are registered by the connection's handlers (see handler.rs), which
+            // decide what a cancel may interrupt.
             finish_authentication(client, self.params.as_ref()).await?;
         }
         Ok(())
@@ -144,6 +140,7 @@ impl StartupHandler for Startup {
 /// What all connections share.
 struct Shared {
     runner: Arc<Runner>,
+    manager: Arc<ConnectionManager>,
     startup: Arc<Startup>,
     cancel: Arc<DefaultCancelHandler>,
 }
@@ -229,7 +226,6 @@ impl PgServer {
         let startup = match &state.config.pg_password {
             None => Startup::Trust(Trust {
                 params: params.clone(),
-                manager: manager.clone(),
                 pids: RandomPidSecretKeyGenerator::default(),
             }),
             Some(p) => {
@@ -237,17 +233,14 @@ impl PgServer {
                     password: p.clone(),
                 }));
                 scram.set_iterations(SCRAM_ITERATIONS);
-                Startup::Scram(
-                    SASLAuthStartupHandler::new(params.clone())
-                        .with_scram(scram)
-                        .with_connection_manager(manager.clone()),
-                )
+                Startup::Scram(SASLAuthStartupHandler::new(params.clone()).with_scram(scram))
             }
         };
         let shared = Arc::new(Shared {
             runner: Arc::new(Runner { state }),
             startup: Arc::new(startup),
-            cancel: Arc::new(DefaultCancelHandler::new(manager)),
+            cancel: Arc::new(DefaultCancelHandler::new(manager.clone())),
+            manager,
         });
         loop {
             let (socket, peer) = match self.listener.accept().await {
@@ -261,7 +254,7 @@ impl PgServer {
             let _ = socket.set_nodelay(true);
             let handlers = Handlers {
                 shared: shared.clone(),
-                conn: Arc::new(Conn::new(shared.runner.clone())),
+                conn: Arc::new(Conn::new(shared.runner.clone(), shared.manager.clone())),
             };
             let tls = self.tls.clone();
             tokio::spawn(async move {

@@ -55,11 +55,27 @@ enum Lease {
 /// replays the ones before it).
 const MAX_OPTIMISTIC: usize = 64;
 
-#[derive(Default)]
 struct TxnState {
     lease: Option<Lease>,
     aborted: bool,
+    /// The writer side was lost with statements in it (a cancelled statement, a failed move onto
+    /// the writer): nothing can recover the transaction, not even a rollback to a savepoint.
+    lost: bool,
     local_commit: Option<CommitMode>,
+    /// Run on the writer from the first statement (SERIALIZABLE / REPEATABLE READ asked, or a
+    /// locking read): no optimism.
+    pessimistic: bool,
+    /// The transaction's timestamp: `CURRENT_TIMESTAMP` and friends in it, as in PostgreSQL.
+    started: std::time::SystemTime,
+}
+
+impl Session {
+    /// Fails the session's transaction block, if it is in one (a statement that did not parse).
+    pub fn fail(&mut self) {
+        if let Some(t) = &mut self.txn {
+            t.aborted = true;
+        }
+    }
 }
 
 /// The state of one connection.
@@ -186,12 +202,20 @@ impl Runner {
         s: &mut Session,
         cmd: &Command,
         params: Vec<Value>,
+        hints: Hints,
     ) -> Result<Outcome, PgError> {
+        if hints.serializable {
+            if let Some(t) = &mut s.txn {
+                t.pessimistic = true;
+            }
+        }
         if s.busy {
             // The last statement was cancelled mid-flight: its transaction is rolled back.
             s.busy = false;
             if let Some(t) = &mut s.txn {
-                t.lease = None;
+                if t.lease.take().is_some() {
+                    t.lost = true;
+                }
                 t.aborted = true;
             }
         }
@@ -199,9 +223,9 @@ impl Runner {
         let r = match cmd {
             Command::Sql { sql, .. } => match self.rollback_to(s, sql).await {
                 Some(r) => r,
-                None => self.dispatch(s, cmd, params).await,
+                None => self.dispatch(s, cmd, params, hints).await,
             },
-            _ => self.dispatch(s, cmd, params).await,
+            _ => self.dispatch(s, cmd, params, hints).await,
         };
         s.busy = false;
         if r.is_err() {
@@ -217,6 +241,7 @@ impl Runner {
         s: &mut Session,
         cmd: &Command,
         params: Vec<Value>,
+        hints: Hints,
     ) -> Result<Outcome, PgError> {
         let in_failed = s.txn.as_ref().is_some_and(|t| t.aborted);
         match cmd {
@@ -232,7 +257,14 @@ impl Runner {
                     s.notices
                         .push("there is already a transaction in progress".into());
                 } else {
-                    s.txn = Some(TxnState::default());
+                    s.txn = Some(TxnState {
+                        lease: None,
+                        aborted: false,
+                        lost: false,
+                        local_commit: None,
+                        pessimistic: hints.serializable,
+                        started: std::time::SystemTime::now(),
+                    });
                 }
                 Ok(Outcome::Begin)
             }
@@ -284,7 +316,23 @@ impl Runner {
                 if let Some(sp) = savepoint_of(sql) {
                     return self.savepoint(s, sp).await;
                 }
-                let st = Statement::with_params(sql.clone(), params);
+                let mut sql = sql.clone();
+                if let Some(t) = &mut s.txn {
+                    // PostgreSQL's now() is the transaction's start: the same in every statement
+                    // of it (and in every run of an optimistic transaction's statements).
+                    sql = freeze_time(&sql, t.started);
+                    // A locking read, or a statement whose result cannot be run twice alike:
+                    // run it (and the rest) on the writer, held.
+                    if hints.locking || t.pessimistic || nondeterministic(&sql) {
+                        t.pessimistic = true;
+                    }
+                }
+                if s.txn.as_ref().is_some_and(|t| t.pessimistic) {
+                    self.ensure_lease(s).await?;
+                    let t = s.txn.as_mut().expect("in a transaction");
+                    self.escalate(t).await?;
+                }
+                let st = Statement::with_params(sql, params);
                 let leased = s.txn.as_ref().is_some_and(|t| match &t.lease {
                     None => false,
                     Some(Lease::Optimistic(o)) => o.has_written(),
@@ -496,6 +544,12 @@ impl Runner {
             return Ok(());
         }
         let lease = match self.primary()? {
+            None if s.txn.as_ref().is_some_and(|t| t.pessimistic) => Lease::Local(
+                self.state
+                    .engine
+                    .begin(self.state.config.txn_idle_timeout)
+                    .await?,
+            ),
             None => Lease::Optimistic(
                 self.state
                     .engine
@@ -513,6 +567,25 @@ impl Runner {
     /// replays what the client ran, checking it gives the same results (else a serialization
     /// failure: the client's view cannot be kept).
     async fn escalate(&self, t: &mut TxnState) -> Result<(), PgError> {
+        if !matches!(t.lease, Some(Lease::Optimistic(_))) {
+            return Ok(());
+        }
+        let r = self.escalate_inner(t).await;
+        if let Err(e) = &r {
+            // The statements run so far are gone: the transaction cannot go on.
+            t.lost = true;
+            t.aborted = true;
+            if e.sqlstate != "40001" {
+                return Err(PgError::new(
+                    "40001",
+                    format!("could not serialize access: moving the transaction onto the writer failed ({}); retry the transaction", e.message),
+                ));
+            }
+        }
+        r
+    }
+
+    async fn escalate_inner(&self, t: &mut TxnState) -> Result<(), PgError> {
         let Some(Lease::Optimistic(o)) = t.lease.take() else {
             return Ok(());
         };
@@ -612,6 +685,9 @@ impl Runner {
             return None;
         }
         let t = s.txn.as_mut()?;
+        if t.lost {
+            return Some(Err(PgError::aborted()));
+        }
         if t.lease.is_none() && t.aborted {
             // The failure was before any write: nothing to undo.
             t.aborted = false;
@@ -807,4 +883,150 @@ pub fn unsupported(what: &str) -> PgError {
         FEATURE_NOT_SUPPORTED,
         format!("{what} is not supported by Scribe"),
     )
+}
+
+/// What the raw text of a statement says beyond its translation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hints {
+    /// `SELECT ... FOR UPDATE / FOR SHARE`: rows the transaction means to change.
+    pub locking: bool,
+    /// `ISOLATION LEVEL SERIALIZABLE` or `REPEATABLE READ` asked for.
+    pub serializable: bool,
+}
+
+impl Hints {
+    /// Reads them off a statement's text.
+    pub fn of(sql: &str) -> Hints {
+        let up = sql.to_ascii_uppercase();
+        let words: Vec<&str> = up.split_whitespace().collect();
+        let has = |seq: &[&str]| words.windows(seq.len()).any(|w| w == seq);
+        Hints {
+            locking: has(&["FOR", "UPDATE"])
+                || has(&["FOR", "SHARE"])
+                || has(&["FOR", "NO", "KEY", "UPDATE"])
+                || has(&["FOR", "KEY", "SHARE"]),
+            serializable: has(&["ISOLATION", "LEVEL", "SERIALIZABLE"])
+                || has(&["ISOLATION", "LEVEL", "REPEATABLE", "READ"]),
+        }
+    }
+}
+
+/// Replaces SQLite's clock keywords outside quotes with the transaction's start time.
+fn freeze_time(sql: &str, at: std::time::SystemTime) -> String {
+    let up = sql.to_ascii_uppercase();
+    if !up.contains("CURRENT_") {
+        return sql.to_string();
+    }
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    let date = format!("{y:04}-{m:02}-{d:02}");
+    let time = format!("{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60);
+    let mut out = String::with_capacity(sql.len() + 16);
+    let bytes = sql.as_bytes();
+    let mut i = 0;
+    let mut quote: Option<u8> = None;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if let Some(q) = quote {
+            out.push(c as char);
+            if c == q {
+                quote = None;
+            }
+            i += 1;
+            continue;
+        }
+        if c == b'\'' || c == b'"' {
+            quote = Some(c);
+            out.push(c as char);
+            i += 1;
+            continue;
+        }
+        let rest = &up[i..];
+        let word_start = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+        let mut replaced = false;
+        if word_start {
+            for (kw, value) in [
+                ("CURRENT_TIMESTAMP", format!("'{date} {time}'")),
+                ("CURRENT_DATE", format!("'{date}'")),
+                ("CURRENT_TIME", format!("'{time}'")),
+            ] {
+                let end = i + kw.len();
+                let word_end = end >= bytes.len()
+                    || !(bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_');
+                if rest.starts_with(kw) && word_end {
+                    out.push_str(&value);
+                    i = end;
+                    replaced = true;
+                    break;
+                }
+            }
+        }
+        if !replaced {
+            out.push(c as char);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Whether a statement's result may differ when it runs again on the same data.
+fn nondeterministic(sql: &str) -> bool {
+    let up = sql.to_ascii_uppercase();
+    [
+        "RANDOM(",
+        "RANDOMBLOB(",
+        "GEN_RANDOM_UUID",
+        "'NOW'",
+        "CHANGES(",
+        "LAST_INSERT_ROWID(",
+    ]
+    .iter()
+    .any(|f| up.contains(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_keywords_become_the_transactions_time_outside_quotes() {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            freeze_time(
+                "INSERT INTO t VALUES (CURRENT_TIMESTAMP, 'CURRENT_DATE', current_date)",
+                at
+            ),
+            "INSERT INTO t VALUES ('2023-11-14 22:13:20', 'CURRENT_DATE', '2023-11-14')"
+        );
+        assert_eq!(
+            freeze_time("SELECT my_current_timestamp_col FROM t", at),
+            "SELECT my_current_timestamp_col FROM t"
+        );
+    }
+
+    #[test]
+    fn hints_see_locking_reads_and_strict_isolation() {
+        assert!(Hints::of("select * from t where id = 1 for update").locking);
+        assert!(Hints::of("SELECT 1 FOR\n SHARE").locking);
+        assert!(Hints::of("BEGIN ISOLATION LEVEL SERIALIZABLE").serializable);
+        assert!(Hints::of("begin transaction isolation level repeatable read").serializable);
+        assert!(!Hints::of("BEGIN ISOLATION LEVEL READ COMMITTED").serializable);
+    }
 }

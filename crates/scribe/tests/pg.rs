@@ -215,6 +215,74 @@ async fn the_classic_walkthrough_runs_in_psql_on_a_primary_and_a_replica() {
     );
     let (ok, out, _) = psql(primary.pg, &["-c", "SELECT count(*) FROM users"]);
     assert!(ok && out.contains(" 2"), "{out}");
+
+    // Several statements in one message are one implicit transaction: all or nothing.
+    let (ok, _, err) = psql(
+        primary.pg,
+        &[
+            "-c",
+            "INSERT INTO users (name) VALUES ('Carol'); SELECT * FROM nope",
+        ],
+    );
+    assert!(!ok, "{err}");
+    let (ok, out, _) = psql(
+        primary.pg,
+        &[
+            "-At",
+            "-c",
+            "SELECT count(*) FROM users WHERE name = 'Carol'",
+        ],
+    );
+    assert!(ok && out.trim() == "0", "Carol was kept: {out}");
+
+    // A transaction block across round trips: rolled back, committed, and one left open by a
+    // client that goes away is rolled back.
+    let (ok, out, err) = psql(
+        primary.pg,
+        &[
+            "-c",
+            "BEGIN",
+            "-c",
+            "INSERT INTO users (name) VALUES ('Dan')",
+            "-c",
+            "ROLLBACK",
+            "-c",
+            "BEGIN",
+            "-c",
+            "INSERT INTO users (name) VALUES ('Eve')",
+            "-c",
+            "UPDATE users SET name = 'Eve!' WHERE name = 'Eve'",
+            "-c",
+            "COMMIT",
+            "-c",
+            "BEGIN",
+            "-c",
+            "INSERT INTO users (name) VALUES ('Fay')",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("ROLLBACK") && out.contains("COMMIT"), "{out}");
+    let (ok2, out2, _) = psql(
+        primary.pg,
+        &[
+            "-At",
+            "-c",
+            "SELECT count(*) FROM users WHERE name IN ('Dan', 'Fay')",
+        ],
+    );
+    assert!(
+        ok2 && out2.trim() == "0",
+        "a rolled back or abandoned insert was kept: {out2}"
+    );
+    let (ok, out, _) = psql(
+        primary.pg,
+        &[
+            "-At",
+            "-c",
+            "SELECT count(*) FROM users WHERE name = 'Eve!'",
+        ],
+    );
+    assert!(ok && out.trim() == "1", "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -254,8 +254,27 @@ impl SimpleQueryHandler for Conn {
     {
         let mut out = Vec::new();
         let mut s = self.session.lock().await;
-        for stmt in scribe_pgsql::split(query) {
-            let result = match parse(&stmt) {
+        let statements = scribe_pgsql::split(query);
+        let parsed: Vec<Result<Parsed, PgError>> = statements.iter().map(|q| parse(q)).collect();
+        // Several statements in one message outside a block run as one implicit transaction,
+        // as in PostgreSQL: all or nothing.
+        let implicit = parsed.len() > 1
+            && !Runner::in_transaction(&s)
+            && parsed.iter().all(|p| {
+                matches!(p, Ok(p) if !matches!(
+                    &*p.command,
+                    Command::Begin | Command::Commit | Command::Rollback | Command::CopyIn(_)
+                ) && p.hints == Hints::default())
+            });
+        if implicit {
+            self.runner
+                .run(&mut s, &Command::Begin, Vec::new(), Hints::default())
+                .await
+                .map_err(wire)?;
+        }
+        let mut failed = false;
+        for p in parsed {
+            let result = match p {
                 Ok(p) => {
                     self.run_cancellable(client, &mut s, &p.command, Vec::new(), p.hints)
                         .await
@@ -275,6 +294,14 @@ impl SimpleQueryHandler for Conn {
                     }
                 }
                 Err(e) => {
+                    failed = true;
+                    if implicit {
+                        self.runner
+                            .run(&mut s, &Command::Rollback, Vec::new(), Hints::default())
+                            .await
+                            .map_err(wire)?;
+                        s.notices.clear();
+                    }
                     if !Runner::in_transaction(&s) {
                         // A failed COMMIT ended the transaction: the session is idle, not failed.
                         client.set_transaction_status(TransactionStatus::Idle);
@@ -285,6 +312,16 @@ impl SimpleQueryHandler for Conn {
                     out.push(err_response(e));
                     break;
                 }
+            }
+        }
+        if implicit && !failed {
+            let r = self
+                .runner
+                .run(&mut s, &Command::Commit, Vec::new(), Hints::default())
+                .await;
+            send_notices(client, &mut s).await?;
+            if let Err(e) = r {
+                out.push(err_response(e));
             }
         }
         if out.is_empty() {

@@ -93,12 +93,7 @@ pub async fn execute(
     held.touch();
     let mut guard = held.txn.lock().await;
     let Some(txn) = guard.as_mut() else {
-        return Err(state
-            .txns
-            .get("")
-            .err()
-            .expect("the empty id is never held")
-            .into());
+        return Err(crate::txns::ended(&id).into());
     };
     let result = txn
         .execute(Statement {
@@ -128,7 +123,7 @@ pub async fn commit(
     let txn = held.txn.lock().await.take();
     state.txns.remove(&id);
     let Some(txn) = txn else {
-        return Err(state.txns.get(&id).err().expect("just removed").into());
+        return Err(crate::txns::ended(&id).into());
     };
     let committed = txn.commit().await?;
     let mode = req.commit.unwrap_or(state.config.commit);
@@ -189,12 +184,7 @@ pub async fn savepoint(
     held.touch();
     let mut guard = held.txn.lock().await;
     let Some(txn) = guard.as_mut() else {
-        return Err(state
-            .txns
-            .get("")
-            .err()
-            .expect("the empty id is never held")
-            .into());
+        return Err(crate::txns::ended(&id).into());
     };
     txn.savepoint(op, &req.name).await?;
     Ok(Json(serde_json::json!({ "ok": true })))

@@ -54,11 +54,7 @@ impl TxnTable {
             .expect("txn table")
             .get(id)
             .cloned()
-            .ok_or_else(|| {
-                EngineError::TxnEnded(format!(
-                    "no open transaction {id}: it ended (committed, rolled back, failed or idle too long) or never existed"
-                ))
-            })
+            .ok_or_else(|| ended(id))
     }
 
     /// Forgets a transaction that ended.
@@ -88,4 +84,11 @@ fn os_random() -> u64 {
             .map_or(0, |d| d.as_nanos()),
     );
     h.finish()
+}
+
+/// The error for a transaction id that is not open.
+pub fn ended(id: &str) -> EngineError {
+    EngineError::TxnEnded(format!(
+        "no open transaction {id}: it ended (committed, rolled back, failed or idle too long) or never existed"
+    ))
 }

@@ -229,9 +229,7 @@ impl Runner {
         };
         s.busy = false;
         if r.is_err() {
-            if let Some(t) = &mut s.txn {
-                t.aborted = true;
-            }
+            s.fail();
         }
         r
     }
@@ -831,9 +829,7 @@ impl Runner {
 
     /// Marks the session's transaction failed (a statement that could not even be parsed).
     pub fn fail(&self, s: &mut Session) {
-        if let Some(t) = &mut s.txn {
-            t.aborted = true;
-        }
+        s.fail();
     }
 
     /// Whether the session is inside a transaction block.

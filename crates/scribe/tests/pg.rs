@@ -432,3 +432,84 @@ async fn scram_lets_in_the_right_password_only_and_garbage_is_refused() {
         String::from_utf8_lossy(&ok.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_served_when_configured_and_set_local_lasts_one_block() {
+    if !have("psql", &["--version"]) || !have("openssl", &["version"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let node = start(
+        "n1",
+        dir.path(),
+        &[
+            "--pg-tls-cert",
+            cert.to_str().unwrap(),
+            "--pg-tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let out = Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={} user=scribe dbname=scribe sslmode=require",
+            node.pg
+        ))
+        .args(["-X", "-At", "-c", "SELECT 'over tls'"])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "over tls");
+
+    // SET LOCAL holds inside its block only; SET for the session.
+    let (ok, out, err) = psql(
+        node.pg,
+        &[
+            "-At",
+            "-c",
+            "BEGIN",
+            "-c",
+            "SET LOCAL scribe.commit = 'sync'",
+            "-c",
+            "SHOW scribe.commit",
+            "-c",
+            "COMMIT",
+            "-c",
+            "SHOW scribe.commit",
+            "-c",
+            "SET synchronous_commit = remote_write",
+            "-c",
+            "SHOW scribe.commit",
+        ],
+    );
+    assert!(ok, "{err}");
+    let shown: Vec<&str> = out.lines().filter(|l| l.contains("sync")).collect();
+    assert_eq!(shown, ["sync", "async", "semi-sync"], "{out}");
+}

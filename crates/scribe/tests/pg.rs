@@ -513,3 +513,44 @@ async fn tls_is_served_when_configured_and_set_local_lasts_one_block() {
     let shown: Vec<&str> = out.lines().filter(|l| l.contains("sync")).collect();
     assert_eq!(shown, ["sync", "async", "semi-sync"], "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_not_confirmed_in_time_is_a_warning_on_the_primary_and_through_a_replica() {
+    if !have("psql", &["--version"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The sync set names a replica that never comes: every semi-sync commit times out.
+    let (primary, replica, _) = cluster(
+        dir.path(),
+        &[
+            "--commit",
+            "semi-sync",
+            "--sync-replicas",
+            "FIRST 1 (n9)",
+            "--sync-timeout",
+            "200ms",
+        ],
+    );
+    wait_streaming(&primary).await;
+    let (ok, _, err) = psql(
+        primary.pg,
+        &["-c", "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"],
+    );
+    assert!(ok, "{err}");
+    for (node, v) in [
+        (&primary, "on the primary"),
+        (&replica, "through the replica"),
+    ] {
+        let insert = format!("INSERT INTO t (v) VALUES ('{v}')");
+        let (ok, out, err) = psql(node.pg, &["-c", &insert]);
+        assert!(ok, "a committed write must not be an error: {err}");
+        assert!(out.contains("INSERT"), "{out}");
+        assert!(
+            err.contains("WARNING") && err.contains("committed"),
+            "{v}: stderr {err:?} stdout {out:?}"
+        );
+    }
+    let (ok, out, _) = psql(primary.pg, &["-At", "-c", "SELECT count(*) FROM t"]);
+    assert!(ok && out.trim() == "2", "{out}");
+}

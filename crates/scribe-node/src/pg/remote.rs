@@ -29,6 +29,20 @@ struct ErrorBody {
 struct ErrorFields {
     code: String,
     message: String,
+    /// With `sync_timeout`: where the committed transaction is.
+    #[serde(default)]
+    position: Option<Position>,
+}
+
+/// A commit the primary answered: its results (empty when only a warning came back), position,
+/// and a warning to pass on (committed, but its sync replicas did not confirm it in time).
+pub struct RemoteCommit {
+    /// The statements' results.
+    pub results: Vec<StatementResult>,
+    /// The transaction's position.
+    pub position: Position,
+    /// A warning for the client.
+    pub warning: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -79,6 +93,46 @@ impl Primary {
         body: serde_json::Value,
         writes: bool,
     ) -> Result<T, PgError> {
+        let (ok, bytes) = self.send(path, body, writes).await?;
+        decode(ok, &bytes).map_err(|(e, _)| e)
+    }
+
+    /// A commit: a `sync_timeout` answer is a committed transaction, passed on as a warning
+    /// (as the primary's own sessions get it), not an error.
+    async fn post_commit(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<RemoteCommit, PgError> {
+        let (ok, bytes) = self.send(path, body, true).await?;
+        match decode::<ExecuteJson>(ok, &bytes) {
+            Ok(r) => Ok(RemoteCommit {
+                results: r.results.into_iter().map(Into::into).collect(),
+                position: r.position,
+                warning: None,
+            }),
+            Err((
+                _,
+                Some(ErrorFields {
+                    code,
+                    message,
+                    position: Some(position),
+                }),
+            )) if code == "sync_timeout" => Ok(RemoteCommit {
+                results: Vec::new(),
+                position,
+                warning: Some(message),
+            }),
+            Err((e, _)) => Err(e),
+        }
+    }
+
+    async fn send(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+        writes: bool,
+    ) -> Result<(bool, bytes::Bytes), PgError> {
         let r = self
             .http
             .post(format!("{}{path}", self.url))
@@ -98,19 +152,7 @@ impl Primary {
             .bytes()
             .await
             .map_err(|e| PgError::new("08007", format!("the primary's answer was lost: {e}")))?;
-        if ok {
-            serde_json::from_slice(&bytes).map_err(|e| {
-                PgError::new("XX000", format!("unexpected answer from the primary: {e}"))
-            })
-        } else {
-            let body: ErrorBody = serde_json::from_slice(&bytes).map_err(|e| {
-                PgError::new(
-                    "XX000",
-                    format!("unexpected error answer from the primary: {e}"),
-                )
-            })?;
-            Err(PgError::remote(&body.error.code, &body.error.message))
-        }
+        Ok((ok, bytes))
     }
 
     /// Runs `statements` as one transaction on the primary.
@@ -118,13 +160,12 @@ impl Primary {
         &self,
         statements: Vec<Statement>,
         commit: Option<CommitMode>,
-    ) -> Result<(Vec<StatementResult>, Position), PgError> {
+    ) -> Result<RemoteCommit, PgError> {
         let mut body = serde_json::json!({ "statements": statements, "forward": false });
         if let Some(c) = commit {
             body["commit"] = serde_json::to_value(c).expect("a commit mode is JSON");
         }
-        let r: ExecuteJson = self.post("/v1/execute", body, true).await?;
-        Ok((r.results.into_iter().map(Into::into).collect(), r.position))
+        self.post_commit("/v1/execute", body).await
     }
 
     /// Reads on the primary (a replica that could not catch up with the session in time).
@@ -177,17 +218,15 @@ impl RemoteTxn {
     }
 
     /// Commits it; answers its position.
-    pub async fn commit(mut self, commit: Option<CommitMode>) -> Result<Position, PgError> {
+    pub async fn commit(mut self, commit: Option<CommitMode>) -> Result<RemoteCommit, PgError> {
         self.open = false;
         let mut body = serde_json::json!({});
         if let Some(c) = commit {
             body["commit"] = serde_json::to_value(c).expect("a commit mode is JSON");
         }
-        let r: ExecuteJson = self
-            .primary
-            .post(&format!("/v1/tx/{}/commit", self.id), body, true)
-            .await?;
-        Ok(r.position)
+        self.primary
+            .post_commit(&format!("/v1/tx/{}/commit", self.id), body)
+            .await
     }
 
     /// Rolls it back.
@@ -222,4 +261,32 @@ impl Drop for RemoteTxn {
             }
         }
     }
+}
+
+/// Decodes an answer of the primary; an error answer also gives its fields.
+fn decode<T: serde::de::DeserializeOwned>(
+    ok: bool,
+    bytes: &[u8],
+) -> Result<T, (PgError, Option<ErrorFields>)> {
+    if ok {
+        return serde_json::from_slice(bytes).map_err(|e| {
+            (
+                PgError::new("XX000", format!("unexpected answer from the primary: {e}")),
+                None,
+            )
+        });
+    }
+    let body: ErrorBody = serde_json::from_slice(bytes).map_err(|e| {
+        (
+            PgError::new(
+                "XX000",
+                format!("unexpected error answer from the primary: {e}"),
+            ),
+            None,
+        )
+    })?;
+    Err((
+        PgError::remote(&body.error.code, &body.error.message),
+        Some(body.error),
+    ))
 }

@@ -530,9 +530,10 @@ impl Runner {
                 Ok(committed.results)
             }
             Some(primary) => {
-                let (results, position) = primary.execute(statements, Some(mode)).await?;
-                s.token = Some(s.token.map_or(position, |t| t.max(position)));
-                Ok(results)
+                let r = primary.execute(statements, s.commit).await?;
+                s.token = Some(s.token.map_or(r.position, |t| t.max(r.position)));
+                s.notices.extend(r.warning);
+                Ok(r.results)
             }
         }
     }
@@ -743,8 +744,9 @@ impl Runner {
                 }
             }
             Some(Lease::Remote(r)) => {
-                let position = r.commit(Some(mode)).await?;
-                s.token = Some(s.token.map_or(position, |t| t.max(position)));
+                let c = r.commit(t.local_commit.or(s.commit)).await?;
+                s.token = Some(s.token.map_or(c.position, |t| t.max(c.position)));
+                s.notices.extend(c.warning);
             }
         }
         Ok(Outcome::End("COMMIT"))

@@ -768,6 +768,7 @@ impl Runner {
             Some((_, buf)) => {
                 if buf.len() + data.len() > (1 << 30) {
                     s.copy = None;
+                    s.fail();
                     return Err(PgError::new(
                         "54000",
                         "COPY data larger than 1 GiB: load it in parts",

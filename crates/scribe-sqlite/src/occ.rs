@@ -345,8 +345,16 @@ impl Optimistic {
     /// Runs one statement speculatively; waits while it would change a row another transaction
     /// holds. On error nothing of the statement is kept and the transaction stays open.
     pub async fn execute(&mut self, statement: Statement) -> Result<Speculated, EngineError> {
-        let history: Arc<Vec<Statement>> =
-            Arc::new(self.history.iter().map(|(s, _)| s.clone()).collect());
+        // Only the statements that changed something rebuild the block's state; its reads (which
+        // returned rows: a write returning rows is never run optimistically) are skipped here and
+        // checked at commit.
+        let history: Arc<Vec<Statement>> = Arc::new(
+            self.history
+                .iter()
+                .filter(|(_, r)| r.columns.is_none())
+                .map(|(s, _)| s.clone())
+                .collect(),
+        );
         loop {
             let mut released = self.locks.released.subscribe();
             let (reply, rx) = oneshot::channel();

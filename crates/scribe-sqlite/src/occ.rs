@@ -166,7 +166,7 @@ pub(crate) fn validate(
 ) -> Result<(), EngineError> {
     for (i, (g, e)) in got.iter().zip(expect).enumerate() {
         let Some(e) = e else { continue };
-        if g.rows_affected != e.rows_affected || g.columns != e.columns || g.rows != e.rows {
+        if !g.same_answer(e) {
             return Err(EngineError::SerializationFailure(format!(
                 "could not serialize access due to concurrent update: statement {} of the transaction gives another result now than it gave; nothing of the transaction was kept, retry it",
                 i + 1

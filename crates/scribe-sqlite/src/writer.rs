@@ -23,7 +23,7 @@ use crate::policy::Policy;
 use crate::{meta, EngineError, Progress};
 
 /// The answer to one statement of a committed transaction.
-#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct StatementResult {
     /// Rows inserted, updated or deleted by the statement (0 for reads and DDL).
     pub rows_affected: u64,
@@ -38,6 +38,17 @@ pub struct StatementResult {
     /// The columns' declared types, when the statement returned rows (see [`crate::Rows`]).
     #[serde(skip)]
     pub decltypes: Option<Vec<Option<String>>>,
+}
+
+impl StatementResult {
+    /// Whether another run of the statement gave its client the same answer: rows affected,
+    /// columns and rows (not the rowid it happened to insert at, which a client never sees
+    /// through PostgreSQL and which an optimistic transaction's commit may assign anew).
+    pub fn same_answer(&self, other: &StatementResult) -> bool {
+        self.rows_affected == other.rows_affected
+            && self.columns == other.columns
+            && self.rows == other.rows
+    }
 }
 
 /// A committed transaction.

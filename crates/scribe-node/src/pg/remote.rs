@@ -46,32 +46,8 @@ pub struct RemoteCommit {
 }
 
 #[derive(Deserialize)]
-struct ResultJson {
-    #[serde(default)]
-    rows_affected: u64,
-    #[serde(default)]
-    last_insert_id: i64,
-    #[serde(default)]
-    columns: Option<Vec<String>>,
-    #[serde(default)]
-    rows: Option<Vec<Vec<Value>>>,
-}
-
-impl From<ResultJson> for StatementResult {
-    fn from(r: ResultJson) -> StatementResult {
-        StatementResult {
-            rows_affected: r.rows_affected,
-            last_insert_id: r.last_insert_id,
-            columns: r.columns,
-            rows: r.rows,
-            decltypes: None,
-        }
-    }
-}
-
-#[derive(Deserialize)]
 struct ExecuteJson {
-    results: Vec<ResultJson>,
+    results: Vec<StatementResult>,
     position: Position,
 }
 
@@ -107,7 +83,7 @@ impl Primary {
         let (ok, bytes) = self.send(path, body, true).await?;
         match decode::<ExecuteJson>(ok, &bytes) {
             Ok(r) => Ok(RemoteCommit {
-                results: r.results.into_iter().map(Into::into).collect(),
+                results: r.results,
                 position: r.position,
                 warning: None,
             }),
@@ -200,11 +176,11 @@ impl RemoteTxn {
     /// Runs one statement in it.
     pub async fn execute(&mut self, statement: Statement) -> Result<StatementResult, PgError> {
         let body = serde_json::json!({ "sql": statement.sql, "params": statement.params });
-        let r: ResultJson = self
+        let r: StatementResult = self
             .primary
             .post(&format!("/v1/tx/{}/execute", self.id), body, true)
             .await?;
-        Ok(r.into())
+        Ok(r)
     }
 
     /// A savepoint operation (`create`, `release`, `rollback_to`).

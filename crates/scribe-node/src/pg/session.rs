@@ -600,10 +600,7 @@ impl Runner {
                 l.savepoint(SavepointOp::Create, name).await?;
             }
             let got = l.execute(st).await?;
-            if got.rows_affected != expect.rows_affected
-                || got.columns != expect.columns
-                || got.rows != expect.rows
-            {
+            if !got.same_answer(&expect) {
                 l.rollback().await;
                 return Err(PgError::new(
                     "40001",

@@ -143,6 +143,26 @@ impl Conn {
         h
     }
 
+    /// Runs a parsed command, or fails the session's block when it could not even be parsed or
+    /// its parameters decoded.
+    async fn run_or_fail<C: ClientInfo>(
+        &self,
+        client: &C,
+        s: &mut Session,
+        input: Result<(Arc<Command>, Vec<scribe_sqlite::Value>, Hints), PgError>,
+    ) -> Result<Outcome, PgError> {
+        match input {
+            Ok((command, params, hints)) => {
+                self.run_cancellable(client, s, &command, params, hints)
+                    .await
+            }
+            Err(e) => {
+                s.fail();
+                Err(e)
+            }
+        }
+    }
+
     /// Runs a command; a cancel request interrupts it only while it is a read outside a
     /// transaction block. A write or a commit already sent runs to its end — its outcome could
     /// not be told otherwise.
@@ -274,16 +294,9 @@ impl SimpleQueryHandler for Conn {
         }
         let mut failed = false;
         for p in parsed {
-            let result = match p {
-                Ok(p) => {
-                    self.run_cancellable(client, &mut s, &p.command, Vec::new(), p.hints)
-                        .await
-                }
-                Err(e) => {
-                    self.runner.fail(&mut s);
-                    Err(e)
-                }
-            };
+            let result = self
+                .run_or_fail(client, &mut s, p.map(|p| (p.command, Vec::new(), p.hints)))
+                .await;
             send_notices(client, &mut s).await?;
             match result {
                 Ok(o) => {
@@ -302,10 +315,7 @@ impl SimpleQueryHandler for Conn {
                             .map_err(wire)?;
                         s.notices.clear();
                     }
-                    if !Runner::in_transaction(&s) {
-                        // A failed COMMIT ended the transaction: the session is idle, not failed.
-                        client.set_transaction_status(TransactionStatus::Idle);
-                    }
+                    idle_unless_in_block(client, &s);
                     if out.is_empty() {
                         return Err(wire(e));
                     }
@@ -362,34 +372,22 @@ impl ExtendedQueryHandler for Conn {
         let mut s = self.session.lock().await;
         let result = match early {
             Some(o) => Ok(o),
-            None => match types::decode_params(
-                &portal.parameters,
-                &portal.statement.parameter_types,
-                &portal.parameter_format,
-            ) {
-                Ok(params) => {
-                    self.run_cancellable(
-                        client,
-                        &mut s,
-                        &portal.statement.statement.command,
-                        params,
-                        portal.statement.statement.hints,
-                    )
-                    .await
-                }
-                Err(e) => {
-                    self.runner.fail(&mut s);
-                    Err(e)
-                }
-            },
+            None => {
+                let statement = &portal.statement.statement;
+                let input = types::decode_params(
+                    &portal.parameters,
+                    &portal.statement.parameter_types,
+                    &portal.parameter_format,
+                )
+                .map(|params| (statement.command.clone(), params, statement.hints));
+                self.run_or_fail(client, &mut s, input).await
+            }
         };
         send_notices(client, &mut s).await?;
         match result {
             Ok(o) => Ok(to_response(o, &portal.result_column_format)),
             Err(e) => {
-                if !Runner::in_transaction(&s) {
-                    client.set_transaction_status(TransactionStatus::Idle);
-                }
+                idle_unless_in_block(client, &s);
                 Err(wire(e))
             }
         }
@@ -453,7 +451,7 @@ impl ExtendedQueryHandler for Conn {
         ) {
             Ok(p) => p,
             Err(e) => {
-                self.runner.fail(&mut s);
+                s.fail();
                 return Err(wire(e));
             }
         };
@@ -563,5 +561,13 @@ fn prefetch_key(portal: &Portal<Parsed>) -> PrefetchKey {
         portal: std::sync::Arc::as_ptr(&portal.state) as *const () as usize,
         statement: std::sync::Arc::as_ptr(&portal.statement) as *const () as usize,
         params: portal.parameters.clone(),
+    }
+}
+
+/// After an error: a session no longer in a block (a failed COMMIT ended it) is idle, not
+/// failed, whatever pgwire would report.
+fn idle_unless_in_block<C: ClientInfo>(client: &mut C, s: &Session) {
+    if !Runner::in_transaction(s) {
+        client.set_transaction_status(TransactionStatus::Idle);
     }
 }

@@ -786,9 +786,7 @@ impl Runner {
         };
         let r = self.load(s, &copy, &data).await;
         if r.is_err() {
-            if let Some(t) = &mut s.txn {
-                t.aborted = true;
-            }
+            s.fail();
         }
         r
     }
@@ -822,13 +820,6 @@ impl Runner {
     /// Abandons a COPY the client failed.
     pub fn copy_fail(&self, s: &mut Session) {
         s.copy = None;
-        if let Some(t) = &mut s.txn {
-            t.aborted = true;
-        }
-    }
-
-    /// Marks the session's transaction failed (a statement that could not even be parsed).
-    pub fn fail(&self, s: &mut Session) {
         s.fail();
     }
 

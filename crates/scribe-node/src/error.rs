@@ -82,27 +82,7 @@ impl ApiError {
             ApiError::Forward(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::ForwardUnknown(_) => (StatusCode::BAD_GATEWAY, "outcome_unknown"),
             ApiError::SyncTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "sync_timeout"),
-            ApiError::Engine(e) => match e {
-                EngineError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-                EngineError::Sql(_) => (StatusCode::BAD_REQUEST, "sql_error"),
-                EngineError::NotReadOnly(_) => (StatusCode::BAD_REQUEST, "not_read_only"),
-                EngineError::TxnEnded(_) => (StatusCode::CONFLICT, "transaction_ended"),
-                EngineError::SerializationFailure(_) => {
-                    (StatusCode::CONFLICT, "serialization_failure")
-                }
-                EngineError::Deadlock(_) => (StatusCode::CONFLICT, "deadlock"),
-                EngineError::LockTimeout(_) => (StatusCode::CONFLICT, "lock_timeout"),
-                EngineError::Constraint(_) => (StatusCode::CONFLICT, "constraint_violation"),
-                EngineError::DiskFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
-                EngineError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-                EngineError::OutcomeUnknown(_) => {
-                    (StatusCode::INTERNAL_SERVER_ERROR, "outcome_unknown")
-                }
-                EngineError::Corrupt(_)
-                | EngineError::Diverged(_)
-                | EngineError::Internal(_)
-                | EngineError::Log(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-            },
+            ApiError::Engine(e) => engine_status_and_code(e),
         }
     }
 
@@ -179,6 +159,28 @@ impl ApiError {
             } => Some(serde_json::json!({ "position": position, "durability": durability })),
             _ => None,
         }
+    }
+}
+
+/// The status code and stable error code of an engine error (part of
+/// [`ApiError::status_and_code`]; the PostgreSQL front end maps SQLSTATEs from the same codes).
+pub fn engine_status_and_code(e: &EngineError) -> (StatusCode, &'static str) {
+    match e {
+        EngineError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+        EngineError::Sql(_) => (StatusCode::BAD_REQUEST, "sql_error"),
+        EngineError::NotReadOnly(_) => (StatusCode::BAD_REQUEST, "not_read_only"),
+        EngineError::TxnEnded(_) => (StatusCode::CONFLICT, "transaction_ended"),
+        EngineError::SerializationFailure(_) => (StatusCode::CONFLICT, "serialization_failure"),
+        EngineError::Deadlock(_) => (StatusCode::CONFLICT, "deadlock"),
+        EngineError::LockTimeout(_) => (StatusCode::CONFLICT, "lock_timeout"),
+        EngineError::Constraint(_) => (StatusCode::CONFLICT, "constraint_violation"),
+        EngineError::DiskFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
+        EngineError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        EngineError::OutcomeUnknown(_) => (StatusCode::INTERNAL_SERVER_ERROR, "outcome_unknown"),
+        EngineError::Corrupt(_)
+        | EngineError::Diverged(_)
+        | EngineError::Internal(_)
+        | EngineError::Log(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }
 

@@ -61,6 +61,14 @@ fn primary(state: &AppState) -> Result<&Arc<Registry>, ApiError> {
     }
 }
 
+/// The transaction `id` held on this primary, marked used now.
+fn held(state: &AppState, id: &str) -> Result<Arc<crate::txns::Held>, ApiError> {
+    primary(state)?;
+    let held = state.txns.get(id)?;
+    held.touch();
+    Ok(held)
+}
+
 /// `POST /v1/tx`.
 pub async fn begin(
     State(state): State<Arc<AppState>>,
@@ -88,13 +96,11 @@ pub async fn execute(
 ) -> Result<Json<StatementResult>, ApiError> {
     let body = body_bytes(body, state.config.max_request_bytes)?;
     let req: TxStatement = parse_bytes(&body)?;
-    primary(&state)?;
-    let held = state.txns.get(&id)?;
-    held.touch();
+    let held = held(&state, &id)?;
     let mut guard = held.txn.lock().await;
-    let Some(txn) = guard.as_mut() else {
-        return Err(crate::txns::ended(&id).into());
-    };
+    let txn = guard
+        .as_mut()
+        .ok_or_else(|| ApiError::from(crate::txns::ended(&id)))?;
     let result = txn
         .execute(Statement {
             sql: req.sql,
@@ -179,13 +185,11 @@ pub async fn savepoint(
             )))
         }
     };
-    primary(&state)?;
-    let held = state.txns.get(&id)?;
-    held.touch();
+    let held = held(&state, &id)?;
     let mut guard = held.txn.lock().await;
-    let Some(txn) = guard.as_mut() else {
-        return Err(crate::txns::ended(&id).into());
-    };
+    let txn = guard
+        .as_mut()
+        .ok_or_else(|| ApiError::from(crate::txns::ended(&id)))?;
     txn.savepoint(op, &req.name).await?;
     Ok(Json(serde_json::json!({ "ok": true })))
 }

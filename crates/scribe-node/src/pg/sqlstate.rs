@@ -102,12 +102,12 @@ fn from_code(code: &str, message: &str) -> &'static str {
         "deadlock" => "40P01",
         "lock_timeout" => "55P03",
         "disk_full" => "53100",
-        "unavailable" | "not_primary" | "lagging" | "not_caught_up" | "forward_failed" => "57P03",
+        "unavailable" | "not_primary" | "lagging" | "not_caught_up" => "57P03",
         // The outcome of a commit is not known (PostgreSQL's own phrase for it is 08007,
         // transaction_resolution_unknown).
-        "outcome_unknown" | "forward_unknown" => "08007",
+        "outcome_unknown" => "08007",
         "sync_timeout" => "57014",
-        "too_large" => "54000",
+        "payload_too_large" => "54000",
         _ => "XX000",
     }
 }
@@ -115,28 +115,11 @@ fn from_code(code: &str, message: &str) -> &'static str {
 impl From<&EngineError> for PgError {
     fn from(e: &EngineError) -> PgError {
         let message = e.to_string();
-        let sqlstate = match e {
-            EngineError::Sql(m) | EngineError::Constraint(m) => from_sqlite_message(m),
-            EngineError::BadRequest(m) => {
-                let s = from_sqlite_message(m);
-                if s == "42000" {
-                    FEATURE_NOT_SUPPORTED
-                } else {
-                    s
-                }
-            }
-            EngineError::NotReadOnly(_) => "25006",
-            EngineError::TxnEnded(_) => "25P03",
-            EngineError::SerializationFailure(_) => "40001",
-            EngineError::Deadlock(_) => "40P01",
-            EngineError::LockTimeout(_) => "55P03",
-            EngineError::DiskFull(_) => "53100",
-            EngineError::Unavailable(_) => "57P03",
-            EngineError::OutcomeUnknown(_) => "08007",
-            EngineError::Corrupt(_) => "XX001",
-            EngineError::Diverged(_) | EngineError::Internal(_) | EngineError::Log(_) => "XX000",
-        };
-        PgError { sqlstate, message }
+        let (_, code) = crate::error::engine_status_and_code(e);
+        PgError {
+            sqlstate: from_code(code, &message),
+            message,
+        }
     }
 }
 
@@ -212,5 +195,18 @@ mod tests {
             "23505"
         );
         assert_eq!(PgError::remote("outcome_unknown", "x").sqlstate, "08007");
+        // Every engine and node error goes through the HTTP codes: one mapping for both.
+        let code = |e: EngineError| PgError::from(e).sqlstate;
+        assert_eq!(code(EngineError::SerializationFailure("x".into())), "40001");
+        assert_eq!(code(EngineError::Deadlock("x".into())), "40P01");
+        assert_eq!(code(EngineError::LockTimeout("x".into())), "55P03");
+        assert_eq!(code(EngineError::TxnEnded("x".into())), "25P03");
+        assert_eq!(code(EngineError::DiskFull("x".into())), "53100");
+        assert_eq!(code(EngineError::OutcomeUnknown("x".into())), "08007");
+        assert_eq!(
+            code(EngineError::BadRequest("ATTACH is not allowed".into())),
+            "0A000"
+        );
+        assert_eq!(PgError::from(ApiError::TooLarge(1024)).sqlstate, "54000");
     }
 }

@@ -1136,3 +1136,28 @@ def test_replica_errors(db):
         replica.execute("SELECT * FROM no_such_table_zzz")
     _still_works(replica)
     assert replica.execute(f"SELECT name FROM {t}").fetchall() == [("a",)]
+
+
+# --------------------------------------------------------------------------------------------
+# Cancel requests
+
+
+def test_cancel_interrupts_a_long_read(aconn):
+    """A cancel request (what psql sends on Ctrl-C) ends a running read with 57014, promptly,
+    and the connection goes on."""
+    import threading
+
+    long_read = (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 500000000) "
+        "SELECT count(*) FROM c"
+    )
+    timer = threading.Timer(0.5, aconn.cancel_safe)
+    timer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(errors.QueryCanceled):
+            aconn.execute(long_read)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - started < 10, "the cancel did not end the read promptly"
+    assert aconn.execute("SELECT 1").fetchone()[0] == 1

@@ -29,7 +29,7 @@ struct ReadConn {
 /// A fixed set of read-only connections.
 pub(crate) struct ReadPool {
     idle: Mutex<Vec<ReadConn>>,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
 }
 
 impl ReadPool {
@@ -51,7 +51,7 @@ impl ReadPool {
             })?);
         }
         Ok(ReadPool {
-            permits: Semaphore::new(idle.len()),
+            permits: Arc::new(Semaphore::new(idle.len())),
             idle: Mutex::new(idle),
         })
     }
@@ -65,13 +65,18 @@ impl ReadPool {
         .await
     }
 
+    /// Runs `f` on an idle read connection on a blocking thread. If the caller stops waiting
+    /// (a cancelled statement, a client gone), the statement is interrupted; either way the
+    /// connection and its permit go back to the pool from the blocking thread itself, so a
+    /// dropped caller never loses one.
     async fn with_conn<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&ReadConn) -> Result<T, EngineError> + Send + 'static,
     ) -> Result<T, EngineError> {
-        let _permit = self
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| EngineError::Unavailable("the node is shutting down".into()))?;
         let rc = self
@@ -80,15 +85,24 @@ impl ReadPool {
             .expect("read pool")
             .pop()
             .expect("a permit guarantees an idle connection");
+        let finished = Arc::new(Mutex::new(false));
+        let interrupt = Interrupt {
+            handle: Some(rc.conn.get_interrupt_handle()),
+            finished: finished.clone(),
+        };
         let pool = self.clone();
-        let (rc, result) = tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             let result = f(&rc);
-            (rc, result)
+            // Under the lock: an interrupt never reaches the connection's next user.
+            *finished.lock().expect("read state") = true;
+            pool.idle.lock().expect("read pool").push(rc);
+            drop(permit);
+            result
         })
         .await
-        .map_err(|e| EngineError::Internal(format!("read task failed: {e}")))?;
-        pool.idle.lock().expect("read pool").push(rc);
-        result
+        .map_err(|e| EngineError::Internal(format!("read task failed: {e}")));
+        interrupt.disarm();
+        result?
     }
 
     /// Runs one read-only statement.
@@ -118,4 +132,28 @@ fn run_query(rc: &ReadConn, stmt: &Statement) -> Result<QueryResult, EngineError
     })();
     let _ = internal("COMMIT");
     result
+}
+
+/// Interrupts a read connection's statement when dropped while armed and the statement has not
+/// finished.
+struct Interrupt {
+    handle: Option<rusqlite::InterruptHandle>,
+    finished: Arc<Mutex<bool>>,
+}
+
+impl Interrupt {
+    fn disarm(mut self) {
+        self.handle = None;
+    }
+}
+
+impl Drop for Interrupt {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            let finished = self.finished.lock().expect("read state");
+            if !*finished {
+                h.interrupt();
+            }
+        }
+    }
 }

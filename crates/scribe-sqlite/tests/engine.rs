@@ -614,3 +614,27 @@ async fn a_delete_without_where_is_captured_row_by_row() {
         .unwrap();
     e.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_caller_stops_waiting_is_interrupted_and_its_connection_comes_back() {
+    // One read connection: losing it would leave the pool empty (a panic or a hang next time).
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = EngineOptions::new(dir.path());
+    opts.readers = 1;
+    let e = Engine::open(opts).unwrap().0;
+    let long = st("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000000) SELECT count(*) FROM c");
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let r = tokio::time::timeout(std::time::Duration::from_millis(200), e.query(long.clone()))
+            .await;
+        assert!(r.is_err(), "the long read should still be running");
+        // The next read gets the connection back promptly: the long one was interrupted.
+        let q = tokio::time::timeout(std::time::Duration::from_secs(10), e.query(st("SELECT 1")))
+            .await
+            .expect("the connection came back")
+            .unwrap();
+        assert_eq!(q.rows.rows, vec![vec![Value::Integer(1)]]);
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+    e.shutdown().await;
+}

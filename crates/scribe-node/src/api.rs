@@ -2,9 +2,8 @@
 //! Request bodies are parsed strictly (unknown fields are errors) and limited in size; every
 //! error answers with [`ApiError`]'s JSON body.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -14,42 +13,18 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use scribe_core::{CommitMode, OnSyncTimeout, Position};
-use scribe_sqlite::{Engine, Params, Statement, StatementResult, Value};
+use scribe_core::{CommitMode, Position};
+use scribe_sqlite::{Params, Statement, StatementResult, Value};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::identity::Identity;
-use crate::replication::commit_wait::{self, Durability};
+use crate::leadership::NodeRole;
+use crate::replication::commit_wait::Durability;
 use crate::replication::follower::FollowView;
 use crate::replication::registry::ReplicaView;
-use crate::replication::Role;
-use crate::{metrics, ApiError, NodeConfig};
-
-/// What the handlers share.
-pub struct AppState {
-    /// The storage engine.
-    pub engine: Engine,
-    /// Who this node is.
-    pub identity: Identity,
-    /// How it was configured.
-    pub config: NodeConfig,
-    /// When it started.
-    pub started: Instant,
-    /// Requests answered, by route and status code.
-    pub requests: Mutex<BTreeMap<(String, u16), u64>>,
-    /// Primary (with its replicas) or replica (with its follower).
-    pub role: Role,
-    /// Where the peer protocol listens, if it does.
-    pub peer_addr: Option<std::net::SocketAddr>,
-    /// HTTP client for forwarding to the primary.
-    pub http: reqwest::Client,
-    /// Interactive transactions held for HTTP clients.
-    pub txns: crate::txns::TxnTable,
-}
-
-/// The longest a session read may wait for its position.
-pub const MAX_WAIT: Duration = Duration::from_secs(30);
+use crate::service::{self, Consistency, ReadAsk, ReadRoute, WriteRoute};
+use crate::state::NodeState;
+use crate::{metrics, ApiError};
 
 /// Header marking a request forwarded by a replica: it is never forwarded again.
 pub const FORWARDED_BY: &str = "x-scribe-forwarded-by";
@@ -77,19 +52,6 @@ pub struct ExecuteResponse {
     pub position: Position,
     /// The durability it reached.
     pub durability: Durability,
-}
-
-/// How fresh a read must be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Consistency {
-    /// Whatever this node has applied (optionally within `max_lag`).
-    #[default]
-    Stale,
-    /// At least the given position: read-your-writes.
-    Session,
-    /// Served by the primary.
-    Strong,
 }
 
 /// `POST /v1/query`: one read-only statement.
@@ -132,7 +94,7 @@ pub struct QueryResponse {
 }
 
 /// The routes, with the body limit and request counting.
-pub fn router(state: Arc<AppState>) -> Router {
+pub fn router(state: Arc<NodeState>) -> Router {
     let limit = state.config.max_request_bytes;
     Router::new()
         .route("/v1/execute", post(execute))
@@ -154,7 +116,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// Refuses a body announced larger than the limit before reading it, and counts every answer.
-async fn count_and_limit(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+async fn count_and_limit(
+    State(state): State<Arc<NodeState>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -207,20 +173,14 @@ fn duration(field: &str, v: &Option<String>) -> Result<Option<Duration>, ApiErro
         .transpose()
 }
 
-/// Sends the request, as it came, to the primary and answers with the primary's answer, adding
-/// `forwarded_to` to a successful one.
+/// Sends the request, as it came, to the primary `primary` at `url` and answers with the
+/// primary's answer, adding `forwarded_to` to a successful one.
 pub(crate) async fn forward(
-    state: &AppState,
-    follower: &crate::replication::follower::Follower,
+    state: &NodeState,
+    (primary, url): (String, String),
     path: &str,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Some((primary, url)) = follower.primary() else {
-        return Err(ApiError::Forward(format!(
-            "{} has not reached its primary yet",
-            state.identity.name
-        )));
-    };
     let r = state
         .http
         .post(format!("{url}{path}"))
@@ -254,152 +214,44 @@ fn may_forward(headers: &HeaderMap, asked: Option<bool>) -> bool {
 }
 
 async fn execute(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<NodeState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_bytes(body, state.config.max_request_bytes)?;
     let req: ExecuteRequest = parse_bytes(&body)?;
-    let registry = match &state.role {
-        Role::Primary(r) => r,
-        Role::Replica(f) => {
-            if may_forward(&headers, req.forward) {
-                return forward(&state, f, "/v1/execute", body).await;
-            }
-            return Err(ApiError::NotPrimary {
-                node: state.identity.name.clone(),
-                primary: f.primary(),
-            });
+    match service::route_write(&state, may_forward(&headers, req.forward))? {
+        WriteRoute::Forward { primary, url } => {
+            forward(&state, (primary, url), "/v1/execute", body).await
         }
-    };
-    let mode = req.commit.unwrap_or(state.config.commit);
-    let committed = state.engine.execute(req.statements).await?;
-    let durability = wait_durability(&state, registry, mode, &committed).await?;
-    Ok(Json(ExecuteResponse {
-        results: committed.results,
-        position: committed.position,
-        durability,
-    })
-    .into_response())
-}
-
-/// Waits until the commit mode `mode` holds for a committed transaction (semi-sync, sync: its
-/// sync replicas confirmed it, bounded by `--sync-timeout`), and answers the durability reached;
-/// on timeout, by `--on-sync-timeout`: an error saying it is committed but not confirmed, or the
-/// durability reached, marked degraded.
-pub async fn wait_durability(
-    state: &AppState,
-    registry: &crate::replication::registry::Registry,
-    mode: CommitMode,
-    committed: &scribe_sqlite::Committed,
-) -> Result<Durability, ApiError> {
-    if !committed.logged || mode == CommitMode::Async {
-        // Nothing written means nothing to replicate: the mode holds trivially.
-        return Ok(Durability::local(mode));
-    }
-    match commit_wait::wait(
-        registry,
-        mode,
-        committed.position.lsn,
-        state.config.sync_timeout,
-    )
-    .await
-    {
-        Ok(d) => Ok(d),
-        Err(timed_out) => {
-            tracing::warn!(
-                position = %committed.position,
-                requested = %mode,
-                reached = %timed_out.reached.mode,
-                waited = ?timed_out.waited,
-                policy = %state.config.on_sync_timeout,
-                "a commit was not confirmed by the sync set in time"
-            );
-            match state.config.on_sync_timeout {
-                OnSyncTimeout::Degrade => Ok(timed_out.reached),
-                OnSyncTimeout::Error => Err(ApiError::SyncTimeout {
-                    position: committed.position,
-                    durability: timed_out.reached,
-                    sync_set: registry.sync_set().to_string(),
-                }),
-            }
+        WriteRoute::Local => {
+            let written = service::execute(&state, req.statements, req.commit).await?;
+            Ok(Json(ExecuteResponse {
+                results: written.results,
+                position: written.position,
+                durability: written.durability?,
+            })
+            .into_response())
         }
-    }
-}
-
-/// Waits until this node has applied `position`, at most `wait`; answers what it has applied.
-pub async fn wait_applied(
-    engine: &scribe_sqlite::Engine,
-    position: Position,
-    wait: Duration,
-) -> Result<(), Position> {
-    let mut rx = engine.watch_progress();
-    // The term too: a node holding a higher LSN of an older term does not hold this position.
-    let reached = tokio::time::timeout(
-        wait,
-        rx.wait_for(|p| p.applied.lsn >= position.lsn && p.applied.term >= position.term),
-    )
-    .await;
-    match reached {
-        Ok(Ok(_)) => Ok(()),
-        _ => Err(engine.progress().applied),
     }
 }
 
 async fn query(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<NodeState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_bytes(body, state.config.max_request_bytes)?;
     let req: QueryRequest = parse_bytes(&body)?;
-    let max_lag = duration("max_lag", &req.max_lag)?;
-    let wait = duration("wait", &req.wait)?
-        .unwrap_or(Duration::from_secs(1))
-        .min(MAX_WAIT);
-    let forward_ok = may_forward(&headers, req.forward);
-    let node = state.identity.name.clone();
-    match (&state.role, req.consistency) {
-        (Role::Primary(_), Consistency::Stale | Consistency::Strong) => {}
-        (Role::Replica(f), Consistency::Strong) => {
-            if forward_ok {
-                return forward(&state, f, "/v1/query", body).await;
-            }
-            return Err(ApiError::NotPrimary {
-                node,
-                primary: f.primary(),
-            });
-        }
-        (Role::Replica(f), Consistency::Stale) => {
-            if let Some(max_lag) = max_lag {
-                let lag = f.lag().unwrap_or(Duration::MAX);
-                if lag > max_lag {
-                    if forward_ok {
-                        return forward(&state, f, "/v1/query", body).await;
-                    }
-                    return Err(ApiError::Lagging { node, lag, max_lag });
-                }
-            }
-        }
-        (role, Consistency::Session) => {
-            let position = req.position.ok_or_else(|| {
-                ApiError::BadJson(
-                    "a session read needs the \"position\" token of the session's last write"
-                        .into(),
-                )
-            })?;
-            if let Err(applied) = wait_applied(&state.engine, position, wait).await {
-                if let (Role::Replica(f), true) = (role, forward_ok) {
-                    return forward(&state, f, "/v1/query", body).await;
-                }
-                return Err(ApiError::NotCaughtUp {
-                    node,
-                    position,
-                    applied,
-                    waited: wait,
-                });
-            }
-        }
+    let ask = ReadAsk {
+        consistency: req.consistency,
+        max_lag: duration("max_lag", &req.max_lag)?,
+        position: req.position,
+        wait: duration("wait", &req.wait)?.unwrap_or(service::DEFAULT_SESSION_WAIT),
+        may_forward: may_forward(&headers, req.forward),
+    };
+    if let ReadRoute::Forward { primary, url } = service::plan_read(&state, ask).await? {
+        return forward(&state, (primary, url), "/v1/query", body).await;
     }
     let r = state
         .engine
@@ -412,7 +264,7 @@ async fn query(
         columns: r.rows.columns,
         rows: r.rows.rows,
         position: r.position,
-        served_by: node,
+        served_by: state.identity.name.clone(),
     })
     .into_response())
 }
@@ -475,22 +327,21 @@ pub struct CommitSettings {
     pub on_sync_timeout: String,
 }
 
-async fn status(State(state): State<Arc<AppState>>) -> Json<Status> {
+async fn status(State(state): State<Arc<NodeState>>) -> Json<Status> {
     let p = state.engine.progress();
     let failure = state.engine.write_failure();
+    let view = state.leadership.view();
+    let primary = view.role == NodeRole::Primary;
     Json(Status {
         node: state.identity.name.clone(),
-        cluster_id: match &state.role {
-            Role::Replica(f) => f.cluster_id(),
-            Role::Primary(_) => state.identity.cluster_id.clone(),
-        },
-        role: state.role.name(),
-        term: p.last.term.0,
+        cluster_id: state.cluster_id(),
+        role: view.role.name(),
+        term: view.term.max(p.last.term).0,
         position: p.flushed,
         last_lsn: p.last.lsn.0,
         flushed_lsn: p.flushed.lsn.0,
         applied_lsn: p.applied.lsn.0,
-        accepting_writes: failure.is_none() && matches!(state.role, Role::Primary(_)),
+        accepting_writes: failure.is_none() && view.is_serving_primary(std::time::Instant::now()),
         write_failure: failure,
         log_bytes: state
             .engine
@@ -501,27 +352,27 @@ async fn status(State(state): State<Arc<AppState>>) -> Json<Status> {
         version: env!("CARGO_PKG_VERSION"),
         log_first_lsn: state.engine.log_first_lsn().0,
         peer_addr: state.peer_addr.map(|a| a.to_string()),
-        commit: match &state.role {
-            Role::Primary(_) => Some(CommitSettings {
-                mode: state.config.commit,
-                sync_replicas: state.config.sync_replicas.to_string(),
-                sync_timeout_ms: state.config.sync_timeout.as_millis() as u64,
-                on_sync_timeout: state.config.on_sync_timeout.to_string(),
-            }),
-            Role::Replica(_) => None,
-        },
-        replication: match &state.role {
-            Role::Replica(f) => Some(f.view()),
-            Role::Primary(_) => None,
-        },
-        replicas: match &state.role {
-            Role::Primary(r) => r.views(p.flushed.lsn).into_iter().map(|m| m.view).collect(),
-            Role::Replica(_) => Vec::new(),
+        commit: primary.then(|| CommitSettings {
+            mode: state.config.commit,
+            sync_replicas: state.config.sync_replicas.to_string(),
+            sync_timeout_ms: state.config.sync_timeout.as_millis() as u64,
+            on_sync_timeout: state.config.on_sync_timeout.to_string(),
+        }),
+        replication: (!primary).then(|| state.follower.view()),
+        replicas: if primary {
+            state
+                .registry
+                .views(p.flushed.lsn)
+                .into_iter()
+                .map(|m| m.view)
+                .collect()
+        } else {
+            Vec::new()
         },
     })
 }
 
-async fn metrics_page(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+async fn metrics_page(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
     let text = metrics::render(&state);
     (
         [(

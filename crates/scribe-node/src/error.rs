@@ -47,6 +47,13 @@ pub enum ApiError {
         /// How long it waited.
         waited: std::time::Duration,
     },
+    /// A strong read reached a primary whose lease ran out: it may no longer be the primary.
+    LeaseLost {
+        /// This node.
+        node: String,
+        /// The term it was primary of.
+        term: scribe_core::Term,
+    },
     /// Forwarding to the primary failed before anything was sent.
     Forward(String),
     /// Forwarding to the primary failed after the request may have reached it.
@@ -79,6 +86,7 @@ impl ApiError {
             ApiError::NotPrimary { .. } => (StatusCode::CONFLICT, "not_primary"),
             ApiError::Lagging { .. } => (StatusCode::SERVICE_UNAVAILABLE, "lagging"),
             ApiError::NotCaughtUp { .. } => (StatusCode::GATEWAY_TIMEOUT, "not_caught_up"),
+            ApiError::LeaseLost { .. } => (StatusCode::SERVICE_UNAVAILABLE, "lease_expired"),
             ApiError::Forward(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::ForwardUnknown(_) => (StatusCode::BAD_GATEWAY, "outcome_unknown"),
             ApiError::SyncTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "sync_timeout"),
@@ -122,6 +130,9 @@ impl ApiError {
             } => format!(
                 "{node} had not applied position {position} after waiting {} ms (it has applied {applied}); allow forwarding to read from the primary",
                 waited.as_millis()
+            ),
+            ApiError::LeaseLost { node, term } => format!(
+                "{node} was the primary of term {term} but could not renew its lease: another node may be primary now, so it serves no strong read and takes no write; retry on the current primary"
             ),
             ApiError::Forward(why) => {
                 format!("could not forward to the primary: {why}; nothing was sent")

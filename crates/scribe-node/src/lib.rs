@@ -8,6 +8,10 @@
 //! - [`config`]: [`NodeConfig`], validated once and passed in.
 //! - [`identity`]: the node's identity file (name, cluster id).
 //! - [`node`]: [`Node`]: start, serve, shut down.
+//! - [`state`]: [`state::NodeState`], what the front ends and replication tasks share.
+//! - [`leadership`]: the one owner of this node's role, term, primary and lease, on a watch.
+//! - [`service`]: the one write path (route, commit, confirm the commit mode) and read plan
+//!   (consistency, forwarding) under every front end.
 //! - [`api`]: the HTTP routes and their JSON.
 //! - [`error`]: [`ApiError`] and its one mapping to status codes.
 //! - [`metrics`]: rendering metrics in Prometheus' text format.
@@ -19,10 +23,13 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod identity;
+pub mod leadership;
 pub mod metrics;
 pub mod node;
 pub mod pg;
 pub mod replication;
+pub mod service;
+pub mod state;
 pub mod tx_api;
 pub mod txns;
 

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use scribe_core::HistogramSnapshot;
 
-use crate::api::AppState;
+use crate::state::NodeState;
 
 fn counter(out: &mut String, name: &str, help: &str, v: u64) {
     let _ = writeln!(
@@ -47,11 +47,11 @@ fn histogram_series(out: &mut String, name: &str, labels: &str, h: &HistogramSna
 }
 
 /// Per-replica series, on a primary.
-fn replicas(out: &mut String, state: &AppState) {
-    let crate::replication::Role::Primary(registry) = &state.role else {
+fn replicas(out: &mut String, state: &NodeState) {
+    if !state.leadership.is_primary() {
         return;
-    };
-    let views = registry.views(state.engine.progress().flushed.lsn);
+    }
+    let views = state.registry.views(state.engine.progress().flushed.lsn);
     let header = |out: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     };
@@ -143,7 +143,7 @@ fn replicas(out: &mut String, state: &AppState) {
 }
 
 /// The metrics page.
-pub fn render(state: &AppState) -> String {
+pub fn render(state: &NodeState) -> String {
     let m = state.engine.metrics();
     let p = state.engine.progress();
     let mut out = String::with_capacity(4096);
@@ -241,7 +241,7 @@ pub fn render(state: &AppState) -> String {
         &mut out,
         "scribe_is_primary",
         "1 on the primary, 0 on a replica.",
-        matches!(state.role, crate::replication::Role::Primary(_)) as u64,
+        state.leadership.is_primary() as u64,
     );
     replicas(&mut out, state);
     let _ = writeln!(out, "# HELP scribe_http_requests_total HTTP requests answered, by route and status.\n# TYPE scribe_http_requests_total counter");

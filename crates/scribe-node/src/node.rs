@@ -11,10 +11,12 @@ use std::time::Instant;
 use scribe_log::LogOptions;
 use scribe_sqlite::{Engine, EngineOptions, OpenReport};
 
-use crate::api::{self, AppState};
+use crate::api;
+use crate::leadership::Leadership;
 use crate::replication::follower::{self, Follower};
 use crate::replication::registry::Registry;
-use crate::replication::{retention, sender, Role};
+use crate::replication::{retention, sender};
+use crate::state::NodeState;
 use crate::{identity, NodeConfig};
 
 /// The URL other nodes and clients reach this node's HTTP API at: `--advertise-url`, or the
@@ -35,7 +37,7 @@ fn advertised_url(
 
 /// A started node: its engine is open and its listeners bound.
 pub struct Node {
-    state: Arc<AppState>,
+    state: Arc<NodeState>,
     listener: tokio::net::TcpListener,
     peer: Option<tokio::net::TcpListener>,
     pg: Option<crate::pg::PgServer>,
@@ -85,26 +87,29 @@ impl Node {
         };
         let pg = crate::pg::PgServer::bind(&config).await?;
         let http_url = advertised_url(&config, &listener)?;
-        let role = match &config.follow {
-            Some(follow) => Role::Replica(Arc::new(Follower::new(
-                engine.clone(),
-                config.name.clone(),
-                identity.cluster_id.clone(),
-                follow.clone(),
-                http_url,
-                config.data_dir.clone(),
-                config.peer_timeout,
-            ))),
-            None => Role::Primary(Arc::new(Registry::new(config.sync_replicas.clone()))),
-        };
+        let term = engine.progress().last.term.max(scribe_core::Term::FIRST);
+        let leadership =
+            Leadership::configured(&config.name, &http_url, config.follow.as_deref(), term);
+        let follower = Arc::new(Follower::new(
+            engine.clone(),
+            config.name.clone(),
+            identity.cluster_id.clone(),
+            leadership.clone(),
+            http_url,
+            config.data_dir.clone(),
+            config.peer_timeout,
+        ));
+        let registry = Arc::new(Registry::new(config.sync_replicas.clone()));
         let peer_addr = peer.as_ref().and_then(|l| l.local_addr().ok());
-        let state = Arc::new(AppState {
+        let state = Arc::new(NodeState {
             engine,
             identity,
             config,
             started: Instant::now(),
             requests: Mutex::new(BTreeMap::new()),
-            role,
+            leadership,
+            registry,
+            follower,
             peer_addr,
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(30))
@@ -140,7 +145,7 @@ impl Node {
 
     /// `primary` or `replica`.
     pub fn role(&self) -> &'static str {
-        self.state.role.name()
+        self.state.leadership.role().name()
     }
 
     /// What recovery found at start.
@@ -165,23 +170,23 @@ impl Node {
             let ctx = Arc::new(sender::PeerContext {
                 engine: state.engine.clone(),
                 name: state.identity.name.clone(),
-                cluster_id: state.identity.cluster_id.clone(),
                 http_url: advertised_url(&state.config, &self.listener)?,
                 snapshot_dir: state.config.data_dir.join("snapshots"),
-                role: state.role.clone(),
+                leadership: state.leadership.clone(),
+                registry: state.registry.clone(),
+                follower: state.follower.clone(),
                 peer_timeout: state.config.peer_timeout,
             });
             tasks.push(tokio::spawn(sender::serve(peer, ctx)));
         }
-        if let Role::Replica(f) = &state.role {
-            tasks.push(tokio::spawn(f.clone().run()));
-        }
+        tasks.push(tokio::spawn(state.follower.clone().run()));
         if let Some(pg) = self.pg {
             tasks.push(tokio::spawn(pg.serve(state.clone())));
         }
         tasks.push(tokio::spawn(retention::run(
             state.engine.clone(),
-            state.role.clone(),
+            state.leadership.clone(),
+            state.registry.clone(),
             state.config.max_log_size,
         )));
         let app = api::router(self.state);

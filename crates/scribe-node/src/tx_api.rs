@@ -12,9 +12,9 @@ use scribe_core::CommitMode;
 use scribe_sqlite::{Params, Statement, StatementResult};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{body_bytes, parse_bytes, wait_durability, AppState, ExecuteResponse};
-use crate::replication::registry::Registry;
-use crate::replication::Role;
+use crate::api::{body_bytes, parse_bytes, ExecuteResponse};
+use crate::service;
+use crate::state::NodeState;
 use crate::ApiError;
 
 /// `POST /v1/tx`: opens a transaction.
@@ -51,18 +51,13 @@ pub struct CommitRequest {
     pub commit: Option<CommitMode>,
 }
 
-fn primary(state: &AppState) -> Result<&Arc<Registry>, ApiError> {
-    match &state.role {
-        Role::Primary(r) => Ok(r),
-        Role::Replica(f) => Err(ApiError::NotPrimary {
-            node: state.identity.name.clone(),
-            primary: f.primary(),
-        }),
-    }
+/// Transactions are held by the primary only: a replica answers `not_primary`, naming it.
+fn primary(state: &NodeState) -> Result<(), ApiError> {
+    service::route_write(state, false).map(|_| ())
 }
 
 /// The transaction `id` held on this primary, marked used now.
-fn held(state: &AppState, id: &str) -> Result<Arc<crate::txns::Held>, ApiError> {
+fn held(state: &NodeState, id: &str) -> Result<Arc<crate::txns::Held>, ApiError> {
     primary(state)?;
     let held = state.txns.get(id)?;
     held.touch();
@@ -71,7 +66,7 @@ fn held(state: &AppState, id: &str) -> Result<Arc<crate::txns::Held>, ApiError> 
 
 /// `POST /v1/tx`.
 pub async fn begin(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<NodeState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<BeginResponse>, ApiError> {
     let body = body_bytes(body, state.config.max_request_bytes)?;
@@ -90,7 +85,7 @@ pub async fn begin(
 
 /// `POST /v1/tx/{id}/execute`.
 pub async fn execute(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<NodeState>>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<StatementResult>, ApiError> {
@@ -114,7 +109,7 @@ pub async fn execute(
 
 /// `POST /v1/tx/{id}/commit`.
 pub async fn commit(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<NodeState>>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ExecuteResponse>, ApiError> {
@@ -124,26 +119,24 @@ pub async fn commit(
     } else {
         parse_bytes(&body)?
     };
-    let registry = primary(&state)?;
+    primary(&state)?;
     let held = state.txns.get(&id)?;
     let txn = held.txn.lock().await.take();
     state.txns.remove(&id);
     let Some(txn) = txn else {
         return Err(crate::txns::ended(&id).into());
     };
-    let committed = txn.commit().await?;
-    let mode = req.commit.unwrap_or(state.config.commit);
-    let durability = wait_durability(&state, registry, mode, &committed).await?;
+    let written = service::confirm(&state, txn.commit().await?, req.commit).await;
     Ok(Json(ExecuteResponse {
-        results: committed.results,
-        position: committed.position,
-        durability,
+        results: written.results,
+        position: written.position,
+        durability: written.durability?,
     }))
 }
 
 /// `POST /v1/tx/{id}/rollback`: always succeeds (rolling back what is gone is a no-op).
 pub async fn rollback(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<NodeState>>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     primary(&state)?;
@@ -169,7 +162,7 @@ pub struct SavepointRequest {
 
 /// `POST /v1/tx/{id}/savepoint`.
 pub async fn savepoint(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<NodeState>>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {

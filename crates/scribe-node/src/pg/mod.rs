@@ -38,7 +38,7 @@ use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use tokio::net::TcpListener;
 
-use crate::api::AppState;
+use crate::state::NodeState;
 use handler::Conn;
 use session::Runner;
 
@@ -220,7 +220,7 @@ impl PgServer {
     }
 
     /// Serves connections until the task is dropped.
-    pub async fn serve(self, state: Arc<AppState>) {
+    pub async fn serve(self, state: Arc<NodeState>) {
         let manager = Arc::new(ConnectionManager::new());
         let params = Arc::new(Params::new());
         let startup = match &state.config.pg_password {

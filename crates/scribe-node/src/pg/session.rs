@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use pgwire::api::Type;
 use scribe_core::{CommitMode, Position};
@@ -15,12 +14,8 @@ use scribe_sqlite::{Optimistic, SavepointOp, Statement, StatementResult, Transac
 use super::remote::{Primary, RemoteTxn};
 use super::sqlstate::{PgError, FEATURE_NOT_SUPPORTED, INVALID_PARAMETER_VALUE, INVALID_SAVEPOINT};
 use super::types;
-use crate::api::{wait_applied, wait_durability, AppState};
-use crate::replication::Role;
-use crate::ApiError;
-
-/// How long a replica waits to apply the session's last write before it reads on the primary.
-const SESSION_WAIT: Duration = Duration::from_secs(5);
+use crate::service::{self, Consistency, ReadAsk, ReadRoute, WriteRoute};
+use crate::state::NodeState;
 
 /// What a statement answers.
 pub enum Outcome {
@@ -150,24 +145,30 @@ pub fn outcome(kind: &Kind, r: StatementResult) -> Outcome {
 
 /// Runs sessions' statements against this node.
 pub struct Runner {
-    pub state: Arc<AppState>,
+    pub state: Arc<NodeState>,
 }
 
 impl Runner {
+    /// Where this session's writes go: `None` here (this node is the primary), or the primary.
     fn primary(&self) -> Result<Option<Primary>, PgError> {
-        match &self.state.role {
-            Role::Primary(_) => Ok(None),
-            Role::Replica(f) => match f.primary() {
-                Some((_, url)) => Ok(Some(Primary {
-                    http: self.state.http.clone(),
-                    url,
-                    via: self.state.identity.name.clone(),
-                })),
-                None => Err(PgError::new(
-                    "57P03",
-                    format!("{} is a replica that has not reached its primary yet; writes cannot be sent", self.state.identity.name),
-                )),
-            },
+        match service::route_write(&self.state, true) {
+            Ok(WriteRoute::Local) => Ok(None),
+            Ok(WriteRoute::Forward { url, .. }) => Ok(Some(self.remote(url))),
+            Err(_) => Err(PgError::new(
+                "57P03",
+                format!(
+                    "{} is a replica that has not reached its primary yet; writes cannot be sent",
+                    self.state.identity.name
+                ),
+            )),
+        }
+    }
+
+    fn remote(&self, url: String) -> Primary {
+        Primary {
+            http: self.state.http.clone(),
+            url,
+            via: self.state.identity.name.clone(),
         }
     }
 
@@ -175,25 +176,23 @@ impl Runner {
         local.or(s.commit).unwrap_or(self.state.config.commit)
     }
 
-    /// Waits for the durability asked; a sync wait that times out becomes a warning, as in
-    /// PostgreSQL (the transaction is committed, it cannot be taken back).
-    async fn durability(
+    /// Confirms a transaction committed on this node in `mode` and moves the session's token to
+    /// it; a sync wait that times out becomes a warning, as in PostgreSQL (the transaction is
+    /// committed, it cannot be taken back).
+    async fn confirmed(
         &self,
         s: &mut Session,
         mode: CommitMode,
-        committed: &scribe_sqlite::Committed,
-    ) -> Result<(), PgError> {
-        let Role::Primary(registry) = &self.state.role else {
-            return Ok(());
-        };
-        match wait_durability(&self.state, registry, mode, committed).await {
-            Ok(_) => Ok(()),
-            Err(e @ ApiError::SyncTimeout { .. }) => {
-                s.notices.push(e.message());
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
+        committed: scribe_sqlite::Committed,
+    ) -> Vec<StatementResult> {
+        let written = service::confirm(&self.state, committed, Some(mode)).await;
+        if let Err(e) = &written.durability {
+            s.notices.push(e.message());
         }
+        if written.logged {
+            service::advance(&mut s.token, written.position);
+        }
+        written.results
     }
 
     /// Runs one command with its parameters.
@@ -452,19 +451,24 @@ impl Runner {
     /// A read outside the transaction's writer: this node's read pool; on a replica after the
     /// session's last write is applied here (else on the primary).
     async fn read(&self, s: &mut Session, st: Statement) -> Result<StatementResult, PgError> {
-        if let (Role::Replica(_), Some(token)) = (&self.state.role, s.token) {
-            if wait_applied(&self.state.engine, token, SESSION_WAIT)
-                .await
-                .is_err()
-            {
-                let primary = self.primary()?.expect("a replica");
-                let (columns, rows) = primary.query(st).await?;
-                return Ok(StatementResult {
-                    columns: Some(columns),
-                    rows: Some(rows),
-                    ..Default::default()
-                });
-            }
+        let ask = ReadAsk {
+            consistency: if s.token.is_some() {
+                Consistency::Session
+            } else {
+                Consistency::Stale
+            },
+            max_lag: None,
+            position: s.token,
+            wait: service::DEFAULT_SESSION_WAIT,
+            may_forward: true,
+        };
+        if let ReadRoute::Forward { url, .. } = service::plan_read(&self.state, ask).await? {
+            let (columns, rows) = self.remote(url).query(st).await?;
+            return Ok(StatementResult {
+                columns: Some(columns),
+                rows: Some(rows),
+                ..Default::default()
+            });
         }
         let r = self.state.engine.query(st).await?;
         Ok(StatementResult {
@@ -523,15 +527,11 @@ impl Runner {
         match self.primary()? {
             None => {
                 let committed = self.state.engine.execute(statements).await?;
-                self.durability(s, mode, &committed).await?;
-                if committed.logged {
-                    s.token = Some(committed.position);
-                }
-                Ok(committed.results)
+                Ok(self.confirmed(s, mode, committed).await)
             }
             Some(primary) => {
                 let r = primary.execute(statements, s.commit).await?;
-                s.token = Some(s.token.map_or(r.position, |t| t.max(r.position)));
+                service::advance(&mut s.token, r.position);
                 s.notices.extend(r.warning);
                 Ok(r.results)
             }
@@ -728,21 +728,15 @@ impl Runner {
             None => {}
             Some(Lease::Optimistic(o)) => {
                 let committed = o.commit().await?;
-                self.durability(s, mode, &committed).await?;
-                if committed.logged {
-                    s.token = Some(committed.position);
-                }
+                self.confirmed(s, mode, committed).await;
             }
             Some(Lease::Local(l)) => {
                 let committed = l.commit().await?;
-                self.durability(s, mode, &committed).await?;
-                if committed.logged {
-                    s.token = Some(committed.position);
-                }
+                self.confirmed(s, mode, committed).await;
             }
             Some(Lease::Remote(r)) => {
                 let c = r.commit(t.local_commit.or(s.commit)).await?;
-                s.token = Some(s.token.map_or(c.position, |t| t.max(c.position)));
+                service::advance(&mut s.token, c.position);
                 s.notices.extend(c.warning);
             }
         }

@@ -102,7 +102,7 @@ fn from_code(code: &str, message: &str) -> &'static str {
         "deadlock" => "40P01",
         "lock_timeout" => "55P03",
         "disk_full" => "53100",
-        "unavailable" | "not_primary" | "lagging" | "not_caught_up" => "57P03",
+        "unavailable" | "not_primary" | "lagging" | "not_caught_up" | "lease_expired" => "57P03",
         // The outcome of a commit is not known (PostgreSQL's own phrase for it is 08007,
         // transaction_resolution_unknown).
         "outcome_unknown" => "08007",

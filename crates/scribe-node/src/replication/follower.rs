@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{HANDSHAKE_TIMEOUT, HEARTBEAT};
 use crate::identity;
+use crate::leadership::{Leadership, NodeRole};
 
 /// The file whose presence says the data directory is being seeded and is not usable.
 pub const SEEDING_MARKER: &str = "SEEDING";
@@ -47,6 +48,8 @@ pub enum FollowState {
     Refused,
     /// Applying failed; this replica needs repair.
     Failed,
+    /// This node is not a replica (it is the primary): nothing to follow.
+    Idle,
 }
 
 /// What the status page shows of the replication of a replica.
@@ -82,6 +85,8 @@ pub struct FollowView {
 #[derive(Debug)]
 struct Shared {
     state: FollowState,
+    /// The peer address followed now.
+    follow: String,
     primary: Option<(String, String)>,
     primary_flushed: Lsn,
     last_contact: Option<Instant>,
@@ -98,7 +103,7 @@ struct Shared {
 pub struct Follower {
     engine: Engine,
     name: String,
-    follow: String,
+    leadership: Leadership,
     http_url: String,
     data_dir: PathBuf,
     cluster_id: Mutex<String>,
@@ -130,12 +135,13 @@ type Writer = BufWriter<OwnedWriteHalf>;
 type Reader = BufReader<OwnedReadHalf>;
 
 impl Follower {
-    /// A follower of the primary at `follow` for this node.
+    /// The follower of this node: while [`Leadership`] says this node is a replica, it follows
+    /// the primary's peer address the view names (see [`Follower::run`]).
     pub fn new(
         engine: Engine,
         name: String,
         cluster_id: String,
-        follow: String,
+        leadership: Leadership,
         http_url: String,
         data_dir: PathBuf,
         peer_timeout: Duration,
@@ -144,12 +150,13 @@ impl Follower {
         Follower {
             engine,
             name,
-            follow,
+            leadership,
             http_url,
             data_dir,
             cluster_id: Mutex::new(cluster_id),
             shared: Mutex::new(Shared {
-                state: FollowState::Connecting,
+                state: FollowState::Idle,
+                follow: String::new(),
                 primary: None,
                 primary_flushed: Lsn::ZERO,
                 last_contact: None,
@@ -170,19 +177,6 @@ impl Follower {
     /// The cluster id of this node's data (it changes once, when an empty replica joins).
     pub fn cluster_id(&self) -> String {
         self.cluster_id.lock().expect("cluster id").clone()
-    }
-
-    /// The primary, as far as known: name and HTTP URL.
-    pub fn primary(&self) -> Option<(String, String)> {
-        self.shared().primary.clone()
-    }
-
-    /// "n1 at http://…", or the peer address followed, for error messages.
-    pub fn primary_description(&self) -> String {
-        match self.primary() {
-            Some((name, url)) => format!("{name} at {url}"),
-            None => format!("the node at peer address {}", self.follow),
-        }
     }
 
     /// How stale this replica's reads may be, `None` when unknown (it has never known itself
@@ -210,7 +204,7 @@ impl Follower {
         let applied = self.engine.progress().applied.lsn;
         FollowView {
             state: s.state,
-            follow: self.follow.clone(),
+            follow: s.follow.clone(),
             primary: s.primary.as_ref().map(|p| p.0.clone()),
             primary_url: s.primary.as_ref().map(|p| p.1.clone()),
             primary_flushed_lsn: s.primary_flushed.0,
@@ -260,12 +254,61 @@ impl Follower {
         }
     }
 
-    /// Follows the primary until the task is dropped: connect, stream, reconnect with backoff.
+    /// Follows the primary while this node is a replica, until the task is dropped: connect,
+    /// stream, reconnect with backoff; when the view names another primary (a failover, a
+    /// switchover), the connection to the old one is dropped and the new one followed; while this
+    /// node is the primary, it waits.
     pub async fn run(self: Arc<Self>) {
+        let mut view = self.leadership.subscribe();
+        loop {
+            let target = {
+                let v = view.borrow_and_update();
+                match (&v.role, &v.primary.peer_addr) {
+                    (NodeRole::Replica, Some(addr)) => Some(addr.clone()),
+                    _ => None,
+                }
+            };
+            let Some(target) = target else {
+                self.set_state(FollowState::Idle, None);
+                if view.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            {
+                let mut s = self.shared();
+                s.follow = target.clone();
+                s.state = FollowState::Connecting;
+                s.heartbeat = None;
+            }
+            let retarget = async {
+                loop {
+                    if view.changed().await.is_err() {
+                        return;
+                    }
+                    let v = view.borrow();
+                    if v.role != NodeRole::Replica
+                        || v.primary.peer_addr.as_deref() != Some(&target)
+                    {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = self.clone().follow_target(target.clone()) => return,
+                _ = retarget => {
+                    tracing::info!(was = %target, "the primary changed; following the new one");
+                }
+            }
+        }
+    }
+
+    /// Follows the primary at `target` until the task is dropped (or applying fails for good).
+    async fn follow_target(self: Arc<Self>, target: String) {
         let mut backoff = Duration::from_millis(100);
         let mut last_error = String::new();
         loop {
-            let outcome = self.session().await;
+            let outcome = self.session(&target).await;
             let (state, error, pause) = match outcome {
                 Ended::Refused(r) => {
                     let msg = format!("the primary refused this replica: {}", r.message);
@@ -275,14 +318,15 @@ impl Follower {
                 Ended::Fatal(e) => {
                     tracing::error!("stopped following the primary: {e}");
                     self.set_state(FollowState::Failed, Some(e));
+                    std::future::pending::<()>().await;
                     return;
                 }
             };
             if error != last_error {
                 if state == FollowState::Refused {
-                    tracing::error!(follow = %self.follow, "{error}");
+                    tracing::error!(follow = %target, "{error}");
                 } else {
-                    tracing::warn!(follow = %self.follow, error = %error, "lost the connection to the primary; reconnecting");
+                    tracing::warn!(follow = %target, error = %error, "lost the connection to the primary; reconnecting");
                 }
                 last_error = error.clone();
             }
@@ -311,20 +355,18 @@ impl Follower {
         }
     }
 
-    async fn session(&self) -> Ended {
-        let stream =
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(self.follow.as_str()))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Ended::Failed(format!("connect to {}: {e}", self.follow)),
-                Err(_) => return Ended::Failed(format!("connect to {}: timed out", self.follow)),
-            };
+    async fn session(&self, target: &str) -> Ended {
+        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(target)).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Ended::Failed(format!("connect to {target}: {e}")),
+            Err(_) => return Ended::Failed(format!("connect to {target}: timed out")),
+        };
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
         let mut rd = BufReader::with_capacity(256 << 10, rd);
         let mut wr = BufWriter::with_capacity(64 << 10, wr);
-        match self.handshake(&mut rd, &mut wr).await {
+        match self.handshake(target, &mut rd, &mut wr).await {
             Ok(()) => {}
             Err(e) => return e,
         }
@@ -334,12 +376,12 @@ impl Follower {
         }
     }
 
-    async fn handshake(&self, rd: &mut Reader, wr: &mut Writer) -> Result<(), Ended> {
+    async fn handshake(&self, target: &str, rd: &mut Reader, wr: &mut Writer) -> Result<(), Ended> {
         let p = self.engine.progress();
         let hello = Message::Hello(Hello {
             cluster_id: self.cluster_id(),
             name: self.name.clone(),
-            term: p.last.term,
+            term: p.last.term.max(self.leadership.view().term),
             last: p.flushed,
             http_url: self.http_url.clone(),
         });
@@ -354,23 +396,14 @@ impl Follower {
                     other.kind()
                 )))
             }
-            Ok(Err(e)) => {
-                return Err(Ended::Failed(format!(
-                    "handshake with {}: {e}",
-                    self.follow
-                )))
-            }
-            Err(_) => {
-                return Err(Ended::Failed(format!(
-                    "handshake with {}: no answer",
-                    self.follow
-                )))
-            }
+            Ok(Err(e)) => return Err(Ended::Failed(format!("handshake with {target}: {e}"))),
+            Err(_) => return Err(Ended::Failed(format!("handshake with {target}: no answer"))),
         };
-        if welcome.term < p.last.term {
+        let known = p.last.term.max(self.leadership.view().term);
+        if welcome.term < known {
             let message = format!(
                 "the primary {} at {} is in term {}, older than term {} this replica has seen: refusing its stream",
-                welcome.primary, self.follow, welcome.term, p.last.term
+                welcome.primary, target, welcome.term, known
             );
             let _ = write_message(
                 wr,
@@ -399,6 +432,8 @@ impl Follower {
             tracing::info!(cluster = %welcome.cluster_id, primary = %welcome.primary, "joined the primary's cluster");
             *self.cluster_id.lock().expect("cluster id") = welcome.cluster_id.clone();
         }
+        self.leadership
+            .learned_primary(target, &welcome.primary, &welcome.http_url, welcome.term);
         {
             let mut s = self.shared();
             s.primary = Some((welcome.primary.clone(), welcome.http_url.clone()));
@@ -406,7 +441,7 @@ impl Follower {
             // Freshness is known again only from this connection's heartbeats.
             s.heartbeat = None;
         }
-        tracing::info!(primary = %welcome.primary, follow = %self.follow, start = ?welcome.start, "following the primary");
+        tracing::info!(primary = %welcome.primary, follow = %target, start = ?welcome.start, "following the primary");
         match welcome.start {
             Start::Stream { from } => {
                 if from != p.flushed.lsn.next() {

@@ -15,7 +15,6 @@ pub mod registry;
 pub mod retention;
 pub mod sender;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a peer has to complete the handshake.
@@ -24,22 +23,3 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HEARTBEAT: Duration = Duration::from_millis(200);
 /// Default silence after which a peer connection is considered dead (`--peer-timeout`).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What this node is in replication.
-#[derive(Clone)]
-pub enum Role {
-    /// The primary, with its replicas.
-    Primary(Arc<registry::Registry>),
-    /// A read-only replica following a primary.
-    Replica(Arc<follower::Follower>),
-}
-
-impl Role {
-    /// `primary` or `replica`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Role::Primary(_) => "primary",
-            Role::Replica(_) => "replica",
-        }
-    }
-}

@@ -22,8 +22,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::follower::Follower;
 use super::registry::Registry;
-use super::{Role, HANDSHAKE_TIMEOUT, HEARTBEAT};
+use super::{HANDSHAKE_TIMEOUT, HEARTBEAT};
+use crate::leadership::{Leadership, NodeRole};
 
 /// Most records in one `Records` message.
 const CHUNK_RECORDS: usize = 2048;
@@ -38,22 +40,41 @@ pub struct PeerContext {
     pub engine: Engine,
     /// This node's name.
     pub name: String,
-    /// The cluster id.
-    pub cluster_id: String,
     /// This node's HTTP API URL.
     pub http_url: String,
     /// Where snapshots for replicas are written while they are sent.
     pub snapshot_dir: PathBuf,
-    /// Whether this node is the primary (with its replicas) or a replica.
-    pub role: Role,
+    /// This node's role and term: it serves replicas only while it is the primary.
+    pub leadership: Leadership,
+    /// Its replicas.
+    pub registry: Arc<Registry>,
+    /// Its follower, which holds the cluster id of its data.
+    pub follower: Arc<Follower>,
     /// Silence after which a replica's connection is dropped.
     pub peer_timeout: Duration,
 }
 
 impl PeerContext {
     fn term(&self) -> Term {
-        self.engine.progress().last.term.max(Term::FIRST)
+        self.engine
+            .progress()
+            .last
+            .term
+            .max(self.leadership.view().term)
+            .max(Term::FIRST)
     }
+
+    fn cluster_id(&self) -> String {
+        self.follower.cluster_id()
+    }
+}
+
+/// Returns once this node is no longer the primary of `term`.
+async fn demoted(leadership: &Leadership, term: Term) {
+    let mut view = leadership.subscribe();
+    let _ = view
+        .wait_for(|v| v.role != NodeRole::Primary || v.term != term)
+        .await;
 }
 
 /// Accepts peer connections until the listener fails or the task is dropped.
@@ -101,19 +122,18 @@ async fn serve_peer(stream: TcpStream, addr: SocketAddr, ctx: Arc<PeerContext>) 
             return;
         }
     };
-    let registry = match &ctx.role {
-        Role::Primary(r) => r.clone(),
-        Role::Replica(f) => {
-            let primary = f.primary_description();
-            let why = format!(
-                "{} is a replica, not a primary; follow its primary instead ({primary})",
-                ctx.name
-            );
-            tracing::warn!(peer = %addr, replica = %hello.name, "refused a replica: {why}");
-            refuse(&mut wr, RefusalCode::NotPrimary, why).await;
-            return;
-        }
-    };
+    let view = ctx.leadership.view();
+    if view.role != NodeRole::Primary {
+        let primary = ctx.leadership.primary_description();
+        let why = format!(
+            "{} is a replica, not a primary; follow its primary instead ({primary})",
+            ctx.name
+        );
+        tracing::warn!(peer = %addr, replica = %hello.name, "refused a replica: {why}");
+        refuse(&mut wr, RefusalCode::NotPrimary, why).await;
+        return;
+    }
+    let registry = ctx.registry.clone();
     let start = match decide(&ctx, &hello) {
         Ok(s) => s,
         Err(r) => {
@@ -140,7 +160,7 @@ async fn serve_peer(stream: TcpStream, addr: SocketAddr, ctx: Arc<PeerContext>) 
             }
         };
     let welcome = Message::Welcome(Welcome {
-        cluster_id: ctx.cluster_id.clone(),
+        cluster_id: ctx.cluster_id(),
         primary: ctx.name.clone(),
         term: ctx.term(),
         http_url: ctx.http_url.clone(),
@@ -160,6 +180,7 @@ async fn serve_peer(stream: TcpStream, addr: SocketAddr, ctx: Arc<PeerContext>) 
         r = receive_progress(&mut rd, &ctx, &registry, &name, conn) => r,
         r = stream_to(&mut wr, &ctx, &registry, &name, conn, start) => r,
         _ = superseded.notified() => Err("a newer connection of this replica replaced it".into()),
+        _ = demoted(&ctx.leadership, view.term) => Err("this node is no longer the primary".into()),
     };
     let why = match outcome {
         Ok(()) => "the node is stopping".to_string(),
@@ -199,12 +220,13 @@ fn decide(ctx: &PeerContext, hello: &Hello) -> Result<Start, Refusal> {
             ),
         );
     }
-    if hello.cluster_id != ctx.cluster_id && hello.last.lsn > Lsn::ZERO {
+    let cluster_id = ctx.cluster_id();
+    if hello.cluster_id != cluster_id && hello.last.lsn > Lsn::ZERO {
         return refuse(
             RefusalCode::WrongCluster,
             format!(
                 "replica {} holds data of cluster {}, but this primary's cluster is {}: start it with an empty data directory to join this cluster",
-                hello.name, hello.cluster_id, ctx.cluster_id
+                hello.name, hello.cluster_id, cluster_id
             ),
         );
     }

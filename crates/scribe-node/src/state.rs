@@ -1,0 +1,49 @@
+//! [`NodeState`]: what the front ends (HTTP, PostgreSQL) and the replication tasks of one node
+//! share — the engine, the node's identity and configuration, its [`Leadership`], the registry of
+//! its replicas (used while it is primary), its follower (active while it is a replica), and the
+//! interactive transactions held for HTTP clients.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use scribe_sqlite::Engine;
+
+use crate::identity::Identity;
+use crate::leadership::Leadership;
+use crate::replication::follower::Follower;
+use crate::replication::registry::Registry;
+use crate::NodeConfig;
+
+/// The shared state of a running node.
+pub struct NodeState {
+    /// The storage engine.
+    pub engine: Engine,
+    /// Who this node is.
+    pub identity: Identity,
+    /// How it was configured.
+    pub config: NodeConfig,
+    /// When it started.
+    pub started: Instant,
+    /// HTTP requests answered, by route and status code.
+    pub requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// This node's role, term and primary.
+    pub leadership: Leadership,
+    /// The replicas following this node, with their positions (meaningful while it is primary).
+    pub registry: Arc<Registry>,
+    /// The connection to the primary (active while this node is a replica).
+    pub follower: Arc<Follower>,
+    /// Where the peer protocol listens, if it does.
+    pub peer_addr: Option<std::net::SocketAddr>,
+    /// HTTP client for forwarding to the primary.
+    pub http: reqwest::Client,
+    /// Interactive transactions held for HTTP clients.
+    pub txns: crate::txns::TxnTable,
+}
+
+impl NodeState {
+    /// The cluster id of this node's data (a replica adopts its primary's when it first joins).
+    pub fn cluster_id(&self) -> String {
+        self.follower.cluster_id()
+    }
+}

@@ -25,6 +25,20 @@ pub struct Hello {
     pub http_url: String,
 }
 
+/// The opening message of a control-plane connection (DESIGN.md §4): the Raft group that holds
+/// the cluster's control state talks over the peer port too, and the listener tells the two
+/// kinds of connection apart by their first message. Every node is started with the same
+/// `--cluster` list, so a hello carrying another list or cluster id is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlHello {
+    /// The cluster the sender belongs to.
+    pub cluster_id: String,
+    /// The sender's node name.
+    pub from: String,
+    /// The sender's `--cluster` list: `(name, peer address)`, sorted by name.
+    pub members: Vec<(String, String)>,
+}
+
 /// How the stream starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
@@ -69,6 +83,8 @@ pub enum RefusalCode {
     Protocol,
     /// Something failed on this side.
     Internal,
+    /// The two nodes were started with `--cluster` lists (or cluster ids) that disagree.
+    ClusterMismatch,
 }
 
 impl RefusalCode {
@@ -81,6 +97,7 @@ impl RefusalCode {
             RefusalCode::NameInUse => 5,
             RefusalCode::Protocol => 6,
             RefusalCode::Internal => 7,
+            RefusalCode::ClusterMismatch => 8,
         }
     }
 
@@ -93,6 +110,7 @@ impl RefusalCode {
             5 => RefusalCode::NameInUse,
             6 => RefusalCode::Protocol,
             7 => RefusalCode::Internal,
+            8 => RefusalCode::ClusterMismatch,
             _ => return Err(WireError::Malformed(format!("unknown refusal code {v}"))),
         })
     }
@@ -107,6 +125,7 @@ impl RefusalCode {
             RefusalCode::NameInUse => "name_in_use",
             RefusalCode::Protocol => "protocol",
             RefusalCode::Internal => "internal",
+            RefusalCode::ClusterMismatch => "cluster_mismatch",
         }
     }
 }
@@ -164,6 +183,22 @@ pub enum Message {
     },
     /// Replica → primary: its positions.
     Progress(Progress),
+    /// Control plane, first message of a connection.
+    ControlHello(ControlHello),
+    /// Control plane: a request (a Raft RPC or a forwarded proposal, as JSON).
+    ControlRequest {
+        /// Chosen by the sender; the response carries it back.
+        id: u64,
+        /// The request.
+        body: Vec<u8>,
+    },
+    /// Control plane: the answer to the request with the same `id`.
+    ControlResponse {
+        /// The request's id.
+        id: u64,
+        /// The response.
+        body: Vec<u8>,
+    },
 }
 
 const HELLO: u8 = 1;
@@ -175,6 +210,9 @@ const SNAPSHOT_BEGIN: u8 = 6;
 const SNAPSHOT_CHUNK: u8 = 7;
 const SNAPSHOT_END: u8 = 8;
 const PROGRESS: u8 = 9;
+const CONTROL_HELLO: u8 = 10;
+const CONTROL_REQUEST: u8 = 11;
+const CONTROL_RESPONSE: u8 = 12;
 
 impl Message {
     /// A short name for logs.
@@ -189,6 +227,9 @@ impl Message {
             Message::SnapshotChunk(_) => "snapshot-chunk",
             Message::SnapshotEnd { .. } => "snapshot-end",
             Message::Progress(_) => "progress",
+            Message::ControlHello(_) => "control-hello",
+            Message::ControlRequest { .. } => "control-request",
+            Message::ControlResponse { .. } => "control-response",
         }
     }
 
@@ -253,6 +294,26 @@ impl Message {
                 put_pos(out, p.written);
                 put_pos(out, p.flushed);
                 put_pos(out, p.applied);
+            }
+            Message::ControlHello(h) => {
+                out.push(CONTROL_HELLO);
+                put_str(out, &h.cluster_id);
+                put_str(out, &h.from);
+                put_u32(out, h.members.len() as u32);
+                for (name, addr) in &h.members {
+                    put_str(out, name);
+                    put_str(out, addr);
+                }
+            }
+            Message::ControlRequest { id, body } => {
+                out.push(CONTROL_REQUEST);
+                put_u64(out, *id);
+                put_bytes(out, body);
+            }
+            Message::ControlResponse { id, body } => {
+                out.push(CONTROL_RESPONSE);
+                put_u64(out, *id);
+                put_bytes(out, body);
             }
         }
         Ok(())
@@ -321,6 +382,35 @@ impl Message {
                 flushed: r.pos()?,
                 applied: r.pos()?,
             }),
+            CONTROL_HELLO => {
+                let cluster_id = r.string()?;
+                let from = r.string()?;
+                let n = r.u32()? as usize;
+                // Each member takes at least two length prefixes; this bounds the allocation.
+                if n > r.buf.len() / 8 {
+                    return Err(WireError::Malformed(format!(
+                        "{n} members cannot fit in {} bytes",
+                        r.buf.len()
+                    )));
+                }
+                let mut members = Vec::with_capacity(n);
+                for _ in 0..n {
+                    members.push((r.string()?, r.string()?));
+                }
+                Message::ControlHello(ControlHello {
+                    cluster_id,
+                    from,
+                    members,
+                })
+            }
+            CONTROL_REQUEST => Message::ControlRequest {
+                id: r.u64()?,
+                body: r.bytes()?.to_vec(),
+            },
+            CONTROL_RESPONSE => Message::ControlResponse {
+                id: r.u64()?,
+                body: r.bytes()?.to_vec(),
+            },
             k => return Err(WireError::Malformed(format!("unknown message kind {k}"))),
         };
         if !r.buf.is_empty() {

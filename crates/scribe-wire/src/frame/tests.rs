@@ -5,7 +5,7 @@ use scribe_core::{Lsn, Position, Term};
 use scribe_log::Record;
 
 use super::*;
-use crate::{Hello, Progress, Refusal, RefusalCode, Start, Welcome};
+use crate::{ControlHello, Hello, Progress, Refusal, RefusalCode, Start, Welcome};
 
 fn pos(t: u64, l: u64) -> Position {
     Position::new(Term(t), Lsn(l))
@@ -69,6 +69,31 @@ fn samples() -> Vec<Message> {
             flushed: pos(1, 8),
             applied: pos(1, 7),
         }),
+        Message::Refused(Refusal {
+            code: RefusalCode::ClusterMismatch,
+            message: "the --cluster lists disagree".into(),
+        }),
+        Message::ControlHello(ControlHello {
+            cluster_id: "c0ffee".into(),
+            from: "n1".into(),
+            members: vec![
+                ("n1".into(), "127.0.0.1:7001".into()),
+                ("n2".into(), "127.0.0.1:7002".into()),
+            ],
+        }),
+        Message::ControlHello(ControlHello {
+            cluster_id: String::new(),
+            from: String::new(),
+            members: vec![],
+        }),
+        Message::ControlRequest {
+            id: 7,
+            body: br#"{"vote":{}}"#.to_vec(),
+        },
+        Message::ControlResponse {
+            id: u64::MAX,
+            body: vec![],
+        },
     ]
 }
 
@@ -136,6 +161,36 @@ fn another_version_is_named() {
     assert!(e.to_string().contains("wire version 9"), "{e}");
 }
 
+#[test]
+fn a_control_hello_announcing_more_members_than_bytes_is_refused() {
+    let mut body = vec![crate::WIRE_VERSION, 10];
+    body.extend_from_slice(&0u32.to_le_bytes());
+    body.extend_from_slice(&0u32.to_le_bytes());
+    body.extend_from_slice(&u32::MAX.to_le_bytes());
+    let e = Message::decode_body(&body).unwrap_err();
+    assert!(e.to_string().contains("cannot fit"), "{e}");
+}
+
+#[test]
+fn every_refusal_code_round_trips() {
+    for code in [
+        RefusalCode::WrongCluster,
+        RefusalCode::StaleTerm,
+        RefusalCode::Diverged,
+        RefusalCode::NotPrimary,
+        RefusalCode::NameInUse,
+        RefusalCode::Protocol,
+        RefusalCode::Internal,
+        RefusalCode::ClusterMismatch,
+    ] {
+        let m = Message::Refused(Refusal {
+            code,
+            message: code.as_str().into(),
+        });
+        assert_eq!(decode(&encode(&m).unwrap()).unwrap(), m);
+    }
+}
+
 proptest! {
     /// The decoder never panics and never accepts a body with trailing or missing bytes.
     #[test]
@@ -145,7 +200,7 @@ proptest! {
 
     /// A valid body cut short is an error, not a different message.
     #[test]
-    fn truncated_bodies_are_errors(i in 0usize..11, cut in 0usize..64) {
+    fn truncated_bodies_are_errors(i in 0usize..16, cut in 0usize..64) {
         let m = &samples()[i];
         let mut body = Vec::new();
         m.encode_body(&mut body).unwrap();

@@ -75,6 +75,38 @@ pub enum LogError {
     /// A record larger than the format allows.
     #[error("record of {0} bytes is larger than the {max} byte limit", max = crate::record::MAX_BODY)]
     TooLarge(usize),
+    /// The term history file is damaged and cannot be rebuilt (the segments holding the first
+    /// records of some terms were deleted): start-up must stop.
+    #[error("corrupt term history {}: {reason}; it cannot be rebuilt because the log no longer starts at lsn 1", path.display())]
+    CorruptTerms {
+        /// The damaged file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A cut was asked for below the records the log holds: they are gone already (a caller
+    /// that must undo them re-seeds from a snapshot instead).
+    #[error("cannot cut the change log after lsn {at}: its oldest record is lsn {first}, the records before it are gone")]
+    CutBelowStart {
+        /// Where the cut was asked for.
+        at: Lsn,
+        /// The oldest LSN held.
+        first: Lsn,
+    },
+    /// A cut was asked for after the end of the log.
+    #[error("cannot cut the change log after lsn {at}: it ends at lsn {last}")]
+    CutPastEnd {
+        /// Where the cut was asked for.
+        at: Lsn,
+        /// The last LSN in the log.
+        last: Lsn,
+    },
+    /// A cut was asked for while appended records are not yet synced; sync or discard them first.
+    #[error("cannot cut the change log while {records} appended records are not yet synced")]
+    CutPending {
+        /// Records appended since the last sync.
+        records: u64,
+    },
 }
 
 impl LogError {
@@ -82,7 +114,10 @@ impl LogError {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            LogError::Fsync { .. } | LogError::Poisoned | LogError::Corrupt { .. }
+            LogError::Fsync { .. }
+                | LogError::Poisoned
+                | LogError::Corrupt { .. }
+                | LogError::CorruptTerms { .. }
         )
     }
 

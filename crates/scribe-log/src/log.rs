@@ -44,11 +44,32 @@
 //! one (a crash while a rotation was cutting them) they are cut. A torn write into the padding
 //! leaves bytes that are not all zero, and is cut as above, padding and all.
 //!
+//! ## Term history
+//!
+//! The log keeps every term it holds with the LSN of its first record ([`Log::term_history`]),
+//! also for records whose segments were deleted, in a file beside the segments (see
+//! [`crate::terms`]). An append that starts a new term changes it; [`Log::sync`] then replaces the
+//! file before it writes the batch, so the file is durable no later than the term's records; a
+//! batch that starts no term costs no extra fsync. At open the file is reconciled with the
+//! segments: an entry past the recovered end (written before a crash that lost its records) is
+//! dropped, a term found in the segments and missing from the file is added, a log without the
+//! file (from before it was kept) gets one built from its segments. A damaged file stops open,
+//! unless the segments start at LSN 1: then they hold every term and the file is rebuilt.
+//!
+//! ## Cutting the tail
+//!
+//! [`Log::truncate_after`] removes every record after an LSN (a returning old primary undoing
+//! its own unreplicated records). Later segments are deleted newest first, each delete made
+//! durable before the next, then the segment holding the LSN is cut after its frame and fsynced:
+//! a crash at any point leaves a prefix of the log, never a hole.
+//!
 //! ## Invariants
 //!
 //! `first_lsn <= durable.lsn + 1`, `durable <= last`, and the bytes of the records in
 //! `(durable, last]` are exactly `buf`. The active segment's logical size is at most
-//! `allocated`, and every byte of its file past the logical size is zero.
+//! `allocated`, and every byte of its file past the logical size is zero. `terms` holds an entry
+//! for every term of the records up to `last` (pending ones included); once a sync returns,
+//! the term history file holds exactly `terms`.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -60,6 +81,7 @@ use scribe_core::{Lsn, Position, Term};
 use crate::reader::LogReader;
 use crate::record::Record;
 use crate::segment::{self, SEGMENT_HEADER};
+use crate::terms::Terms;
 use crate::LogError;
 
 /// Bytes of zeros the active segment is extended by at a time, ahead of the records (or fewer, to
@@ -123,6 +145,11 @@ pub struct Log {
     last: Position,
     durable: Position,
     poisoned: bool,
+    /// The term history, pending records included.
+    terms: Terms,
+    /// What the term history file holds; `None` when unknown (a failed write), so that the next
+    /// sync writes it again.
+    terms_saved: Option<Terms>,
 }
 
 impl Log {
@@ -145,6 +172,10 @@ impl Log {
                 last: Position::ZERO,
                 durable: Position::ZERO,
                 poisoned: false,
+                terms: Terms::default(),
+                // A stale file in a directory without segments names no LSN a new log holds
+                // (recovery drops it), and the first record's sync replaces it.
+                terms_saved: Some(Terms::default()),
             };
             let recovery = Recovery {
                 first_lsn: Lsn(1),
@@ -160,6 +191,8 @@ impl Log {
         let mut last = Position::ZERO;
         let mut records = 0u64;
         let mut torn = None;
+        // Each term of the held records with its first held LSN.
+        let mut held = Terms::default();
         let count = found.len();
         for (i, (named_first, path)) in found.into_iter().enumerate() {
             let bytes = segment::read_segment(&path)?;
@@ -230,6 +263,9 @@ impl Log {
                 size = offset;
             }
             records += scan.records.len() as u64;
+            for r in &scan.records {
+                held.note(r.term, r.lsn);
+            }
             if let Some(r) = scan.records.last() {
                 last = r.position();
             } else if i == 0 {
@@ -248,6 +284,13 @@ impl Log {
             .map_err(|e| LogError::io(format!("stat log segment {}", active_path.display()), e))?
             .len();
         let first_lsn = segments[0].0;
+        let (terms, terms_saved) = Terms::recover(dir, &held, first_lsn, last.lsn)?;
+        if records == 0 {
+            // An empty log after a snapshot install: its base entry names the base's term.
+            if let Some(term) = terms.term_at(last.lsn) {
+                last.term = last.term.max(term);
+            }
+        }
         let recovery = Recovery {
             first_lsn,
             last,
@@ -267,6 +310,8 @@ impl Log {
             last,
             durable: last,
             poisoned: false,
+            terms,
+            terms_saved,
         };
         Ok((log, recovery))
     }
@@ -289,6 +334,14 @@ impl Log {
     /// The oldest LSN still held.
     pub fn first_lsn(&self) -> Lsn {
         self.segments.first().map_or(self.last.lsn.next(), |s| s.0)
+    }
+
+    /// Every term of this log's history with the LSN of its first record, oldest first: the terms
+    /// of the records held, of those whose segments were deleted, and after a snapshot install
+    /// the base position's term at the base LSN. Includes the terms of records appended but not
+    /// yet synced.
+    pub fn term_history(&self) -> &[(Term, Lsn)] {
+        self.terms.entries()
     }
 
     /// Bytes of all segments' headers and records; the active segment's padding (at most
@@ -359,6 +412,7 @@ impl Log {
         }
         record.batch_first = self.batch_first;
         record.encode_into(&mut self.buf)?;
+        self.terms.note(record.term, record.lsn);
         self.buf_records += 1;
         self.last = record.position();
         Ok(self.last)
@@ -369,9 +423,24 @@ impl Log {
         self.buf.clear();
         self.buf_records = 0;
         self.last = self.durable;
+        self.terms.truncate_after(self.durable.lsn);
+    }
+
+    /// Replaces the term history file if the history changed since it was last written.
+    fn save_terms(&mut self) -> Result<(), LogError> {
+        if self.terms_saved.as_ref() == Some(&self.terms) {
+            return Ok(());
+        }
+        self.terms_saved = None;
+        self.terms.store(&self.dir)?;
+        self.terms_saved = Some(self.terms.clone());
+        Ok(())
     }
 
     /// Writes the batch with one write and makes it durable with one fsync.
+    ///
+    /// When the batch starts a new term, the term history file is replaced first (see the module
+    /// documentation); if that fails the batch is dropped and the log stays usable.
     ///
     /// A failed write (a full disk, say) removes what it wrote and drops the batch: the log is as
     /// before and usable. A failed fsync poisons the log: it refuses every further append. So
@@ -379,6 +448,10 @@ impl Log {
     pub fn sync(&mut self) -> Result<SyncReport, LogError> {
         if self.poisoned {
             return Err(LogError::Poisoned);
+        }
+        if let Err(e) = self.save_terms() {
+            self.discard_pending();
+            return Err(e);
         }
         if self.buf.is_empty() {
             return Ok(SyncReport::default());
@@ -521,6 +594,9 @@ impl Log {
     /// After a snapshot install the log starts empty and its file names carry the base LSN but
     /// not the base term; the database knows it. An empty log takes `term` as the term of its
     /// base position, so fencing holds from the first append.
+    ///
+    /// The term history's base entry takes the term too; the file is written at the next sync,
+    /// before any record.
     pub fn adopt_term(&mut self, term: Term) {
         if self.last == self.durable
             && self.last.lsn.next() == self.first_lsn()
@@ -528,13 +604,14 @@ impl Log {
         {
             self.last.term = term;
             self.durable.term = term;
+            self.terms.adopt_base(term, self.last.lsn);
         }
     }
 
     /// Empties the log and starts it again after `at`: every segment is deleted and a new, empty
-    /// one starts at `at.lsn + 1`. A replica does this when it installs a snapshot taken at `at`.
-    /// Not crash-atomic with the snapshot it goes with: the caller marks the directory as being
-    /// seeded until both are done.
+    /// one starts at `at.lsn + 1`, and the term history starts anew as `[(at.term, at.lsn)]`. A
+    /// replica does this when it installs a snapshot taken at `at`. Not crash-atomic with the
+    /// snapshot it goes with: the caller marks the directory as being seeded until both are done.
     pub fn reset_to(&mut self, at: Position) -> Result<(), LogError> {
         if self.poisoned {
             return Err(LogError::Poisoned);
@@ -549,6 +626,9 @@ impl Log {
         let first = at.lsn.next();
         let (path, file) = segment::create_segment(&self.dir, first)?;
         segment::sync_dir(&self.dir)?;
+        self.terms.reset_to(at.term, at.lsn);
+        self.terms_saved = None;
+        self.save_terms()?;
         self.poisoned = false;
         self.segments.push((first, path, SEGMENT_HEADER as u64));
         self.active = file;
@@ -595,5 +675,8 @@ fn cut_to(path: &Path, len: u64, what: &str) -> Result<(), LogError> {
         .map_err(ctx)
 }
 
+mod cut;
+#[cfg(test)]
+mod cut_tests;
 #[cfg(test)]
 mod tests;

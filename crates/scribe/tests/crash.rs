@@ -144,6 +144,7 @@ async fn fill_and_stop(data: &std::path::Path, rows: i64) -> std::path::PathBuf 
     std::fs::read_dir(data.join("log"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
         .max()
         .unwrap()
 }

@@ -324,21 +324,45 @@ fn reset_starts_an_empty_log_after_a_position_that_survives_reopen() {
         log.read_from(Lsn(999)),
         Err(LogError::Truncated { .. })
     ));
-    // Reopened empty right after a reset, the log knows its base LSN but not its term until
-    // told; then fencing holds from the first append.
+    // Reopened empty right after a reset, the log knows its base position, term included (its
+    // term history starts there), so fencing holds from the first append.
     drop(log);
     let dir2 = tempfile::tempdir().unwrap();
     let (mut log, _) = Log::open(dir2.path(), opts(600)).unwrap();
     log.reset_to(at).unwrap();
+    assert_eq!(log.term_history(), &[(Term(3), Lsn(1000))]);
     drop(log);
     let (mut log, rec) = Log::open(dir2.path(), opts(600)).unwrap();
-    assert_eq!(rec.last, Position::new(Term(0), Lsn(1000)));
-    log.adopt_term(Term(3));
-    assert_eq!(log.durable_position(), at);
+    assert_eq!(rec.last, at);
+    assert_eq!(log.term_history(), &[(Term(3), Lsn(1000))]);
     assert!(matches!(
         log.append(Term(2), 0, payload(1)),
         Err(LogError::StaleTerm { .. })
     ));
+    // A newer term told by the database moves the base entry with it.
+    log.discard_pending();
+    log.adopt_term(Term(4));
+    assert_eq!(log.durable_position(), Position::new(Term(4), Lsn(1000)));
+    assert_eq!(log.term_history(), &[(Term(4), Lsn(1000))]);
+    log.append(Term(4), 0, payload(1001)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let (log, _) = Log::open(dir2.path(), opts(600)).unwrap();
+    assert_eq!(log.term_history(), &[(Term(4), Lsn(1000))]);
+}
+
+#[test]
+fn a_log_without_a_term_history_file_gets_one_built_from_its_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(write_batches(dir.path(), 1 << 20, 2, 3));
+    // A log from before the history was kept.
+    std::fs::remove_file(dir.path().join(crate::terms::TERMS_FILE)).unwrap();
+    let (mut log, _) = Log::open(dir.path(), LogOptions::default()).unwrap();
+    assert_eq!(log.term_history(), &[(Term(1), Lsn(1))]);
+    assert!(dir.path().join(crate::terms::TERMS_FILE).exists());
+    log.append(Term(2), 0, payload(7)).unwrap();
+    log.sync().unwrap();
+    assert_eq!(log.term_history(), &[(Term(1), Lsn(1)), (Term(2), Lsn(7))]);
 }
 
 #[test]

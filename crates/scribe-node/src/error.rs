@@ -187,6 +187,8 @@ pub fn engine_status_and_code(e: &EngineError) -> (StatusCode, &'static str) {
         EngineError::Constraint(_) => (StatusCode::CONFLICT, "constraint_violation"),
         EngineError::DiskFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
         EngineError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        EngineError::NotPrimary(_) => (StatusCode::CONFLICT, "not_primary"),
+        EngineError::NeedSnapshot(_) => (StatusCode::CONFLICT, "need_snapshot"),
         EngineError::OutcomeUnknown(_) => (StatusCode::INTERNAL_SERVER_ERROR, "outcome_unknown"),
         EngineError::Corrupt(_)
         | EngineError::Diverged(_)

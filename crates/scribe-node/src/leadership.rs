@@ -16,6 +16,7 @@
 use std::time::Instant;
 
 use scribe_core::Term;
+use scribe_sqlite::{Engine, WriteGate};
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -75,6 +76,43 @@ impl ControlView {
     /// Whether this node is the primary and its lease (if it has one) holds at `now`.
     pub fn is_serving_primary(&self, now: Instant) -> bool {
         self.role == NodeRole::Primary && self.lease_until.is_none_or(|until| now < until)
+    }
+}
+
+impl ControlView {
+    /// The engine's write gate for this view: open in the view's term (until its lease runs
+    /// out) on a primary, closed on a replica.
+    pub fn write_gate(&self) -> WriteGate {
+        match self.role {
+            NodeRole::Primary => WriteGate::Open {
+                term: self.term,
+                until: self.lease_until,
+            },
+            NodeRole::Replica => WriteGate::closed(match &self.primary.name {
+                Some(p) => format!("this node is a replica of {p}"),
+                None => "this node is a replica".to_string(),
+            }),
+        }
+    }
+}
+
+/// Keeps the engine's write gate in step with the view until the task is dropped: the writer
+/// fences itself by the gate, so a node that stops being the primary (or whose lease is not
+/// renewed) takes no further write whatever its front ends do.
+pub async fn keep_gate(engine: Engine, leadership: Leadership) {
+    let mut view = leadership.subscribe();
+    loop {
+        let gate = view.borrow_and_update().write_gate();
+        let e = engine.clone();
+        // Closing waits for a batch's fsync in flight: off the async threads.
+        match tokio::task::spawn_blocking(move || e.set_gate(gate)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "set the write gate"),
+            Err(e) => tracing::error!(error = %e, "set the write gate"),
+        }
+        if view.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -69,6 +69,10 @@ impl Node {
         opts.readers = config.readers;
         opts.max_batch = config.max_batch;
         opts.apply_delay = config.test_apply_delay;
+        if config.follow.is_some() {
+            // Fenced from the start; the leadership's gate keeper owns it from then on.
+            opts.gate = scribe_sqlite::WriteGate::closed("this node is a replica");
+        }
         let dir = config.data_dir.clone();
         let (engine, report) = tokio::task::spawn_blocking(move || Engine::open(opts))
             .await
@@ -179,6 +183,10 @@ impl Node {
             });
             tasks.push(tokio::spawn(sender::serve(peer, ctx)));
         }
+        tasks.push(tokio::spawn(crate::leadership::keep_gate(
+            state.engine.clone(),
+            state.leadership.clone(),
+        )));
         tasks.push(tokio::spawn(state.follower.clone().run()));
         if let Some(pg) = self.pg {
             tasks.push(tokio::spawn(pg.serve(state.clone())));

@@ -1,18 +1,20 @@
 //! [`Engine`]: the handle the node holds. Opening it recovers the change log, brings SQLite up to
 //! the log's end by replaying the records after the applied position, starts the writer thread
 //! and the read pool. Its progress (last appended, flushed, applied) is published on a watch
-//! channel.
+//! channel. Whether it takes client writes, and in which term, is its write gate
+//! ([`crate::WriteGate`]), which the runtime sets.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use rusqlite::Connection;
-use scribe_core::{Position, Term};
+use scribe_core::Position;
 use scribe_log::{Log, LogOptions, Recovery};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::exec::Statement;
+use crate::gate::{self, Fence, WriteGate};
 use crate::metrics::EngineMetrics;
 use crate::policy::{Policy, Role};
 use crate::reader::{QueryResult, ReadPool};
@@ -32,8 +34,11 @@ pub struct EngineOptions {
     pub max_batch: usize,
     /// Transactions that may wait for the writer before callers are made to wait.
     pub queue: usize,
-    /// The term this node writes records in.
-    pub term: Term,
+    /// Whether this node takes client writes at first, and in which term (see
+    /// [`Engine::set_gate`]). An open gate in a term older than the log's last record's opens
+    /// in the log's term: a node that is primary by configuration goes on in the newest term it
+    /// has. Default: open in the first term, without a lease.
+    pub gate: WriteGate,
     /// Test-only fault injection: how long a replica waits between making streamed records
     /// durable and applying them (a replica that lags on purpose). Zero in production.
     pub apply_delay: std::time::Duration,
@@ -48,7 +53,7 @@ impl EngineOptions {
             readers: 4,
             max_batch: 1024,
             queue: 4096,
-            term: Term::FIRST,
+            gate: WriteGate::default(),
             apply_delay: std::time::Duration::ZERO,
         }
     }
@@ -90,6 +95,10 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
     fatal: Arc<std::sync::OnceLock<String>>,
     locks: Arc<crate::occ::Locks>,
+    /// The log's term history, published by the writer (see [`Engine::term_history`]).
+    terms: crate::rewind::SharedTerms,
+    /// The write gate, shared with the writer (see [`Engine::set_gate`]).
+    fence: Arc<Mutex<Fence>>,
     log_dir: PathBuf,
     db: PathBuf,
 }
@@ -236,6 +245,9 @@ impl Engine {
         let mut conn = open_writer_conn(&db)?;
         let policy = Policy::install(&mut conn, Role::Writer)
             .map_err(|e| EngineError::Internal(format!("install SQL policy: {e}")))?;
+        // A rewind a crash interrupted is finished first: the database and the log then both
+        // end at its target.
+        crate::rewind::recover(&opts.dir, &db, &conn, &policy, &mut log)?;
         let applied_before = policy
             .internal(|| meta::applied(&conn))
             .map_err(|e| EngineError::Internal(format!("read applied position: {e}")))?;
@@ -249,6 +261,7 @@ impl Engine {
             log.adopt_term(applied_before.term);
         }
         let at = log.durable_position();
+        let terms: crate::rewind::SharedTerms = Arc::new(Mutex::new(log.term_history().to_vec()));
         let metrics = Arc::new(EngineMetrics::default());
         metrics
             .replayed
@@ -266,7 +279,8 @@ impl Engine {
         });
         let readers = Arc::new(ReadPool::open(&db, opts.readers)?);
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
-        let term = opts.term.max(at.term);
+        let fence = Arc::new(Mutex::new(Fence::new(opts.gate.clone(), at.term)));
+        let term = gate::lock(&fence).gate().term().unwrap_or(at.term);
         let fatal = Arc::new(std::sync::OnceLock::new());
         let locks = Arc::new(crate::occ::Locks::default());
         let writer = Writer {
@@ -275,12 +289,15 @@ impl Engine {
             policy,
             log,
             term,
+            fence: fence.clone(),
             progress: progress_tx,
             metrics: metrics.clone(),
             max_batch: opts.max_batch.max(1),
             fatal: fatal.clone(),
             apply_delay: opts.apply_delay,
             db_path: db.clone(),
+            data_dir: opts.dir.clone(),
+            terms: terms.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("scribe-writer".into())
@@ -295,6 +312,8 @@ impl Engine {
                 writer: Mutex::new(Some(handle)),
                 fatal,
                 locks,
+                fence,
+                terms,
                 log_dir: opts.dir.join("log"),
                 db: db.clone(),
             }),
@@ -310,6 +329,8 @@ impl Engine {
     }
 
     /// Runs `statements` as one transaction; answers once it is durable in the log and applied.
+    /// Refused with [`EngineError::NotPrimary`] while the write gate does not take writes (checked
+    /// when the writer takes it up, and again right before its batch is made durable).
     pub async fn execute(&self, statements: Vec<Statement>) -> Result<Committed, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.inner
@@ -327,7 +348,9 @@ impl Engine {
     }
 
     /// Opens an interactive transaction, once the writer is free for it (see [`crate::txn`]). It
-    /// is rolled back if it stays idle longer than `idle` between operations.
+    /// is rolled back if it stays idle longer than `idle` between operations. Refused with
+    /// [`EngineError::NotPrimary`] while the write gate is closed; its commit is refused the same
+    /// way (and nothing of it kept) if the gate closed while it was held.
     pub async fn begin(
         &self,
         idle: std::time::Duration,
@@ -337,6 +360,8 @@ impl Engine {
 
     /// Opens an optimistic transaction (see [`crate::occ`]): it holds no writer between its
     /// statements; a statement waits at most `lock_wait` for a row another transaction holds.
+    /// Its statements and its commit are refused with [`EngineError::NotPrimary`] while the write
+    /// gate does not take writes.
     pub fn begin_optimistic(&self, lock_wait: std::time::Duration) -> crate::occ::Optimistic {
         crate::occ::Optimistic::new(
             self.inner.tx.clone(),
@@ -348,7 +373,8 @@ impl Engine {
 
     /// Appends records copied from another node's log (they must follow this log: next LSN, no
     /// older term), makes them durable, and applies them to SQLite in one transaction. Answers
-    /// with the new positions. This is a replica's write path.
+    /// with the new positions. This is a replica's write path: refused while the write gate is
+    /// open (a primary takes no records from another node), with [`EngineError::BadRequest`].
     pub async fn apply(&self, records: Vec<scribe_log::Record>) -> Result<Progress, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.inner
@@ -407,6 +433,7 @@ impl Engine {
     /// Replaces the whole database with the snapshot at `path` and restarts the log empty after
     /// the snapshot's position, which it answers with. The caller keeps a marker that the data
     /// directory is being seeded until this returns, since the two steps are not atomic together.
+    /// Refused while the write gate is open, like [`Engine::apply`].
     pub async fn install_snapshot(&self, path: PathBuf) -> Result<Position, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.inner
@@ -428,6 +455,81 @@ impl Engine {
             .map_err(|_| EngineError::Unavailable("the node is shutting down".into()))?;
         rx.await
             .map_err(|_| EngineError::Unavailable("the writer stopped before answering".into()))?
+    }
+
+    /// Replaces the write gate: what the control state says this node is (DESIGN.md §4, "the
+    /// writer fences itself").
+    ///
+    /// - `Closed`: when this returns, no record that was not already durable will be written or
+    ///   acknowledged by this node afterwards, and [`Engine::progress`]'s `flushed` is final
+    ///   (a switchover can read the last position right after closing). Batches that were running
+    ///   are rolled back as a whole and their clients answered [`EngineError::NotPrimary`];
+    ///   queued writes, transaction starts and optimistic statements are refused the same way.
+    /// - `Open { term, until }`: client writes are taken while `now < until`; the next record is
+    ///   written in `term`. A batch whose lease runs out (or whose term changes) before its fsync
+    ///   is rolled back and refused. Records from other nodes ([`Engine::apply`]) are refused
+    ///   from when this returns.
+    ///
+    /// Opening in a term older than the newest this node knows (its log's last record's, or one
+    /// it was opened in before) is refused with [`EngineError::NotPrimary`] and changes nothing.
+    ///
+    /// It may block the calling thread for as long as one log fsync: the writer holds the gate
+    /// from its last check of a batch until that batch's fsync returns.
+    pub fn set_gate(&self, gate: WriteGate) -> Result<(), EngineError> {
+        let mut fence = gate::lock(&self.inner.fence);
+        let before = fence.gate().term();
+        fence.set(gate).map_err(EngineError::NotPrimary)?;
+        // Lease renewals keep the term: only a change of role or term is worth a line.
+        if fence.gate().term() != before {
+            tracing::info!(gate = ?fence.gate(), "write gate changed");
+        }
+        Ok(())
+    }
+
+    /// The write gate now.
+    pub fn gate(&self) -> WriteGate {
+        gate::lock(&self.inner.fence).gate().clone()
+    }
+
+    /// Undoes this node's own records after `to`, newest first, so that its database and its
+    /// log both end exactly at `to` (a returning old primary before it rejoins as a replica; see
+    /// [`crate::rewind`]). The undone transactions are first saved to a rollback file named after
+    /// `rollback_file` with both positions in its name (an earlier one is never replaced);
+    /// [`crate::RewindReport::file`] says where. Crash-safe: a crash part way is finished at the
+    /// next open.
+    ///
+    /// Refused, changing nothing, with [`EngineError::NeedSnapshot`] when a record to undo
+    /// changed the schema or is no longer held (re-seed instead); with
+    /// [`EngineError::BadRequest`] while the write gate is open, or when `to` is past the log's
+    /// end or not part of this node's history; with [`EngineError::Diverged`] if an inverse does
+    /// not apply cleanly.
+    pub async fn rewind(
+        &self,
+        to: Position,
+        rollback_file: PathBuf,
+    ) -> Result<crate::RewindReport, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(WriterMsg::Rewind {
+                to,
+                file: rollback_file,
+                reply,
+            })
+            .await
+            .map_err(|_| EngineError::Unavailable("the node is shutting down".into()))?;
+        rx.await
+            .map_err(|_| EngineError::Unavailable("the writer stopped before answering".into()))?
+    }
+
+    /// This node's history of terms: each term its log holds (or held, before retention or a
+    /// snapshot) with the LSN of its first record, oldest first, as of the log's last sync.
+    pub fn term_history(&self) -> Vec<(scribe_core::Term, scribe_core::Lsn)> {
+        self.inner
+            .terms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The oldest LSN the change log still holds.

@@ -1,6 +1,6 @@
 //! [`EngineError`]: what went wrong, shaped by what the caller does next — fix the request
 //! (`BadRequest`, `Sql`, `Constraint`, `NotReadOnly`), try again later or elsewhere
-//! (`Unavailable`, `DiskFull`), or stop and call an operator (`Corrupt`, `Diverged`, `Internal`).
+//! (`Unavailable`, `DiskFull`, `NotPrimary`), or stop and call an operator (`Corrupt`, `Diverged`, `Internal`).
 
 use scribe_log::LogError;
 
@@ -40,6 +40,11 @@ pub enum EngineError {
     /// Nothing of the request was kept.
     #[error("{0}")]
     Unavailable(String),
+    /// This node does not take client writes now (a replica, a primary whose lease ran out, a node
+    /// closed for a switchover; see [`crate::WriteGate`]); the message says why. Nothing of the
+    /// transaction was kept: clients may safely retry it on the real primary.
+    #[error("not the primary: {0}")]
+    NotPrimary(String),
     /// The transaction may or may not have been committed (a failed fsync, a failed COMMIT after
     /// the log was made durable, a writer that stopped mid-batch): only a later read can tell.
     #[error("outcome unknown: {0}")]
@@ -56,6 +61,10 @@ pub enum EngineError {
     /// The change log failed.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// What was asked needs this node re-seeded from a snapshot instead (a rewind over a schema
+    /// change, or over records the log no longer holds). Nothing was changed.
+    #[error("{0}")]
+    NeedSnapshot(String),
 }
 
 impl EngineError {

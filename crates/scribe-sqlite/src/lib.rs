@@ -10,9 +10,11 @@
 //! Modules:
 //! - [`engine`]: [`Engine`], opening, recovery and replay, the public handle.
 //! - [`writer`]: the writer thread and group commit.
+//! - [`gate`]: the write gate: whether the writer takes client writes, and in which term.
 //! - [`reader`]: the read pool.
 //! - [`occ`]: optimistic transactions: statements run speculatively, replayed and checked at commit.
 //! - [`txn`]: interactive transactions (statements across round trips), which lease the writer.
+//! - [`rewind`]: undoing this node's own records after a position (a returning old primary).
 //! - [`exec`]: binding parameters and collecting rows.
 //! - [`capture`]: session-extension change capture and changeset replay.
 //! - [`payload`]: what a record's payload holds.
@@ -26,12 +28,14 @@ pub mod capture;
 pub mod engine;
 pub mod error;
 pub mod exec;
+pub mod gate;
 pub mod meta;
 pub mod metrics;
 pub mod occ;
 pub mod payload;
 pub mod policy;
 pub mod reader;
+pub mod rewind;
 pub mod txn;
 pub mod value;
 pub mod writer;
@@ -39,9 +43,11 @@ pub mod writer;
 pub use engine::{db_path, Engine, EngineOptions, OpenReport, Progress};
 pub use error::EngineError;
 pub use exec::{Described, Rows, Statement};
+pub use gate::WriteGate;
 pub use metrics::EngineMetrics;
 pub use occ::{Optimistic, Speculated};
 pub use reader::QueryResult;
+pub use rewind::RewindReport;
 pub use txn::{SavepointOp, Transaction};
 pub use value::{Params, Value};
 pub use writer::{Committed, Retention, StatementResult};

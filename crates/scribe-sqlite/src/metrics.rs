@@ -24,6 +24,9 @@ pub struct EngineMetrics {
     pub segments_deleted: AtomicU64,
     /// Records replayed from the log at start-up.
     pub replayed: AtomicU64,
+    /// Client writes refused by the write gate (not the primary, lease run out), each leaving
+    /// no trace: transactions, transaction starts and optimistic statements.
+    pub gate_refusals: AtomicU64,
     /// Transactions per group-commit batch.
     pub batch_size: Histogram,
     /// Seconds per log fsync.
@@ -41,6 +44,7 @@ impl Default for EngineMetrics {
             log_first_lsn: AtomicU64::new(1),
             segments_deleted: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
+            gate_refusals: AtomicU64::new(0),
             batch_size: Histogram::exponential(1.0, 2.0, 11),
             fsync_seconds: Histogram::exponential(0.000_05, 2.0, 16),
         }

@@ -245,6 +245,12 @@ impl Writer {
             }
             return;
         }
+        if let Err(why) = self.admit(jobs.len()) {
+            for job in jobs {
+                let _ = job.reply.send(Err(crate::writer::not_primary(&why)));
+            }
+            return;
+        }
         if let Err(e) = self.internal("BEGIN IMMEDIATE") {
             for job in jobs {
                 let _ = job.reply.send(Err(EngineError::Internal(format!(

@@ -193,6 +193,10 @@ impl Writer {
             let _ = started.send(Err(EngineError::Unavailable(why.clone())));
             return;
         }
+        if let Err(why) = self.admit(1) {
+            let _ = started.send(Err(crate::writer::not_primary(&why)));
+            return;
+        }
         if let Err(e) = self.internal("BEGIN IMMEDIATE") {
             let _ = started.send(Err(EngineError::Internal(format!(
                 "begin write transaction: {e}"
@@ -324,6 +328,13 @@ impl Writer {
         rx: &mut mpsc::Receiver<WriterMsg>,
         carry: &mut Option<WriterMsg>,
     ) {
+        // The gate may have closed while the transaction held the writer; if it is open, the
+        // record is written in its term now (and checked again before the fsync).
+        if let Err(why) = self.admit(1) {
+            let _ = self.internal("ROLLBACK");
+            let _ = reply.send(Err(crate::writer::not_primary(&why)));
+            return;
+        }
         let position = if steps.is_empty() {
             None
         } else {

@@ -6,9 +6,14 @@
 //! next LSN and its record is appended to the log's batch. Then the log is written and fsynced
 //! once, the applied position stored in the meta table, SQLite committed — and only then are the
 //! clients answered. A record is never in SQLite without being durable in the log first.
+//!
+//! It fences itself (DESIGN.md §4): client writes are taken only while the write gate
+//! ([`crate::gate`]) says this node is the primary of a term whose lease has not run out. The gate
+//! is asked when a batch starts and once more right before its fsync, and held from that last
+//! check until the fsync returns; a batch refused at the last check is rolled back as a whole.
 
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
 use scribe_core::{Lsn, Position, Term};
@@ -17,6 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::capture::Capture;
 use crate::exec::{self, Rows, Statement};
+use crate::gate::{self, Fence};
 use crate::metrics::EngineMetrics;
 use crate::payload::{self, Step};
 use crate::policy::Policy;
@@ -115,6 +121,12 @@ pub(crate) enum WriterMsg {
         idle: std::time::Duration,
         started: oneshot::Sender<Result<(), EngineError>>,
     },
+    /// Undo this node's own records after a position (see [`crate::rewind`]).
+    Rewind {
+        to: Position,
+        file: std::path::PathBuf,
+        reply: oneshot::Sender<Result<crate::rewind::RewindReport, EngineError>>,
+    },
     /// Finish what is queued before this and stop.
     Stop(oneshot::Sender<()>),
 }
@@ -123,7 +135,10 @@ pub(crate) struct Writer {
     pub conn: Connection,
     pub policy: Policy,
     pub log: Log,
+    /// The term of the write in progress: the open gate's, read when the write was admitted.
     pub term: Term,
+    /// The write gate, shared with the engine handle, which changes it.
+    pub fence: Arc<Mutex<Fence>>,
     pub progress: watch::Sender<Progress>,
     pub metrics: Arc<EngineMetrics>,
     pub max_batch: usize,
@@ -136,6 +151,10 @@ pub(crate) struct Writer {
     pub db_path: std::path::PathBuf,
     /// Row locks of optimistic transactions.
     pub locks: Arc<crate::occ::Locks>,
+    /// The data directory (a rewind keeps its marker there).
+    pub data_dir: std::path::PathBuf,
+    /// The log's term history as last published (see [`crate::Engine::term_history`]).
+    pub terms: crate::rewind::SharedTerms,
 }
 
 pub(crate) struct Done {
@@ -150,7 +169,28 @@ pub(crate) fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// The refusal of a client write by the write gate, which said `why`.
+pub(crate) fn not_primary(why: &str) -> EngineError {
+    EngineError::NotPrimary(format!("{why}; nothing of the transaction was kept"))
+}
+
 impl Writer {
+    /// Asks the write gate whether client writes may start now; if so their records will be
+    /// written in the gate's term. Otherwise answers why not, counting `n` refused writes.
+    pub(crate) fn admit(&mut self, n: usize) -> Result<(), String> {
+        let admitted = gate::lock(&self.fence).admit(Instant::now());
+        match admitted {
+            Ok(term) => {
+                self.term = term;
+                Ok(())
+            }
+            Err(why) => {
+                EngineMetrics::add(&self.metrics.gate_refusals, n as u64);
+                Err(why)
+            }
+        }
+    }
+
     /// Serves the queue until it closes or a stop message arrives.
     pub fn run(mut self, mut rx: mpsc::Receiver<WriterMsg>) {
         let mut carry: Option<WriterMsg> = None;
@@ -176,6 +216,11 @@ impl Writer {
                 }
                 WriterMsg::Retain { retain, reply } => {
                     let _ = reply.send(self.retain(retain));
+                }
+                WriterMsg::Rewind { to, file, reply } => {
+                    let done = self.rewind(to, &file);
+                    self.publish_log_extent();
+                    let _ = reply.send(done);
                 }
                 WriterMsg::Begin { ops, idle, started } => {
                     self.run_interactive(ops, idle, started, &mut rx, &mut carry);
@@ -227,10 +272,15 @@ impl Writer {
     /// fsyncs them, then applies them to SQLite in one transaction. `flushed` is published as
     /// soon as the fsync returns, `applied` after the commit. A record that does not follow the
     /// log, or whose term is older than the log's, is refused (fencing) and nothing is kept.
+    /// Refused while the write gate is open, which is held until the records are durable: a
+    /// primary takes no records from another node.
     fn apply_records(&mut self, records: Vec<Record>) -> Result<Progress, EngineError> {
         if let Some(why) = self.fatal.get() {
             return Err(EngineError::Unavailable(why.clone()));
         }
+        let fence = self.fence.clone();
+        let mut held = gate::lock(&fence);
+        held.take_records().map_err(EngineError::BadRequest)?;
         let Some(last) = records.last().map(Record::position) else {
             return Ok(*self.progress.borrow());
         };
@@ -243,10 +293,12 @@ impl Writer {
         if let Err(e) = self.sync_log() {
             return Err(self.log_failed(e));
         }
+        held.saw(last.term);
         self.progress.send_modify(|p| {
             p.last = last;
             p.flushed = last;
         });
+        drop(held);
         if !self.apply_delay.is_zero() {
             std::thread::sleep(self.apply_delay);
         }
@@ -292,10 +344,14 @@ impl Writer {
     /// Copies the snapshot at `path` over the database (SQLite's backup API, one write
     /// transaction, so readers see the old or the new database, never a mix) and restarts the log
     /// empty after the snapshot's applied position.
+    /// Refused while the write gate is open.
     fn install_snapshot(&mut self, path: &std::path::Path) -> Result<Position, EngineError> {
         if let Some(why) = self.fatal.get() {
             return Err(EngineError::Unavailable(why.clone()));
         }
+        gate::lock(&self.fence)
+            .take_records()
+            .map_err(EngineError::BadRequest)?;
         let ctx = |what: &str, e: rusqlite::Error| {
             EngineError::Internal(format!("{what} snapshot {}: {e}", path.display()))
         };
@@ -313,7 +369,7 @@ impl Writer {
         // The copy must be durable before the log that explained the old database goes.
         self.sync_sqlite()?;
         self.log.reset_to(at).map_err(|e| self.log_failed(e))?;
-        self.term = self.term.max(at.term);
+        gate::lock(&self.fence).saw(at.term);
         self.publish_log_extent();
         self.progress.send_modify(|p| {
             p.last = at;
@@ -406,6 +462,12 @@ impl Writer {
             }
             return;
         }
+        if let Err(why) = self.admit(batch.len()) {
+            for job in batch {
+                let _ = job.reply.send(Err(not_primary(&why)));
+            }
+            return;
+        }
         if let Err(e) = self.internal("BEGIN IMMEDIATE") {
             let e = format!("begin write transaction: {e}");
             for job in batch {
@@ -471,6 +533,9 @@ impl Writer {
         }
         if let Err(e) = self.commit_batch() {
             EngineMetrics::add(&self.metrics.txn_errors, done.len() as u64);
+            if matches!(e, EngineError::NotPrimary(_)) {
+                EngineMetrics::add(&self.metrics.gate_refusals, done.len() as u64);
+            }
             for d in done {
                 let _ = d.reply.send(Err(clone_err(&e)));
             }
@@ -494,7 +559,9 @@ impl Writer {
     }
 
     /// Makes the batch durable in the log, then commits SQLite. On failure nothing of the batch
-    /// is kept (or, after a fatal failure, the node stops taking writes).
+    /// is kept (or, after a fatal failure, the node stops taking writes). The write gate has the
+    /// last word right before the fsync: if it no longer takes writes in the batch's term (closed,
+    /// lease run out, new term), the batch is rolled back and refused with `NotPrimary`.
     pub(crate) fn commit_batch(&mut self) -> Result<(), EngineError> {
         let last = self.log.last_position();
         if let Err(e) = self.policy.internal(|| meta::set_applied(&self.conn, last)) {
@@ -502,7 +569,27 @@ impl Writer {
             let _ = self.internal("ROLLBACK");
             return Err(EngineError::from_sqlite(e, None));
         }
-        if let Err(e) = self.sync_log() {
+        // Held from this check until the fsync returns, so a gate closed after the check waits
+        // for the fsync: when closing returns, nothing more becomes durable, and `flushed`
+        // (published under it) is final.
+        let fence = self.fence.clone();
+        let held = gate::lock(&fence);
+        if let Err(why) = held.confirm(Instant::now(), self.term) {
+            drop(held);
+            self.log.discard_pending();
+            let _ = self.internal("ROLLBACK");
+            return Err(not_primary(&why));
+        }
+        let synced = self.sync_log();
+        if synced.is_ok() {
+            let at = self.log.durable_position();
+            self.progress.send_modify(|p| {
+                p.last = at;
+                p.flushed = at;
+            });
+        }
+        drop(held);
+        if let Err(e) = synced {
             let _ = self.internal("ROLLBACK");
             return Err(self.log_failed(e));
         }
@@ -531,7 +618,7 @@ impl Writer {
         Ok(())
     }
 
-    /// Publishes where the log starts and how large it is (gauges).
+    /// Publishes where the log starts and how large it is (gauges), and its term history.
     fn publish_log_extent(&self) {
         use std::sync::atomic::Ordering::Relaxed;
         self.metrics
@@ -540,6 +627,7 @@ impl Writer {
         self.metrics
             .log_size_bytes
             .store(self.log.size_bytes(), Relaxed);
+        crate::rewind::publish_terms(&self.terms, &self.log);
     }
 
     fn log_failed(&mut self, e: LogError) -> EngineError {
@@ -679,6 +767,7 @@ fn clone_err(e: &EngineError) -> EngineError {
     match e {
         EngineError::DiskFull(m) => EngineError::DiskFull(m.clone()),
         EngineError::Unavailable(m) => EngineError::Unavailable(m.clone()),
+        EngineError::NotPrimary(m) => EngineError::NotPrimary(m.clone()),
         EngineError::OutcomeUnknown(m) => EngineError::OutcomeUnknown(m.clone()),
         EngineError::SerializationFailure(m) => EngineError::SerializationFailure(m.clone()),
         EngineError::Constraint(m) => EngineError::Constraint(m.clone()),

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use scribe_core::Lsn;
-use scribe_sqlite::{Engine, EngineError, EngineOptions, Params, Statement, Value};
+use scribe_sqlite::{Engine, EngineError, EngineOptions, Params, Statement, Value, WriteGate};
 
 fn open(dir: &Path) -> Engine {
     Engine::open(EngineOptions::new(dir)).unwrap().0
@@ -354,6 +354,7 @@ async fn a_copy_fed_the_primarys_records_ends_identical_and_refuses_stale_ones()
     assert_eq!(records.len(), 22);
     // Fed in two chunks, as a stream would.
     let (first, second) = records.split_at(10);
+    b.set_gate(WriteGate::closed("a replica")).unwrap();
     b.apply(first.to_vec()).await.unwrap();
     // A gap is refused and nothing of it kept.
     let err = b.apply(second[1..].to_vec()).await.unwrap_err();
@@ -402,6 +403,7 @@ async fn a_snapshot_installed_elsewhere_continues_with_the_next_records_and_surv
     a.execute(vec![st("UPDATE k SET v = 'late' WHERE id > 25")])
         .await
         .unwrap();
+    b.set_gate(WriteGate::closed("a replica")).unwrap();
     let installed = b.install_snapshot(snap).await.unwrap();
     assert_eq!(installed, at);
     assert_eq!(b.progress().applied, at);
@@ -540,6 +542,7 @@ async fn records_applied_as_one_batch_give_the_same_rows_as_one_by_one() {
     }
     let records: Vec<_> = a.read_log(Lsn(1)).unwrap().map(|r| r.unwrap()).collect();
     assert_eq!(records.len(), txns.len());
+    b.set_gate(WriteGate::closed("a replica")).unwrap();
     b.apply(records).await.unwrap();
     for t in ["u", "r"] {
         let sql = format!("SELECT rowid, * FROM {t} ORDER BY rowid");

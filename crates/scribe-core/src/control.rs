@@ -268,7 +268,18 @@ impl ControlState {
                 reason,
                 kind,
                 from,
-            } => self.promote(name, expected_term, reason, kind, from, now_unix_ms),
+                lease_renewals,
+            } => {
+                if let (Some(seen), Some(lease)) = (lease_renewals, &self.lease) {
+                    if lease.term == self.term && lease.renewals != seen {
+                        return Err(ControlError::LeaseRenewed {
+                            seen,
+                            now: lease.renewals,
+                        });
+                    }
+                }
+                self.promote(name, expected_term, reason, kind, from, now_unix_ms)
+            }
             ControlCommand::SetCommit { mode, sync_set } => {
                 if let Some(names) = &sync_set.members {
                     for n in names {

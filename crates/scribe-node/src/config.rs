@@ -54,6 +54,9 @@ pub struct NodeConfig {
     /// The longest an interactive transaction may stay idle between statements before it is
     /// rolled back (it holds the writer meanwhile).
     pub txn_idle_timeout: Duration,
+    /// Cluster mode (`--cluster`): the control plane's members and the lease timings; `None`: a
+    /// primary by configuration, or a manually managed replica (`--follow`).
+    pub cluster: Option<crate::cluster::ClusterSettings>,
     /// Test-only fault injection: a replica pauses this long between making streamed records
     /// durable and applying them (`SCRIBE_TEST_APPLY_DELAY_MS`). Zero in production.
     pub test_apply_delay: Duration,
@@ -61,18 +64,7 @@ pub struct NodeConfig {
 
 /// Checks a node name: 1 to 64 letters, digits, '-' or '_' (it names files and metrics).
 pub fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 64 {
-        return Err("the node name must be 1 to 64 characters".into());
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(format!(
-            "node name {name:?} may only hold letters, digits, '-' and '_'"
-        ));
-    }
-    Ok(())
+    Ok(scribe_core::check_node_name(name)?)
 }
 
 impl NodeConfig {
@@ -108,6 +100,7 @@ impl NodeConfig {
             pg_password: None,
             pg_tls: None,
             txn_idle_timeout: Duration::from_secs(30),
+            cluster: None,
         }
     }
 
@@ -159,6 +152,29 @@ impl NodeConfig {
                     "--follow {f:?} must be the primary's peer address, HOST:PORT"
                 ));
             }
+        }
+        if let Some(cluster) = &self.cluster {
+            if self.follow.is_some() {
+                return Err("--cluster and --follow exclude each other: in a cluster the control plane decides whom a replica follows".into());
+            }
+            if self.peer_addr.is_none() {
+                return Err(
+                    "--cluster needs --peer: the other members reach this node there".into(),
+                );
+            }
+            if !cluster.members.iter().any(|(n, _)| n == &self.name) {
+                return Err(format!(
+                    "this node's name {} is not in the --cluster list ({})",
+                    self.name,
+                    cluster
+                        .members
+                        .iter()
+                        .map(|(n, a)| format!("{n}={a}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ));
+            }
+            cluster.lease.validate().map_err(|e| e.to_string())?;
         }
         if let Some(members) = &self.sync_replicas.members {
             if members.iter().any(|m| m == &self.name) {

@@ -84,6 +84,15 @@ impl ControlView {
     /// out) on a primary, closed on a replica.
     pub fn write_gate(&self) -> WriteGate {
         match self.role {
+            // A primary whose lease is not held (not renewed yet after a promotion or a restart)
+            // keeps the gate closed: it takes no write, and can still take records or rewind
+            // should it turn out not to be the primary any more.
+            NodeRole::Primary if self.lease_until.is_some_and(|t| t <= Instant::now()) => {
+                WriteGate::closed(format!(
+                    "this node is the primary of term {} but does not hold its lease",
+                    self.term
+                ))
+            }
             NodeRole::Primary => WriteGate::Open {
                 term: self.term,
                 until: self.lease_until,
@@ -150,6 +159,22 @@ impl Leadership {
         };
         Leadership {
             tx: std::sync::Arc::new(watch::channel(view).0),
+        }
+    }
+
+    /// A leadership the control plane will decide (cluster mode): until it does, this node is
+    /// a replica that knows no primary.
+    pub fn clustered(term: Term) -> Leadership {
+        Leadership {
+            tx: std::sync::Arc::new(
+                watch::channel(ControlView {
+                    role: NodeRole::Replica,
+                    term,
+                    primary: PrimaryInfo::default(),
+                    lease_until: None,
+                })
+                .0,
+            ),
         }
     }
 

@@ -6,12 +6,15 @@
 //!
 //! Modules:
 //! - [`config`]: [`NodeConfig`], validated once and passed in.
+//! - [`control`]: the embedded control plane, a Raft group holding the cluster's control state.
 //! - [`identity`]: the node's identity file (name, cluster id).
 //! - [`node`]: [`Node`]: start, serve, shut down.
 //! - [`state`]: [`state::NodeState`], what the front ends and replication tasks share.
 //! - [`leadership`]: the one owner of this node's role, term, primary and lease, on a watch.
 //! - [`service`]: the one write path (route, commit, confirm the commit mode) and read plan
 //!   (consistency, forwarding) under every front end.
+//! - [`cluster`]: cluster mode: the controller that owns the leadership from the control state
+//!   (with the primary's lease) and the failover manager.
 //! - [`api`]: the HTTP routes and their JSON.
 //! - [`error`]: [`ApiError`] and its one mapping to status codes.
 //! - [`metrics`]: rendering metrics in Prometheus' text format.
@@ -20,7 +23,9 @@
 //! - [`replication`]: primary/replica streaming, commit modes, lag, snapshots, retention.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod identity;
 pub mod leadership;

@@ -35,6 +35,34 @@ fn advertised_url(
     Ok(format!("http://{addr}"))
 }
 
+/// In cluster mode every member's data belongs to the cluster its `--cluster` list names: a
+/// node with an empty data directory takes that cluster's id; one whose data belongs to another
+/// cluster is refused, with nothing changed.
+fn join_cluster(
+    config: &NodeConfig,
+    cluster: &crate::cluster::ClusterSettings,
+    identity: identity::Identity,
+    engine: &Engine,
+) -> Result<identity::Identity, String> {
+    let id = crate::control::ControlConfig::derived_cluster_id(&cluster.members);
+    if identity.cluster_id == id {
+        return Ok(identity);
+    }
+    if engine.progress().last.lsn != scribe_core::Lsn::ZERO {
+        return Err(format!(
+            "data directory {} holds data of cluster {}, but the --cluster list names cluster {id}: \
+             start this node with the --cluster list it was started with, or with an empty data directory to join this cluster",
+            config.data_dir.display(),
+            identity.cluster_id
+        ));
+    }
+    identity::adopt_cluster(&config.data_dir, &config.name, &id)?;
+    Ok(identity::Identity {
+        cluster_id: id,
+        ..identity
+    })
+}
+
 /// A started node: its engine is open and its listeners bound.
 pub struct Node {
     state: Arc<NodeState>,
@@ -72,6 +100,10 @@ impl Node {
         if config.follow.is_some() {
             // Fenced from the start; the leadership's gate keeper owns it from then on.
             opts.gate = scribe_sqlite::WriteGate::closed("this node is a replica");
+        } else if config.cluster.is_some() {
+            opts.gate = scribe_sqlite::WriteGate::closed(
+                "the control plane has not named this node primary yet",
+            );
         }
         let dir = config.data_dir.clone();
         let (engine, report) = tokio::task::spawn_blocking(move || Engine::open(opts))
@@ -92,8 +124,28 @@ impl Node {
         let pg = crate::pg::PgServer::bind(&config).await?;
         let http_url = advertised_url(&config, &listener)?;
         let term = engine.progress().last.term.max(scribe_core::Term::FIRST);
-        let leadership =
-            Leadership::configured(&config.name, &http_url, config.follow.as_deref(), term);
+        let mut identity = identity;
+        let (leadership, control) = match &config.cluster {
+            None => (
+                Leadership::configured(&config.name, &http_url, config.follow.as_deref(), term),
+                None,
+            ),
+            Some(cluster) => {
+                identity = join_cluster(&config, cluster, identity, &engine)?;
+                let mut cc = crate::control::ControlConfig::new(
+                    config.name.clone(),
+                    config.data_dir.clone(),
+                    cluster.members.clone(),
+                    identity.cluster_id.clone(),
+                );
+                cc.witnesses = cluster.witnesses.clone();
+                cc.validate()?;
+                let plane = crate::control::ControlPlane::start(cc)
+                    .await
+                    .map_err(|e| format!("start the control plane: {e}"))?;
+                (Leadership::clustered(term), Some(plane))
+            }
+        };
         let follower = Arc::new(Follower::new(
             engine.clone(),
             config.name.clone(),
@@ -109,6 +161,7 @@ impl Node {
             engine,
             identity,
             config,
+            control,
             started: Instant::now(),
             requests: Mutex::new(BTreeMap::new()),
             leadership,
@@ -180,8 +233,28 @@ impl Node {
                 registry: state.registry.clone(),
                 follower: state.follower.clone(),
                 peer_timeout: state.config.peer_timeout,
+                control: state.control.clone(),
             });
             tasks.push(tokio::spawn(sender::serve(peer, ctx)));
+        }
+        if let (Some(plane), Some(cluster)) = (&state.control, &state.config.cluster) {
+            tasks.push(tokio::spawn(crate::cluster::run_controller(
+                plane.clone(),
+                state.leadership.clone(),
+                state.identity.name.clone(),
+                cluster.witnesses.contains(&state.identity.name),
+                advertised_url(&state.config, &self.listener)?,
+                cluster.lease,
+            )));
+            tasks.push(tokio::spawn(crate::cluster::run_failover_manager(
+                plane.clone(),
+                state.http.clone(),
+                crate::cluster::FailoverPolicy {
+                    mode: state.config.commit,
+                    sync_set: state.config.sync_replicas.clone(),
+                    lease: cluster.lease,
+                },
+            )));
         }
         tasks.push(tokio::spawn(crate::leadership::keep_gate(
             state.engine.clone(),
@@ -206,6 +279,9 @@ impl Node {
         }
         for t in tasks {
             let _ = t.await;
+        }
+        if let Some(plane) = &state.control {
+            plane.shutdown().await;
         }
         state.engine.shutdown().await;
         served.map_err(|e| format!("serve HTTP: {e}"))

@@ -23,6 +23,8 @@ pub struct NodeState {
     pub identity: Identity,
     /// How it was configured.
     pub config: NodeConfig,
+    /// Its control plane, in cluster mode.
+    pub control: Option<crate::control::ControlPlane>,
     /// When it started.
     pub started: Instant,
     /// HTTP requests answered, by route and status code.

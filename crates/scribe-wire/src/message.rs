@@ -8,7 +8,7 @@ use scribe_log::Record;
 use crate::WireError;
 
 /// The wire version this code speaks.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// The replica's opening message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +23,9 @@ pub struct Hello {
     pub last: Position,
     /// The replica's HTTP API, as clients reach it.
     pub http_url: String,
+    /// The replica's history of terms: `(term, first LSN of that term in its log)`, oldest first
+    /// (see `scribe_core::TermHistory`), so the primary can tell where their logs diverge.
+    pub history: Vec<(Term, Lsn)>,
 }
 
 /// The opening message of a control-plane connection (DESIGN.md §4): the Raft group that holds
@@ -49,6 +52,12 @@ pub enum Start {
     },
     /// A snapshot follows, then records from the LSN after its position.
     Snapshot,
+    /// The replica holds records this primary never had (an old primary coming back): it must
+    /// undo its records after `to`, the last position both logs share, and connect again.
+    Rewind {
+        /// The divergence point.
+        to: Position,
+    },
 }
 
 /// The primary's answer to [`Hello`] when it accepts the replica.
@@ -244,6 +253,11 @@ impl Message {
                 put_u64(out, h.term.0);
                 put_pos(out, h.last);
                 put_str(out, &h.http_url);
+                put_u32(out, h.history.len() as u32);
+                for (term, lsn) in &h.history {
+                    put_u64(out, term.0);
+                    put_u64(out, lsn.0);
+                }
             }
             Message::Welcome(w) => {
                 out.push(WELCOME);
@@ -257,6 +271,10 @@ impl Message {
                         put_u64(out, from.0);
                     }
                     Start::Snapshot => out.push(2),
+                    Start::Rewind { to } => {
+                        out.push(3);
+                        put_pos(out, to);
+                    }
                 }
             }
             Message::Refused(r) => {
@@ -334,6 +352,21 @@ impl Message {
                 term: Term(r.u64()?),
                 last: r.pos()?,
                 http_url: r.string()?,
+                history: {
+                    let n = r.u32()? as usize;
+                    // Each entry takes 16 bytes; this bounds the allocation.
+                    if n > r.buf.len() / 16 {
+                        return Err(WireError::Malformed(format!(
+                            "{n} history entries cannot fit in {} bytes",
+                            r.buf.len()
+                        )));
+                    }
+                    let mut h = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        h.push((Term(r.u64()?), Lsn(r.u64()?)));
+                    }
+                    h
+                },
             }),
             WELCOME => Message::Welcome(Welcome {
                 cluster_id: r.string()?,
@@ -345,6 +378,7 @@ impl Message {
                         from: Lsn(r.u64()?),
                     },
                     2 => Start::Snapshot,
+                    3 => Start::Rewind { to: r.pos()? },
                     v => return Err(WireError::Malformed(format!("unknown start kind {v}"))),
                 },
             }),

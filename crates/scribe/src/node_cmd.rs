@@ -80,6 +80,15 @@ pub struct NodeArgs {
     /// Longest an interactive transaction (BEGIN ... COMMIT over PostgreSQL or /v1/tx) may stay idle between statements; it holds the writer, so it is then rolled back [default: 30s]
     #[arg(long, env = "SCRIBE_TXN_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub txn_idle_timeout: Option<Duration>,
+    /// Run as a member of a cluster whose control plane (a Raft group of its members) decides who is primary and fails over automatically: every member's NAME=PEER_ADDR, the same list on every node (for example "n1=10.0.0.1:6480,n2=10.0.0.2:6480,n3=10.0.0.3:6480"); needs --peer, excludes --follow [default: not a cluster member]
+    #[arg(long, env = "SCRIBE_CLUSTER")]
+    pub cluster: Option<String>,
+    /// In a cluster: how long the primary may take writes after it last renewed its lease through the control plane; it renews every quarter of it [default: 1s]
+    #[arg(long, env = "SCRIBE_LEASE", value_parser = humantime::parse_duration)]
+    pub lease: Option<Duration>,
+    /// In a cluster: how long the primary's lease renewals must have stopped before another member is promoted; at least the lease plus 10 % and 100 ms, so the old primary has stopped writing first [default: 1.25s]
+    #[arg(long, env = "SCRIBE_FAILOVER_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub failover_timeout: Option<Duration>,
     /// What to log, in RUST_LOG syntax (for example "info" or "scribe_log=debug") [default: info]
     #[arg(long, env = "SCRIBE_LOG")]
     pub log: Option<String>,
@@ -110,7 +119,34 @@ struct FileConfig {
     pg_tls_cert: Option<PathBuf>,
     pg_tls_key: Option<PathBuf>,
     txn_idle_timeout: Option<String>,
+    cluster: Option<String>,
+    lease: Option<String>,
+    failover_timeout: Option<String>,
     log: Option<String>,
+}
+
+/// Parses a `--cluster` list: `NAME=HOST:PORT` items separated by commas.
+pub fn parse_cluster(list: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let mut members = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, addr) = item.split_once('=').ok_or_else(|| {
+            anyhow!(
+                "--cluster item {item:?} must be NAME=HOST:PORT (for example n1=127.0.0.1:6480)"
+            )
+        })?;
+        let (name, addr) = (name.trim(), addr.trim());
+        scribe_core::check_node_name(name).map_err(|e| anyhow!("--cluster item {item:?}: {e}"))?;
+        if !addr.contains(':') {
+            return Err(anyhow!(
+                "--cluster item {item:?}: {addr:?} must be the member's peer address, HOST:PORT"
+            ));
+        }
+        members.push((name.to_string(), addr.to_string()));
+    }
+    if members.is_empty() {
+        return Err(anyhow!("--cluster lists no members"));
+    }
+    Ok(members)
 }
 
 /// The node's configuration from flags, environment, file and defaults, validated.
@@ -193,6 +229,30 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, String)> {
         config.peer_timeout = v;
     } else if let Some(v) = file.peer_timeout {
         config.peer_timeout = humantime::parse_duration(&v).with_context(|| key("peer_timeout"))?;
+    }
+    if let Some(list) = args.cluster.or(file.cluster) {
+        let mut lease = scribe_core::LeaseConfig::default();
+        if let Some(v) = args.lease {
+            lease.lease = v;
+        } else if let Some(v) = file.lease {
+            lease.lease = humantime::parse_duration(&v).with_context(|| key("lease"))?;
+        }
+        lease.renew_interval = lease.lease / 4;
+        if let Some(v) = args.failover_timeout {
+            lease.failover_timeout = v;
+        } else if let Some(v) = file.failover_timeout {
+            lease.failover_timeout =
+                humantime::parse_duration(&v).with_context(|| key("failover_timeout"))?;
+        }
+        config.cluster = Some(scribe_node::cluster::ClusterSettings {
+            members: parse_cluster(&list)?,
+            witnesses: Default::default(),
+            lease,
+        });
+    } else if args.lease.is_some() || args.failover_timeout.is_some() {
+        return Err(anyhow!(
+            "--lease and --failover-timeout only mean something with --cluster"
+        ));
     }
     // Test-only fault injection, deliberately not a flag: a replica that lags on purpose.
     if let Ok(ms) = std::env::var("SCRIBE_TEST_APPLY_DELAY_MS") {

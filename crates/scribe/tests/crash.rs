@@ -106,6 +106,13 @@ async fn sigkill_under_concurrent_writes_loses_nothing_acknowledged() {
             .collect();
         let kill_after = Duration::from_millis(rng.u64(20..500));
         tokio::time::sleep(kill_after).await;
+        // On a loaded machine the first writes of a round can take longer than a short kill
+        // delay: kill only once this round has had a write acknowledged, so that every round
+        // checks something.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while acked.lock().unwrap().len() <= total_before && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         node.take().unwrap().kill9();
         for w in writers {
             w.await.unwrap();
@@ -114,8 +121,8 @@ async fn sigkill_under_concurrent_writes_loses_nothing_acknowledged() {
         let api = Api::new(&restarted.url);
         let acked_now = acked.lock().unwrap().clone();
         assert!(
-            acked_now.len() > total_before || kill_after < Duration::from_millis(50),
-            "round {round}: no write was acknowledged in {kill_after:?}"
+            acked_now.len() > total_before,
+            "round {round}: no write was acknowledged in 10 s"
         );
         total_before = acked_now.len();
         check(&api, &acked_now, round).await;

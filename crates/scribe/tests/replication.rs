@@ -461,6 +461,7 @@ mod fake_peer {
             term: Term(7),
             last: Position::new(Term(7), Lsn(3)),
             http_url: String::new(),
+            history: vec![(Term(7), Lsn(1))],
         });
         write_message(&mut s, &hello).await.unwrap();
         s.flush().await.unwrap();
@@ -497,6 +498,7 @@ mod fake_peer {
             term: Term(1),
             last: Position::new(Term(1), Lsn(flushed)),
             http_url: String::new(),
+            history: vec![(Term(1), Lsn(1))],
         });
         write_message(&mut s, &hello).await.unwrap();
         s.flush().await.unwrap();

@@ -55,6 +55,11 @@ pub enum ControlCommand {
         kind: FailoverKind,
         /// The primary the proposer saw, if it names one; refused if it is not the primary.
         from: Option<String>,
+        /// The lease renewals of the current term the proposer saw (an automatic failover
+        /// decides from their silence): refused if the primary renewed since, so a promotion
+        /// decided on a stale view of the lease can never depose a primary that is alive.
+        #[serde(default)]
+        lease_renewals: Option<u64>,
     },
     /// Sets the commit mode and sync set.
     SetCommit {
@@ -206,6 +211,16 @@ pub enum ControlError {
         name: String,
         /// The sync set, as text.
         sync_set: String,
+    },
+    /// An automatic promotion was decided before the primary's latest lease renewal.
+    #[error(
+        "the primary renewed its lease since this promotion was decided ({seen} renewals seen, {now} now): it is alive, nobody was promoted"
+    )]
+    LeaseRenewed {
+        /// Renewals the proposer saw.
+        seen: u64,
+        /// Renewals now.
+        now: u64,
     },
     /// The proposer decided on an old view of the cluster.
     #[error("the proposal was made in term {expected} but the cluster is in term {current} now: re-read the cluster state and decide again")]

@@ -51,6 +51,7 @@ fn promote(name: &str, expected: u64, kind: FailoverKind) -> ControlCommand {
         reason: "test".into(),
         kind,
         from: None,
+        lease_renewals: None,
     }
 }
 
@@ -211,6 +212,7 @@ fn promote_refuses_witnesses_unknown_members_and_the_primary() {
         reason: "x".into(),
         kind: FailoverKind::Forced,
         from: Some("n3".into()),
+        lease_renewals: None,
     };
     assert!(matches!(
         s.apply(stale_view, 0),
@@ -463,6 +465,7 @@ fn arb_command() -> impl Strategy<Value = ControlCommand> {
                 reason: "p".into(),
                 kind,
                 from,
+                lease_renewals: None,
             }),
         prop::sample::select(vec![
             "ANY 1 (*)",
@@ -562,4 +565,43 @@ fn a_bootstrapped_cluster_survives_random_commands() {
         promotions > 10,
         "the generator promoted only {promotions} times"
     );
+}
+
+#[test]
+fn an_automatic_promotion_decided_before_a_renewal_is_refused() {
+    let mut s = bootstrapped();
+    let primary = s.primary.clone().unwrap();
+    let term = s.term;
+    let other = s
+        .data_members()
+        .find(|m| m.name != primary)
+        .map(|m| m.name.clone())
+        .unwrap();
+    let seen = s.lease.as_ref().unwrap().renewals;
+    s.apply(
+        ControlCommand::RenewLease {
+            holder: primary.clone(),
+            term,
+        },
+        1,
+    )
+    .unwrap();
+    let promote = |renewals: u64| ControlCommand::Promote {
+        name: other.clone(),
+        expected_term: term,
+        reason: "silent".into(),
+        kind: FailoverKind::Automatic,
+        from: Some(primary.clone()),
+        lease_renewals: Some(renewals),
+    };
+    assert!(matches!(
+        s.apply(promote(seen), 2),
+        Err(ControlError::LeaseRenewed { .. })
+    ));
+    assert_eq!(s.primary.as_deref(), Some(primary.as_str()));
+    assert_eq!(s.term, term);
+    // Decided on the latest renewal, it goes through.
+    let now = s.lease.as_ref().unwrap().renewals;
+    s.apply(promote(now), 3).unwrap();
+    assert_eq!(s.primary.as_deref(), Some(other.as_str()));
 }

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use scribe_core::{Lsn, Position};
+use scribe_core::{Freshness, Lsn, Position};
 use scribe_log::Record;
 use scribe_sqlite::Engine;
 use scribe_wire::{
@@ -50,6 +50,25 @@ pub enum FollowState {
     Failed,
     /// This node is not a replica (it is the primary): nothing to follow.
     Idle,
+    /// Undoing records the new primary never had (an old primary rejoining).
+    RollingBack,
+}
+
+/// A roll-back this node did to rejoin a new primary, as its status shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackView {
+    /// When, milliseconds since the epoch.
+    pub at_unix_ms: u64,
+    /// Where its log ended before.
+    pub from: String,
+    /// Where it ends now: the last position it shares with the new primary.
+    pub to: String,
+    /// Transactions undone.
+    pub transactions: u64,
+    /// Row changes undone.
+    pub rows: u64,
+    /// The rollback file that lists them.
+    pub file: String,
 }
 
 /// What the status page shows of the replication of a replica.
@@ -80,6 +99,9 @@ pub struct FollowView {
     /// The last error, if the connection is not up.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Roll-backs done since start to rejoin a new primary (see the rollback files).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rollbacks: Vec<RollbackView>,
 }
 
 #[derive(Debug)]
@@ -92,11 +114,10 @@ struct Shared {
     last_contact: Option<Instant>,
     seeding: Option<(u64, u64)>,
     error: Option<String>,
-    /// When this replica last knew it had applied everything the primary had flushed: the
-    /// arrival of a heartbeat whose flushed position it had applied. `None`: never known.
-    caught_up_at: Option<Instant>,
-    /// The primary's last heartbeat on this connection: its flushed position, and when it came.
-    heartbeat: Option<(Lsn, Instant)>,
+    /// How stale this replica's reads may be, from the primary's heartbeats.
+    freshness: Freshness,
+    /// Roll-backs done since start.
+    rollbacks: Vec<RollbackView>,
 }
 
 /// A replica's follower: its configuration and the state its status page shows.
@@ -162,8 +183,8 @@ impl Follower {
                 last_contact: None,
                 seeding: None,
                 error: None,
-                caught_up_at: None,
-                heartbeat: None,
+                freshness: Freshness::new(HEARTBEAT),
+                rollbacks: Vec::new(),
             }),
             written: watch::channel(at).0,
             peer_timeout,
@@ -180,21 +201,13 @@ impl Follower {
     }
 
     /// How stale this replica's reads may be, `None` when unknown (it has never known itself
-    /// caught up). Zero while the primary's latest heartbeat is at most three heartbeats old and
-    /// this replica has applied the flushed position it carried; otherwise the time since the
-    /// last such heartbeat arrived (so a replica cut off from its primary, or catching up, ages).
-    /// It can understate by the time that heartbeat spent in transit.
+    /// caught up); see [`Freshness`].
     pub fn lag(&self) -> Option<Duration> {
         let s = self.shared();
         let applied = self.engine.progress().applied.lsn;
         // Records received and not yet applied mean behind, whatever the last heartbeat said.
         let received = self.written.borrow().lsn;
-        match s.heartbeat {
-            Some((f, at)) if applied >= f.max(received) && at.elapsed() <= HEARTBEAT * 3 => {
-                Some(Duration::ZERO)
-            }
-            _ => s.caught_up_at.map(|t| t.elapsed()),
-        }
+        s.freshness.lag(applied, received, Instant::now())
     }
 
     /// The status view.
@@ -217,6 +230,7 @@ impl Follower {
                 bytes_total: total,
             }),
             error: s.error.clone(),
+            rollbacks: s.rollbacks.clone(),
         }
     }
 
@@ -234,16 +248,14 @@ impl Follower {
         let now = Instant::now();
         s.last_contact = Some(now);
         let applied = self.engine.progress().applied.lsn;
-        if let Some(f) = heartbeat {
-            s.primary_flushed = s.primary_flushed.max(f);
-            s.heartbeat = Some((f, now));
-        }
-        // Caught up as of the latest heartbeat once its position is applied (which may happen
-        // after it arrived, when records were still queued ahead of it).
-        if let Some((f, at)) = s.heartbeat {
-            if applied >= f && s.caught_up_at.is_none_or(|t| t < at) {
-                s.caught_up_at = Some(at);
+        match heartbeat {
+            Some(f) => {
+                s.primary_flushed = s.primary_flushed.max(f);
+                s.freshness.heartbeat(f, applied, now);
             }
+            // Caught up as of the latest heartbeat once its position is applied (which may
+            // happen after it arrived, when records were still queued ahead of it).
+            None => s.freshness.applied(applied),
         }
         if s.state == FollowState::CatchingUp || s.state == FollowState::Streaming {
             s.state = if applied >= s.primary_flushed {
@@ -279,7 +291,7 @@ impl Follower {
                 let mut s = self.shared();
                 s.follow = target.clone();
                 s.state = FollowState::Connecting;
-                s.heartbeat = None;
+                s.freshness.reset();
             }
             let retarget = async {
                 loop {
@@ -312,7 +324,15 @@ impl Follower {
             let (state, error, pause) = match outcome {
                 Ended::Refused(r) => {
                     let msg = format!("the primary refused this replica: {}", r.message);
-                    (FollowState::Refused, msg, Duration::from_secs(5))
+                    // A node that is not primary yet (a promotion still on its way to it) soon
+                    // may be: try again as after a lost connection. Other refusals need an
+                    // operator, or time.
+                    let pause = if r.code == RefusalCode::NotPrimary {
+                        backoff
+                    } else {
+                        Duration::from_secs(5)
+                    };
+                    (FollowState::Refused, msg, pause)
                 }
                 Ended::Failed(e) => (FollowState::Connecting, e, backoff),
                 Ended::Fatal(e) => {
@@ -384,6 +404,7 @@ impl Follower {
             term: p.last.term.max(self.leadership.view().term),
             last: p.flushed,
             http_url: self.http_url.clone(),
+            history: self.engine.term_history(),
         });
         write_message(wr, &hello).await?;
         wr.flush().await?;
@@ -439,7 +460,7 @@ impl Follower {
             s.primary = Some((welcome.primary.clone(), welcome.http_url.clone()));
             s.last_contact = Some(Instant::now());
             // Freshness is known again only from this connection's heartbeats.
-            s.heartbeat = None;
+            s.freshness.reset();
         }
         tracing::info!(primary = %welcome.primary, follow = %target, start = ?welcome.start, "following the primary");
         match welcome.start {
@@ -457,8 +478,54 @@ impl Follower {
                 self.receive_snapshot(rd, wr).await?;
                 self.set_state(FollowState::CatchingUp, None);
             }
+            Start::Rewind { to } => return Err(self.rewind(&welcome.primary, to).await),
         }
         Ok(())
+    }
+
+    /// Undoes this node's records after `to` (the primary never had them: it was an old primary
+    /// whose last writes were not replicated), saving them to a rollback file in the data
+    /// directory; then the connection is made again and streaming goes on from `to`.
+    async fn rewind(&self, primary: &str, to: Position) -> Ended {
+        let from = self.engine.progress().flushed;
+        self.set_state(FollowState::RollingBack, None);
+        let file = self.data_dir.join("rollback.json");
+        match self.engine.rewind(to, file).await {
+            Ok(report) => {
+                tracing::warn!(
+                    %primary,
+                    from = %from,
+                    to = %report.to,
+                    transactions = report.undone,
+                    rows = report.rows,
+                    file = %report.file.display(),
+                    "rolled back this node's records that the new primary never had; they are in the rollback file"
+                );
+                self.shared().rollbacks.push(RollbackView {
+                    at_unix_ms: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64),
+                    from: from.to_string(),
+                    to: report.to.to_string(),
+                    transactions: report.undone,
+                    rows: report.rows,
+                    file: report.file.display().to_string(),
+                });
+                Ended::Failed(format!(
+                    "rolled back {} transactions after {} to follow {primary}; reconnecting",
+                    report.undone, report.to
+                ))
+            }
+            Err(scribe_sqlite::EngineError::NeedSnapshot(why)) => Ended::Fatal(format!(
+                "the primary {primary} asks this node to undo its records after {to}, but they cannot be undone ({why}); \
+                 start this node with an empty data directory to be seeded from a snapshot"
+            )),
+            // The write gate still open (this node was primary a moment ago): try again.
+            Err(e @ scribe_sqlite::EngineError::BadRequest(_)) => {
+                Ended::Failed(format!("roll back to {to} for the primary {primary}: {e}"))
+            }
+            Err(e) => Ended::Fatal(format!("roll back to {to} for the primary {primary}: {e}")),
+        }
     }
 
     /// Receives a snapshot into the data directory and installs it, sending progress reports

@@ -12,7 +12,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use scribe_core::{Lsn, Term};
+use scribe_core::{
+    decide_handshake, HandshakeDecision, Lsn, PrimaryView, RefuseReason, ReplicaView, Term,
+    TermHistory,
+};
 use scribe_log::Record;
 use scribe_sqlite::Engine;
 use scribe_wire::{
@@ -52,6 +55,8 @@ pub struct PeerContext {
     pub follower: Arc<Follower>,
     /// Silence after which a replica's connection is dropped.
     pub peer_timeout: Duration,
+    /// The control plane, in cluster mode: its members' connections arrive here too.
+    pub control: Option<crate::control::ControlPlane>,
 }
 
 impl PeerContext {
@@ -105,6 +110,22 @@ async fn serve_peer(stream: TcpStream, addr: SocketAddr, ctx: Arc<PeerContext>) 
     let mut wr = BufWriter::with_capacity(256 << 10, wr);
     let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut rd)).await {
         Ok(Ok(Message::Hello(h))) => h,
+        Ok(Ok(Message::ControlHello(h))) => {
+            let Some(plane) = ctx.control.clone() else {
+                let why = format!(
+                    "{} is not a member of a cluster (it was started without --cluster): it takes no control-plane connections",
+                    ctx.name
+                );
+                tracing::warn!(peer = %addr, from = %h.from, "refused a control-plane connection: {why}");
+                refuse(&mut wr, RefusalCode::ClusterMismatch, why).await;
+                return;
+            };
+            let from = h.from.clone();
+            if let Err(e) = crate::control::serve_connection(plane, rd, wr, h).await {
+                tracing::warn!(peer = %addr, %from, error = %e, "control-plane connection ended");
+            }
+            return;
+        }
         Ok(Ok(other)) => {
             let why = format!("expected a hello, got a {} message", other.kind());
             tracing::warn!(peer = %addr, "refused a peer connection: {why}");
@@ -142,9 +163,22 @@ async fn serve_peer(stream: TcpStream, addr: SocketAddr, ctx: Arc<PeerContext>) 
             return;
         }
     };
+    if let Start::Rewind { to } = start {
+        tracing::warn!(replica = %hello.name, peer = %addr, last = %hello.last, %to, "the replica holds records this primary never had: told to undo them back to where the logs diverge");
+        let welcome = Message::Welcome(Welcome {
+            cluster_id: ctx.cluster_id(),
+            primary: ctx.name.clone(),
+            term: ctx.term(),
+            http_url: ctx.http_url.clone(),
+            start,
+        });
+        let _ = write_message(&mut wr, &welcome).await;
+        let _ = wr.flush().await;
+        return;
+    }
     let needs = match start {
         Start::Stream { from } => from,
-        Start::Snapshot => ctx.engine.log_first_lsn(),
+        Start::Snapshot | Start::Rewind { .. } => ctx.engine.log_first_lsn(),
     };
     let (conn, superseded) =
         match registry.connect(&hello.name, addr, &hello.http_url, hello.last, needs) {
@@ -190,89 +224,48 @@ async fn serve_peer(stream: TcpStream, addr: SocketAddr, ctx: Arc<PeerContext>) 
     registry.disconnect(&name, conn, Some(why));
 }
 
-/// The handshake decision: stream from the replica's next LSN, seed it from a snapshot, or
-/// refuse it (another cluster, a newer term, records this primary does not have).
+/// The handshake decision ([`scribe_core::decide_handshake`], over this node's and the
+/// replica's histories of terms): stream from the replica's next LSN, seed it from a snapshot,
+/// tell it to rewind to where the logs diverge, or refuse it.
 fn decide(ctx: &PeerContext, hello: &Hello) -> Result<Start, Refusal> {
-    let refuse = |code, message| Err(Refusal { code, message });
-    let term = ctx.term();
-    let flushed = ctx.engine.progress().flushed;
-    if let Err(why) = crate::config::check_name(&hello.name) {
-        return refuse(
-            RefusalCode::Protocol,
-            format!("invalid replica name: {why}"),
-        );
-    }
-    if hello.name == ctx.name {
-        return refuse(
-            RefusalCode::Protocol,
-            format!(
-                "the replica calls itself {}, which is this primary's own name",
-                hello.name
-            ),
-        );
-    }
-    if hello.term > term {
-        return refuse(
-            RefusalCode::StaleTerm,
-            format!(
-                "replica {} has seen term {} but this primary is in term {term}: a newer primary exists, so this node must not serve as primary",
-                hello.name, hello.term
-            ),
-        );
-    }
+    let history = |entries: Vec<(Term, Lsn)>, whose: &str| {
+        TermHistory::from_entries(entries).map_err(|e| Refusal {
+            code: RefusalCode::Protocol,
+            message: format!("{whose} history of terms is invalid: {e}"),
+        })
+    };
+    let ours = history(ctx.engine.term_history(), "this primary's")?;
+    let theirs = history(hello.history.clone(), "the replica's")?;
     let cluster_id = ctx.cluster_id();
-    if hello.cluster_id != cluster_id && hello.last.lsn > Lsn::ZERO {
-        return refuse(
-            RefusalCode::WrongCluster,
-            format!(
-                "replica {} holds data of cluster {}, but this primary's cluster is {}: start it with an empty data directory to join this cluster",
-                hello.name, hello.cluster_id, cluster_id
-            ),
-        );
+    let primary = PrimaryView {
+        name: &ctx.name,
+        cluster_id: &cluster_id,
+        term: ctx.term(),
+        flushed: ctx.engine.progress().flushed,
+        log_first: ctx.engine.log_first_lsn(),
+        history: &ours,
+    };
+    let replica = ReplicaView {
+        name: &hello.name,
+        cluster_id: &hello.cluster_id,
+        term: hello.term,
+        last: hello.last,
+        history: Some(&theirs),
+    };
+    match decide_handshake(&primary, &replica) {
+        HandshakeDecision::Stream { from } => Ok(Start::Stream { from }),
+        HandshakeDecision::Snapshot => Ok(Start::Snapshot),
+        HandshakeDecision::Rewind { to } => Ok(Start::Rewind { to }),
+        HandshakeDecision::Refuse { reason, message } => Err(Refusal {
+            code: match reason {
+                RefuseReason::Protocol => RefusalCode::Protocol,
+                RefuseReason::StaleTerm => RefusalCode::StaleTerm,
+                RefuseReason::WrongCluster => RefusalCode::WrongCluster,
+                RefuseReason::Diverged => RefusalCode::Diverged,
+            },
+            message,
+        }),
     }
-    if hello.last.lsn == Lsn::ZERO {
-        return Ok(if flushed.lsn == Lsn::ZERO {
-            Start::Stream { from: Lsn(1) }
-        } else {
-            Start::Snapshot
-        });
-    }
-    if hello.last.lsn > flushed.lsn {
-        return refuse(
-            RefusalCode::Diverged,
-            format!(
-                "replica {} has records up to {} but this primary's log ends at {flushed}: it holds writes this primary never had",
-                hello.name, hello.last
-            ),
-        );
-    }
-    // The replica's last record must be in this log, with the same term, for its log to be a
-    // prefix of this one; a record this log no longer holds cannot be checked: seed it.
-    if hello.last.lsn < ctx.engine.log_first_lsn() {
-        return Ok(Start::Snapshot);
-    }
-    let ours = ctx
-        .engine
-        .read_log(hello.last.lsn)
-        .ok()
-        .and_then(|mut r| r.next())
-        .and_then(Result::ok);
-    match ours {
-        Some(r) if r.term == hello.last.term => {}
-        Some(r) => {
-            return refuse(
-                RefusalCode::Diverged,
-                format!(
-                    "replica {} has lsn {} in term {}, but this primary has it in term {}: their logs diverged",
-                    hello.name, hello.last.lsn, hello.last.term, r.term
-                ),
-            )
-        }
-        None => return Ok(Start::Snapshot),
-    }
-    Ok(Start::Stream {
-        from: hello.last.lsn.next(),
-    })
 }
 
 async fn receive_progress(
@@ -339,6 +332,7 @@ async fn stream_to(
     let from = match start {
         Start::Stream { from } => from,
         Start::Snapshot => send_snapshot(wr, ctx, registry, name, conn).await?,
+        Start::Rewind { .. } => return Ok(()),
     };
     let mut progress = ctx.engine.watch_progress();
     let mut reader = ctx.engine.read_log(from).map_err(|e| {

@@ -19,6 +19,14 @@ fn samples() -> Vec<Message> {
             term: Term(3),
             last: pos(3, 41),
             http_url: "http://127.0.0.1:5481".into(),
+            history: vec![(Term(1), Lsn(1)), (Term(3), Lsn(30))],
+        }),
+        Message::Welcome(Welcome {
+            cluster_id: "c0ffee".into(),
+            primary: "n1".into(),
+            term: Term(4),
+            http_url: "http://127.0.0.1:5480".into(),
+            start: Start::Rewind { to: pos(3, 35) },
         }),
         Message::Welcome(Welcome {
             cluster_id: "c0ffee".into(),

@@ -1,0 +1,344 @@
+//! Cluster mode (`--cluster`, DESIGN.md §4): this node's part in the control plane — the task
+//! that owns its [`Leadership`] (the view follows the control state; on the primary, a lease
+//! renewed through Raft every `renew_interval`), and the failover manager that runs on whichever
+//! node leads the Raft group.
+//!
+//! The decisions are scribe-core's: [`PrimaryLease`] (how long the primary may write: from when it
+//! *sent* its last renewal that committed, by its own monotonic clock), [`LeaseConfig`] (when the
+//! others may consider that lease over: `lease × (1 + margin)` plus a gap, `failover_timeout`),
+//! and [`choose_promotion`] (who may be promoted without losing an acknowledged write). This
+//! module performs them: it proposes the renewals and the promotion, asks the members where their
+//! logs end, and publishes the view. The writer fences itself by the gate the view implies, so a
+//! primary that can no longer renew stops taking writes when its lease runs out even if nothing
+//! else on it notices.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use scribe_core::{
+    choose_promotion, Candidate, CommitMode, ControlCommand, ControlError, ControlState,
+    FailoverKind, LeaseConfig, Lsn, Position, PrimaryLease, SyncSet, Term,
+};
+use tokio::sync::mpsc;
+
+use crate::control::{ControlPlane, ProposeError, Role};
+use crate::leadership::{ControlView, Leadership, NodeRole, PrimaryInfo};
+
+/// What cluster mode needs beyond the control plane's own configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterSettings {
+    /// The `--cluster` list: `(name, peer address)` of every member.
+    pub members: Vec<(String, String)>,
+    /// Members that vote but hold no data (`--witness` on those nodes; every node is told).
+    pub witnesses: BTreeSet<String>,
+    /// Lease and failover timings.
+    pub lease: LeaseConfig,
+}
+
+/// The view of this node for the control state `st`; `lease_until` is when this node's lease
+/// runs out if it is the primary of `st.term` (an instant already past when it holds none).
+pub fn view_of(st: &ControlState, me: &str, witness: bool, lease_until: Instant) -> ControlView {
+    let primary = st.primary.as_ref().and_then(|p| st.members.get(p));
+    match primary {
+        Some(p) if p.name == me => ControlView {
+            role: NodeRole::Primary,
+            term: st.term,
+            primary: PrimaryInfo {
+                name: Some(p.name.clone()),
+                peer_addr: Some(p.peer_addr.clone()),
+                http_url: p.http_url.clone(),
+            },
+            lease_until: Some(lease_until),
+        },
+        Some(p) => ControlView {
+            role: NodeRole::Replica,
+            term: st.term,
+            primary: PrimaryInfo {
+                name: Some(p.name.clone()),
+                // A witness holds no data: it follows nobody.
+                peer_addr: (!witness).then(|| p.peer_addr.clone()),
+                http_url: p.http_url.clone(),
+            },
+            lease_until: None,
+        },
+        None => ControlView {
+            role: NodeRole::Replica,
+            term: st.term,
+            primary: PrimaryInfo::default(),
+            lease_until: None,
+        },
+    }
+}
+
+/// Owns this node's [`Leadership`] in cluster mode until the task is dropped: announces its HTTP
+/// URL, publishes the view of every new control state, and while this node is the primary renews
+/// its lease every `renew_interval` (at once after a promotion).
+pub async fn run_controller(
+    plane: ControlPlane,
+    leadership: Leadership,
+    me: String,
+    witness: bool,
+    http_url: String,
+    lease: LeaseConfig,
+) {
+    let announce = {
+        let plane = plane.clone();
+        let me = me.clone();
+        async move {
+            loop {
+                let cmd = ControlCommand::SetAddresses {
+                    name: me.clone(),
+                    http_url: http_url.clone(),
+                };
+                match plane.propose_retrying(cmd, Duration::from_secs(5)).await {
+                    Ok(_) => return,
+                    Err(ProposeError::Rejected(e)) => {
+                        tracing::debug!(error = %e, "announce this node's HTTP URL; retrying");
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "announce this node's HTTP URL; retrying")
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    tokio::spawn(announce);
+    let mut states = plane.state();
+    let mut held = PrimaryLease::new(lease.lease);
+    let mut held_term: Option<Term> = None;
+    let (done_tx, mut done_rx) = mpsc::channel::<(Term, Instant, Result<(), ProposeError>)>(4);
+    let mut renewing = false;
+    let mut tick = tokio::time::interval(lease.renew_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let st = states.borrow_and_update().clone();
+        let primary_term = (st.primary.as_deref() == Some(me.as_str())).then_some(st.term);
+        if primary_term != held_term {
+            // A new term (or none): the lease of the old one is worthless here.
+            held = PrimaryLease::new(lease.lease);
+            held_term = primary_term;
+        }
+        let now = Instant::now();
+        let until = held.until().unwrap_or(now);
+        leadership.set(view_of(&st, &me, witness, until));
+        let renew_now = primary_term.is_some() && held.until().is_none();
+        tokio::select! {
+            changed = states.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+            _ = tick.tick() => {}
+            _ = std::future::ready(()), if renew_now && !renewing => {}
+            Some((term, sent_at, result)) = done_rx.recv() => {
+                renewing = false;
+                match result {
+                    Ok(()) if Some(term) == held_term => held.renewed(sent_at),
+                    Ok(()) => {}
+                    Err(ProposeError::Rejected(e)) => {
+                        tracing::warn!(error = %e, "the control plane refused this primary's lease renewal; it stops taking writes");
+                        held.revoke();
+                    }
+                    Err(e) => tracing::debug!(error = %e, "renew the lease"),
+                }
+                continue;
+            }
+        }
+        if let (Some(term), false) = (primary_term, renewing) {
+            renewing = true;
+            let plane = plane.clone();
+            let me = me.clone();
+            let done = done_tx.clone();
+            let sent_at = Instant::now();
+            tokio::spawn(async move {
+                let r = plane
+                    .propose(ControlCommand::RenewLease { holder: me, term })
+                    .await
+                    .map(|_| ());
+                let _ = done.send((term, sent_at, r)).await;
+            });
+        }
+    }
+}
+
+/// What the failover manager needs to know of the commit settings in force.
+#[derive(Debug, Clone)]
+pub struct FailoverPolicy {
+    /// The commit mode writes are acknowledged in.
+    pub mode: CommitMode,
+    /// The sync set.
+    pub sync_set: SyncSet,
+    /// Lease and failover timings.
+    pub lease: LeaseConfig,
+}
+
+/// The failover manager, on every node, acting only while this node leads the Raft group: when
+/// the primary's lease renewals have stopped for `failover_timeout` (counted from when this node
+/// last saw one applied, by its own clock), it asks the data members where their logs end, picks
+/// who may be promoted, and commits the promotion (`term + 1`).
+pub async fn run_failover_manager(
+    plane: ControlPlane,
+    http: reqwest::Client,
+    policy: FailoverPolicy,
+) {
+    let raft = plane.raft_status_watch();
+    let states = plane.state();
+    let mut observed: Option<((Term, u64), Instant)> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tick.tick().await;
+        // Every node watches the renewals (as its copy of the state applies them), leader or
+        // not: a renewal applied here at `at` was sent before `at`, so the primary's lease, by
+        // its own clock, ends before `at + lease` — and a node that becomes leader after the old
+        // leader died need not wait a whole failover timeout more.
+        let st = states.borrow().clone();
+        let now = Instant::now();
+        let key = (st.term, st.lease.as_ref().map_or(0, |l| l.renewals));
+        match observed {
+            Some((k, _)) if k == key => {}
+            _ => observed = Some((key, now)),
+        }
+        if raft.borrow().role != Role::Leader {
+            continue;
+        }
+        let Some(old) = st.primary.clone() else {
+            continue;
+        };
+        let since = observed.map_or(now, |(_, at)| at);
+        if !policy.lease.failover_due(since, now) {
+            continue;
+        }
+        tracing::warn!(primary = %old, term = %st.term, silent_ms = since.elapsed().as_millis() as u64, "the primary's lease renewals stopped; failing over");
+        match fail_over(&plane, &http, &policy, &st, &old).await {
+            Ok(to) => {
+                tracing::warn!(from = %old, %to, term = st.term.get() + 1, "promoted a new primary")
+            }
+            Err(why) => tracing::error!(primary = %old, "no failover: {why}"),
+        }
+        // Whatever happened, decide again only after another look at the state.
+        observed = Some((key, Instant::now()));
+    }
+}
+
+async fn fail_over(
+    plane: &ControlPlane,
+    http: &reqwest::Client,
+    policy: &FailoverPolicy,
+    st: &ControlState,
+    old: &str,
+) -> Result<String, String> {
+    let mut candidates = Vec::new();
+    for m in st.members.values() {
+        let mut c = Candidate {
+            name: m.name.clone(),
+            flushed: Position::ZERO,
+            applied: Position::ZERO,
+            reachable: false,
+            witness: m.witness,
+        };
+        if m.name != old && !m.witness {
+            if let Some(url) = &m.http_url {
+                if let Some((flushed, applied)) = positions(http, url).await {
+                    c.flushed = flushed;
+                    c.applied = applied;
+                    c.reachable = true;
+                }
+            }
+        }
+        candidates.push(c);
+    }
+    let choice = choose_promotion(&candidates, policy.mode, &policy.sync_set, old)
+        .map_err(|e| e.to_string())?;
+    let cmd = ControlCommand::Promote {
+        name: choice.name.clone(),
+        expected_term: st.term,
+        reason: choice.reason.clone(),
+        kind: FailoverKind::Automatic,
+        from: Some(old.to_string()),
+        // Refused if the primary renewed after this node saw its renewals stop.
+        lease_renewals: Some(st.lease.as_ref().map_or(0, |l| l.renewals)),
+    };
+    match plane.propose(cmd).await {
+        Ok(_) => Ok(choice.name),
+        Err(ProposeError::Rejected(ControlError::StaleTerm { .. })) => {
+            Err("another promotion won the term".into())
+        }
+        Err(ProposeError::Rejected(e @ ControlError::LeaseRenewed { .. })) => Err(e.to_string()),
+        Err(e) => Err(format!("propose the promotion of {}: {e}", choice.name)),
+    }
+}
+
+/// A member's flushed and applied positions, from its status page (`None`: unreachable).
+async fn positions(http: &reqwest::Client, url: &str) -> Option<(Position, Position)> {
+    let status: serde_json::Value = http
+        .get(format!("{url}/v1/status"))
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let flushed: Position = status.get("position")?.as_str()?.parse().ok()?;
+    let applied = Lsn(status.get("applied_lsn")?.as_u64()?);
+    Some((
+        flushed,
+        Position::new(flushed.term, applied.min(flushed.lsn)),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scribe_core::Member;
+
+    fn state(primary: &str) -> ControlState {
+        let mut st = ControlState::default();
+        let members = ["n1", "n2", "w"]
+            .iter()
+            .map(|n| Member {
+                name: n.to_string(),
+                peer_addr: format!("{n}:6480"),
+                http_url: Some(format!("http://{n}")),
+                witness: *n == "w",
+            })
+            .collect();
+        st.apply(
+            ControlCommand::Bootstrap {
+                cluster_id: "c".into(),
+                members,
+                primary: primary.into(),
+            },
+            0,
+        )
+        .unwrap();
+        st
+    }
+
+    #[test]
+    fn the_primary_writes_under_its_lease_and_the_others_follow_it() {
+        let st = state("n1");
+        let until = Instant::now() + Duration::from_secs(1);
+        let v = view_of(&st, "n1", false, until);
+        assert_eq!(v.role, NodeRole::Primary);
+        assert_eq!(v.lease_until, Some(until));
+        let v = view_of(&st, "n2", false, until);
+        assert_eq!(v.role, NodeRole::Replica);
+        assert_eq!(v.primary.peer_addr.as_deref(), Some("n1:6480"));
+        assert_eq!(v.primary.http_url.as_deref(), Some("http://n1"));
+        assert_eq!(v.lease_until, None);
+        // A witness knows the primary (to forward) but follows nobody.
+        let v = view_of(&st, "w", true, until);
+        assert_eq!(v.primary.peer_addr, None);
+        assert_eq!(v.primary.name.as_deref(), Some("n1"));
+    }
+
+    #[test]
+    fn before_bootstrap_nobody_writes_or_follows() {
+        let v = view_of(&ControlState::default(), "n1", false, Instant::now());
+        assert_eq!(v.role, NodeRole::Replica);
+        assert_eq!(v.primary, PrimaryInfo::default());
+    }
+}

@@ -40,18 +40,18 @@ pub struct LeaseConfig {
 }
 
 impl Default for LeaseConfig {
-    /// A failover well under 3 s: a 1 s lease renewed every 250 ms (three renewals may fail or
-    /// be slow before the lease runs out, so a brief hiccup does not stop writes); a 10 % clock
+    /// A failover well under 3 s: an 800 ms lease renewed every 200 ms (three renewals may fail
+    /// or be slow before the lease runs out, so a brief hiccup does not stop writes); a 10 % clock
     /// margin (monotonic clocks of healthy machines drift by parts per million; 10 % also covers
-    /// a VM paused and resumed mid-lease by a good deal); a failover timeout of 1.25 s, just over the
-    /// 1.1 s + 100 ms the rule needs. The promotion itself (ask the replicas, commit the new
+    /// a VM paused and resumed mid-lease by a good deal); a failover timeout of 1 s, just over the
+    /// 880 ms + 100 ms the rule needs. The promotion itself (ask the replicas, commit the new
     /// term) then takes a few round trips.
     fn default() -> LeaseConfig {
         LeaseConfig {
-            lease: Duration::from_secs(1),
+            lease: Duration::from_millis(800),
             clock_margin: 0.1,
-            failover_timeout: Duration::from_millis(1250),
-            renew_interval: Duration::from_millis(250),
+            failover_timeout: Duration::from_millis(1000),
+            renew_interval: Duration::from_millis(200),
         }
     }
 }
@@ -205,24 +205,25 @@ mod tests {
         let c = LeaseConfig::default();
         assert_eq!(c.validate(), Ok(()));
         assert!(c.failover_timeout + c.renew_interval < Duration::from_secs(2));
-        assert_eq!(c.others_wait(), ms(1100));
+        // 880 ms, rounded up to the nanosecond (never shorter than the rule).
+        assert!(c.others_wait() >= ms(880) && c.others_wait() < ms(881));
     }
 
     #[test]
     fn disagreeing_timeouts_are_refused() {
         let ok = LeaseConfig::default();
         let e = LeaseConfig {
-            failover_timeout: ms(1100),
+            failover_timeout: ms(880),
             ..ok
         }
         .validate()
         .unwrap_err();
         assert!(
-            matches!(e, LeaseConfigError::FailoverTooSoon { needed, .. } if needed == ms(1200))
+            matches!(e, LeaseConfigError::FailoverTooSoon { needed, .. } if needed == ok.others_wait() + SAFETY_GAP)
         );
         assert!(e
             .to_string()
-            .contains("the failover timeout (1.1s) must be at least 1.2s"));
+            .contains("the failover timeout (880ms) must be at least 980"));
         assert!(matches!(
             LeaseConfig {
                 renew_interval: ms(400),
@@ -278,10 +279,10 @@ mod tests {
     fn others_wait_for_the_margin_too() {
         let c = LeaseConfig::default();
         let seen = Instant::now();
-        assert!(!c.expired_for_others(seen, seen + ms(1099)));
-        assert!(c.expired_for_others(seen, seen + ms(1100)));
-        assert!(!c.failover_due(seen, seen + ms(1249)));
-        assert!(c.failover_due(seen, seen + ms(1250)));
+        assert!(!c.expired_for_others(seen, seen + ms(879)));
+        assert!(c.expired_for_others(seen, seen + ms(881)));
+        assert!(!c.failover_due(seen, seen + ms(999)));
+        assert!(c.failover_due(seen, seen + ms(1000)));
         // A clock that seems to go backwards is no time at all.
         assert!(!c.expired_for_others(seen + ms(5000), seen));
     }

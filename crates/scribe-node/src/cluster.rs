@@ -120,7 +120,13 @@ pub async fn run_controller(
             held_term = primary_term;
         }
         let now = Instant::now();
-        let until = held.until().unwrap_or(now);
+        // A switchover under way drains this primary: its lease goes on being renewed (so no
+        // automatic failover starts meanwhile) but no longer covers writes.
+        let draining = primary_term.is_some() && st.switchover.is_some();
+        let until = match held.until() {
+            Some(t) if !draining => t,
+            _ => now,
+        };
         leadership.set(view_of(&st, &me, witness, until));
         let renew_now = primary_term.is_some() && held.until().is_none();
         tokio::select! {

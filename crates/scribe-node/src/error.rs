@@ -54,6 +54,9 @@ pub enum ApiError {
         /// The term it was primary of.
         term: scribe_core::Term,
     },
+    /// A switchover was refused or cancelled; the message says why. Nothing changed (a
+    /// cancelled one resumed writes on the old primary).
+    Switchover(String),
     /// Forwarding to the primary failed before anything was sent.
     Forward(String),
     /// Forwarding to the primary failed after the request may have reached it.
@@ -87,6 +90,7 @@ impl ApiError {
             ApiError::Lagging { .. } => (StatusCode::SERVICE_UNAVAILABLE, "lagging"),
             ApiError::NotCaughtUp { .. } => (StatusCode::GATEWAY_TIMEOUT, "not_caught_up"),
             ApiError::LeaseLost { .. } => (StatusCode::SERVICE_UNAVAILABLE, "lease_expired"),
+            ApiError::Switchover(_) => (StatusCode::CONFLICT, "switchover_refused"),
             ApiError::Forward(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::ForwardUnknown(_) => (StatusCode::BAD_GATEWAY, "outcome_unknown"),
             ApiError::SyncTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "sync_timeout"),
@@ -134,6 +138,7 @@ impl ApiError {
             ApiError::LeaseLost { node, term } => format!(
                 "{node} was the primary of term {term} but could not renew its lease: another node may be primary now, so it serves no strong read and takes no write; retry on the current primary"
             ),
+            ApiError::Switchover(why) => format!("switchover refused: {why}"),
             ApiError::Forward(why) => {
                 format!("could not forward to the primary: {why}; nothing was sent")
             }

@@ -15,6 +15,7 @@
 //!   (consistency, forwarding) under every front end.
 //! - [`cluster`]: cluster mode: the controller that owns the leadership from the control state
 //!   (with the primary's lease) and the failover manager.
+//! - [`switchover`]: a planned hand-over to a replica (drain, catch up, promote).
 //! - [`api`]: the HTTP routes and their JSON.
 //! - [`error`]: [`ApiError`] and its one mapping to status codes.
 //! - [`metrics`]: rendering metrics in Prometheus' text format.
@@ -35,6 +36,7 @@ pub mod pg;
 pub mod replication;
 pub mod service;
 pub mod state;
+pub mod switchover;
 pub mod tx_api;
 pub mod txns;
 

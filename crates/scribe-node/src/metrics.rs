@@ -18,6 +18,10 @@ fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
 }
 
+fn gauge_f64(out: &mut String, name: &str, help: &str, v: f64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+}
+
 fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
     histogram_series(out, name, "", h);
@@ -142,6 +146,55 @@ fn replicas(out: &mut String, state: &NodeState) {
     }
 }
 
+/// The lease (on a primary), the control plane (in cluster mode) and the roll-backs.
+fn leadership(out: &mut String, state: &NodeState, view: &crate::leadership::ControlView) {
+    if let Some(lease) = crate::api::LeaseStatus::of(view, std::time::Instant::now()) {
+        gauge(
+            out,
+            "scribe_lease_held",
+            "(primary) 1 while it holds its lease (always, for a primary by configuration).",
+            lease.held as u64,
+        );
+        if let Some(ms) = lease.remaining_ms {
+            gauge_f64(
+                out,
+                "scribe_lease_remaining_seconds",
+                "(primary) Until its lease runs out unless renewed.",
+                ms as f64 / 1000.0,
+            );
+        }
+    }
+    if let Some(plane) = &state.control {
+        let raft = plane.raft_status();
+        gauge(
+            out,
+            "scribe_raft_leader",
+            "1 on the leader of the control plane's Raft group.",
+            (raft.role == crate::control::Role::Leader) as u64,
+        );
+        let term = plane.state().borrow().term;
+        counter(
+            out,
+            "scribe_failovers_total",
+            "Changes of primary since the cluster was bootstrapped (its term - 1), as this node's control state has them.",
+            term.0.saturating_sub(1),
+        );
+    }
+    let rollbacks = state.follower.view().rollbacks;
+    counter(
+        out,
+        "scribe_rollbacks_total",
+        "Roll-backs this node did since start to rejoin a new primary.",
+        rollbacks.len() as u64,
+    );
+    counter(
+        out,
+        "scribe_rolled_back_transactions_total",
+        "Transactions those roll-backs undid (listed in their rollback files).",
+        rollbacks.iter().map(|r| r.transactions).sum(),
+    );
+}
+
 /// The metrics page.
 pub fn render(state: &NodeState) -> String {
     let m = state.engine.metrics();
@@ -195,11 +248,12 @@ pub fn render(state: &NodeState) -> String {
         "Duration of change-log fsyncs.",
         &m.fsync_seconds.snapshot(),
     );
+    let view = state.leadership.view();
     gauge(
         &mut out,
         "scribe_term",
-        "The node's current term.",
-        p.last.term.0,
+        "The node's current term (as in /v1/status: its view's or its log's, the larger).",
+        view.term.max(p.last.term).0,
     );
     gauge(
         &mut out,
@@ -243,6 +297,13 @@ pub fn render(state: &NodeState) -> String {
         "1 on the primary, 0 on a replica.",
         state.leadership.is_primary() as u64,
     );
+    counter(
+        &mut out,
+        "scribe_write_gate_refusals_total",
+        "Client writes refused by the write gate (not the primary, or its lease ran out).",
+        m.gate_refusals.load(Ordering::Relaxed),
+    );
+    leadership(&mut out, state, &view);
     replicas(&mut out, state);
     let _ = writeln!(out, "# HELP scribe_http_requests_total HTTP requests answered, by route and status.\n# TYPE scribe_http_requests_total counter");
     for ((route, code), n) in state.requests.lock().expect("request counts").iter() {

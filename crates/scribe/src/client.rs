@@ -270,6 +270,19 @@ impl Client {
         self.decode(&bytes)
     }
 
+    /// `POST /v1/switchover`: hands the primary role over to `to` (any node forwards it to the
+    /// primary); answers the primary's JSON account of it.
+    pub async fn switchover(&self, to: &str) -> Result<Value, ClientError> {
+        let bytes = self
+            .send(
+                self.http
+                    .post(format!("{}/v1/switchover", self.url))
+                    .json(&serde_json::json!({ "to": to })),
+            )
+            .await?;
+        self.decode(&bytes)
+    }
+
     /// `GET /metrics`: the Prometheus text.
     pub async fn metrics(&self) -> Result<String, ClientError> {
         let bytes = self

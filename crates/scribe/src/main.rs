@@ -7,6 +7,7 @@
 //! - `sql`: `scribe sql`, the interactive shell and one-shot mode.
 //! - `table`: aligned table output.
 //! - `status`: `scribe status`.
+//! - `switchover`: `scribe switchover`, a planned hand-over of the primary role.
 //! - `bench`: `scribe bench`, the insert benchmark.
 //! - `bench_reads`: `scribe bench --workload point-select`, the read benchmark.
 
@@ -17,6 +18,7 @@ mod demo;
 mod node_cmd;
 mod sql;
 mod status;
+mod switchover;
 mod table;
 
 use clap::{Parser, Subcommand};
@@ -39,6 +41,8 @@ enum Command {
     Sql(sql::SqlArgs),
     /// Print a node's status.
     Status(status::StatusArgs),
+    /// Hand the primary role over to another member of a cluster, losing nothing.
+    Switchover(switchover::SwitchoverArgs),
     /// Measure insert throughput and latency against a node.
     Bench(bench::BenchArgs),
 }
@@ -50,6 +54,7 @@ fn main() {
         Command::Demo(args) => demo::run(args),
         Command::Sql(args) => sql::run(args),
         Command::Status(args) => status::run(args),
+        Command::Switchover(args) => switchover::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match code {

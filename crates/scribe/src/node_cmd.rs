@@ -83,10 +83,10 @@ pub struct NodeArgs {
     /// Run as a member of a cluster whose control plane (a Raft group of its members) decides who is primary and fails over automatically: every member's NAME=PEER_ADDR, the same list on every node (for example "n1=10.0.0.1:6480,n2=10.0.0.2:6480,n3=10.0.0.3:6480"); needs --peer, excludes --follow [default: not a cluster member]
     #[arg(long, env = "SCRIBE_CLUSTER")]
     pub cluster: Option<String>,
-    /// In a cluster: how long the primary may take writes after it last renewed its lease through the control plane; it renews every quarter of it [default: 1s]
+    /// In a cluster: how long the primary may take writes after it last renewed its lease through the control plane; it renews every quarter of it [default: 800ms]
     #[arg(long, env = "SCRIBE_LEASE", value_parser = humantime::parse_duration)]
     pub lease: Option<Duration>,
-    /// In a cluster: how long the primary's lease renewals must have stopped before another member is promoted; at least the lease plus 10 % and 100 ms, so the old primary has stopped writing first [default: 1.25s]
+    /// In a cluster: how long the primary's lease renewals must have stopped before another member is promoted; at least the lease plus 10 % and 100 ms, so the old primary has stopped writing first [default: 1s]
     #[arg(long, env = "SCRIBE_FAILOVER_TIMEOUT", value_parser = humantime::parse_duration)]
     pub failover_timeout: Option<Duration>,
     /// What to log, in RUST_LOG syntax (for example "info" or "scribe_log=debug") [default: info]

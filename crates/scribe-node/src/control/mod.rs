@@ -35,7 +35,7 @@
 //! `ControlResponse` pairs whose bodies are the JSON of openraft's RPCs or of a proposal a
 //! follower forwards to the leader.
 //!
-//! **Timeouts.** Heartbeats every 100 ms, elections after 300–600 ms of silence (so a new
+//! **Timeouts.** Heartbeats every 200 ms, elections after 0.6–1 s of silence (so a new
 //! leader within about a second of the old one stopping), each append-entries RPC bounded by the
 //! heartbeat interval and each vote by the minimum election timeout, a proposal by
 //! [`ControlConfig::propose_timeout`] (after which its outcome is unknown).
@@ -107,9 +107,13 @@ impl ControlConfig {
             witnesses: BTreeSet::new(),
             cluster_id: cluster_id.into(),
             bootstrap_primary: None,
-            heartbeat_interval: Duration::from_millis(100),
-            election_timeout_min: Duration::from_millis(300),
-            election_timeout_max: Duration::from_millis(600),
+            // openraft bounds every append-entries call by the heartbeat interval: on a loaded
+            // machine (three nodes fsyncing on one disk) 100 ms was seen to run out, failing
+            // lease renewals of a healthy primary. 200 ms leaves room; elections after 0.6–1 s
+            // of silence overlap the failover timeout, which every node counts on its own.
+            heartbeat_interval: Duration::from_millis(200),
+            election_timeout_min: Duration::from_millis(600),
+            election_timeout_max: Duration::from_millis(1000),
             propose_timeout: Duration::from_secs(2),
             bootstrap_grace: Duration::from_secs(3),
             snapshot_every: 200,

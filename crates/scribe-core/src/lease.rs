@@ -15,9 +15,11 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-/// Time between "an observer may consider the old lease over" and a promotion, at least: the old
-/// primary's writer checks its lease before each batch, so a batch that began just before the
-/// lease ran out may still be committing; 100 ms bounds that with room for scheduling delays.
+/// Time between "an observer may consider the old lease over" and a promotion, at least: slack
+/// for scheduling delays between the old primary's last check of its lease and its last action.
+/// Correctness does not rest on it bounding a slow fsync: the old primary confirms a write only
+/// if its lease still held once the write was durable (and, in semi-sync/sync, acknowledged by
+/// its replicas); a confirmation that comes later is answered as an unknown outcome instead.
 pub const SAFETY_GAP: Duration = Duration::from_millis(100);
 
 /// The lease timings, validated once at start-up and passed in.

@@ -109,6 +109,9 @@ pub async fn run_controller(
     let mut held_term: Option<Term> = None;
     let (done_tx, mut done_rx) = mpsc::channel::<(Term, Instant, Result<(), ProposeError>)>(4);
     let mut renewing = false;
+    // The control plane refused a renewal (this node's copy of the state is behind): retry on
+    // the tick only, not in a loop, until the state catches up.
+    let mut refused = false;
     let mut tick = tokio::time::interval(lease.renew_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -118,6 +121,7 @@ pub async fn run_controller(
             // A new term (or none): the lease of the old one is worthless here.
             held = PrimaryLease::new(lease.lease);
             held_term = primary_term;
+            refused = false;
         }
         let now = Instant::now();
         // A switchover under way drains this primary: its lease goes on being renewed (so no
@@ -128,7 +132,7 @@ pub async fn run_controller(
             _ => now,
         };
         leadership.set(view_of(&st, &me, witness, until));
-        let renew_now = primary_term.is_some() && held.until().is_none();
+        let renew_now = primary_term.is_some() && held.until().is_none() && !refused;
         tokio::select! {
             changed = states.changed() => {
                 if changed.is_err() {
@@ -146,6 +150,7 @@ pub async fn run_controller(
                     Err(ProposeError::Rejected(e)) => {
                         tracing::warn!(error = %e, "the control plane refused this primary's lease renewal; it stops taking writes");
                         held.revoke();
+                        refused = true;
                     }
                     Err(e) => tracing::debug!(error = %e, "renew the lease"),
                 }

@@ -57,6 +57,16 @@ pub enum ApiError {
     /// A switchover was refused or cancelled; the message says why. Nothing changed (a
     /// cancelled one resumed writes on the old primary).
     Switchover(String),
+    /// A session read's position token names a write that was lost in a failover: this node's
+    /// history gives that LSN to another term.
+    PositionLost {
+        /// This node.
+        node: String,
+        /// The token.
+        position: Position,
+        /// The term this node's history has at that LSN.
+        ours: scribe_core::Term,
+    },
     /// Forwarding to the primary failed before anything was sent.
     Forward(String),
     /// Forwarding to the primary failed after the request may have reached it.
@@ -91,6 +101,7 @@ impl ApiError {
             ApiError::NotCaughtUp { .. } => (StatusCode::GATEWAY_TIMEOUT, "not_caught_up"),
             ApiError::LeaseLost { .. } => (StatusCode::SERVICE_UNAVAILABLE, "lease_expired"),
             ApiError::Switchover(_) => (StatusCode::CONFLICT, "switchover_refused"),
+            ApiError::PositionLost { .. } => (StatusCode::GONE, "position_lost"),
             ApiError::Forward(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::ForwardUnknown(_) => (StatusCode::BAD_GATEWAY, "outcome_unknown"),
             ApiError::SyncTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "sync_timeout"),
@@ -139,6 +150,11 @@ impl ApiError {
                 "{node} was the primary of term {term} but could not renew its lease: another node may be primary now, so it serves no strong read and takes no write; retry on the current primary"
             ),
             ApiError::Switchover(why) => format!("switchover refused: {why}"),
+            ApiError::PositionLost { node, position, ours } => format!(
+                "the write of position token {position} was lost in a failover: {node}'s history has lsn {} in term {ours}, not term {}; \
+                 the data it wrote is not in the cluster (in async mode, see the old primary's rollback file); read without that token",
+                position.lsn, position.term
+            ),
             ApiError::Forward(why) => {
                 format!("could not forward to the primary: {why}; nothing was sent")
             }

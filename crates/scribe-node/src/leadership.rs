@@ -108,16 +108,30 @@ impl ControlView {
 /// Keeps the engine's write gate in step with the view until the task is dropped: the writer
 /// fences itself by the gate, so a node that stops being the primary (or whose lease is not
 /// renewed) takes no further write whatever its front ends do.
-pub async fn keep_gate(engine: Engine, leadership: Leadership) {
+///
+/// With `mark_terms` (cluster mode), a node that opens its gate in a term newer than its log's
+/// last record writes the term's first record at once ([`Engine::start_term`]).
+pub async fn keep_gate(engine: Engine, leadership: Leadership, mark_terms: bool) {
     let mut view = leadership.subscribe();
     loop {
         let gate = view.borrow_and_update().write_gate();
         let e = engine.clone();
         // Closing waits for a batch's fsync in flight: off the async threads.
+        let term = gate.term();
         match tokio::task::spawn_blocking(move || e.set_gate(gate)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "set the write gate"),
             Err(e) => tracing::error!(error = %e, "set the write gate"),
+        }
+        // A new primary marks where its term begins in the log (and so in every history).
+        if mark_terms && term.is_some_and(|t| t > engine.progress().last.term) {
+            match engine.start_term().await {
+                Ok(c) if c.logged => {
+                    tracing::info!(position = %c.position, "started the term in the log")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "mark the start of the term"),
+            }
         }
         if view.changed().await.is_err() {
             return;

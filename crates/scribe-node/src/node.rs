@@ -259,6 +259,7 @@ impl Node {
         tasks.push(tokio::spawn(crate::leadership::keep_gate(
             state.engine.clone(),
             state.leadership.clone(),
+            state.control.is_some(),
         )));
         tasks.push(tokio::spawn(state.follower.clone().run()));
         if let Some(pg) = self.pg {

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use scribe_core::{CommitMode, OnSyncTimeout, Position};
+use scribe_core::{CommitMode, Located, OnSyncTimeout, Position, TermHistory};
 use scribe_sqlite::{Committed, Engine, Statement, StatementResult};
 use serde::Deserialize;
 
@@ -97,13 +97,38 @@ pub async fn execute(
 /// error, or the durability reached, marked degraded.
 pub async fn confirm(state: &NodeState, committed: Committed, mode: Option<CommitMode>) -> Written {
     let mode = mode.unwrap_or(state.config.commit);
-    let durability = wait_durability(state, mode, &committed).await;
+    let durability = wait_durability(state, mode, &committed)
+        .await
+        .and_then(|d| still_primary(state, &committed).map(|()| d));
     Written {
         results: committed.results,
         position: committed.position,
         logged: committed.logged,
         durability,
     }
+}
+
+/// A write is confirmed only while this node is still the primary of the term that wrote it and
+/// its lease holds: the others promote a new primary only after that lease ran out, so whatever
+/// the replicas confirmed (or this node made durable) before it did is seen by the promotion. A
+/// confirmation that arrives after — a slow fsync, a replica that acknowledged late — may be
+/// undone by a new primary, and is reported as such.
+fn still_primary(state: &NodeState, committed: &Committed) -> Result<(), ApiError> {
+    if !committed.logged {
+        return Ok(());
+    }
+    let view = state.leadership.view();
+    if view.role == crate::leadership::NodeRole::Primary
+        && view.term <= committed.position.term
+        && view.lease_until.is_none_or(|t| Instant::now() < t)
+    {
+        return Ok(());
+    }
+    Err(ApiError::Engine(scribe_sqlite::EngineError::OutcomeUnknown(format!(
+        "the transaction is durable on {} at {} but its lease as primary ran out before the write was confirmed: \
+         a new primary may not have it, and it may be rolled back (into the rollback file) when this node rejoins; read it back before retrying",
+        state.identity.name, committed.position
+    ))))
 }
 
 async fn wait_durability(
@@ -249,7 +274,12 @@ pub async fn plan_read(state: &NodeState, ask: ReadAsk) -> Result<ReadRoute, Api
             let wait = ask.wait.min(MAX_WAIT);
             match wait_applied(&state.engine, position, wait).await {
                 Ok(()) => Ok(ReadRoute::Local),
-                Err(applied) => elsewhere(ApiError::NotCaughtUp {
+                Err(NotReached::Lost { ours }) => Err(ApiError::PositionLost {
+                    node: node(),
+                    position,
+                    ours,
+                }),
+                Err(NotReached::NotYet(applied)) => elsewhere(ApiError::NotCaughtUp {
                     node: node(),
                     position,
                     applied,
@@ -260,22 +290,49 @@ pub async fn plan_read(state: &NodeState, ask: ReadAsk) -> Result<ReadRoute, Api
     }
 }
 
-/// Waits until this node has applied `position`, at most `wait`; answers what it has applied.
+/// Why a session read's position was not reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReached {
+    /// Not applied within the wait; what this node has applied.
+    NotYet(Position),
+    /// It can never be: this node's history of terms gives that LSN to another term (`ours`) —
+    /// the write of that token was lost in a failover.
+    Lost {
+        /// The term this node's history has at that LSN.
+        ours: scribe_core::Term,
+    },
+}
+
+/// Where `position` stands in this node's history of terms ([`Located`]).
+fn locate(engine: &Engine, position: Position) -> Located {
+    match TermHistory::from_entries(engine.term_history()) {
+        Ok(h) => h.locate(position, engine.progress().flushed.lsn),
+        // A history that does not parse is no reason to refuse reads: judge by positions.
+        Err(_) => Located::Ahead,
+    }
+}
+
+/// Waits until this node has applied `position`, at most `wait`. A position this node's history
+/// says can never arrive (its write was lost in a failover) ends the wait at once, as soon as the
+/// history shows it (a replica may learn it only when the new term's records reach it).
 pub async fn wait_applied(
     engine: &Engine,
     position: Position,
     wait: Duration,
-) -> Result<(), Position> {
+) -> Result<(), NotReached> {
     let mut rx = engine.watch_progress();
-    // The term too: a node holding a higher LSN of an older term does not hold this position.
-    let reached = tokio::time::timeout(
-        wait,
-        rx.wait_for(|p| p.applied.lsn >= position.lsn && p.applied.term >= position.term),
-    )
-    .await;
-    match reached {
-        Ok(Ok(_)) => Ok(()),
-        _ => Err(engine.progress().applied),
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let applied = rx.borrow_and_update().applied;
+        match locate(engine, position) {
+            Located::Lost { ours } => return Err(NotReached::Lost { ours }),
+            Located::Held | Located::BeforeBase if applied.lsn >= position.lsn => return Ok(()),
+            Located::Held | Located::BeforeBase | Located::Ahead => {}
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => {}
+            _ => return Err(NotReached::NotYet(engine.progress().applied)),
+        }
     }
 }
 

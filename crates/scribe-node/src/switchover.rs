@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use scribe_core::{ControlCommand, FailoverKind, Lsn, Position};
+use scribe_core::{ControlCommand, ControlError, FailoverKind, Lsn, Position};
 use serde::{Deserialize, Serialize};
 
 use crate::control::ProposeError;
@@ -96,14 +96,33 @@ pub async fn run(state: &NodeState, to: &str) -> Result<SwitchoverResponse, ApiE
         Some(_) => {}
     }
     let term = st.term;
-    propose(
-        plane,
-        ControlCommand::BeginSwitchover {
-            to: to.to_string(),
-            expected_term: term,
-        },
-    )
-    .await?;
+    match plane
+        .propose_retrying(
+            ControlCommand::BeginSwitchover {
+                to: to.to_string(),
+                expected_term: term,
+            },
+            Duration::from_secs(2),
+        )
+        .await
+    {
+        Ok(_) => {}
+        // A retry of a proposal that did commit: the same switchover, begun.
+        Err(ProposeError::Rejected(ControlError::SwitchoverPending { to: pending }))
+            if pending == to => {}
+        Err(ProposeError::Rejected(e)) => return Err(refused(e.to_string())),
+        Err(e) => {
+            // It may have committed: cancel, so no switchover is left pending.
+            cancel(plane, term).await;
+            return Err(unavailable(format!("begin the switchover: {e}")));
+        }
+    }
+    // From here every way out that is not a promotion cancels the switchover, also when the
+    // request is dropped half way (its client went away).
+    let mut guard = CancelOnDrop {
+        plane: Some(plane.clone()),
+        term,
+    };
     tracing::warn!(%to, %term, "switchover: draining writes");
     // The controller sees the pending switchover and keeps the lease from covering writes; the
     // gate keeper then closes the gate. Wait for both, so that nothing can become durable after.
@@ -127,9 +146,8 @@ pub async fn run(state: &NodeState, to: &str) -> Result<SwitchoverResponse, ApiE
         .await
         .is_err()
     {
-        cancel(plane, term).await;
         return Err(refused(
-            "the primary did not close its write gate within 2 s; the switchover was cancelled",
+            "the primary did not close its write gate within 2 s; the switchover is being cancelled",
         ));
     }
     let paused = Instant::now();
@@ -143,23 +161,30 @@ pub async fn run(state: &NodeState, to: &str) -> Result<SwitchoverResponse, ApiE
         }
     };
     if tokio::time::timeout(CATCH_UP, caught_up).await.is_err() {
-        cancel(plane, term).await;
         return Err(refused(format!(
-            "{to} did not have {last} within {CATCH_UP:?}; the switchover was cancelled and {me} takes writes again"
+            "{to} did not have {last} within {CATCH_UP:?}; the switchover is being cancelled and {me} takes writes again"
         )));
     }
-    propose(
-        plane,
-        ControlCommand::Promote {
+    let promoted = plane
+        .propose(ControlCommand::Promote {
             name: to.to_string(),
             expected_term: term,
             reason: format!("planned switchover from {me}, asked by an operator"),
             kind: FailoverKind::Switchover,
             from: Some(me.clone()),
             lease_renewals: None,
-        },
-    )
-    .await?;
+        })
+        .await;
+    if let Err(e) = promoted {
+        // Not known to have failed: the state tells (a proposal that timed out may have
+        // committed).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = plane.state().borrow().clone();
+        if !(now.primary.as_deref() == Some(to) && now.term > term) {
+            return Err(unavailable(format!("promote {to}: {e}")));
+        }
+    }
+    guard.plane = None;
     let paused_ms = paused.elapsed().as_secs_f64() * 1000.0;
     tracing::warn!(%to, term = term.get() + 1, position = %last, paused_ms, "switchover done");
     Ok(SwitchoverResponse {
@@ -181,17 +206,29 @@ fn replica_flushed(state: &NodeState, name: &str) -> Option<Lsn> {
         .map(|a| a.flushed)
 }
 
-async fn propose(plane: &crate::control::ControlPlane, cmd: ControlCommand) -> Result<(), ApiError> {
-    match plane.propose_retrying(cmd, Duration::from_secs(2)).await {
-        Ok(_) => Ok(()),
-        Err(ProposeError::Rejected(e)) => Err(refused(e.to_string())),
-        Err(e) => Err(ApiError::Engine(scribe_sqlite::EngineError::Unavailable(format!(
-            "the control plane did not commit the switchover step: {e}"
-        )))),
+fn unavailable(why: String) -> ApiError {
+    ApiError::Engine(scribe_sqlite::EngineError::Unavailable(format!(
+        "the control plane did not commit the switchover step ({why}); nothing changed"
+    )))
+}
+
+/// Cancels the switchover when dropped, unless disarmed (`plane = None`) after the promotion.
+struct CancelOnDrop {
+    plane: Option<crate::control::ControlPlane>,
+    term: scribe_core::Term,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(plane) = self.plane.take() {
+            let term = self.term;
+            tokio::spawn(async move { cancel(&plane, term).await });
+        }
     }
 }
 
 async fn cancel(plane: &crate::control::ControlPlane, term: scribe_core::Term) {
+    tracing::warn!(%term, "cancelling the switchover; writes resume on this primary");
     if let Err(e) = plane
         .propose_retrying(
             ControlCommand::CancelSwitchover {

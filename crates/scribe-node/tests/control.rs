@@ -287,10 +287,11 @@ async fn a_new_leader_takes_over_and_the_stopped_node_catches_up_after_a_restart
     c.nodes[old].stop().await;
 
     let stopped_at = Instant::now();
-    let new = c.leader(Duration::from_secs(3)).await;
+    let new = c.leader(Duration::from_secs(4)).await;
     assert_ne!(new, old);
     let took = stopped_at.elapsed();
-    assert!(took < Duration::from_secs(2), "a new leader took {took:?}");
+    // Elections start after 0.6–1 s of silence; a split vote costs one more round.
+    assert!(took < Duration::from_secs(3), "a new leader took {took:?}");
 
     // Proposals work without the old leader, from the new leader and from the other node.
     let third = (0..3).find(|i| *i != old && *i != new).unwrap();

@@ -332,6 +332,24 @@ impl Engine {
     /// Refused with [`EngineError::NotPrimary`] while the write gate does not take writes (checked
     /// when the writer takes it up, and again right before its batch is made durable).
     pub async fn execute(&self, statements: Vec<Statement>) -> Result<Committed, EngineError> {
+        if statements.is_empty() {
+            return Err(EngineError::BadRequest(
+                "a transaction needs at least one statement".into(),
+            ));
+        }
+        self.submit(statements).await
+    }
+
+    /// Marks the start of the write gate's term in the log, when the log's last record is of an
+    /// older term: a record with no changes, like a Raft leader's first entry. A newly promoted
+    /// primary writes it at once, so that every node's history of terms shows where the new term
+    /// begins even before a client writes — a position token of the old term past that point is
+    /// then known to be lost, everywhere. Answers `logged: false` when the term had started.
+    pub async fn start_term(&self) -> Result<Committed, EngineError> {
+        self.submit(Vec::new()).await
+    }
+
+    async fn submit(&self, statements: Vec<Statement>) -> Result<Committed, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.inner
             .tx

@@ -657,9 +657,21 @@ impl Writer {
         expect: Option<&[Option<StatementResult>]>,
     ) -> Result<(Vec<StatementResult>, Option<Position>), EngineError> {
         if statements.is_empty() {
-            return Err(EngineError::BadRequest(
-                "a transaction needs at least one statement".into(),
-            ));
+            if expect.is_some() {
+                return Err(EngineError::BadRequest(
+                    "a transaction needs at least one statement".into(),
+                ));
+            }
+            // The start of a term (see `Engine::start_term`): a record without steps, so every
+            // node's history of terms shows where this term begins.
+            if self.log.last_position().term >= self.term {
+                return Ok((Vec::new(), None));
+            }
+            let pos = self
+                .log
+                .append(self.term, now_us(), payload::encode(&[]))
+                .map_err(EngineError::from)?;
+            return Ok((Vec::new(), Some(pos)));
         }
         self.internal("SAVEPOINT scribe_txn")
             .map_err(|e| EngineError::Internal(format!("open savepoint: {e}")))?;

@@ -140,6 +140,8 @@ impl Cluster {
 #[derive(Default)]
 struct Seen {
     acked: BTreeSet<String>,
+    /// The position token each acknowledged write was answered with.
+    tokens: std::collections::BTreeMap<String, String>,
     /// Start times of successful writes.
     ok_at: Vec<Instant>,
 }
@@ -182,7 +184,11 @@ async fn client(
             .await;
         match r {
             Ok(r) if r.status().as_u16() == 200 => {
+                let body: Value = r.json().await.unwrap_or_default();
                 let mut s = seen.lock().unwrap();
+                if let Some(t) = body["position"].as_str() {
+                    s.tokens.insert(key.clone(), t.to_string());
+                }
                 s.acked.insert(key);
                 s.ok_at.push(started);
             }
@@ -327,10 +333,7 @@ fn longest_gap(seen: &Seen, window: (Instant, Instant)) -> Duration {
         .filter(|t| *t >= window.0 && *t <= window.1)
         .collect();
     at.sort();
-    at.windows(2)
-        .map(|w| w[1] - w[0])
-        .max()
-        .unwrap_or_default()
+    at.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -348,7 +351,10 @@ async fn switchover_under_load_loses_nothing_even_in_async_mode() {
     let target = (p + 1) % 3;
     let via = (p + 2) % 3;
     // Refusals first: each a clear error, nothing changed.
-    for (to, why) in [("n9", "no member"), (c.names[p].as_str(), "primary already")] {
+    for (to, why) in [
+        ("n9", "no member"),
+        (c.names[p].as_str(), "primary already"),
+    ] {
         let (code, body) = c
             .api(via)
             .unwrap()
@@ -357,7 +363,10 @@ async fn switchover_under_load_loses_nothing_even_in_async_mode() {
             .unwrap();
         assert_eq!(code, 409, "{body}");
         assert_eq!(body["error"]["code"], "switchover_refused", "{body}");
-        assert!(body["error"]["message"].as_str().unwrap().contains(why), "{body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(why),
+            "{body}"
+        );
     }
     assert_eq!(c.primary(Duration::from_secs(1)).await.0, p);
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -387,12 +396,22 @@ async fn switchover_under_load_loses_nothing_even_in_async_mode() {
     c.caught_up(target, Duration::from_secs(20)).await;
     let on_new = keys_on(&c.api(target).unwrap()).await;
     for i in 0..3 {
-        assert!(keys_on(&c.api(i).unwrap()).await == on_new, "{} differs", c.names[i]);
+        assert!(
+            keys_on(&c.api(i).unwrap()).await == on_new,
+            "{} differs",
+            c.names[i]
+        );
     }
     let s = seen.lock().unwrap();
     let lost = s.acked.difference(&on_new).count();
     assert_eq!(lost, 0, "{lost} acknowledged writes lost in the switchover");
-    let gap = longest_gap(&s, (asked - Duration::from_millis(200), answered + Duration::from_millis(500)));
+    let gap = longest_gap(
+        &s,
+        (
+            asked - Duration::from_millis(200),
+            answered + Duration::from_millis(500),
+        ),
+    );
     eprintln!(
         "switchover {} -> {} (async, {CLIENTS} clients): {} acknowledged writes, none lost; gate closed {:.0} ms, longest gap between successful writes {gap:?}, request {:?}",
         c.names[p],
@@ -407,7 +426,11 @@ async fn switchover_under_load_loses_nothing_even_in_async_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sync_kill_rounds_lose_no_acknowledged_write() {
     let rounds = (rounds() / 4).max(3);
-    let times = kill_rounds(&["--commit", "sync", "--sync-replicas", "ANY 1 (*)"], rounds).await;
+    let times = kill_rounds(
+        &["--commit", "sync", "--sync-replicas", "ANY 1 (*)"],
+        rounds,
+    )
+    .await;
     assert!(*times.last().unwrap() < Duration::from_secs(3), "{times:?}");
 }
 
@@ -488,12 +511,159 @@ async fn async_kill_rounds_report_what_was_lost_in_the_rollback_files() {
         );
         // And the rolled-back rows are nowhere in the cluster.
         for k in &undone {
-            assert!(!on_new.contains(k), "round {round}: {k} is rolled back yet present");
+            assert!(
+                !on_new.contains(k),
+                "round {round}: {k} is rolled back yet present"
+            );
+        }
+        // A session read with the token of a lost write is told so, on every node.
+        for k in &lost_now {
+            let token = seen.lock().unwrap().tokens[k].clone();
+            for i in 0..3 {
+                let (code, body) = c
+                    .api(i)
+                    .unwrap()
+                    .post(
+                        "/v1/query",
+                        &json!({"sql": "SELECT count(*) FROM t", "consistency": "session", "position": token}),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(code, 410, "{}: {body}", c.names[i]);
+                assert_eq!(body["error"]["code"], "position_lost", "{body}");
+            }
+        }
+        // And a surviving write's token of the old term is honoured everywhere.
+        let survivor = {
+            let s = seen.lock().unwrap();
+            s.tokens
+                .iter()
+                .rev()
+                .find(|(k, _)| k.starts_with(&format!("r{round}-")) && on_new.contains(*k))
+                .map(|(_, t)| t.clone())
+        };
+        if let Some(token) = survivor {
+            for i in 0..3 {
+                let (code, body) = c
+                    .api(i)
+                    .unwrap()
+                    .post(
+                        "/v1/query",
+                        &json!({"sql": "SELECT count(*) FROM t", "consistency": "session", "position": token}),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(code, 200, "{} with {token}: {body}", c.names[i]);
+            }
         }
         lost_total += lost_now.len();
     }
     let acked = seen.lock().unwrap().acked.len();
     eprintln!(
         "{rounds} async kill rounds: {acked} acknowledged writes, {lost_total} lost in failovers, every one of them in the old primary's rollback file"
+    );
+}
+
+fn signal(n: &NodeProc, sig: i32) {
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(n.child.id() as i32, sig);
+    }
+}
+
+/// A deterministic async loss: the replicas are frozen (SIGSTOP) while the primary acknowledges
+/// writes they never receive, then the primary dies. The new primary lacks those writes; the old
+/// one, restarted, rolls them back into its rollback file; their position tokens are refused on
+/// every node as lost, while an older token that survived is honoured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn async_writes_lost_in_a_failover_are_rolled_back_and_their_tokens_refused() {
+    let mut c = Cluster::start(&["--commit", "async"]);
+    let (p, _) = c.primary(Duration::from_secs(20)).await;
+    c.caught_up(p, Duration::from_secs(20)).await;
+    let api = c.api(p).unwrap();
+    let (code, body) = api
+        .execute(&["CREATE TABLE t (k TEXT PRIMARY KEY)"])
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let (code, kept) = api
+        .post(
+            "/v1/execute",
+            &json!({"statements": [{"sql": "INSERT INTO t (k) VALUES ('kept')"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{kept}");
+    c.caught_up(p, Duration::from_secs(20)).await;
+    let others: Vec<usize> = (0..3).filter(|&i| i != p).collect();
+    for &i in &others {
+        signal(c.nodes[i].as_ref().unwrap(), libc::SIGSTOP);
+    }
+    // Within the primary's lease: acknowledged by its own disk only.
+    let mut lost = Vec::new();
+    for k in 0..3 {
+        let (code, body) = api
+            .post("/v1/execute", &json!({"statements": [{"sql": "INSERT INTO t (k) VALUES (?)", "params": [format!("lost{k}")]}]}))
+            .await
+            .unwrap();
+        if code == 200 {
+            lost.push((
+                format!("lost{k}"),
+                body["position"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    assert!(
+        !lost.is_empty(),
+        "the primary acknowledged nothing while its replicas were frozen"
+    );
+    c.kill(p);
+    for &i in &others {
+        signal(c.nodes[i].as_ref().unwrap(), libc::SIGCONT);
+    }
+    let (new, _) = c.primary(Duration::from_secs(15)).await;
+    c.restart(p);
+    c.caught_up(new, Duration::from_secs(30)).await;
+    let on_new = keys_on(&c.api(new).unwrap()).await;
+    assert!(on_new.contains("kept"));
+    let undone = rolled_back_keys(&c.dir.path().join(&c.names[p]));
+    for (k, token) in &lost {
+        assert!(!on_new.contains(k), "{k} survived");
+        assert!(
+            undone.contains(k),
+            "{k} is not in the rollback file ({undone:?})"
+        );
+        for i in 0..3 {
+            let (code, body) = c
+                .api(i)
+                .unwrap()
+                .post("/v1/query", &json!({"sql": "SELECT count(*) FROM t", "consistency": "session", "position": token}))
+                .await
+                .unwrap();
+            assert_eq!(code, 410, "{} with {token}: {body}", c.names[i]);
+            assert_eq!(body["error"]["code"], "position_lost", "{body}");
+        }
+    }
+    let token = kept["position"].as_str().unwrap();
+    for i in 0..3 {
+        let (code, body) = c
+            .api(i)
+            .unwrap()
+            .post("/v1/query", &json!({"sql": "SELECT k FROM t WHERE k = 'kept'", "consistency": "session", "position": token}))
+            .await
+            .unwrap();
+        assert_eq!(code, 200, "{} with {token}: {body}", c.names[i]);
+        assert_eq!(body["rows"], json!([["kept"]]));
+    }
+    let st = c.api(p).unwrap().status().await;
+    assert!(
+        st["replication"]["rollbacks"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty()),
+        "the old primary's status lists no roll-back: {st}"
+    );
+    eprintln!(
+        "{} acknowledged async writes lost in the failover, rolled back and refused as tokens",
+        lost.len()
     );
 }

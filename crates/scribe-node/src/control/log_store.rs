@@ -95,6 +95,27 @@ impl LogFile {
             next += 1;
             pos += len;
         }
+        // A bad frame followed by an intact one is damage inside the log, not a torn tail: the
+        // entries after it were acknowledged to the leader, and cutting them would break Raft's
+        // promise. Refuse to start instead.
+        if pos < bytes.len() {
+            let intact_after = (pos + 1..bytes.len()).any(|off| {
+                files::take_frame(&bytes[off..]).is_some_and(|(body, _)| {
+                    serde_json::from_slice::<Entry<TypeConfig>>(body)
+                        .is_ok_and(|e| e.log_id.index >= next)
+                })
+            });
+            if intact_after {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: the control log is damaged at byte {pos} and intact entries follow: refusing to start; \
+                         move the control/ directory aside and let this member rejoin empty (the other members hold the state)",
+                        path.display()
+                    ),
+                ));
+            }
+        }
         let file = OpenOptions::new().read(true).write(true).open(path)?;
         if pos < bytes.len() {
             tracing::warn!(

@@ -16,6 +16,7 @@ use super::sqlstate::{PgError, FEATURE_NOT_SUPPORTED, INVALID_PARAMETER_VALUE, I
 use super::types;
 use crate::service::{self, Consistency, ReadAsk, ReadRoute, WriteRoute};
 use crate::state::NodeState;
+use crate::ApiError;
 
 /// What a statement answers.
 pub enum Outcome {
@@ -184,15 +185,17 @@ impl Runner {
         s: &mut Session,
         mode: CommitMode,
         committed: scribe_sqlite::Committed,
-    ) -> Vec<StatementResult> {
+    ) -> Result<Vec<StatementResult>, PgError> {
         let written = service::confirm(&self.state, committed, Some(mode)).await;
-        if let Err(e) = &written.durability {
-            s.notices.push(e.message());
-        }
         if written.logged {
             service::advance(&mut s.token, written.position);
         }
-        written.results
+        match written.durability {
+            Ok(_) => {}
+            Err(e @ ApiError::SyncTimeout { .. }) => s.notices.push(e.message()),
+            Err(e) => return Err(e.into()),
+        }
+        Ok(written.results)
     }
 
     /// Runs one command with its parameters.
@@ -527,7 +530,7 @@ impl Runner {
         match self.primary()? {
             None => {
                 let committed = self.state.engine.execute(statements).await?;
-                Ok(self.confirmed(s, mode, committed).await)
+                self.confirmed(s, mode, committed).await
             }
             Some(primary) => {
                 let r = primary.execute(statements, s.commit).await?;
@@ -728,11 +731,11 @@ impl Runner {
             None => {}
             Some(Lease::Optimistic(o)) => {
                 let committed = o.commit().await?;
-                self.confirmed(s, mode, committed).await;
+                self.confirmed(s, mode, committed).await?;
             }
             Some(Lease::Local(l)) => {
                 let committed = l.commit().await?;
-                self.confirmed(s, mode, committed).await;
+                self.confirmed(s, mode, committed).await?;
             }
             Some(Lease::Remote(r)) => {
                 let c = r.commit(t.local_commit.or(s.commit)).await?;

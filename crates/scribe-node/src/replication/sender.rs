@@ -234,6 +234,10 @@ fn decide(ctx: &PeerContext, hello: &Hello) -> Result<Start, Refusal> {
             message: format!("{whose} history of terms is invalid: {e}"),
         })
     };
+    // The writer publishes a new term's history before the progress that includes its first
+    // record: read the progress first, so the history is never older than the log end it goes
+    // with.
+    let flushed = ctx.engine.progress().flushed;
     let ours = history(ctx.engine.term_history(), "this primary's")?;
     let theirs = history(hello.history.clone(), "the replica's")?;
     let cluster_id = ctx.cluster_id();
@@ -241,7 +245,7 @@ fn decide(ctx: &PeerContext, hello: &Hello) -> Result<Start, Refusal> {
         name: &ctx.name,
         cluster_id: &cluster_id,
         term: ctx.term(),
-        flushed: ctx.engine.progress().flushed,
+        flushed,
         log_first: ctx.engine.log_first_lsn(),
         history: &ours,
     };

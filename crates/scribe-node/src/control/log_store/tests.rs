@@ -82,6 +82,25 @@ fn a_torn_tail_is_cut_at_start_up_and_appends_go_on_after_it() {
 }
 
 #[test]
+fn damage_inside_the_log_is_refused_not_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let mut log = LogFile::open(&path).unwrap();
+    log.append((0..6).map(|i| entry(1, i)).collect()).unwrap();
+    let middle = log.offsets[&2] as usize + 12;
+    drop(log);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[middle] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    let e = LogFile::open(&path)
+        .err()
+        .expect("a damaged middle must not open");
+    assert!(e.to_string().contains("intact entries follow"), "{e}");
+    // Nothing was cut: the file is as it was.
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+}
+
+#[test]
 fn another_file_kind_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("log");

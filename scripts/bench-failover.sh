@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# What cluster mode costs on the write path: the same insert benchmark against three nodes
+# started with --follow (a primary and two manually managed replicas) and with --cluster (the
+# control plane, the primary renewing its lease every 200 ms, the writer checking it), twice
+# each, alternating, in async and semi-sync. Then a planned switchover under load, with the pause
+# it reports. Usage: scripts/bench-failover.sh [DIR]. Figures go to standard output.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet -p scribe
+BIN=target/release/scribe
+DIR=${1:-$(mktemp -d)}
+CLIENTS=${CLIENTS:-8,64}
+DURATION=${DURATION:-10s}
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
+trap cleanup EXIT
+wait_up() {
+  for port in 5580 5581 5582; do
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v1/status" >/dev/null && break; sleep 0.1; done
+  done
+}
+start_follow() { # mode
+  rm -rf "$DIR"/n1 "$DIR"/n2 "$DIR"/n3
+  "$BIN" node --name n1 --data "$DIR/n1" --http 127.0.0.1:5580 --peer 127.0.0.1:6580 --commit "$1" --log warn 2>"$DIR/n1.log" >/dev/null & pids+=($!)
+  for i in 2 3; do
+    "$BIN" node --name n$i --data "$DIR/n$i" --http 127.0.0.1:558$((i-1)) --peer 127.0.0.1:658$((i-1)) --follow 127.0.0.1:6580 --log warn 2>"$DIR/n$i.log" >/dev/null & pids+=($!)
+  done
+  wait_up; sleep 1
+}
+start_cluster() { # mode
+  rm -rf "$DIR"/n1 "$DIR"/n2 "$DIR"/n3
+  local list=n1=127.0.0.1:6580,n2=127.0.0.1:6581,n3=127.0.0.1:6582
+  for i in 1 2 3; do
+    "$BIN" node --name n$i --data "$DIR/n$i" --http 127.0.0.1:558$((i-1)) --peer 127.0.0.1:658$((i-1)) --cluster $list --commit "$1" --log warn 2>"$DIR/n$i.log" >/dev/null & pids+=($!)
+  done
+  wait_up
+  # Wait for the primary and both replicas to stream.
+  for _ in $(seq 200); do
+    n=$(for port in 5580 5581 5582; do curl -sf "http://127.0.0.1:$port/v1/status"; echo; done \
+      | python3 -c 'import json,sys
+s=[json.loads(l) for l in sys.stdin if l.strip()]
+p=[x for x in s if x["role"]=="primary" and x["accepting_writes"]]
+print(sum(1 for r in p[0]["replicas"] if r["state"]=="streaming") if p else 0)')
+    [ "$n" = 2 ] && break; sleep 0.1
+  done
+}
+primary_url() {
+  for port in 5580 5581 5582; do
+    if curl -sf "http://127.0.0.1:$port/v1/status" | grep -q '"role":"primary"'; then echo "http://127.0.0.1:$port"; return; fi
+  done
+}
+for mode in async semi-sync; do
+  for round in 1 2; do
+    for topo in follow cluster; do
+      "start_$topo" "$mode"
+      echo "== $mode, --$topo, run $round"
+      "$BIN" bench --url "$(primary_url)" --clients "$CLIENTS" --duration "$DURATION" --commit "$mode"
+      cleanup
+    done
+  done
+done
+echo "== planned switchover under load (async, 8 clients)"
+start_cluster async
+P=$(primary_url)
+"$BIN" bench --url "$P" --clients 8 --duration 6s --commit async > "$DIR/bench-during-switchover.txt" 2>&1 &
+bench=$!
+sleep 2
+TARGET=$(curl -sf "$P/v1/status" | python3 -c 'import json,sys; s=json.load(sys.stdin); print([r["name"] for r in s["replicas"] if r["state"]=="streaming"][0])')
+"$BIN" switchover --to "$TARGET" --url "$P"
+wait $bench || true
+cat "$DIR/bench-during-switchover.txt"

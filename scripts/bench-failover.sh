@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 cargo build --release --quiet -p scribe
 BIN=target/release/scribe
 DIR=${1:-$(mktemp -d)}
+mkdir -p "$DIR"
 CLIENTS=${CLIENTS:-8,64}
 DURATION=${DURATION:-10s}
 pids=()
@@ -49,7 +50,10 @@ primary_url() {
     if curl -sf "http://127.0.0.1:$port/v1/status" | grep -q '"role":"primary"'; then echo "http://127.0.0.1:$port"; return; fi
   done
 }
-for mode in async semi-sync; do
+# ONLY_SWITCHOVER=1 skips the throughput comparison.
+MODES="async semi-sync"
+[ -n "${ONLY_SWITCHOVER:-}" ] && MODES=""
+for mode in $MODES; do
   for round in 1 2; do
     for topo in follow cluster; do
       "start_$topo" "$mode"
@@ -65,7 +69,11 @@ P=$(primary_url)
 "$BIN" bench --url "$P" --clients 8 --duration 6s --commit async > "$DIR/bench-during-switchover.txt" 2>&1 &
 bench=$!
 sleep 2
-TARGET=$(curl -sf "$P/v1/status" | python3 -c 'import json,sys; s=json.load(sys.stdin); print([r["name"] for r in s["replicas"] if r["state"]=="streaming"][0])')
+TARGET=""
+for _ in $(seq 50); do
+  TARGET=$(curl -sf "$P/v1/status" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(next((r["name"] for r in s["replicas"] if r["state"]=="streaming"), ""))')
+  [ -n "$TARGET" ] && break; sleep 0.1
+done
 "$BIN" switchover --to "$TARGET" --url "$P"
 wait $bench || true
 cat "$DIR/bench-during-switchover.txt"

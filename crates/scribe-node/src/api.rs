@@ -379,7 +379,7 @@ impl LeaseStatus {
                 remaining_ms: None,
             },
             Some(until) => LeaseStatus {
-                held: now < until,
+                held: now < until && !view.draining,
                 remaining_ms: Some(until.saturating_duration_since(now).as_millis() as u64),
             },
         })
@@ -805,6 +805,7 @@ mod tests {
             term: Term(2),
             primary: PrimaryInfo::default(),
             lease_until,
+            draining: false,
         };
         let by_config = view(NodeRole::Primary, None);
         assert_eq!(

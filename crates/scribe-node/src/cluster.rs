@@ -38,6 +38,7 @@ pub struct ClusterSettings {
 /// The view of this node for the control state `st`; `lease_until` is when this node's lease
 /// runs out if it is the primary of `st.term` (an instant already past when it holds none).
 pub fn view_of(st: &ControlState, me: &str, witness: bool, lease_until: Instant) -> ControlView {
+    let draining = st.switchover.is_some();
     let primary = st.primary.as_ref().and_then(|p| st.members.get(p));
     match primary {
         Some(p) if p.name == me => ControlView {
@@ -49,6 +50,7 @@ pub fn view_of(st: &ControlState, me: &str, witness: bool, lease_until: Instant)
                 http_url: p.http_url.clone(),
             },
             lease_until: Some(lease_until),
+            draining,
         },
         Some(p) => ControlView {
             role: NodeRole::Replica,
@@ -60,12 +62,14 @@ pub fn view_of(st: &ControlState, me: &str, witness: bool, lease_until: Instant)
                 http_url: p.http_url.clone(),
             },
             lease_until: None,
+            draining: false,
         },
         None => ControlView {
             role: NodeRole::Replica,
             term: st.term,
             primary: PrimaryInfo::default(),
             lease_until: None,
+            draining: false,
         },
     }
 }
@@ -124,13 +128,9 @@ pub async fn run_controller(
             refused = false;
         }
         let now = Instant::now();
-        // A switchover under way drains this primary: its lease goes on being renewed (so no
-        // automatic failover starts meanwhile) but no longer covers writes.
-        let draining = primary_term.is_some() && st.switchover.is_some();
-        let until = match held.until() {
-            Some(t) if !draining => t,
-            _ => now,
-        };
+        // A switchover under way drains this primary (the view says so): its lease goes on
+        // being renewed, so no automatic failover starts meanwhile.
+        let until = held.until().unwrap_or(now);
         leadership.set(view_of(&st, &me, witness, until));
         let renew_now = primary_term.is_some() && held.until().is_none() && !refused;
         tokio::select! {

@@ -70,12 +70,17 @@ pub struct ControlView {
     /// On a primary: until when its lease holds (by this node's monotonic clock); `None` for a
     /// primary by configuration, which has no lease.
     pub lease_until: Option<Instant>,
+    /// On a primary: a planned switchover is under way, so it takes no new write although its
+    /// lease holds (what was durable before it drained is still confirmed).
+    pub draining: bool,
 }
 
 impl ControlView {
     /// Whether this node is the primary and its lease (if it has one) holds at `now`.
     pub fn is_serving_primary(&self, now: Instant) -> bool {
-        self.role == NodeRole::Primary && self.lease_until.is_none_or(|until| now < until)
+        self.role == NodeRole::Primary
+            && !self.draining
+            && self.lease_until.is_none_or(|until| now < until)
     }
 }
 
@@ -87,6 +92,9 @@ impl ControlView {
             // A primary whose lease is not held (not renewed yet after a promotion or a restart)
             // keeps the gate closed: it takes no write, and can still take records or rewind
             // should it turn out not to be the primary any more.
+            NodeRole::Primary if self.draining => {
+                WriteGate::closed("this primary is handing over to another (a planned switchover)")
+            }
             NodeRole::Primary if self.lease_until.is_some_and(|t| t <= Instant::now()) => {
                 WriteGate::closed(format!(
                     "this node is the primary of term {} but does not hold its lease",
@@ -159,6 +167,7 @@ impl Leadership {
                     http_url: Some(http_url.to_string()),
                 },
                 lease_until: None,
+                draining: false,
             },
             Some(addr) => ControlView {
                 role: NodeRole::Replica,
@@ -169,6 +178,7 @@ impl Leadership {
                     http_url: None,
                 },
                 lease_until: None,
+                draining: false,
             },
         };
         Leadership {
@@ -186,6 +196,7 @@ impl Leadership {
                     term,
                     primary: PrimaryInfo::default(),
                     lease_until: None,
+                    draining: false,
                 })
                 .0,
             ),
@@ -305,6 +316,7 @@ mod tests {
             term: Term(2),
             primary: PrimaryInfo::default(),
             lease_until: Some(now + Duration::from_millis(10)),
+            draining: false,
         };
         assert!(v.is_serving_primary(now));
         assert!(!v.is_serving_primary(now + Duration::from_millis(10)));

@@ -427,17 +427,7 @@ impl Writer {
     /// the WAL file without an fsync, and the database file is fsynced by checkpoints; an fsync
     /// of the WAL file covers what is in neither.
     fn sync_sqlite(&self) -> Result<(), EngineError> {
-        let wal = self.db_path.with_extension("db-wal");
-        match std::fs::File::open(&wal) {
-            Ok(f) => f
-                .sync_all()
-                .map_err(|e| EngineError::Internal(format!("fsync {}: {e}", wal.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(EngineError::Internal(format!(
-                "open {}: {e}",
-                wal.display()
-            ))),
-        }
+        crate::rewind::sync_wal(&self.db_path)
     }
 
     /// Runs Scribe's own statements (policy off), each prepared once and cached: these run

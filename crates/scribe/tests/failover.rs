@@ -15,6 +15,10 @@ use serde_json::{json, Value};
 
 const CLIENTS: usize = 8;
 
+/// One cluster at a time: the tests measure failover times, and two clusters of three nodes and
+/// their clients on the same two cores would measure each other.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A cluster of three data nodes on loopback.
 struct Cluster {
     dir: tempfile::TempDir,
@@ -316,6 +320,7 @@ fn rounds() -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn semi_sync_kill_rounds_lose_no_acknowledged_write() {
+    let _serial = SERIAL.lock().await;
     let times = kill_rounds(
         &["--commit", "semi-sync", "--sync-replicas", "ANY 1 (*)"],
         rounds(),
@@ -338,6 +343,7 @@ fn longest_gap(seen: &Seen, window: (Instant, Instant)) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn switchover_under_load_loses_nothing_even_in_async_mode() {
+    let _serial = SERIAL.lock().await;
     let c = Cluster::start(&["--commit", "async"]);
     let (p, _) = c.primary(Duration::from_secs(20)).await;
     c.caught_up(p, Duration::from_secs(20)).await;
@@ -425,6 +431,7 @@ async fn switchover_under_load_loses_nothing_even_in_async_mode() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sync_kill_rounds_lose_no_acknowledged_write() {
+    let _serial = SERIAL.lock().await;
     let rounds = (rounds() / 4).max(3);
     let times = kill_rounds(
         &["--commit", "sync", "--sync-replicas", "ANY 1 (*)"],
@@ -460,6 +467,7 @@ fn rolled_back_keys(dir: &std::path::Path) -> BTreeSet<String> {
 /// rejoined — found in its rollback files, never silently gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn async_kill_rounds_report_what_was_lost_in_the_rollback_files() {
+    let _serial = SERIAL.lock().await;
     let mut c = Cluster::start(&["--commit", "async"]);
     let (p, _) = c.primary(Duration::from_secs(20)).await;
     c.caught_up(p, Duration::from_secs(20)).await;
@@ -577,6 +585,7 @@ fn signal(n: &NodeProc, sig: i32) {
 /// every node as lost, while an older token that survived is honoured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn async_writes_lost_in_a_failover_are_rolled_back_and_their_tokens_refused() {
+    let _serial = SERIAL.lock().await;
     let mut c = Cluster::start(&["--commit", "async"]);
     let (p, _) = c.primary(Duration::from_secs(20)).await;
     c.caught_up(p, Duration::from_secs(20)).await;

@@ -208,6 +208,17 @@ impl Leadership {
         self.tx.borrow().clone()
     }
 
+    /// Runs `f` on the view without copying it (for the per-request checks of the write and
+    /// read paths). `f` must not block: it holds the view's read lock.
+    pub fn peek<R>(&self, f: impl FnOnce(&ControlView) -> R) -> R {
+        f(&self.tx.borrow())
+    }
+
+    /// The current term as this node knows it.
+    pub fn term(&self) -> Term {
+        self.peek(|v| v.term)
+    }
+
     /// A receiver that sees every change of the view.
     pub fn subscribe(&self) -> watch::Receiver<ControlView> {
         self.tx.subscribe()

@@ -117,11 +117,13 @@ fn still_primary(state: &NodeState, committed: &Committed) -> Result<(), ApiErro
     if !committed.logged {
         return Ok(());
     }
-    let view = state.leadership.view();
-    if view.role == crate::leadership::NodeRole::Primary
-        && view.term <= committed.position.term
-        && view.lease_until.is_none_or(|t| Instant::now() < t)
-    {
+    let now = Instant::now();
+    let holds = state.leadership.peek(|view| {
+        view.role == crate::leadership::NodeRole::Primary
+            && view.term <= committed.position.term
+            && view.lease_until.is_none_or(|t| now < t)
+    });
+    if holds {
         return Ok(());
     }
     Err(ApiError::Engine(scribe_sqlite::EngineError::OutcomeUnknown(format!(
@@ -234,8 +236,13 @@ pub async fn plan_read(state: &NodeState, ask: ReadAsk) -> Result<ReadRoute, Api
             ))),
         }
     };
-    let view = state.leadership.view();
-    let primary = view.role == crate::leadership::NodeRole::Primary;
+    let (primary, serving, term) = state.leadership.peek(|v| {
+        (
+            v.role == crate::leadership::NodeRole::Primary,
+            v.is_serving_primary(Instant::now()),
+            v.term,
+        )
+    });
     match ask.consistency {
         Consistency::Stale if primary => Ok(ReadRoute::Local),
         Consistency::Stale => match ask.max_lag {
@@ -254,13 +261,10 @@ pub async fn plan_read(state: &NodeState, ask: ReadAsk) -> Result<ReadRoute, Api
             None => Ok(ReadRoute::Local),
         },
         Consistency::Strong if primary => {
-            if view.is_serving_primary(Instant::now()) {
+            if serving {
                 Ok(ReadRoute::Local)
             } else {
-                Err(ApiError::LeaseLost {
-                    node: node(),
-                    term: view.term,
-                })
+                Err(ApiError::LeaseLost { node: node(), term })
             }
         }
         Consistency::Strong => elsewhere(not_primary(state, state.leadership.primary())),

@@ -218,6 +218,16 @@ async fn client(
     }
 }
 
+/// A session read of `sql` that must see `token`: the status and the body.
+async fn session_read(api: &Api, sql: &str, token: &str) -> (u16, Value) {
+    api.post(
+        "/v1/query",
+        &json!({"sql": sql, "consistency": "session", "position": token}),
+    )
+    .await
+    .unwrap()
+}
+
 async fn keys_on(api: &Api) -> BTreeSet<String> {
     api.rows("SELECT k FROM t")
         .await
@@ -526,15 +536,8 @@ async fn async_kill_rounds_report_what_was_lost_in_the_rollback_files() {
         for k in &lost_now {
             let token = seen.lock().unwrap().tokens[k].clone();
             for i in 0..3 {
-                let (code, body) = c
-                    .api(i)
-                    .unwrap()
-                    .post(
-                        "/v1/query",
-                        &json!({"sql": "SELECT count(*) FROM t", "consistency": "session", "position": token}),
-                    )
-                    .await
-                    .unwrap();
+                let (code, body) =
+                    session_read(&c.api(i).unwrap(), "SELECT count(*) FROM t", &token).await;
                 assert_eq!(code, 410, "{}: {body}", c.names[i]);
                 assert_eq!(body["error"]["code"], "position_lost", "{body}");
             }
@@ -550,15 +553,8 @@ async fn async_kill_rounds_report_what_was_lost_in_the_rollback_files() {
         };
         if let Some(token) = survivor {
             for i in 0..3 {
-                let (code, body) = c
-                    .api(i)
-                    .unwrap()
-                    .post(
-                        "/v1/query",
-                        &json!({"sql": "SELECT count(*) FROM t", "consistency": "session", "position": token}),
-                    )
-                    .await
-                    .unwrap();
+                let (code, body) =
+                    session_read(&c.api(i).unwrap(), "SELECT count(*) FROM t", &token).await;
                 assert_eq!(code, 200, "{} with {token}: {body}", c.names[i]);
             }
         }
@@ -634,24 +630,20 @@ async fn async_writes_lost_in_a_failover_are_rolled_back_and_their_tokens_refuse
             "{k} is not in the rollback file ({undone:?})"
         );
         for i in 0..3 {
-            let (code, body) = c
-                .api(i)
-                .unwrap()
-                .post("/v1/query", &json!({"sql": "SELECT count(*) FROM t", "consistency": "session", "position": token}))
-                .await
-                .unwrap();
+            let (code, body) =
+                session_read(&c.api(i).unwrap(), "SELECT count(*) FROM t", token).await;
             assert_eq!(code, 410, "{} with {token}: {body}", c.names[i]);
             assert_eq!(body["error"]["code"], "position_lost", "{body}");
         }
     }
     let token = kept["position"].as_str().unwrap();
     for i in 0..3 {
-        let (code, body) = c
-            .api(i)
-            .unwrap()
-            .post("/v1/query", &json!({"sql": "SELECT k FROM t WHERE k = 'kept'", "consistency": "session", "position": token}))
-            .await
-            .unwrap();
+        let (code, body) = session_read(
+            &c.api(i).unwrap(),
+            "SELECT k FROM t WHERE k = 'kept'",
+            token,
+        )
+        .await;
         assert_eq!(code, 200, "{} with {token}: {body}", c.names[i]);
         assert_eq!(body["rows"], json!([["kept"]]));
     }

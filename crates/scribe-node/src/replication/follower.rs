@@ -401,7 +401,7 @@ impl Follower {
         let hello = Message::Hello(Hello {
             cluster_id: self.cluster_id(),
             name: self.name.clone(),
-            term: p.last.term.max(self.leadership.view().term),
+            term: p.last.term.max(self.leadership.term()),
             last: p.flushed,
             http_url: self.http_url.clone(),
             history: self.engine.term_history(),
@@ -420,7 +420,7 @@ impl Follower {
             Ok(Err(e)) => return Err(Ended::Failed(format!("handshake with {target}: {e}"))),
             Err(_) => return Err(Ended::Failed(format!("handshake with {target}: no answer"))),
         };
-        let known = p.last.term.max(self.leadership.view().term);
+        let known = p.last.term.max(self.leadership.term());
         if welcome.term < known {
             let message = format!(
                 "the primary {} at {} is in term {}, older than term {} this replica has seen: refusing its stream",

@@ -65,7 +65,7 @@ impl PeerContext {
             .progress()
             .last
             .term
-            .max(self.leadership.view().term)
+            .max(self.leadership.term())
             .max(Term::FIRST)
     }
 

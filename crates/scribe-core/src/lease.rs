@@ -193,6 +193,46 @@ impl PrimaryLease {
     }
 }
 
+/// The failover manager's memory of when it last heard from the primary, by its own monotonic
+/// clock: the latest of when this process started watching, when the current primary (or term)
+/// came into force here, and when a lease renewal *arrived in this node's control log*.
+///
+/// Why arrival and not application. A renewal is applied only once this node learns it is
+/// committed, and when the primary that sent it also led the Raft group and died, that news
+/// comes only from the next leader, an election later; counting from then would add a whole
+/// failover timeout to every such failover. Arrival is safe: a renewal arrives after it was
+/// sent, so the holder's lease (counted from the send) ends before `arrival + lease`; a renewal
+/// that never commits extends nothing, so counting from its arrival only waits longer. A node
+/// that becomes Raft leader holds every committed entry (Raft's leader completeness), so it saw
+/// the latest committed renewal arrive — or restarted since, and counts from its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrimarySilence {
+    since: Instant,
+}
+
+impl PrimarySilence {
+    /// Starts watching at `now`: renewals before it are unknown, so silence counts from here.
+    pub fn new(now: Instant) -> PrimarySilence {
+        PrimarySilence { since: now }
+    }
+
+    /// The primary was heard from at `at`: a renewal arrived, or a new primary or term took
+    /// effect. An older instant than one already heard changes nothing.
+    pub fn heard(&mut self, at: Instant) {
+        self.since = self.since.max(at);
+    }
+
+    /// When the primary was last heard from.
+    pub fn since(&self) -> Instant {
+        self.since
+    }
+
+    /// Whether the failover manager should promote another node at `now`.
+    pub fn failover_due(&self, config: &LeaseConfig, now: Instant) -> bool {
+        config.failover_due(self.since, now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,6 +315,21 @@ mod tests {
         assert_eq!(l.until(), Some(t0 + ms(1500)));
         l.revoke();
         assert!(!l.holds(t0 + ms(600)));
+    }
+
+    #[test]
+    fn silence_counts_from_the_latest_thing_heard() {
+        let c = LeaseConfig::default();
+        let start = Instant::now();
+        let mut s = PrimarySilence::new(start);
+        assert!(!s.failover_due(&c, start + ms(999)));
+        assert!(s.failover_due(&c, start + ms(1000)));
+        s.heard(start + ms(500));
+        assert!(!s.failover_due(&c, start + ms(1400)));
+        assert!(s.failover_due(&c, start + ms(1500)));
+        // A renewal that arrived earlier (applied late) does not move it back.
+        s.heard(start + ms(100));
+        assert_eq!(s.since(), start + ms(500));
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub use handshake::{
 };
 pub use histogram::{Histogram, HistogramSnapshot};
 pub use history::{HistoryError, Located, TermHistory};
-pub use lease::{LeaseConfig, LeaseConfigError, PrimaryLease};
+pub use lease::{LeaseConfig, LeaseConfigError, PrimaryLease, PrimarySilence};
 pub use position::{Lsn, ParsePositionError, Position, Term};
 pub use promotion::{
     choose_promotion, force_promotion, switchover_ready, Candidate, ForcedPromotion, Promotion,

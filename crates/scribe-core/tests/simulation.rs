@@ -3,8 +3,9 @@
 //! else modelled simply.
 //!
 //! What runs for real, at every step: [`ControlState::apply`] (on the model's Raft log and on every
-//! node's lagging copy of it), [`PrimaryLease`] and [`LeaseConfig::failover_due`] (read against each
-//! node's own, skewed clock), [`choose_promotion`], [`decide_handshake`] over [`TermHistory`]s built
+//! node's lagging copy of it), [`PrimaryLease`] and [`PrimarySilence`] (read against each node's
+//! own, skewed clock; a renewal "arrives" at the nodes of the majority as early as the moment it
+//! was proposed, the most adversarial arrival a real log allows), [`choose_promotion`], [`decide_handshake`] over [`TermHistory`]s built
 //! from the nodes' logs, and [`SyncSet::confirms`].
 //!
 //! What is modelled: simulated time in microseconds; per-node clocks whose rates differ by at most
@@ -29,8 +30,8 @@ use std::time::{Duration, Instant};
 use scribe_core::{
     choose_promotion, decide_handshake, Applied, Candidate, CommitMode, ControlCommand,
     ControlError, ControlState, FailoverKind, HandshakeDecision, LeaseConfig, Lsn, Member,
-    Position, PrimaryLease, PrimaryView, Quorum, ReplicaAck, ReplicaView, SyncSet, Term,
-    TermHistory,
+    Position, PrimaryLease, PrimarySilence, PrimaryView, Quorum, ReplicaAck, ReplicaView, SyncSet,
+    Term, TermHistory,
 };
 
 const MS: u64 = 1_000;
@@ -219,8 +220,10 @@ struct Node {
     held_term: Option<Term>,
     renewing: bool,
     ticks: u64,
-    observed: Option<((Term, u64), Instant)>,
+    silence: PrimarySilence,
+    primary_seen: Option<(Term, Option<String>)>,
     fm_busy: bool,
+    fm_not_before: Instant,
     follow: Option<Follow>,
     applied: u64,
     peers: BTreeMap<usize, Peer>,
@@ -275,12 +278,14 @@ impl Node {
         Ok(h)
     }
 
-    fn reset_memory(&mut self, lease: Duration) {
+    fn reset_memory(&mut self, lease: Duration, now: Instant) {
         self.held = PrimaryLease::new(lease);
         self.held_term = None;
         self.renewing = false;
-        self.observed = None;
+        self.silence = PrimarySilence::new(now);
+        self.primary_seen = None;
         self.fm_busy = false;
+        self.fm_not_before = now;
         self.follow = None;
         self.applied = self.log.len() as u64;
         self.peers.clear();
@@ -316,7 +321,7 @@ enum Outcome {
 #[derive(Debug, Clone, Copy)]
 enum PropKind {
     Renew { term: Term, sent_at: Instant },
-    Promote { key: (Term, u64) },
+    Promote,
 }
 
 struct Prop {
@@ -324,6 +329,8 @@ struct Prop {
     inc: u64,
     cmd: ControlCommand,
     kind: PropKind,
+    /// When it was proposed (real time).
+    at: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -356,7 +363,6 @@ enum Ev {
         n: usize,
         inc: u64,
         cmd: Option<ControlCommand>,
-        key: (Term, u64),
     },
     Deliver {
         from: usize,
@@ -488,7 +494,9 @@ struct Sim {
     blocked: Vec<Vec<u32>>,
     slow: Vec<Vec<u32>>,
     // The control plane.
-    raft_log: Vec<(ControlCommand, u64, bool)>,
+    /// The committed control log: command, commit time (ms), whether it applied, and on which
+    /// nodes it has arrived (a renewal's arrival is what the failover manager counts from).
+    raft_log: Vec<(ControlCommand, u64, bool, Vec<bool>)>,
     auth: ControlState,
     props: HashMap<u64, Prop>,
     next_id: u64,
@@ -526,6 +534,7 @@ impl Sim {
             &["n1", "n2", "n3"]
         };
         let margin_ppm = (setup.clock_spread * 1e6) as u64;
+        let base = Instant::now();
         let nodes: Vec<Node> = names
             .iter()
             .map(|&name| {
@@ -536,13 +545,15 @@ impl Sim {
                     1 => 1_000_000 + margin_ppm,
                     _ => 1_000_000 + rng.below(margin_ppm + 1),
                 };
+                let off_ns = rng.below(1_000_000_000_000);
+                let started = base + Duration::from_nanos(off_ns);
                 Node {
                     name: name.to_string(),
                     witness: name == "w",
                     alive: true,
                     inc: 0,
                     rate_ppm,
-                    off_ns: rng.below(1_000_000_000_000),
+                    off_ns,
                     log: Vec::new(),
                     ctl: ControlState::default(),
                     ctl_applied: 0,
@@ -550,8 +561,10 @@ impl Sim {
                     held_term: None,
                     renewing: false,
                     ticks: 0,
-                    observed: None,
+                    silence: PrimarySilence::new(started),
+                    primary_seen: None,
                     fm_busy: false,
+                    fm_not_before: started,
                     follow: None,
                     applied: 0,
                     peers: BTreeMap::new(),
@@ -567,7 +580,7 @@ impl Sim {
             now: 0,
             seq: 0,
             heap: BinaryHeap::new(),
-            base: Instant::now(),
+            base,
             nodes,
             blocked: vec![vec![0; n]; n],
             slow: vec![vec![0; n]; n],
@@ -668,7 +681,8 @@ impl Sim {
         };
         let r = self.auth.apply(boot.clone(), 0);
         assert!(r.is_ok(), "bootstrap: {r:?}");
-        self.raft_log.push((boot, 0, true));
+        let everywhere = vec![true; self.nodes.len()];
+        self.raft_log.push((boot, 0, true, everywhere));
         trace!(
             self,
             "setup {:?} {} {}; clocks {:?}",
@@ -737,15 +751,16 @@ impl Sim {
                     self.apply_control(n, upto);
                 }
             }
-            Ev::FmPropose { n, inc, cmd, key } => {
+            Ev::FmPropose { n, inc, cmd } => {
                 if !self.nodes[n].alive || self.nodes[n].inc != inc {
                     return;
                 }
                 match cmd {
-                    Some(cmd) => self.propose(n, cmd, PropKind::Promote { key }),
+                    Some(cmd) => self.propose(n, cmd, PropKind::Promote),
                     None => {
+                        let now = self.clock(n);
                         self.nodes[n].fm_busy = false;
-                        self.nodes[n].observed = Some((key, self.clock(n)));
+                        self.nodes[n].fm_not_before = now + self.cfg.renew_interval;
                     }
                 }
             }
@@ -887,12 +902,13 @@ impl Sim {
     fn kill(&mut self, v: usize) {
         trace!(self, "KILL {}", self.nodes[v].name);
         let lease = self.cfg.lease;
+        let now = self.clock(v);
         let node = &mut self.nodes[v];
         node.alive = false;
         node.inc += 1;
         let mut sessions: Vec<u64> = node.peers.values().map(|p| p.session).collect();
         sessions.extend(node.follow.map(|f| f.session));
-        node.reset_memory(lease);
+        node.reset_memory(lease, now);
         for s in sessions {
             self.break_session(s);
         }
@@ -904,9 +920,10 @@ impl Sim {
         }
         trace!(self, "RESTART {}", self.nodes[v].name);
         let lease = self.cfg.lease;
+        let now = self.clock(v);
         let node = &mut self.nodes[v];
         node.alive = true;
-        node.reset_memory(lease);
+        node.reset_memory(lease, now);
         let inc = node.inc;
         let d = self.rng.range(1, 20 * MS);
         self.after(d, Ev::Tick { n: v, inc });
@@ -945,7 +962,17 @@ impl Sim {
         let prop = self.id();
         trace!(self, "{} proposes {cmd:?}", self.nodes[n].name);
         let inc = self.nodes[n].inc;
-        self.props.insert(prop, Prop { n, inc, cmd, kind });
+        let at = self.now;
+        self.props.insert(
+            prop,
+            Prop {
+                n,
+                inc,
+                cmd,
+                kind,
+                at,
+            },
+        );
         if self.in_quorum(n) {
             let d = self.raft_delay();
             self.after(d, Ev::RaftCommit { prop });
@@ -961,9 +988,9 @@ impl Sim {
     }
 
     fn on_raft_commit(&mut self, prop: u64) {
-        let (n, inc, cmd) = {
+        let (n, inc, cmd, proposed_at) = {
             let p = &self.props[&prop];
-            (p.n, p.inc, p.cmd.clone())
+            (p.n, p.inc, p.cmd.clone(), p.at)
         };
         let ms = self.now / 1000;
         let res = self.auth.apply(cmd.clone(), ms);
@@ -979,7 +1006,20 @@ impl Sim {
             (ControlCommand::Promote { .. }, Err(_)) => self.stats.promotions_refused += 1,
             _ => {}
         }
-        self.raft_log.push((cmd, ms, res.is_ok()));
+        // The entry reached the nodes of the majority before it committed: as early as the
+        // moment it was proposed (the most adversarial arrival a real log allows, since it
+        // cannot arrive before it was sent). The others get it when they catch up.
+        let mut arrived = vec![false; self.nodes.len()];
+        for (o, a) in arrived.iter_mut().enumerate() {
+            if self.in_quorum(o) {
+                *a = true;
+                if matches!(cmd, ControlCommand::RenewLease { .. }) {
+                    let at = self.base + Duration::from_nanos(self.nodes[o].clock_ns(proposed_at));
+                    self.nodes[o].silence.heard(at);
+                }
+            }
+        }
+        self.raft_log.push((cmd, ms, res.is_ok(), arrived));
         let upto = self.raft_log.len();
         let outcome = if self.nodes[n].inc == inc && self.in_quorum(n) {
             Outcome::Done(res)
@@ -1005,7 +1045,14 @@ impl Sim {
         let mut changed = false;
         while self.nodes[n].ctl_applied < upto {
             let i = self.nodes[n].ctl_applied;
-            let (cmd, ms, ok) = self.raft_log[i].clone();
+            if !self.raft_log[i].3[n] {
+                self.raft_log[i].3[n] = true;
+                if matches!(self.raft_log[i].0, ControlCommand::RenewLease { .. }) {
+                    let now = self.clock(n);
+                    self.nodes[n].silence.heard(now);
+                }
+            }
+            let (cmd, ms, ok, _) = self.raft_log[i].clone();
             let node = &mut self.nodes[n];
             let before = node.ctl.term;
             let r = node.ctl.apply(cmd, ms);
@@ -1055,13 +1102,19 @@ impl Sim {
                     Outcome::Timeout => {}
                 }
             }
-            PropKind::Promote { key } => {
+            PropKind::Promote => {
+                // As `run_failover_manager`: refused because the primary renewed (or this
+                // node's state was behind) → look again at once; otherwise back off a little.
+                let renewed = matches!(
+                    outcome,
+                    Outcome::Done(Err(ControlError::LeaseRenewed { .. }))
+                );
+                let now = self.clock(n);
                 let node = &mut self.nodes[n];
                 node.fm_busy = false;
-                node.observed = Some((
-                    key,
-                    self.base + Duration::from_nanos(node.clock_ns(self.now)),
-                ));
+                if !renewed {
+                    node.fm_not_before = now + self.cfg.renew_interval;
+                }
             }
         }
     }
@@ -1135,11 +1188,12 @@ impl Sim {
         let node = &mut self.nodes[n];
         let st = &node.ctl;
         let key = (st.term, st.lease.as_ref().map_or(0, |l| l.renewals));
-        match node.observed {
-            Some((k, _)) if k == key => {}
-            _ => node.observed = Some((key, now_i)),
+        let seen = (st.term, st.primary.clone());
+        if node.primary_seen.as_ref() != Some(&seen) {
+            node.silence.heard(now_i);
+            node.primary_seen = Some(seen);
         }
-        if node.fm_busy || self.leader() != Some(n) {
+        if node.fm_busy || now_i < node.fm_not_before || self.leader() != Some(n) {
             return;
         }
         let node = &self.nodes[n];
@@ -1147,8 +1201,7 @@ impl Sim {
         let Some(old) = st.primary.clone() else {
             return;
         };
-        let since = node.observed.map_or(now_i, |(_, at)| at);
-        if !self.cfg.failover_due(since, now_i) {
+        if !node.silence.failover_due(&self.cfg, now_i) {
             return;
         }
         let mut candidates = Vec::new();
@@ -1206,7 +1259,7 @@ impl Sim {
         let inc = self.nodes[n].inc;
         self.nodes[n].fm_busy = true;
         let d = self.rng.range(query / 2, query.max(1));
-        self.after(d, Ev::FmPropose { n, inc, cmd, key });
+        self.after(d, Ev::FmPropose { n, inc, cmd });
     }
 
     // -----------------------------------------------------------------------------------------
@@ -2017,23 +2070,54 @@ fn clocks_beyond_the_margin_are_caught_in_split_brain() {
 }
 
 /// A seed the simulation failed on: it passes with the primary's acknowledgements fenced by its
-/// lease, and without the fence (the runtime's commit wait today) it still loses acknowledged
-/// writes — so the seed keeps reaching the interleaving it was kept for.
+/// lease. (Its schedule changes whenever the modelled runtime does, so whether it still reaches
+/// the interleaving it was kept for is not asserted here; `acknowledging_past_the_lease_is_caught`
+/// checks that some schedule still does.)
 fn regression(seed: u64) {
     let fixed = run_seed(seed, setup_for(seed), false);
     assert!(fixed.violations.is_empty(), "{}", describe(&fixed));
-    let unfenced = Setup {
-        ack_fence: false,
-        ..setup_for(seed)
+}
+
+/// Seeds on which the model without the lease fence on acknowledgements lost acknowledged
+/// writes when last scanned (0..6000 after the failover manager began counting from a renewal's
+/// arrival). A change to the modelled runtime reshuffles every schedule; if none of these loses
+/// writes any more, scan again (`SCRIBE_SIM_SCAN=6000`) and replace them.
+const UNFENCED_LOSSES: [u64; 5] = [1530, 3035, 3095, 3466, 5517];
+
+/// The checker can fail: without the lease fence on acknowledgements (a deposed primary's
+/// commit wait answering writes its replicas took after its lease ran out), some schedule loses
+/// acknowledged writes; with it, none of those schedules does.
+#[test]
+fn acknowledging_past_the_lease_is_caught() {
+    let scan = std::env::var("SCRIBE_SIM_SCAN")
+        .ok()
+        .and_then(|n| n.parse::<u64>().ok());
+    let seeds: Vec<u64> = match scan {
+        Some(n) => (0..n).collect(),
+        None => UNFENCED_LOSSES.to_vec(),
     };
-    let r = run_seed(seed, unfenced, false);
+    let lost: Vec<u64> = seeds
+        .iter()
+        .copied()
+        .filter(|&seed| {
+            let unfenced = Setup {
+                ack_fence: false,
+                ..setup_for(seed)
+            };
+            run_seed(seed, unfenced, false)
+                .violations
+                .iter()
+                .any(|v| v.contains("acknowledged write") && v.contains("final primary"))
+        })
+        .collect();
+    println!("without the fence, acknowledged writes lost on seeds {lost:?}");
     assert!(
-        r.violations
-            .iter()
-            .any(|v| v.contains("acknowledged write") && v.contains("final primary")),
-        "seed {seed} no longer loses acknowledged writes without the fence: {:?}",
-        r.violations
+        !lost.is_empty(),
+        "the lost-write check never bites without the fence on {seeds:?}; rescan (see UNFENCED_LOSSES)"
     );
+    for seed in lost {
+        regression(seed);
+    }
 }
 
 /// Seed 100 (semi-sync `FIRST 1 (*)`, found by the simulation): the primary n1 of term 3 is cut

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use scribe_core::{
     choose_promotion, Candidate, CommitMode, ControlCommand, ControlError, ControlState,
-    FailoverKind, LeaseConfig, Lsn, Position, PrimaryLease, SyncSet, Term,
+    FailoverKind, LeaseConfig, Lsn, Position, PrimaryLease, PrimarySilence, SyncSet, Term,
 };
 use tokio::sync::mpsc;
 
@@ -186,9 +186,10 @@ pub struct FailoverPolicy {
 }
 
 /// The failover manager, on every node, acting only while this node leads the Raft group: when
-/// the primary's lease renewals have stopped for `failover_timeout` (counted from when this node
-/// last saw one applied, by its own clock), it asks the data members where their logs end, picks
-/// who may be promoted, and commits the promotion (`term + 1`).
+/// the primary has been silent for `failover_timeout` ([`PrimarySilence`]: counted from the
+/// latest renewal to *arrive* in this node's control log, by its own clock), it asks the data
+/// members where their logs end, picks who may be promoted, and commits the promotion
+/// (`term + 1`).
 pub async fn run_failover_manager(
     plane: ControlPlane,
     http: reqwest::Client,
@@ -196,41 +197,59 @@ pub async fn run_failover_manager(
 ) {
     let raft = plane.raft_status_watch();
     let states = plane.state();
-    let mut observed: Option<((Term, u64), Instant)> = None;
+    let mut silence = PrimarySilence::new(Instant::now());
+    let mut primary_seen: Option<(Term, Option<String>)> = None;
+    // After an attempt that did not promote, the next one waits a little (not a safety matter:
+    // the Promote command is fenced by the term and the renewals its proposer saw).
+    let mut not_before = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
         tick.tick().await;
-        // Every node watches the renewals (as its copy of the state applies them), leader or
-        // not: a renewal applied here at `at` was sent before `at`, so the primary's lease, by
-        // its own clock, ends before `at + lease` — and a node that becomes leader after the old
-        // leader died need not wait a whole failover timeout more.
+        // Every node keeps its own record, leader or not, so a node that becomes leader after
+        // the old leader died need not wait a whole failover timeout more.
         let st = states.borrow().clone();
         let now = Instant::now();
-        let key = (st.term, st.lease.as_ref().map_or(0, |l| l.renewals));
-        match observed {
-            Some((k, _)) if k == key => {}
-            _ => observed = Some((key, now)),
+        let key = (st.term, st.primary.clone());
+        if primary_seen.as_ref() != Some(&key) {
+            silence.heard(now);
+            primary_seen = Some(key);
         }
-        if raft.borrow().role != Role::Leader {
+        if let Some(at) = plane.renewal_arrived() {
+            silence.heard(at);
+        }
+        if raft.borrow().role != Role::Leader || now < not_before {
             continue;
         }
         let Some(old) = st.primary.clone() else {
             continue;
         };
-        let since = observed.map_or(now, |(_, at)| at);
-        if !policy.lease.failover_due(since, now) {
+        if !silence.failover_due(&policy.lease, now) {
             continue;
         }
-        tracing::warn!(primary = %old, term = %st.term, silent_ms = since.elapsed().as_millis() as u64, "the primary's lease renewals stopped; failing over");
+        tracing::warn!(primary = %old, term = %st.term, silent_ms = silence.since().elapsed().as_millis() as u64, "the primary's lease renewals stopped; failing over");
         match fail_over(&plane, &http, &policy, &st, &old).await {
             Ok(to) => {
                 tracing::warn!(from = %old, %to, term = st.term.get() + 1, "promoted a new primary")
             }
-            Err(why) => tracing::error!(primary = %old, "no failover: {why}"),
+            // This node's copy of the state was behind the log (renewals committed by the old
+            // leader, applied only now): look again at once.
+            Err(FailoverRefused::Renewed(why)) => {
+                tracing::info!(primary = %old, "no failover yet: {why}")
+            }
+            Err(FailoverRefused::Other(why)) => {
+                tracing::error!(primary = %old, "no failover: {why}");
+                not_before = Instant::now() + policy.lease.renew_interval;
+            }
         }
-        // Whatever happened, decide again only after another look at the state.
-        observed = Some((key, Instant::now()));
     }
+}
+
+/// Why an attempt to fail over did not promote anybody.
+enum FailoverRefused {
+    /// The primary renewed after the state this attempt read (or that state was behind).
+    Renewed(String),
+    /// Anything else (nobody eligible, no quorum, another promotion won).
+    Other(String),
 }
 
 async fn fail_over(
@@ -239,7 +258,7 @@ async fn fail_over(
     policy: &FailoverPolicy,
     st: &ControlState,
     old: &str,
-) -> Result<String, String> {
+) -> Result<String, FailoverRefused> {
     let mut candidates = Vec::new();
     for m in st.members.values() {
         let mut c = Candidate {
@@ -261,7 +280,7 @@ async fn fail_over(
         candidates.push(c);
     }
     let choice = choose_promotion(&candidates, policy.mode, &policy.sync_set, old)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| FailoverRefused::Other(e.to_string()))?;
     let cmd = ControlCommand::Promote {
         name: choice.name.clone(),
         expected_term: st.term,
@@ -273,11 +292,16 @@ async fn fail_over(
     };
     match plane.propose(cmd).await {
         Ok(_) => Ok(choice.name),
-        Err(ProposeError::Rejected(ControlError::StaleTerm { .. })) => {
-            Err("another promotion won the term".into())
+        Err(ProposeError::Rejected(ControlError::StaleTerm { .. })) => Err(FailoverRefused::Other(
+            "another promotion won the term".into(),
+        )),
+        Err(ProposeError::Rejected(e @ ControlError::LeaseRenewed { .. })) => {
+            Err(FailoverRefused::Renewed(e.to_string()))
         }
-        Err(ProposeError::Rejected(e @ ControlError::LeaseRenewed { .. })) => Err(e.to_string()),
-        Err(e) => Err(format!("propose the promotion of {}: {e}", choice.name)),
+        Err(e) => Err(FailoverRefused::Other(format!(
+            "propose the promotion of {}: {e}",
+            choice.name
+        ))),
     }
 }
 

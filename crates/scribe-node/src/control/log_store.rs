@@ -23,15 +23,17 @@ use std::io::{self, Read, Write};
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{
     Entry, EntryPayload, LogId, Membership, OptionalSend, StorageError, StorageIOError, Vote,
 };
+use scribe_core::ControlCommand;
 use serde::{Deserialize, Serialize};
 
 use super::files::{self, FileKind};
-use super::types::{ControlNode, NodeId, TypeConfig};
+use super::types::{ControlNode, NodeId, Proposal, TypeConfig};
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -234,6 +236,9 @@ struct Shared {
     log: Mutex<LogFile>,
     vote: Mutex<Option<Vote<NodeId>>>,
     committed: Mutex<Option<LogId<NodeId>>>,
+    /// When the latest lease renewal arrived in this log, by this node's monotonic clock (see
+    /// `scribe_core::PrimarySilence` for why the failover manager counts from arrival).
+    renewal_arrived: Mutex<Option<Instant>>,
 }
 
 impl Shared {
@@ -275,6 +280,7 @@ impl LogStore {
                 log: Mutex::new(log),
                 vote: Mutex::new(vote),
                 committed: Mutex::new(committed),
+                renewal_arrived: Mutex::new(None),
             }),
         })
     }
@@ -305,6 +311,16 @@ impl LogStore {
     /// How many entries the log holds.
     pub fn len(&self) -> usize {
         self.shared.log().entries.len()
+    }
+
+    /// When the latest lease renewal arrived in this log since the process started (`None`: none
+    /// has).
+    pub fn renewal_arrived(&self) -> Option<Instant> {
+        *self
+            .shared
+            .renewal_arrived
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether the log holds no entries.
@@ -414,6 +430,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let batch: Vec<_> = entries.into_iter().collect();
+        let renewal = batch.iter().any(|e| {
+            matches!(
+                &e.payload,
+                EntryPayload::Normal(Proposal {
+                    command: ControlCommand::RenewLease { .. },
+                    ..
+                })
+            )
+        });
+        if renewal {
+            *self
+                .shared
+                .renewal_arrived
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
         let result = self.blocking(move |s| s.log().append(batch)).await;
         match result {
             Ok(()) => {

@@ -35,8 +35,9 @@
 //! `ControlResponse` pairs whose bodies are the JSON of openraft's RPCs or of a proposal a
 //! follower forwards to the leader.
 //!
-//! **Timeouts.** Heartbeats every 200 ms, elections after 0.6–1 s of silence (so a new
-//! leader within about a second of the old one stopping), each append-entries RPC bounded by the
+//! **Timeouts.** Heartbeats every 200 ms; a follower stands for election after openraft's leader
+//! lease (the maximum election timeout, 0.6 s) plus a random election timeout (0.4–0.6 s) of
+//! silence, so a new leader 1.0–1.2 s after the old one stopped; each append-entries RPC bounded by the
 //! heartbeat interval and each vote by the minimum election timeout, a proposal by
 //! [`ControlConfig::propose_timeout`] (after which its outcome is unknown).
 //!
@@ -109,11 +110,14 @@ impl ControlConfig {
             bootstrap_primary: None,
             // openraft bounds every append-entries call by the heartbeat interval: on a loaded
             // machine (three nodes fsyncing on one disk) 100 ms was seen to run out, failing
-            // lease renewals of a healthy primary. 200 ms leaves room; elections after 0.6–1 s
-            // of silence overlap the failover timeout, which every node counts on its own.
+            // lease renewals of a healthy primary; 200 ms leaves room. A follower of a known
+            // leader waits openraft's leader lease (the maximum election timeout) *plus* a random
+            // election timeout before it stands, so 0.4–0.6 s here means a new leader 1.0–1.2 s
+            // after the old one stopped — five heartbeats missed at least — which is about when
+            // the failover timeout (counted from the last renewal's arrival) runs out too.
             heartbeat_interval: Duration::from_millis(200),
-            election_timeout_min: Duration::from_millis(600),
-            election_timeout_max: Duration::from_millis(1000),
+            election_timeout_min: Duration::from_millis(400),
+            election_timeout_max: Duration::from_millis(600),
             propose_timeout: Duration::from_secs(2),
             bootstrap_grace: Duration::from_secs(3),
             snapshot_every: 200,

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Config, Raft, SnapshotPolicy};
@@ -48,6 +48,7 @@ struct Inner {
     id: NodeId,
     raft: ControlRaft,
     state: watch::Receiver<ControlState>,
+    log: LogStore,
     status: watch::Receiver<RaftStatus>,
     pool: Arc<Pool>,
     shutdown: watch::Sender<bool>,
@@ -96,6 +97,7 @@ impl ControlPlane {
             pool: pool.clone(),
         };
         let state = sm.subscribe();
+        let log_handle = log.clone();
         let raft = Raft::new(id, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -107,6 +109,7 @@ impl ControlPlane {
                 id,
                 raft,
                 state,
+                log: log_handle,
                 status,
                 pool,
                 shutdown,
@@ -124,6 +127,12 @@ impl ControlPlane {
     /// The applied control state on this node, published after every applied batch.
     pub fn state(&self) -> watch::Receiver<ControlState> {
         self.inner.state.clone()
+    }
+
+    /// When the latest lease renewal arrived in this node's control log since it started, by its
+    /// monotonic clock (committed or not yet known to be; see `scribe_core::PrimarySilence`).
+    pub fn renewal_arrived(&self) -> Option<Instant> {
+        self.inner.log.renewal_arrived()
     }
 
     /// The Raft group as this node sees it now (openraft's latest metrics).

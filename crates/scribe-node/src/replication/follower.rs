@@ -318,6 +318,9 @@ impl Follower {
     /// Follows the primary at `target` until the task is dropped (or applying fails for good).
     async fn follow_target(self: Arc<Self>, target: String) {
         let mut backoff = Duration::from_millis(100);
+        // A target not primary yet is usually a promotion a few milliseconds from reaching it:
+        // look again soon, then less often.
+        let mut not_primary = Duration::from_millis(10);
         let mut last_error = String::new();
         loop {
             let outcome = self.session(&target).await;
@@ -328,7 +331,8 @@ impl Follower {
                     // may be: try again as after a lost connection. Other refusals need an
                     // operator, or time.
                     let pause = if r.code == RefusalCode::NotPrimary {
-                        backoff
+                        not_primary = (not_primary * 2).min(backoff);
+                        not_primary
                     } else {
                         Duration::from_secs(5)
                     };
@@ -351,7 +355,7 @@ impl Follower {
                 last_error = error.clone();
             }
             self.set_state(state, Some(error));
-            let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 4));
+            let jitter = Duration::from_millis(fastrand::u64(0..=pause.as_millis() as u64 / 4));
             tokio::time::sleep(pause + jitter).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
             if matches!(state, FollowState::Connecting)

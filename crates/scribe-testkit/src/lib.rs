@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod netns;
+
 /// The `scribe` binary: `$SCRIBE_BIN`, else beside this test's target directory (where
 /// `cargo build -p scribe` puts it), else under `$CARGO_TARGET_DIR` or the workspace's `target`.
 pub fn scribe_bin() -> PathBuf {
@@ -56,8 +58,30 @@ pub fn spawn_node(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Result<Spawned, String> {
-    let mut child = Command::new(bin)
-        .args(["node", "--name", name, "--http", "127.0.0.1:0", "--data"])
+    spawn_node_with(&[], "127.0.0.1:0", bin, name, dir, extra, env)
+}
+
+/// [`spawn_node`] run through `wrapper` (a command prefix, as `ip netns exec NS`; empty for
+/// none) with `--http http`.
+pub fn spawn_node_with(
+    wrapper: &[String],
+    http: &str,
+    bin: &Path,
+    name: &str,
+    dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Spawned, String> {
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let mut child = cmd
+        .args(["node", "--name", name, "--http", http, "--data"])
         .arg(dir)
         .args(extra)
         .env("SCRIBE_LOG", "warn")

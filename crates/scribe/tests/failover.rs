@@ -3,6 +3,7 @@
 //! kill a new primary must take writes, every acknowledged write must be on it, and the killed
 //! node, restarted, must follow the new primary (rolling back what only it had).
 
+mod cluster;
 mod common;
 
 use std::collections::BTreeSet;
@@ -10,235 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
-use serde_json::{json, Value};
-
-const CLIENTS: usize = 8;
-
-/// One cluster at a time: the tests measure failover times, and two clusters of three nodes and
-/// their clients on the same two cores would measure each other.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A cluster of three data nodes on loopback.
-struct Cluster {
-    dir: tempfile::TempDir,
-    names: Vec<String>,
-    peers: Vec<String>,
-    extra: Vec<String>,
-    nodes: Vec<Option<NodeProc>>,
-    /// Every node's HTTP URL while it runs (what the clients spread their writes over).
-    urls: Arc<Mutex<Vec<Option<String>>>>,
-}
-
-impl Cluster {
-    fn start(extra: &[&str]) -> Cluster {
-        let names: Vec<String> = ["n1", "n2", "n3"].iter().map(|s| s.to_string()).collect();
-        let peers: Vec<String> = names
-            .iter()
-            .map(|_| format!("127.0.0.1:{}", scribe_testkit::free_port()))
-            .collect();
-        let mut c = Cluster {
-            dir: tempfile::tempdir().unwrap(),
-            names,
-            peers,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            nodes: Vec::new(),
-            urls: Arc::new(Mutex::new(vec![None, None, None])),
-        };
-        for i in 0..3 {
-            let n = c.spawn(i);
-            c.nodes.push(Some(n));
-        }
-        c
-    }
-
-    /// A cluster whose primary took `CREATE TABLE t (k TEXT PRIMARY KEY)` and whose replicas
-    /// have it; answers it with the primary's index.
-    async fn with_table(extra: &[&str]) -> (Cluster, usize) {
-        let c = Cluster::start(extra);
-        let (p, _) = c.primary(Duration::from_secs(20)).await;
-        c.caught_up(p, Duration::from_secs(20)).await;
-        let (code, body) = c
-            .api(p)
-            .unwrap()
-            .execute(&["CREATE TABLE t (k TEXT PRIMARY KEY)"])
-            .await
-            .unwrap();
-        assert_eq!(code, 200, "{body}");
-        (c, p)
-    }
-
-    fn list(&self) -> String {
-        self.names
-            .iter()
-            .zip(&self.peers)
-            .map(|(n, p)| format!("{n}={p}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    fn spawn(&self, i: usize) -> NodeProc {
-        let list = self.list();
-        let mut args = vec!["--peer", &self.peers[i], "--cluster", &list];
-        args.extend(self.extra.iter().map(String::as_str));
-        let n = NodeProc::start(&self.names[i], &self.dir.path().join(&self.names[i]), &args);
-        self.urls.lock().unwrap()[i] = Some(n.url.clone());
-        n
-    }
-
-    fn kill(&mut self, i: usize) {
-        self.urls.lock().unwrap()[i] = None;
-        if let Some(n) = self.nodes[i].take() {
-            n.kill9();
-        }
-    }
-
-    fn restart(&mut self, i: usize) {
-        let n = self.spawn(i);
-        self.nodes[i] = Some(n);
-    }
-
-    fn api(&self, i: usize) -> Option<Api> {
-        self.nodes[i].as_ref().map(|n| Api::new(&n.url))
-    }
-
-    /// The node that is primary and takes writes, among the running ones, within `within`.
-    async fn primary(&self, within: Duration) -> (usize, u64) {
-        let deadline = Instant::now() + within;
-        loop {
-            for i in 0..3 {
-                let Some(api) = self.api(i) else { continue };
-                let Ok(r) = api.http.get(format!("{}/v1/status", api.url)).send().await else {
-                    continue;
-                };
-                let Ok(st) = r.json::<Value>().await else {
-                    continue;
-                };
-                if st["role"] == "primary" && st["accepting_writes"] == true {
-                    return (i, st["term"].as_u64().unwrap());
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no primary took writes within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Waits until every running node other than `primary` streams from it and has applied
-    /// everything it has flushed.
-    async fn caught_up(&self, primary: usize, within: Duration) {
-        let deadline = Instant::now() + within;
-        let p = self.api(primary).unwrap();
-        loop {
-            let flushed = p.status().await["flushed_lsn"].as_u64().unwrap();
-            let mut all = true;
-            for i in (0..3).filter(|&i| i != primary) {
-                let Some(api) = self.api(i) else { continue };
-                let st = api.status().await;
-                let ok = st["role"] == "replica"
-                    && st["replication"]["primary"] == self.names[primary].as_str()
-                    && st["applied_lsn"].as_u64().unwrap_or(0) >= flushed;
-                all &= ok;
-                if !ok && Instant::now() > deadline {
-                    panic!(
-                        "{} did not catch up with {} within {within:?}: {st}",
-                        self.names[i], self.names[primary]
-                    );
-                }
-            }
-            if all {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// What the clients saw: acknowledged keys, and when writes succeeded.
-#[derive(Default)]
-struct Seen {
-    acked: BTreeSet<String>,
-    /// The position token each acknowledged write was answered with.
-    tokens: std::collections::BTreeMap<String, String>,
-    /// Start times of successful writes.
-    ok_at: Vec<Instant>,
-}
-
-async fn client(
-    urls: Arc<Mutex<Vec<Option<String>>>>,
-    c: usize,
-    round: usize,
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Seen>>,
-) {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let mut seq = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let url = {
-            let urls = urls.lock().unwrap();
-            let up: Vec<&String> = urls.iter().flatten().collect();
-            if up.is_empty() {
-                None
-            } else {
-                Some(up[fastrand::usize(..up.len())].clone())
-            }
-        };
-        let Some(url) = url else {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        };
-        seq += 1;
-        let key = format!("r{round}-c{c}-{seq}");
-        let started = Instant::now();
-        let r = http
-            .post(format!("{url}/v1/execute"))
-            .json(
-                &json!({"statements": [{"sql": "INSERT INTO t (k) VALUES (?)", "params": [key]}]}),
-            )
-            .send()
-            .await;
-        match r {
-            Ok(r) if r.status().as_u16() == 200 => {
-                let body: Value = r.json().await.unwrap_or_default();
-                let mut s = seen.lock().unwrap();
-                if let Some(t) = body["position"].as_str() {
-                    s.tokens.insert(key.clone(), t.to_string());
-                }
-                s.acked.insert(key);
-                s.ok_at.push(started);
-            }
-            // Refused, not confirmed, or the node died under it: not acknowledged.
-            _ => tokio::time::sleep(Duration::from_millis(5)).await,
-        }
-    }
-}
-
-/// A session read of `sql` that must see `token`: the status and the body.
-async fn session_read(api: &Api, sql: &str, token: &str) -> (u16, Value) {
-    api.post(
-        "/v1/query",
-        &json!({"sql": sql, "consistency": "session", "position": token}),
-    )
-    .await
-    .unwrap()
-}
-
-async fn keys_on(api: &Api) -> BTreeSet<String> {
-    api.rows("SELECT k FROM t")
-        .await
-        .into_iter()
-        .map(|r| r[0].as_str().unwrap().to_string())
-        .collect()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
+use cluster::*;
+use serde_json::json;
 
 /// Kill rounds in a commit mode: returns the failover times (kill → first successful write that
 /// was sent after the kill).
@@ -343,15 +117,13 @@ async fn semi_sync_kill_rounds_lose_no_acknowledged_write() {
         rounds(),
     )
     .await;
-    // The bound is 3 s; today a round where the killed primary also led the Raft group
-    // and the election needed a second vote can take up to ~4 s (the new leader counts the
-    // failover timeout from when it applies the last renewals, not from when they reached it).
-    // Asserted loosely until that is fixed; the figures are reported (BENCHMARKS.md).
+    // The bound: the first write on the new primary within 3 s of the old one's death (the aim,
+    // p50 under 1.5 s, is met in release builds; a debug build on a loaded machine is slower).
+    assert!(*times.last().unwrap() < Duration::from_secs(3), "{times:?}");
     assert!(
-        percentile(&times, 0.5) < Duration::from_millis(2500),
+        percentile(&times, 0.5) < Duration::from_secs(2),
         "{times:?}"
     );
-    assert!(*times.last().unwrap() < Duration::from_secs(6), "{times:?}");
 }
 
 /// The longest gap between successive successful writes (by their start) within `window`.
@@ -455,28 +227,7 @@ async fn sync_kill_rounds_lose_no_acknowledged_write() {
         rounds,
     )
     .await;
-    assert!(*times.last().unwrap() < Duration::from_secs(6), "{times:?}");
-}
-
-/// The keys of the rows that rollback files in `dir` list as undone inserts.
-fn rolled_back_keys(dir: &std::path::Path) -> BTreeSet<String> {
-    let mut keys = BTreeSet::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let path = e.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        if !(name.starts_with("rollback") && name.ends_with(".json")) {
-            continue;
-        }
-        let doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        for t in doc["transactions"].as_array().unwrap() {
-            for ch in t["changes"].as_array().unwrap() {
-                if ch["table"] == "t" && ch["op"] == "insert" {
-                    keys.insert(ch["new"]["k"].as_str().unwrap().to_string());
-                }
-            }
-        }
-    }
-    keys
+    assert!(*times.last().unwrap() < Duration::from_secs(3), "{times:?}");
 }
 
 /// Async mode promises nothing beyond the primary's disk: a kill can lose acknowledged writes.
@@ -564,13 +315,6 @@ async fn async_kill_rounds_report_what_was_lost_in_the_rollback_files() {
     eprintln!(
         "{rounds} async kill rounds: {acked} acknowledged writes, {lost_total} lost in failovers, every one of them in the old primary's rollback file"
     );
-}
-
-fn signal(n: &NodeProc, sig: i32) {
-    // SAFETY: signalling our own child process.
-    unsafe {
-        libc::kill(n.child.id() as i32, sig);
-    }
 }
 
 /// A deterministic async loss: the replicas are frozen (SIGSTOP) while the primary acknowledges

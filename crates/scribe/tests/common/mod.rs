@@ -41,8 +41,20 @@ impl NodeProc {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<NodeProc, String> {
+        Self::try_start_with(&[], "127.0.0.1:0", name, dir, extra, env)
+    }
+
+    /// Starts `scribe node` through `wrapper` (as `ip netns exec NS`) with `--http http`.
+    pub fn try_start_with(
+        wrapper: &[String],
+        http: &str,
+        name: &str,
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<NodeProc, String> {
         let scribe_testkit::Spawned { child, url, stderr } =
-            scribe_testkit::spawn_node(&scribe_bin(), name, dir, extra, env)?;
+            scribe_testkit::spawn_node_with(wrapper, http, &scribe_bin(), name, dir, extra, env)?;
         Ok(NodeProc {
             child,
             url,

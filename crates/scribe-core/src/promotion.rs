@@ -162,20 +162,39 @@ pub fn choose_promotion(
 }
 
 /// The operator's override: the most up-to-date reachable data node other than the old
-/// primary, sync-set member or not, with what the promotion may lose. Still never a witness, an
-/// unreachable node or the old primary.
+/// primary, sync-set member or not — or the one the operator named, `target` — with what the
+/// promotion may lose. Still never a witness, an unreachable node or the old primary.
 pub fn force_promotion(
     candidates: &[Candidate],
     mode: CommitMode,
     sync: &SyncSet,
     old_primary: &str,
+    target: Option<&str>,
 ) -> Result<ForcedPromotion, PromotionRefused> {
     let order = PriorityOrder::new(candidates, sync, old_primary);
-    let best = best_of(eligible(candidates, old_primary), &order).ok_or_else(|| {
-        PromotionRefused::NoCandidate {
-            why: format!("no reachable data node other than the old primary {old_primary}"),
+    let best = match target {
+        None => best_of(eligible(candidates, old_primary), &order).ok_or_else(|| {
+            PromotionRefused::NoCandidate {
+                why: format!("no reachable data node other than the old primary {old_primary}"),
+            }
+        })?,
+        Some(t) => {
+            let why = match candidates.iter().find(|c| c.name == t) {
+                None => Some(format!("no member is called {t:?}")),
+                Some(c) if c.witness => Some(format!("{t} is a witness: it holds no data")),
+                Some(_) if t == old_primary => Some(format!("{t} is the primary already")),
+                Some(c) if !c.reachable => Some(format!("{t} did not answer")),
+                Some(_) => None,
+            };
+            if let Some(why) = why {
+                return Err(PromotionRefused::NoCandidate { why });
+            }
+            candidates
+                .iter()
+                .find(|c| c.name == t)
+                .expect("checked above")
         }
-    })?;
+    };
     let best_known = candidates
         .iter()
         .filter(|c| !c.witness)
@@ -465,7 +484,7 @@ mod tests {
             .contains("no reachable data node other than the old primary n1"));
         let e = choose_promotion(&c, CommitMode::SemiSync, &set("ANY 1 (n1, w)"), "n1");
         assert!(matches!(e, Err(PromotionRefused::NoCandidate { .. })));
-        assert!(force_promotion(&c, CommitMode::SemiSync, &set("ANY 1 (*)"), "n1").is_err());
+        assert!(force_promotion(&c, CommitMode::SemiSync, &set("ANY 1 (*)"), "n1", None).is_err());
     }
 
     #[test]
@@ -478,7 +497,7 @@ mod tests {
             node("n4", pos(2, 90), true),
         ];
         assert!(choose_promotion(&c, CommitMode::SemiSync, &s, "n1").is_err());
-        let f = force_promotion(&c, CommitMode::SemiSync, &s, "n1").unwrap();
+        let f = force_promotion(&c, CommitMode::SemiSync, &s, "n1", None).unwrap();
         assert_eq!(f.name, "n4");
         assert_eq!(f.best_known, pos(2, 100));
         assert_eq!(f.unreachable_sync_members, vec!["n2", "n3"]);
@@ -490,8 +509,36 @@ mod tests {
         assert!(f.warning.contains("n2, n3 could not be asked"));
         // Nothing known beyond it, async: nothing to warn of.
         let c = [node("n1", pos(2, 90), false), node("n4", pos(2, 90), true)];
-        let f = force_promotion(&c, CommitMode::Async, &s, "n1").unwrap();
+        let f = force_promotion(&c, CommitMode::Async, &s, "n1", None).unwrap();
         assert_eq!(f.warning, "forced promotion of n4 at 2/90");
+    }
+
+    #[test]
+    fn a_forced_promotion_of_a_named_node_checks_it_and_warns_of_a_better_one() {
+        let s = set("ANY 1 (n2, n3)");
+        let c = [
+            node("n1", pos(2, 100), false),
+            node("n2", pos(2, 95), true),
+            node("n3", pos(2, 80), true),
+            node("n4", pos(2, 90), false),
+            witness("w"),
+        ];
+        let f = force_promotion(&c, CommitMode::SemiSync, &s, "n1", Some("n3")).unwrap();
+        assert_eq!(f.name, "n3");
+        assert!(
+            f.warning.contains("records after 2/80 may be lost"),
+            "{}",
+            f.warning
+        );
+        for (t, why) in [
+            ("n9", "no member is called"),
+            ("w", "is a witness"),
+            ("n1", "is the primary already"),
+            ("n4", "did not answer"),
+        ] {
+            let e = force_promotion(&c, CommitMode::SemiSync, &s, "n1", Some(t)).unwrap_err();
+            assert!(e.to_string().contains(why), "{t}: {e}");
+        }
     }
 
     #[test]
@@ -592,7 +639,7 @@ mod tests {
                 .collect();
             let sync = set("ANY 1 (*)");
             let chosen = choose_promotion(&candidates, CommitMode::Async, &sync, "n0");
-            let forced = force_promotion(&candidates, CommitMode::Async, &sync, "n0");
+            let forced = force_promotion(&candidates, CommitMode::Async, &sync, "n0", None);
             let eligible: Vec<&Candidate> = candidates.iter().filter(|c| c.reachable && !c.witness && c.name != "n0").collect();
             match (chosen, forced) {
                 (Ok(p), Ok(f)) => {

@@ -106,6 +106,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/v1/tx/{id}/savepoint", post(crate::tx_api::savepoint))
         .route("/v1/status", get(status))
         .route("/v1/switchover", post(switchover))
+        .route("/v1/promote", post(promote))
         .route("/metrics", get(metrics_page))
         .fallback(|req: Request| async move { ApiError::NotFound(req.uri().path().to_string()) })
         .layer(axum::extract::DefaultBodyLimit::max(limit))
@@ -253,6 +254,17 @@ async fn switchover(
         }
     }
     let done = crate::switchover::run(&state, &req.to).await?;
+    Ok(Json(done).into_response())
+}
+
+/// `POST /v1/promote`: a forced promotion, run on whichever node is asked.
+async fn promote(
+    State(state): State<Arc<NodeState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body, state.config.max_request_bytes)?;
+    let req: crate::promote::PromoteRequest = parse_bytes(&body)?;
+    let done = crate::promote::run(&state, &req).await?;
     Ok(Json(done).into_response())
 }
 

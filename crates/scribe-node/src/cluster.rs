@@ -306,7 +306,7 @@ async fn fail_over(
 }
 
 /// A member's flushed and applied positions, from its status page (`None`: unreachable).
-async fn positions(http: &reqwest::Client, url: &str) -> Option<(Position, Position)> {
+pub(crate) async fn positions(http: &reqwest::Client, url: &str) -> Option<(Position, Position)> {
     let status: serde_json::Value = http
         .get(format!("{url}/v1/status"))
         .timeout(Duration::from_millis(500))

@@ -176,7 +176,9 @@ impl NodeConfig {
             }
             cluster.lease.validate().map_err(|e| e.to_string())?;
         }
-        if let Some(members) = &self.sync_replicas.members {
+        // In cluster mode every node is given the same set, and whichever is primary simply
+        // does not count for it (a primary never acknowledges its own records).
+        if let (Some(members), None) = (&self.sync_replicas.members, &self.cluster) {
             if members.iter().any(|m| m == &self.name) {
                 return Err(format!(
                     "the sync set {} names this node itself ({})",

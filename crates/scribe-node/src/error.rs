@@ -57,6 +57,8 @@ pub enum ApiError {
     /// A switchover was refused or cancelled; the message says why. Nothing changed (a
     /// cancelled one resumed writes on the old primary).
     Switchover(String),
+    /// A forced promotion was refused; the message says why. Nothing changed.
+    Promotion(String),
     /// A session read's position token names a write that was lost in a failover: this node's
     /// history gives that LSN to another term.
     PositionLost {
@@ -101,6 +103,7 @@ impl ApiError {
             ApiError::NotCaughtUp { .. } => (StatusCode::GATEWAY_TIMEOUT, "not_caught_up"),
             ApiError::LeaseLost { .. } => (StatusCode::SERVICE_UNAVAILABLE, "lease_expired"),
             ApiError::Switchover(_) => (StatusCode::CONFLICT, "switchover_refused"),
+            ApiError::Promotion(_) => (StatusCode::CONFLICT, "promotion_refused"),
             ApiError::PositionLost { .. } => (StatusCode::GONE, "position_lost"),
             ApiError::Forward(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::ForwardUnknown(_) => (StatusCode::BAD_GATEWAY, "outcome_unknown"),
@@ -150,6 +153,7 @@ impl ApiError {
                 "{node} was the primary of term {term} but could not renew its lease: another node may be primary now, so it serves no strong read and takes no write; retry on the current primary"
             ),
             ApiError::Switchover(why) => format!("switchover refused: {why}"),
+            ApiError::Promotion(why) => format!("promotion refused: {why}"),
             ApiError::PositionLost { node, position, ours } => format!(
                 "the write of position token {position} was lost in a failover: {node}'s history has lsn {} in term {ours}, not term {}; \
                  the data it wrote is not in the cluster (in async mode, see the old primary's rollback file); read without that token",

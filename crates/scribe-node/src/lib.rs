@@ -33,6 +33,7 @@ pub mod leadership;
 pub mod metrics;
 pub mod node;
 pub mod pg;
+pub mod promote;
 pub mod replication;
 pub mod service;
 pub mod state;

@@ -2,7 +2,9 @@
 //! over to a replica without losing anything in any commit mode (DESIGN.md §4).
 //!
 //! The steps, run on the primary (a replica forwards the request there):
-//! 1. Check the target: a member holding data, not the primary, streaming from this primary.
+//! 1. Check the target: a member holding data, not the primary, streaming from this primary,
+//!    and keeping up — it must apply what this primary had flushed when the switchover was asked
+//!    within [`KEEP_UP`], while writes still flow; a lagging target is refused, nothing changed.
 //! 2. Commit `BeginSwitchover` in the control plane. From then the controller keeps this node's
 //!    lease from covering writes, so the write gate closes; once it is closed, nothing more can
 //!    become durable here and the log's flushed position is final.
@@ -22,8 +24,13 @@ use crate::leadership::NodeRole;
 use crate::state::NodeState;
 use crate::ApiError;
 
-/// How long the target may take to catch up with the drained primary.
-pub const CATCH_UP: Duration = Duration::from_secs(5);
+/// How long a target may take, before anything is paused, to apply what the primary had flushed
+/// when the switchover was asked.
+pub const KEEP_UP: Duration = Duration::from_secs(5);
+
+/// How long the target may take to catch up with the drained primary (writes are paused
+/// meanwhile, so this bounds the pause).
+pub const CATCH_UP: Duration = Duration::from_secs(1);
 
 /// `POST /v1/switchover`.
 #[derive(Debug, Deserialize)]
@@ -94,6 +101,21 @@ pub async fn run(state: &NodeState, to: &str) -> Result<SwitchoverResponse, ApiE
             )))
         }
         Some(_) => {}
+    }
+    // Keeping up, before anything is paused.
+    let keep_up = async {
+        loop {
+            if replica_applied(state, to).is_some_and(|a| a >= flushed) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    if tokio::time::timeout(KEEP_UP, keep_up).await.is_err() {
+        let applied = replica_applied(state, to).map_or("nothing".to_string(), |a| a.to_string());
+        return Err(refused(format!(
+            "{to} is lagging: {KEEP_UP:?} after the switchover was asked it had applied up to lsn {applied} of the {flushed} {me} had flushed; nothing changed, {me} is still the primary"
+        )));
     }
     let term = st.term;
     match plane
@@ -198,12 +220,20 @@ pub async fn run(state: &NodeState, to: &str) -> Result<SwitchoverResponse, ApiE
 
 /// What `name` has reported flushed to this primary, if it is connected.
 fn replica_flushed(state: &NodeState, name: &str) -> Option<Lsn> {
+    replica_ack(state, name).map(|a| a.flushed)
+}
+
+/// What `name` has reported applied to this primary, if it is connected.
+fn replica_applied(state: &NodeState, name: &str) -> Option<Lsn> {
+    replica_ack(state, name).map(|a| a.applied)
+}
+
+fn replica_ack(state: &NodeState, name: &str) -> Option<scribe_core::ReplicaAck> {
     state
         .registry
         .current_acks()
         .into_iter()
         .find(|a| a.name == name)
-        .map(|a| a.flushed)
 }
 
 fn unavailable(why: String) -> ApiError {

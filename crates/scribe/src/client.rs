@@ -283,6 +283,18 @@ impl Client {
         self.decode(&bytes)
     }
 
+    /// `POST /v1/promote` with `"force": true`.
+    pub async fn promote(&self, to: &str) -> Result<Value, ClientError> {
+        let bytes = self
+            .send(
+                self.http
+                    .post(format!("{}/v1/promote", self.url))
+                    .json(&serde_json::json!({ "to": to, "force": true })),
+            )
+            .await?;
+        self.decode(&bytes)
+    }
+
     /// `GET /metrics`: the Prometheus text.
     pub async fn metrics(&self) -> Result<String, ClientError> {
         let bytes = self

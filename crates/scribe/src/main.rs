@@ -7,7 +7,8 @@
 //! - `sql`: `scribe sql`, the interactive shell and one-shot mode.
 //! - `table`: aligned table output.
 //! - `status`: `scribe status`.
-//! - `switchover`: `scribe switchover`, a planned hand-over of the primary role.
+//! - `switchover`: `scribe switchover`, a planned hand-over of the primary role, and
+//!   `scribe promote --force`, the override when automatic failover will not promote.
 //! - `bench`: `scribe bench`, the insert benchmark.
 //! - `bench_reads`: `scribe bench --workload point-select`, the read benchmark.
 
@@ -43,6 +44,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Hand the primary role over to another member of a cluster, losing nothing.
     Switchover(switchover::SwitchoverArgs),
+    /// Force a member to become primary when the old one is gone and automatic failover will not promote (may lose acknowledged writes).
+    Promote(switchover::PromoteArgs),
     /// Measure insert throughput and latency against a node.
     Bench(bench::BenchArgs),
 }
@@ -55,6 +58,7 @@ fn main() {
         Command::Sql(args) => sql::run(args),
         Command::Status(args) => status::run(args),
         Command::Switchover(args) => switchover::run(args),
+        Command::Promote(args) => switchover::run_promote(args),
         Command::Bench(args) => bench::run(args),
     };
     match code {

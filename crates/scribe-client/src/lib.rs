@@ -13,7 +13,9 @@
 //! Retries. A read is idempotent: on a connection error, a lagging or unavailable node, it goes
 //! to the next node. A write is sent again only when it provably did not take effect — the
 //! connection to the primary could not be made, or the node answered `not_primary` — after
-//! discovering the cluster again, a bounded number of times ([`Options::write_retries`]). A write
+//! discovering the cluster again, a bounded number of times ([`Options::write_retries`]) and for
+//! as long as a failover takes ([`Options::failover_wait`], 5 s: an application rides through an
+//! automatic failover without an error, its writes resuming on the new primary). A write
 //! whose answer is lost (timeout, connection dropped, a server failure) fails with
 //! [`Error::OutcomeUnknown`]: it may have committed, and only the application can check. That
 //! includes a write sent on a kept-alive connection at the moment the primary crashes: the client

@@ -20,6 +20,7 @@ pub struct Options {
     pub(crate) request_timeout: Duration,
     pub(crate) status_timeout: Duration,
     pub(crate) write_retries: u32,
+    pub(crate) failover_wait: Duration,
     pub(crate) session_wait: Option<Duration>,
 }
 
@@ -32,6 +33,7 @@ impl Default for Options {
             request_timeout: Duration::from_secs(30),
             status_timeout: Duration::from_secs(2),
             write_retries: 3,
+            failover_wait: Duration::from_secs(5),
             session_wait: None,
         }
     }
@@ -73,9 +75,19 @@ impl Options {
     }
 
     /// How many times a write that provably did not reach the primary (no connection, or a node
-    /// that is no longer the primary) is sent again after rediscovery. Default 3.
+    /// that is no longer the primary) is sent again after rediscovery, at least. Default 3.
     pub fn write_retries(mut self, retries: u32) -> Options {
         self.write_retries = retries;
+        self
+    }
+
+    /// How long a write that finds no primary — the old one gone, the new one not promoted yet —
+    /// keeps rediscovering and resending (only while it provably did not take effect), however
+    /// many retries that takes. Default 5 s: longer than a cluster's automatic failover (under
+    /// 3 s), so an application rides through one without seeing an error. Zero leaves only
+    /// [`Options::write_retries`].
+    pub fn failover_wait(mut self, wait: Duration) -> Options {
+        self.failover_wait = wait;
         self
     }
 

@@ -88,7 +88,22 @@ pub(crate) fn after_read(a: Attempt<'_>) -> ReadNext {
 
 /// The pause before write retry number `retry` (0 for the first): 50 ms doubling up to 1 s.
 pub(crate) fn backoff(retry: u32) -> Duration {
-    Duration::from_millis(50u64.saturating_mul(1u64 << retry.min(5))).min(Duration::from_secs(1))
+    Duration::from_millis(50u64.saturating_mul(1u64 << retry.min(5))).min(MAX_BACKOFF)
+}
+
+/// The longest pause between write retries: short, so a write resumes soon after a new primary
+/// is promoted.
+const MAX_BACKOFF: Duration = Duration::from_millis(400);
+
+/// Whether a write that provably did not take effect is sent again: within `retries` retries,
+/// or for as long as `failover_wait` has not passed since the write began.
+pub(crate) fn retry_write(
+    retry: u32,
+    retries: u32,
+    elapsed: Duration,
+    failover_wait: Duration,
+) -> bool {
+    retry <= retries || elapsed < failover_wait
 }
 
 #[cfg(test)]
@@ -178,11 +193,23 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_up_to_a_second() {
+    fn backoff_doubles_up_to_its_cap() {
         assert_eq!(backoff(0), Duration::from_millis(50));
         assert_eq!(backoff(1), Duration::from_millis(100));
-        assert_eq!(backoff(4), Duration::from_millis(800));
-        assert_eq!(backoff(5), Duration::from_secs(1));
-        assert_eq!(backoff(u32::MAX), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_millis(400));
+        assert_eq!(backoff(4), MAX_BACKOFF);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn a_write_retries_its_count_or_through_a_failover() {
+        let s = Duration::from_secs;
+        // The count alone.
+        assert!(retry_write(3, 3, s(60), s(5)));
+        assert!(!retry_write(4, 3, s(60), s(5)));
+        // Past the count, while the failover wait lasts.
+        assert!(retry_write(10, 3, s(4), s(5)));
+        assert!(!retry_write(10, 3, s(5), s(5)));
+        assert!(!retry_write(4, 3, s(0), s(0)));
     }
 }

@@ -316,8 +316,13 @@ impl Router {
         let body = execute_body(statements, commit)?;
         self.maybe_refresh();
         let mut last = Error::NoPrimary("no node says it is the primary".to_string());
-        for attempt in 0..=self.options.write_retries {
+        let began = Instant::now();
+        for attempt in 0u32.. {
             if attempt > 0 {
+                let (retries, wait) = (self.options.write_retries, self.options.failover_wait);
+                if !retry::retry_write(attempt, retries, began.elapsed(), wait) {
+                    break;
+                }
                 tokio::time::sleep(retry::backoff(attempt - 1)).await;
             }
             let (primary, generation) = {

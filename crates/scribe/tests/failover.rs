@@ -403,3 +403,116 @@ async fn async_writes_lost_in_a_failover_are_rolled_back_and_their_tokens_refuse
         lost.len()
     );
 }
+
+/// One psql session, held open on a replica that survives, writing without pause while the
+/// primary is SIGKILLed: the session is never dropped; its writes (forwarded by the replica to
+/// whichever node is primary) fail only while there is none, and resume on the new primary
+/// within the failover bound; every write psql reported done is on the new primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_psql_session_on_a_replica_keeps_writing_through_a_failover() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    if Command::new("psql").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("SCRIBE_REQUIRE_PG_TOOLS").is_none(),
+            "psql is required"
+        );
+        eprintln!("skipped: no psql");
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let (mut c, p) = Cluster::with_table(&["--commit", "semi-sync", "--pg"]).await;
+    c.caught_up(p, Duration::from_secs(20)).await;
+    // Either replica may be promoted: the session's node may become the primary itself.
+    let on = (0..3).find(|&i| i != p).unwrap();
+    let port = c.pg.as_ref().unwrap()[on];
+    let mut psql = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "psql -X -h 127.0.0.1 -p {port} -U scribe -d scribe 2>&1"
+        ))
+        .env_remove("PGPASSWORD")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = psql.stdin.take().unwrap();
+    let stdout = psql.stdout.take().unwrap();
+    // Results arrive in statement order: one "INSERT 0 1" or one error line each.
+    let results = Arc::new(Mutex::new(Vec::<(bool, Instant)>::new()));
+    let dropped = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reader = std::thread::spawn({
+        let (results, dropped) = (results.clone(), dropped.clone());
+        move || {
+            for line in BufReader::new(stdout).lines() {
+                let line = line.unwrap();
+                let ok = line.starts_with("INSERT 0 1");
+                if ok || line.contains("ERROR:") {
+                    results.lock().unwrap().push((ok, Instant::now()));
+                } else if line.contains("FATAL") || line.contains("connection to the server") {
+                    dropped.lock().unwrap().push(line);
+                }
+            }
+        }
+    });
+    let mut sent = 0usize;
+    let send = |stdin: &mut std::process::ChildStdin, sent: &mut usize, n: usize| {
+        for _ in 0..n {
+            writeln!(stdin, "INSERT INTO t (k) VALUES ('pg-{sent}');").unwrap();
+            *sent += 1;
+        }
+        stdin.flush().unwrap();
+    };
+    // Paced: a few statements every 20 ms, so psql is never far ahead of the clock.
+    let pace = |results: &Arc<Mutex<Vec<(bool, Instant)>>>, sent: usize| {
+        results.lock().unwrap().len() + 4 >= sent
+    };
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        if pace(&results, sent) {
+            send(&mut stdin, &mut sent, 2);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let killed_at = Instant::now();
+    c.kill(p);
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        if pace(&results, sent) {
+            send(&mut stdin, &mut sent, 2);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(stdin);
+    let status = psql.wait().unwrap();
+    reader.join().unwrap();
+    assert!(status.success(), "psql exited with {status}");
+    let dropped = dropped.lock().unwrap().clone();
+    assert!(dropped.is_empty(), "the session was dropped: {dropped:?}");
+    let results = results.lock().unwrap().clone();
+    assert_eq!(results.len(), sent, "one result per statement");
+    let resumed = results
+        .iter()
+        .find(|(ok, at)| *ok && *at > killed_at + Duration::from_millis(50))
+        .map(|(_, at)| *at - killed_at)
+        .expect("writes resumed");
+    let failed = results.iter().filter(|(ok, _)| !ok).count();
+    assert!(
+        resumed < Duration::from_secs(3),
+        "resumed after {resumed:?}"
+    );
+    let (new, _) = c.primary(Duration::from_secs(10)).await;
+    let have = keys_on(&c.api(new).unwrap()).await;
+    for (i, (ok, _)) in results.iter().enumerate() {
+        if *ok {
+            assert!(
+                have.contains(&format!("pg-{i}")),
+                "pg-{i} was reported done but is lost"
+            );
+        }
+    }
+    eprintln!(
+        "psql through a failover: {} statements, {failed} refused while there was no primary, writes resumed {resumed:?} after the kill, nothing reported done was lost",
+        results.len()
+    );
+}

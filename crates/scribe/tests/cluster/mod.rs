@@ -31,11 +31,14 @@ pub struct Cluster {
     pub urls: Arc<Mutex<Vec<Option<String>>>>,
     /// The namespaces the nodes run in, if any.
     pub net: Option<Net>,
+    /// Each node's PostgreSQL port, when they serve it.
+    pub pg: Option<Vec<u16>>,
     pub dir: tempfile::TempDir,
 }
 
 impl Cluster {
-    /// Three nodes on loopback.
+    /// Three nodes on loopback. A bare `--pg` in `extra` serves PostgreSQL on a port of each
+    /// node's own ([`Cluster::pg`]).
     pub fn start(extra: &[&str]) -> Cluster {
         Self::start_on(None, extra)
     }
@@ -61,6 +64,9 @@ impl Cluster {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             nodes: Vec::new(),
             urls: Arc::new(Mutex::new(vec![None, None, None])),
+            pg: extra
+                .contains(&"--pg")
+                .then(|| (0..3).map(|_| scribe_testkit::free_port()).collect()),
             net,
         };
         for i in 0..3 {
@@ -104,7 +110,14 @@ impl Cluster {
     pub fn spawn(&self, i: usize) -> NodeProc {
         let list = self.list();
         let mut args = vec!["--peer", &self.peers[i], "--cluster", &list];
-        args.extend(self.extra.iter().map(String::as_str));
+        // `--pg` among the extra flags: each node on its own port.
+        let pg = self.pg.as_ref().map(|p| format!("127.0.0.1:{}", p[i]));
+        for a in &self.extra {
+            args.push(a);
+            if a == "--pg" {
+                args.push(pg.as_deref().expect("ports chosen"));
+            }
+        }
         let dir = self.dir.path().join(&self.names[i]);
         let n = match &self.net {
             None => NodeProc::start(&self.names[i], &dir, &args),

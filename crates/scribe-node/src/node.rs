@@ -80,7 +80,9 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("create data directory {}: {e}", config.data_dir.display()))?;
         let identity = identity::load_or_create(&config.data_dir, &config.name)?;
-        if config.follow.is_some() {
+        // A replica (fixed, or any member of a cluster, which may be one) killed while being
+        // seeded starts again from an empty copy and is seeded again.
+        if config.follow.is_some() || config.cluster.is_some() {
             if follower::discard_unfinished_seeding(&config.data_dir)? {
                 tracing::warn!(data = %config.data_dir.display(), "an earlier snapshot install did not finish; discarded the partial copy, the primary will seed this replica again");
             }
@@ -146,15 +148,18 @@ impl Node {
                 (Leadership::clustered(term), Some(plane))
             }
         };
-        let follower = Arc::new(Follower::new(
-            engine.clone(),
-            config.name.clone(),
-            identity.cluster_id.clone(),
-            leadership.clone(),
-            http_url,
-            config.data_dir.clone(),
-            config.peer_timeout,
-        ));
+        let follower = Arc::new(
+            Follower::new(
+                engine.clone(),
+                config.name.clone(),
+                identity.cluster_id.clone(),
+                leadership.clone(),
+                http_url,
+                config.data_dir.clone(),
+                config.peer_timeout,
+            )
+            .with_control(control.clone()),
+        );
         let registry = Arc::new(Registry::new(config.sync_replicas.clone()));
         let peer_addr = peer.as_ref().and_then(|l| l.local_addr().ok());
         let state = Arc::new(NodeState {

@@ -215,6 +215,32 @@ async fn a_primary_cut_off_stops_within_its_lease_and_rolls_back_what_only_it_ha
         "the old primary reports its roll-back: {st}"
     );
 
+    // The failover history says how much the promotion rolled back.
+    let undone: u64 = st["replication"]["rollbacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["transactions"].as_u64().unwrap())
+        .sum();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let st = c.api(new).unwrap().status().await;
+        let event = st["cluster"]["failovers"]
+            .as_array()
+            .and_then(|h| h.iter().find(|e| e["term"].as_u64() == Some(term)).cloned());
+        if event
+            .as_ref()
+            .is_some_and(|e| e["rolled_back"].as_u64() == Some(undone))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failover to term {term} does not record {undone} transactions rolled back: {event:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Nothing acknowledged is lost, and every node has the same rows.
     let on_new = keys_on(&c.api(new).unwrap()).await;
     let acked = seen.lock().unwrap().acked.clone();

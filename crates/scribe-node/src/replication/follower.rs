@@ -131,6 +131,8 @@ pub struct Follower {
     shared: Mutex<Shared>,
     written: watch::Sender<Position>,
     peer_timeout: Duration,
+    /// In cluster mode: where a roll-back is reported, for the failover history.
+    control: Option<crate::control::ControlPlane>,
 }
 
 /// Why a connection ended.
@@ -188,7 +190,55 @@ impl Follower {
             }),
             written: watch::channel(at).0,
             peer_timeout,
+            control: None,
         }
+    }
+
+    /// In cluster mode: the control plane where roll-backs are reported.
+    pub fn with_control(mut self, control: Option<crate::control::ControlPlane>) -> Follower {
+        self.control = control;
+        self
+    }
+
+    /// Records in the control plane's failover history that this node undid `transactions` of
+    /// its own after `from` — on the event of the promotion that deposed it (the first term
+    /// after the one it wrote in). In the background, retried only while no leader is known (the
+    /// report is not idempotent: one that may have committed is not sent again); the roll-back
+    /// itself is done and in the rollback file whatever happens to the report.
+    fn report_rollback(&self, from: Position, transactions: u64) {
+        let Some(plane) = self.control.clone() else {
+            return;
+        };
+        if transactions == 0 {
+            return;
+        }
+        let term = plane
+            .state()
+            .borrow()
+            .history
+            .iter()
+            .map(|e| e.term)
+            .filter(|t| *t > from.term)
+            .min();
+        let Some(term) = term else {
+            return;
+        };
+        tokio::spawn(async move {
+            let cmd = scribe_core::ControlCommand::ReportRollback { term, transactions };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match plane.propose(cmd.clone()).await {
+                    Ok(_) => return,
+                    Err(crate::control::ProposeError::NoLeader) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, %term, transactions, "could not record the roll-back in the failover history");
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -515,6 +565,7 @@ impl Follower {
                     rows: report.rows,
                     file: report.file.display().to_string(),
                 });
+                self.report_rollback(from, report.undone);
                 Ended::Failed(format!(
                     "rolled back {} transactions after {} to follow {primary}; reconnecting",
                     report.undone, report.to

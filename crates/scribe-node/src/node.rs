@@ -44,7 +44,8 @@ fn join_cluster(
     identity: identity::Identity,
     engine: &Engine,
 ) -> Result<identity::Identity, String> {
-    let id = crate::control::ControlConfig::derived_cluster_id(&cluster.members);
+    let id =
+        crate::control::ControlConfig::derived_cluster_id(&cluster.members, &cluster.witnesses);
     if identity.cluster_id == id {
         return Ok(identity);
     }

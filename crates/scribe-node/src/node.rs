@@ -201,8 +201,11 @@ impl Node {
         self.pg.as_ref().and_then(|p| p.local_addr())
     }
 
-    /// `primary` or `replica`.
+    /// `primary`, `replica` or `witness`.
     pub fn role(&self) -> &'static str {
+        if self.state.is_witness() {
+            return "witness";
+        }
         self.state.leadership.role().name()
     }
 

@@ -248,7 +248,7 @@ async fn switchover(
     let req: crate::switchover::SwitchoverRequest = parse_bytes(&body)?;
     if state.control.is_some() && !state.leadership.is_primary() {
         if let WriteRoute::Forward { primary, url } =
-            service::route_write(&state, may_forward(&headers, None))?
+            service::route_to_primary(&state, may_forward(&headers, None))?
         {
             return forward(&state, (primary, url), "/v1/switchover", body).await;
         }
@@ -308,7 +308,7 @@ pub struct Status {
     pub node: String,
     /// Cluster id.
     pub cluster_id: String,
-    /// `primary` or `replica`.
+    /// `primary`, `replica`, or `witness` (a cluster member that votes but holds no data).
     pub role: &'static str,
     /// Current term.
     pub term: u64,
@@ -583,7 +583,9 @@ async fn status(State(state): State<Arc<NodeState>>) -> Json<Status> {
     let now = std::time::Instant::now();
     let primary = view.role == NodeRole::Primary;
     let me = state.identity.name.as_str();
-    let replication = (!primary).then(|| state.follower.view());
+    let witness = state.is_witness();
+    // A witness follows nobody: it has no replication to report.
+    let replication = (!primary && !witness).then(|| state.follower.view());
     let replicas: Vec<ReplicaView> = if primary {
         state
             .registry
@@ -595,23 +597,17 @@ async fn status(State(state): State<Arc<NodeState>>) -> Json<Status> {
         Vec::new()
     };
     let cluster = state.control.as_ref().map(|plane| {
-        let witness = plane
-            .state()
-            .borrow()
-            .members
-            .get(me)
-            .is_some_and(|m| m.witness);
         let vantage = match &replication {
             _ if primary => Vantage::Primary(&replicas),
-            Some(f) if !witness => Vantage::Replica(f),
-            _ => Vantage::Witness,
+            Some(f) => Vantage::Replica(f),
+            None => Vantage::Witness,
         };
         ClusterStatus::of(plane, me, vantage)
     });
     Json(Status {
         node: state.identity.name.clone(),
         cluster_id: state.cluster_id(),
-        role: view.role.name(),
+        role: if witness { "witness" } else { view.role.name() },
         term: view.term.max(p.last.term).0,
         primary: if primary {
             Some(state.identity.name.clone())

@@ -175,6 +175,18 @@ impl NodeConfig {
                 ));
             }
             cluster.lease.validate().map_err(|e| e.to_string())?;
+            if let Some(w) = self
+                .sync_replicas
+                .members
+                .iter()
+                .flatten()
+                .find(|m| cluster.witnesses.contains(*m))
+            {
+                return Err(format!(
+                    "--sync-replicas {} names the witness {w}: a witness holds no data, so it never acknowledges a write; name data nodes only",
+                    self.sync_replicas
+                ));
+            }
         }
         // In cluster mode every node is given the same set, and whichever is primary simply
         // does not count for it (a primary never acknowledges its own records).

@@ -26,6 +26,14 @@ pub enum ApiError {
         /// The primary, when known.
         primary: Option<(String, String)>,
     },
+    /// A data request (a write, a read, a transaction) reached a witness, which holds no data;
+    /// it names the primary (name, and HTTP URL when known) when known. Nothing was done.
+    Witness {
+        /// This node's name.
+        node: String,
+        /// The primary's name and HTTP URL, when known.
+        primary: Option<(String, Option<String>)>,
+    },
     /// A stale read's `max_lag` is exceeded on this replica and forwarding was not allowed.
     Lagging {
         /// This node.
@@ -99,6 +107,7 @@ impl ApiError {
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::NotPrimary { .. } => (StatusCode::CONFLICT, "not_primary"),
+            ApiError::Witness { .. } => (StatusCode::MISDIRECTED_REQUEST, "witness"),
             ApiError::Lagging { .. } => (StatusCode::SERVICE_UNAVAILABLE, "lagging"),
             ApiError::NotCaughtUp { .. } => (StatusCode::GATEWAY_TIMEOUT, "not_caught_up"),
             ApiError::LeaseLost { .. } => (StatusCode::SERVICE_UNAVAILABLE, "lease_expired"),
@@ -129,6 +138,16 @@ impl ApiError {
                     "{node} is a read-only replica and has not reached its primary yet; send writes to the primary"
                 ),
             },
+            ApiError::Witness { node, primary } => {
+                let to = match primary {
+                    Some((name, Some(url))) => format!("send this to the primary {name} at {url}"),
+                    Some((name, None)) => format!("send this to the primary {name}"),
+                    None => "send this to the primary (not known here yet)".to_string(),
+                };
+                format!(
+                    "{node} is a witness: it votes in the control plane but holds no data; {to}"
+                )
+            }
             ApiError::Lagging { node, lag, max_lag } => {
                 let lag = if *lag == std::time::Duration::MAX {
                     "an unknown time".to_string()
@@ -185,6 +204,10 @@ impl ApiError {
     fn details(&self) -> Option<serde_json::Value> {
         match self {
             ApiError::NotPrimary {
+                primary: Some((name, url)),
+                ..
+            } => Some(serde_json::json!({ "primary": { "name": name, "url": url } })),
+            ApiError::Witness {
                 primary: Some((name, url)),
                 ..
             } => Some(serde_json::json!({ "primary": { "name": name, "url": url } })),

@@ -297,6 +297,12 @@ pub fn render(state: &NodeState) -> String {
         "1 on the primary, 0 on a replica.",
         state.leadership.is_primary() as u64,
     );
+    gauge(
+        &mut out,
+        "scribe_is_witness",
+        "1 on a witness (a cluster member that votes in the control plane but holds no data), 0 on a data node.",
+        state.is_witness() as u64,
+    );
     counter(
         &mut out,
         "scribe_write_gate_refusals_total",

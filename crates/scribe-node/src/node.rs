@@ -44,7 +44,8 @@ fn join_cluster(
     identity: identity::Identity,
     engine: &Engine,
 ) -> Result<identity::Identity, String> {
-    let id = crate::control::ControlConfig::derived_cluster_id(&cluster.members);
+    let id =
+        crate::control::ControlConfig::derived_cluster_id(&cluster.members, &cluster.witnesses);
     if identity.cluster_id == id {
         return Ok(identity);
     }
@@ -205,8 +206,11 @@ impl Node {
         self.pg.as_ref().and_then(|p| p.local_addr())
     }
 
-    /// `primary` or `replica`.
+    /// `primary`, `replica` or `witness`.
     pub fn role(&self) -> &'static str {
+        if self.state.is_witness() {
+            return "witness";
+        }
         self.state.leadership.role().name()
     }
 

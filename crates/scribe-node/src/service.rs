@@ -41,8 +41,15 @@ pub enum WriteRoute {
 }
 
 /// Decides where a write goes: here on the primary, to the primary when this node is a replica
-/// and `may_forward`, or nowhere (`not_primary`, naming the primary when it is known).
+/// and `may_forward`, or nowhere (`not_primary`, naming the primary when it is known; `witness`
+/// on a witness, which holds no data and forwards nothing).
 pub fn route_write(state: &NodeState, may_forward: bool) -> Result<WriteRoute, ApiError> {
+    state.refuse_if_witness()?;
+    route_to_primary(state, may_forward)
+}
+
+/// [`route_write`] for requests that are not data (a switchover): a witness forwards them too.
+pub fn route_to_primary(state: &NodeState, may_forward: bool) -> Result<WriteRoute, ApiError> {
     if state.leadership.is_primary() {
         return Ok(WriteRoute::Local);
     }
@@ -221,8 +228,9 @@ pub enum ReadRoute {
 }
 
 /// Decides where a read is served (waiting, for a session read, until this node has applied its
-/// position or the wait runs out).
+/// position or the wait runs out). A witness serves none and forwards none: it holds no data.
 pub async fn plan_read(state: &NodeState, ask: ReadAsk) -> Result<ReadRoute, ApiError> {
+    state.refuse_if_witness()?;
     let node = || state.identity.name.clone();
     let elsewhere = |refusal: ApiError| -> Result<ReadRoute, ApiError> {
         if !ask.may_forward || state.leadership.is_primary() {

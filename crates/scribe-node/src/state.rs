@@ -48,4 +48,30 @@ impl NodeState {
     pub fn cluster_id(&self) -> String {
         self.follower.cluster_id()
     }
+
+    /// Whether this node is a witness of its cluster (`--witness`): it votes in the control
+    /// plane, holds no data, and answers data requests with [`crate::ApiError::Witness`].
+    pub fn is_witness(&self) -> bool {
+        self.config
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.witnesses.contains(&self.identity.name))
+    }
+
+    /// The [`crate::ApiError::Witness`] refusal of this node, when it is a witness.
+    pub fn refuse_if_witness(&self) -> Result<(), crate::ApiError> {
+        if !self.is_witness() {
+            return Ok(());
+        }
+        let primary = self.leadership.peek(|v| {
+            v.primary
+                .name
+                .clone()
+                .map(|name| (name, v.primary.http_url.clone()))
+        });
+        Err(crate::ApiError::Witness {
+            node: self.identity.name.clone(),
+            primary,
+        })
+    }
 }

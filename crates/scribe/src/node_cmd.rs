@@ -1,6 +1,7 @@
 //! `scribe node`: runs one node. Settings come from flags, then `SCRIBE_*` environment variables,
 //! then an optional TOML file (`--config`), then defaults — the first that gives a value wins.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -80,9 +81,12 @@ pub struct NodeArgs {
     /// Longest an interactive transaction (BEGIN ... COMMIT over PostgreSQL or /v1/tx) may stay idle between statements; it holds the writer, so it is then rolled back [default: 30s]
     #[arg(long, env = "SCRIBE_TXN_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub txn_idle_timeout: Option<Duration>,
-    /// Run as a member of a cluster whose control plane (a Raft group of its members) decides who is primary and fails over automatically: every member's NAME=PEER_ADDR, the same list on every node (for example "n1=10.0.0.1:6480,n2=10.0.0.2:6480,n3=10.0.0.3:6480"); needs --peer, excludes --follow [default: not a cluster member]
+    /// Run as a member of a cluster whose control plane (a Raft group of its members) decides who is primary and fails over automatically: every member's NAME=PEER_ADDR, the same list on every node (for example "n1=10.0.0.1:6480,n2=10.0.0.2:6480,n3=10.0.0.3:6480"); a witness's entry ends in /witness ("w=10.0.0.3:6480/witness"); needs --peer, excludes --follow [default: not a cluster member]
     #[arg(long, env = "SCRIBE_CLUSTER")]
     pub cluster: Option<String>,
+    /// In a cluster: this node is the witness — it votes in the control plane but holds no data, is never primary and answers data requests with an error naming the primary (two data nodes and a witness survive the loss of either data node); its --cluster entry must be marked NAME=HOST:PORT/witness [default: a data node]
+    #[arg(long, env = "SCRIBE_WITNESS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub witness: bool,
     /// In a cluster: how long the primary may take writes after it last renewed its lease through the control plane; it renews every quarter of it [default: 800ms]
     #[arg(long, env = "SCRIBE_LEASE", value_parser = humantime::parse_duration)]
     pub lease: Option<Duration>,
@@ -120,22 +124,45 @@ struct FileConfig {
     pg_tls_key: Option<PathBuf>,
     txn_idle_timeout: Option<String>,
     cluster: Option<String>,
+    witness: Option<bool>,
     lease: Option<String>,
     failover_timeout: Option<String>,
     log: Option<String>,
 }
 
-/// Parses a `--cluster` list: `NAME=HOST:PORT` items separated by commas.
-pub fn parse_cluster(list: &str) -> anyhow::Result<Vec<(String, String)>> {
+/// The mark that ends a witness's entry in a `--cluster` list: `w=10.0.0.3:6480/witness`.
+const WITNESS_MARK: &str = "/witness";
+
+/// A parsed `--cluster` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterList {
+    /// `(name, peer address)` of every member, in the order given.
+    pub members: Vec<(String, String)>,
+    /// The members marked `/witness`.
+    pub witnesses: BTreeSet<String>,
+}
+
+/// Parses a `--cluster` list: `NAME=HOST:PORT` items separated by commas, a witness's ending in
+/// `/witness`.
+pub fn parse_cluster(list: &str) -> anyhow::Result<ClusterList> {
     let mut members = Vec::new();
+    let mut witnesses = BTreeSet::new();
     for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (name, addr) = item.split_once('=').ok_or_else(|| {
             anyhow!(
-                "--cluster item {item:?} must be NAME=HOST:PORT (for example n1=127.0.0.1:6480)"
+                "--cluster item {item:?} must be NAME=HOST:PORT (for example n1=127.0.0.1:6480), or NAME=HOST:PORT/witness for a witness"
             )
         })?;
-        let (name, addr) = (name.trim(), addr.trim());
+        let (name, mut addr) = (name.trim(), addr.trim());
         scribe_core::check_node_name(name).map_err(|e| anyhow!("--cluster item {item:?}: {e}"))?;
+        if let Some(a) = addr.strip_suffix(WITNESS_MARK) {
+            addr = a.trim_end();
+            witnesses.insert(name.to_string());
+        } else if let Some((_, mark)) = addr.rsplit_once('/') {
+            return Err(anyhow!(
+                "--cluster item {item:?}: unknown mark /{mark}: the only mark is /witness (NAME=HOST:PORT/witness)"
+            ));
+        }
         if !addr.contains(':') {
             return Err(anyhow!(
                 "--cluster item {item:?}: {addr:?} must be the member's peer address, HOST:PORT"
@@ -146,7 +173,27 @@ pub fn parse_cluster(list: &str) -> anyhow::Result<Vec<(String, String)>> {
     if members.is_empty() {
         return Err(anyhow!("--cluster lists no members"));
     }
-    Ok(members)
+    Ok(ClusterList { members, witnesses })
+}
+
+/// Checks that `--witness` on this node (`witness`) and its own entry in the `--cluster` list
+/// agree, so a node never turns witness (or data node) by a typo in one of the two.
+fn check_witness(name: &str, list: &ClusterList, witness: bool) -> anyhow::Result<()> {
+    let Some((_, addr)) = list.members.iter().find(|(n, _)| n == name) else {
+        // Not in the list at all: the control plane's validation says so.
+        return Ok(());
+    };
+    match (witness, list.witnesses.contains(name)) {
+        (true, false) => Err(anyhow!(
+            "this node ({name}) was started with --witness, but its --cluster entry {name}={addr} is not marked a witness: \
+             mark it {name}={addr}{WITNESS_MARK} in the --cluster list of every node, or start this node without --witness"
+        )),
+        (false, true) => Err(anyhow!(
+            "the --cluster list marks this node ({name}) a witness ({name}={addr}{WITNESS_MARK}), but it was started without --witness: \
+             add --witness (a witness holds no data), or remove the {WITNESS_MARK} mark from the --cluster list of every node"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The node's configuration from flags, environment, file and defaults, validated.
@@ -230,6 +277,7 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, String)> {
     } else if let Some(v) = file.peer_timeout {
         config.peer_timeout = humantime::parse_duration(&v).with_context(|| key("peer_timeout"))?;
     }
+    let witness = args.witness || file.witness.unwrap_or(false);
     if let Some(list) = args.cluster.or(file.cluster) {
         let mut lease = scribe_core::LeaseConfig::default();
         if let Some(v) = args.lease {
@@ -244,14 +292,20 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, String)> {
             lease.failover_timeout =
                 humantime::parse_duration(&v).with_context(|| key("failover_timeout"))?;
         }
+        let list = parse_cluster(&list)?;
+        check_witness(&config.name, &list, witness)?;
         config.cluster = Some(scribe_node::cluster::ClusterSettings {
-            members: parse_cluster(&list)?,
-            witnesses: Default::default(),
+            members: list.members,
+            witnesses: list.witnesses,
             lease,
         });
     } else if args.lease.is_some() || args.failover_timeout.is_some() {
         return Err(anyhow!(
             "--lease and --failover-timeout only mean something with --cluster"
+        ));
+    } else if witness {
+        return Err(anyhow!(
+            "--witness only means something with --cluster: list every member there, this node's entry marked NAME=HOST:PORT{WITNESS_MARK}"
         ));
     }
     // Test-only fault injection, deliberately not a flag: a replica that lags on purpose.
@@ -371,5 +425,75 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().contains("may only hold"), "{e}");
+    }
+
+    #[test]
+    fn a_witness_is_marked_in_the_list_and_on_its_own_node() {
+        let list = parse_cluster("n1=a:1, n2=b:2 ,w=c:3/witness").unwrap();
+        assert_eq!(list.members[2], ("w".to_string(), "c:3".to_string()));
+        assert_eq!(list.witnesses, BTreeSet::from(["w".to_string()]));
+        let e = parse_cluster("n1=a:1,w=c:3/wintess").unwrap_err();
+        assert!(e.to_string().contains("unknown mark /wintess"), "{e}");
+
+        let cluster = |name: &str, witness: bool| {
+            resolve(NodeArgs {
+                name: Some(name.into()),
+                cluster: Some("n1=a:1,n2=b:2,w=c:3/witness".into()),
+                peer: Some("127.0.0.1:0".parse().unwrap()),
+                witness,
+                ..Default::default()
+            })
+        };
+        let (c, _) = cluster("w", true).unwrap();
+        let settings = c.cluster.unwrap();
+        assert!(settings.witnesses.contains("w"));
+        assert_eq!(settings.members[2].1, "c:3");
+        cluster("n1", false).unwrap();
+        let e = cluster("w", false).unwrap_err().to_string();
+        assert!(
+            e.contains("started without --witness") && e.contains("add --witness"),
+            "{e}"
+        );
+        let e = cluster("n1", true).unwrap_err().to_string();
+        assert!(
+            e.contains("not marked a witness") && e.contains("n1=a:1/witness"),
+            "{e}"
+        );
+        let e = resolve(NodeArgs {
+            witness: true,
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("only means something with --cluster"),
+            "{e}"
+        );
+        let e = resolve(NodeArgs {
+            name: Some("n1".into()),
+            cluster: Some("n1=a:1,n2=b:2,w=c:3/witness".into()),
+            peer: Some("127.0.0.1:0".parse().unwrap()),
+            sync_replicas: Some("FIRST 1 (n2, w)".parse().unwrap()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("names the witness w"), "{e}");
+    }
+
+    #[test]
+    fn the_file_key_witness_is_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scribe.toml");
+        std::fs::write(
+            &path,
+            "name = \"w\"\npeer = \"127.0.0.1:0\"\ncluster = \"n1=a:1,n2=b:2,w=c:3/witness\"\nwitness = true\n",
+        )
+        .unwrap();
+        let (c, _) = resolve(NodeArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(c.cluster.unwrap().witnesses.contains("w"));
     }
 }

@@ -113,6 +113,9 @@ fn every_command_has_help() {
         "--pg-password",
         "--pg-tls-cert",
         "--txn-idle-timeout",
+        "--cluster",
+        "--witness",
+        "SCRIBE_WITNESS",
     ] {
         assert!(out.contains(flag), "node --help lacks {flag}");
     }

@@ -125,11 +125,26 @@ impl ControlConfig {
     }
 
     /// A cluster id derived from the `--cluster` list, for nodes that are given no other: every
-    /// node started with the same list derives the same id.
-    pub fn derived_cluster_id(members: &[(String, String)]) -> String {
+    /// node started with the same list derives the same id. The witness marks are part of the
+    /// list, so nodes that disagree on who is a witness belong to different clusters (and refuse
+    /// each other's hellos); a list without witnesses derives the id it always did.
+    pub fn derived_cluster_id(
+        members: &[(String, String)],
+        witnesses: &BTreeSet<String>,
+    ) -> String {
         let mut sorted = members.to_vec();
         sorted.sort();
-        let text: Vec<String> = sorted.iter().map(|(n, a)| format!("{n}={a}")).collect();
+        let text: Vec<String> = sorted
+            .iter()
+            .map(|(n, a)| {
+                let mark = if witnesses.contains(n) {
+                    "/witness"
+                } else {
+                    ""
+                };
+                format!("{n}={a}{mark}")
+            })
+            .collect();
         let text = text.join(",");
         let a = crc32c::crc32c(text.as_bytes());
         let b = crc32c::crc32c_append(0x5c71_be00, text.as_bytes());
@@ -241,14 +256,20 @@ mod tests {
         assert_eq!(c.bootstrap_id("zz"), None);
         let mut reversed = list();
         reversed.reverse();
-        assert_eq!(
-            ControlConfig::derived_cluster_id(&list()),
-            ControlConfig::derived_cluster_id(&reversed)
-        );
-        assert_ne!(
-            ControlConfig::derived_cluster_id(&list()),
-            ControlConfig::derived_cluster_id(&list()[..2])
-        );
+        let none = BTreeSet::new();
+        let id =
+            |m: &[(String, String)], w: &BTreeSet<String>| ControlConfig::derived_cluster_id(m, w);
+        assert_eq!(id(&list(), &none), id(&reversed, &none));
+        assert_ne!(id(&list(), &none), id(&list()[..2], &none));
+        // Clusters started before witness marks existed keep their id (the crc32c pair of
+        // "n1=127.0.0.1:1,n2=127.0.0.1:2,w=127.0.0.1:3").
+        assert_eq!(id(&list(), &none), "df521b98531d429d");
+        // Witness marks are part of the list.
+        let w = BTreeSet::from(["w".to_string()]);
+        let n2 = BTreeSet::from(["n2".to_string()]);
+        assert_ne!(id(&list(), &none), id(&list(), &w));
+        assert_ne!(id(&list(), &w), id(&list(), &n2));
+        assert_eq!(id(&list(), &w), id(&reversed, &w));
     }
 
     #[test]

@@ -259,12 +259,9 @@ impl ControlPlane {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        if hello.cluster_id != c.cluster_id {
-            return Err(format!(
-                "{} belongs to cluster {:?} but this node ({}) to cluster {:?}: a node started with a --cluster list that disagrees with the others",
-                hello.from, hello.cluster_id, c.name, c.cluster_id
-            ));
-        }
+        // The lists first: when they differ, the message shows both. Same members but another
+        // cluster id means the lists disagree on the `/witness` marks, which hellos do not carry
+        // but the derived id covers.
         let mine = c.sorted_members();
         if hello.members != mine {
             return Err(format!(
@@ -273,6 +270,19 @@ impl ControlPlane {
                 show(&hello.members),
                 c.name,
                 show(&mine)
+            ));
+        }
+        if hello.cluster_id != c.cluster_id {
+            let marked = if c.witnesses.is_empty() {
+                "none".to_string()
+            } else {
+                c.witnesses.iter().cloned().collect::<Vec<_>>().join(", ")
+            };
+            return Err(format!(
+                "{} belongs to cluster {:?} but this node ({}) to cluster {:?}, though both list the same --cluster members: \
+                 their lists disagree on which members are witnesses (the /witness marks; this node's list marks: {marked}) — \
+                 a node started with a --cluster list that disagrees with the others; start every node with the same list, marks included",
+                hello.from, hello.cluster_id, c.name, c.cluster_id
             ));
         }
         if !mine.iter().any(|(n, _)| *n == hello.from) {

@@ -155,6 +155,7 @@ impl Runner {
         match service::route_write(&self.state, true) {
             Ok(WriteRoute::Local) => Ok(None),
             Ok(WriteRoute::Forward { url, .. }) => Ok(Some(self.remote(url))),
+            Err(e @ ApiError::Witness { .. }) => Err(e.into()),
             Err(_) => Err(PgError::new(
                 "57P03",
                 format!(

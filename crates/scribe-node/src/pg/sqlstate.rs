@@ -102,7 +102,8 @@ fn from_code(code: &str, message: &str) -> &'static str {
         "deadlock" => "40P01",
         "lock_timeout" => "55P03",
         "disk_full" => "53100",
-        "unavailable" | "not_primary" | "lagging" | "not_caught_up" | "lease_expired" => "57P03",
+        "unavailable" | "not_primary" | "lagging" | "not_caught_up" | "lease_expired"
+        | "witness" => "57P03",
         // The outcome of a commit is not known (PostgreSQL's own phrase for it is 08007,
         // transaction_resolution_unknown).
         "outcome_unknown" => "08007",
@@ -208,5 +209,24 @@ mod tests {
             "0A000"
         );
         assert_eq!(PgError::from(ApiError::TooLarge(1024)).sqlstate, "54000");
+    }
+
+    #[test]
+    fn a_witness_refuses_postgresql_statements_naming_the_primary() {
+        let e = PgError::from(ApiError::Witness {
+            node: "w".into(),
+            primary: Some(("n1".into(), Some("http://10.0.0.1:5480".into()))),
+        });
+        assert_eq!(e.sqlstate, "57P03");
+        assert_eq!(
+            e.message,
+            "w is a witness: it votes in the control plane but holds no data; send this to the primary n1 at http://10.0.0.1:5480"
+        );
+        let (status, code) = ApiError::Witness {
+            node: "w".into(),
+            primary: None,
+        }
+        .status_and_code();
+        assert_eq!((status.as_u16(), code), (421, "witness"));
     }
 }

@@ -20,10 +20,12 @@ pub const CLIENTS: usize = 8;
 /// their clients on the same two cores would measure each other.
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// A cluster of three data nodes.
+/// A cluster of three members: three data nodes, or two and a witness.
 pub struct Cluster {
     pub names: Vec<String>,
     pub peers: Vec<String>,
+    /// The member started with `--witness` (and marked `/witness` in the list), if any.
+    pub witness: Option<usize>,
     pub extra: Vec<String>,
     // Dropped (killed) before the network and the directory go.
     pub nodes: Vec<Option<NodeProc>>,
@@ -40,16 +42,26 @@ impl Cluster {
     /// Three nodes on loopback. A bare `--pg` in `extra` serves PostgreSQL on a port of each
     /// node's own ([`Cluster::pg`]).
     pub fn start(extra: &[&str]) -> Cluster {
-        Self::start_on(None, extra)
+        Self::start_on(None, None, extra)
+    }
+
+    /// Two data nodes n1, n2 and the witness w (index 2), on loopback.
+    pub fn start_with_witness(extra: &[&str]) -> Cluster {
+        Self::start_on(None, Some(2), extra)
     }
 
     /// Three nodes, node `i` in namespace `net.ns(i)` at `net.addr(i)`.
     pub fn start_in(net: Net, extra: &[&str]) -> Cluster {
-        Self::start_on(Some(net), extra)
+        Self::start_on(Some(net), None, extra)
     }
 
-    fn start_on(net: Option<Net>, extra: &[&str]) -> Cluster {
-        let names: Vec<String> = ["n1", "n2", "n3"].iter().map(|s| s.to_string()).collect();
+    fn start_on(net: Option<Net>, witness: Option<usize>, extra: &[&str]) -> Cluster {
+        let names: Vec<String> = (0..3)
+            .map(|i| match witness {
+                Some(w) if w == i => "w".to_string(),
+                _ => format!("n{}", i + 1),
+            })
+            .collect();
         let peers: Vec<String> = (0..names.len())
             .map(|i| match &net {
                 // Each namespace has its own ports.
@@ -61,6 +73,7 @@ impl Cluster {
             dir: tempfile::tempdir().unwrap(),
             names,
             peers,
+            witness,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             nodes: Vec::new(),
             urls: Arc::new(Mutex::new(vec![None, None, None])),
@@ -102,7 +115,11 @@ impl Cluster {
         self.names
             .iter()
             .zip(&self.peers)
-            .map(|(n, p)| format!("{n}={p}"))
+            .enumerate()
+            .map(|(i, (n, p))| match self.witness {
+                Some(w) if w == i => format!("{n}={p}/witness"),
+                _ => format!("{n}={p}"),
+            })
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -110,6 +127,9 @@ impl Cluster {
     pub fn spawn(&self, i: usize) -> NodeProc {
         let list = self.list();
         let mut args = vec!["--peer", &self.peers[i], "--cluster", &list];
+        if self.witness == Some(i) {
+            args.push("--witness");
+        }
         // `--pg` among the extra flags: each node on its own port.
         let pg = self.pg.as_ref().map(|p| format!("127.0.0.1:{}", p[i]));
         for a in &self.extra {
@@ -175,7 +195,7 @@ impl Cluster {
         }
     }
 
-    /// Waits until every running node other than `primary` streams from it and has applied
+    /// Waits until every running data node other than `primary` streams from it and has applied
     /// everything it has flushed.
     pub async fn caught_up(&self, primary: usize, within: Duration) {
         let deadline = Instant::now() + within;
@@ -183,7 +203,7 @@ impl Cluster {
         loop {
             let flushed = p.status().await["flushed_lsn"].as_u64().unwrap();
             let mut all = true;
-            for i in (0..3).filter(|&i| i != primary) {
+            for i in (0..3).filter(|&i| i != primary && self.witness != Some(i)) {
                 let Some(api) = self.api(i) else { continue };
                 let st = api.status().await;
                 let ok = st["role"] == "replica"

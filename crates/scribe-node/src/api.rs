@@ -107,6 +107,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/switchover", post(switchover))
         .route("/v1/promote", post(promote))
+        .route("/v1/members", post(members))
         .route("/metrics", get(metrics_page))
         .fallback(|req: Request| async move { ApiError::NotFound(req.uri().path().to_string()) })
         .layer(axum::extract::DefaultBodyLimit::max(limit))
@@ -255,6 +256,28 @@ async fn switchover(
     }
     let done = crate::switchover::run(&state, &req.to).await?;
     Ok(Json(done).into_response())
+}
+
+/// `POST /v1/members`: run on the control plane's leader (another member forwards it there).
+async fn members(
+    State(state): State<Arc<NodeState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body, state.config.max_request_bytes)?;
+    let req: crate::members::MembersRequest = parse_bytes(&body)?;
+    match crate::members::route(&state)? {
+        crate::members::Route::Leader(name, url) if may_forward(&headers, None) => {
+            forward(&state, (name, url), "/v1/members", body).await
+        }
+        crate::members::Route::Leader(name, _) => Err(ApiError::Forward(format!(
+            "this node is not the control plane's leader ({name} is) and the request was forwarded already"
+        ))),
+        crate::members::Route::Here => {
+            let done = crate::members::run(&state, &req).await?;
+            Ok(Json(done).into_response())
+        }
+    }
 }
 
 /// `POST /v1/promote`: a forced promotion, run on whichever node is asked.

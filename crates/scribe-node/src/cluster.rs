@@ -33,6 +33,17 @@ pub struct ClusterSettings {
     pub witnesses: BTreeSet<String>,
     /// Lease and failover timings.
     pub lease: LeaseConfig,
+    /// `--join`: this node joins a cluster that exists, learned from one of its members.
+    pub join: Option<Join>,
+}
+
+/// A node joining a cluster that exists (`--join URL`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Join {
+    /// The member it learned the cluster from, and asks to be added.
+    pub url: String,
+    /// The cluster's id, as that member reported it.
+    pub cluster_id: String,
 }
 
 /// The view of this node for the control state `st`; `lease_until` is when this node's lease
@@ -171,6 +182,56 @@ pub async fn run_controller(
                 let _ = done.send((term, sent_at, r)).await;
             });
         }
+    }
+}
+
+/// A joining node (`--join`) asks the member it learned the cluster from to add it, until it is
+/// a member (its copy of the control state names it) or the add is refused for good. The
+/// member forwards the request to the control plane's leader, which contacts this node as a
+/// Raft learner, waits for it to catch up and makes it a voter.
+pub async fn ask_to_join(
+    plane: ControlPlane,
+    http: reqwest::Client,
+    join: Join,
+    me: String,
+    peer_addr: String,
+    witness: bool,
+) {
+    let body = serde_json::json!({
+        "add": {"name": me, "peer_addr": peer_addr, "witness": witness}
+    });
+    loop {
+        if plane.state().borrow().members.contains_key(&me) {
+            return;
+        }
+        let r = http
+            .post(format!("{}/v1/members", join.url))
+            .timeout(Duration::from_secs(30))
+            .json(&body)
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status().is_success() => {
+                tracing::warn!(via = %join.url, "joined the cluster");
+                return;
+            }
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let text = r.text().await.unwrap_or_default();
+                if status == 409 && text.contains("already") {
+                    return;
+                }
+                if status == 409 {
+                    tracing::error!(via = %join.url, "the cluster refused to add this node: {text}");
+                    return;
+                }
+                tracing::warn!(via = %join.url, status, "ask to join the cluster: {text}; retrying");
+            }
+            Err(e) => {
+                tracing::warn!(via = %join.url, error = %e, "ask to join the cluster; retrying")
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -67,6 +67,8 @@ pub enum ApiError {
     Switchover(String),
     /// A forced promotion was refused; the message says why. Nothing changed.
     Promotion(String),
+    /// A membership change was refused; the message says why. Nothing changed.
+    Membership(String),
     /// A session read's position token names a write that was lost in a failover: this node's
     /// history gives that LSN to another term.
     PositionLost {
@@ -113,6 +115,7 @@ impl ApiError {
             ApiError::LeaseLost { .. } => (StatusCode::SERVICE_UNAVAILABLE, "lease_expired"),
             ApiError::Switchover(_) => (StatusCode::CONFLICT, "switchover_refused"),
             ApiError::Promotion(_) => (StatusCode::CONFLICT, "promotion_refused"),
+            ApiError::Membership(_) => (StatusCode::CONFLICT, "membership_refused"),
             ApiError::PositionLost { .. } => (StatusCode::GONE, "position_lost"),
             ApiError::Forward(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::ForwardUnknown(_) => (StatusCode::BAD_GATEWAY, "outcome_unknown"),
@@ -173,6 +176,7 @@ impl ApiError {
             ),
             ApiError::Switchover(why) => format!("switchover refused: {why}"),
             ApiError::Promotion(why) => format!("promotion refused: {why}"),
+            ApiError::Membership(why) => format!("membership change refused: {why}"),
             ApiError::PositionLost { node, position, ours } => format!(
                 "the write of position token {position} was lost in a failover: {node}'s history has lsn {} in term {ours}, not term {}; \
                  the data it wrote is not in the cluster (in async mode, see the old primary's rollback file); read without that token",

@@ -30,6 +30,7 @@ pub mod control;
 pub mod error;
 pub mod identity;
 pub mod leadership;
+pub mod members;
 pub mod metrics;
 pub mod node;
 pub mod pg;

@@ -44,8 +44,14 @@ fn join_cluster(
     identity: identity::Identity,
     engine: &Engine,
 ) -> Result<identity::Identity, String> {
-    let id =
-        crate::control::ControlConfig::derived_cluster_id(&cluster.members, &cluster.witnesses);
+    // A joining node takes the cluster's id as its member reported it; the others derive it
+    // from the --cluster list they bootstrapped with.
+    let id = match &cluster.join {
+        Some(j) => j.cluster_id.clone(),
+        None => {
+            crate::control::ControlConfig::derived_cluster_id(&cluster.members, &cluster.witnesses)
+        }
+    };
     if identity.cluster_id == id {
         return Ok(identity);
     }
@@ -142,6 +148,7 @@ impl Node {
                     identity.cluster_id.clone(),
                 );
                 cc.witnesses = cluster.witnesses.clone();
+                cc.join = cluster.join.is_some();
                 cc.validate()?;
                 let plane = crate::control::ControlPlane::start(cc)
                     .await
@@ -255,6 +262,20 @@ impl Node {
                 advertised_url(&state.config, &self.listener)?,
                 cluster.lease,
             )));
+            if let (Some(join), Some(peer)) = (&cluster.join, state.peer_addr) {
+                tasks.push(tokio::spawn(crate::cluster::ask_to_join(
+                    plane.clone(),
+                    state.http.clone(),
+                    join.clone(),
+                    state.identity.name.clone(),
+                    cluster
+                        .members
+                        .iter()
+                        .find(|(n, _)| *n == state.identity.name)
+                        .map_or_else(|| peer.to_string(), |(_, a)| a.clone()),
+                    cluster.witnesses.contains(&state.identity.name),
+                )));
+            }
             tasks.push(tokio::spawn(crate::cluster::run_failover_manager(
                 plane.clone(),
                 state.http.clone(),

@@ -295,6 +295,18 @@ impl Client {
         self.decode(&bytes)
     }
 
+    /// `POST /v1/members` with `body` (`{"add": {...}}` or `{"remove": NAME}`).
+    pub async fn members(&self, body: &Value) -> Result<Value, ClientError> {
+        let bytes = self
+            .send(
+                self.http
+                    .post(format!("{}/v1/members", self.url))
+                    .json(body),
+            )
+            .await?;
+        self.decode(&bytes)
+    }
+
     /// `GET /metrics`: the Prometheus text.
     pub async fn metrics(&self) -> Result<String, ClientError> {
         let bytes = self

@@ -9,6 +9,7 @@
 //! - `status`: `scribe status`.
 //! - `switchover`: `scribe switchover`, a planned hand-over of the primary role, and
 //!   `scribe promote --force`, the override when automatic failover will not promote.
+//! - `members`: `scribe members add|remove`, membership changes at run time.
 //! - `bench`: `scribe bench`, the insert benchmark.
 //! - `bench_reads`: `scribe bench --workload point-select`, the read benchmark.
 
@@ -16,6 +17,7 @@ mod bench;
 mod bench_reads;
 mod client;
 mod demo;
+mod members;
 mod node_cmd;
 mod sql;
 mod status;
@@ -46,6 +48,8 @@ enum Command {
     Switchover(switchover::SwitchoverArgs),
     /// Force a member to become primary when the old one is gone and automatic failover will not promote (may lose acknowledged writes).
     Promote(switchover::PromoteArgs),
+    /// Add a member to a cluster or remove one, at run time.
+    Members(members::MembersArgs),
     /// Measure insert throughput and latency against a node.
     Bench(bench::BenchArgs),
 }
@@ -59,6 +63,7 @@ fn main() {
         Command::Status(args) => status::run(args),
         Command::Switchover(args) => switchover::run(args),
         Command::Promote(args) => switchover::run_promote(args),
+        Command::Members(args) => members::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match code {

@@ -84,6 +84,9 @@ pub struct NodeArgs {
     /// Run as a member of a cluster whose control plane (a Raft group of its members) decides who is primary and fails over automatically: every member's NAME=PEER_ADDR, the same list on every node (for example "n1=10.0.0.1:6480,n2=10.0.0.2:6480,n3=10.0.0.3:6480"); a witness's entry ends in /witness ("w=10.0.0.3:6480/witness"); needs --peer, excludes --follow [default: not a cluster member]
     #[arg(long, env = "SCRIBE_CLUSTER")]
     pub cluster: Option<String>,
+    /// Join a cluster that exists, through the HTTP URL of any of its members: this node learns the cluster from it and asks to be added (as scribe members add would), is seeded with a snapshot and follows the primary; needs --peer (the address the members reach it at), excludes --cluster and --follow [default: not joining]
+    #[arg(long, env = "SCRIBE_JOIN", conflicts_with_all = ["cluster", "follow"])]
+    pub join: Option<String>,
     /// In a cluster: this node is the witness — it votes in the control plane but holds no data, is never primary and answers data requests with an error naming the primary (two data nodes and a witness survive the loss of either data node); its --cluster entry must be marked NAME=HOST:PORT/witness [default: a data node]
     #[arg(long, env = "SCRIBE_WITNESS", value_parser = clap::builder::BoolishValueParser::new())]
     pub witness: bool,
@@ -124,6 +127,7 @@ struct FileConfig {
     pg_tls_key: Option<PathBuf>,
     txn_idle_timeout: Option<String>,
     cluster: Option<String>,
+    join: Option<String>,
     witness: Option<bool>,
     lease: Option<String>,
     failover_timeout: Option<String>,
@@ -174,6 +178,70 @@ pub fn parse_cluster(list: &str) -> anyhow::Result<ClusterList> {
         return Err(anyhow!("--cluster lists no members"));
     }
     Ok(ClusterList { members, witnesses })
+}
+
+/// The `--cluster` list of a node joining through the member at `url` (`--join`): the members
+/// that member reports, and this node (at its `--peer` address) unless it is one already; with
+/// the cluster's id.
+fn joined_list(
+    url: &str,
+    name: &str,
+    peer: Option<SocketAddr>,
+    witness: bool,
+) -> anyhow::Result<(String, String)> {
+    let peer =
+        peer.ok_or_else(|| anyhow!("--join needs --peer: the members reach this node there"))?;
+    if peer.ip().is_unspecified() || peer.port() == 0 {
+        return Err(anyhow!(
+            "with --join, --peer {peer} must be the address the members reach this node at (not a wildcard address or port 0)"
+        ));
+    }
+    let url = url.trim_end_matches('/');
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let status: serde_json::Value = rt
+        .block_on(async {
+            reqwest::Client::new()
+                .get(format!("{url}/v1/status"))
+                .timeout(std::time::Duration::from_secs(10))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await
+        })
+        .with_context(|| format!("--join {url}: ask the member for the cluster's status"))?;
+    let cluster_id = status["cluster_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let members = status["cluster"]["members"].as_array().ok_or_else(|| {
+        anyhow!(
+            "--join {url}: that node is not a member of a cluster (its status lists no members)"
+        )
+    })?;
+    let mut items = Vec::new();
+    let mut listed = false;
+    for m in members {
+        let (Some(n), Some(a)) = (m["name"].as_str(), m["peer_addr"].as_str()) else {
+            return Err(anyhow!(
+                "--join {url}: its status lists a member without name or peer address: {m}"
+            ));
+        };
+        listed |= n == name;
+        let mark = if m["witness"] == true {
+            WITNESS_MARK
+        } else {
+            ""
+        };
+        items.push(format!("{n}={a}{mark}"));
+    }
+    if !listed {
+        let mark = if witness { WITNESS_MARK } else { "" };
+        items.push(format!("{name}={peer}{mark}"));
+    }
+    Ok((items.join(","), cluster_id))
 }
 
 /// Checks that `--witness` on this node (`witness`) and its own entry in the `--cluster` list
@@ -278,7 +346,22 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, String)> {
         config.peer_timeout = humantime::parse_duration(&v).with_context(|| key("peer_timeout"))?;
     }
     let witness = args.witness || file.witness.unwrap_or(false);
-    if let Some(list) = args.cluster.or(file.cluster) {
+    let join = args.join.or(file.join);
+    let mut joined_cluster_id = None;
+    let list = match (&join, args.cluster.or(file.cluster)) {
+        (Some(_), Some(_)) => {
+            return Err(anyhow!(
+                "--join and --cluster exclude each other: a joining node learns the members from the cluster"
+            ))
+        }
+        (Some(url), None) => {
+            let (list, id) = joined_list(url, &config.name, config.peer_addr, witness)?;
+            joined_cluster_id = Some(id);
+            Some(list)
+        }
+        (None, list) => list,
+    };
+    if let Some(list) = list {
         let mut lease = scribe_core::LeaseConfig::default();
         if let Some(v) = args.lease {
             lease.lease = v;
@@ -298,6 +381,10 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, String)> {
             members: list.members,
             witnesses: list.witnesses,
             lease,
+            join: join.map(|url| scribe_node::cluster::Join {
+                cluster_id: joined_cluster_id.take().unwrap_or_default(),
+                url: url.trim_end_matches('/').to_string(),
+            }),
         });
     } else if args.lease.is_some() || args.failover_timeout.is_some() {
         return Err(anyhow!(

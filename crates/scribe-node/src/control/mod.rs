@@ -58,7 +58,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use plane::{ControlPlane, StartError};
+pub use plane::{ControlPlane, MembershipError, StartError};
 pub use scribe_core::ControlState;
 pub use server::{serve_connection, ServeError};
 pub use types::{ControlNode, NodeId, Proposal, ProposeError, RaftStatus, Role};
@@ -91,6 +91,9 @@ pub struct ControlConfig {
     pub bootstrap_grace: Duration,
     /// A snapshot is taken every this many log entries (the log is purged behind it).
     pub snapshot_every: u64,
+    /// This node joins a cluster that exists (`--join`): it never initialises the Raft group or
+    /// bootstraps the control state, and waits to be added by the leader (`members add`).
+    pub join: bool,
 }
 
 impl ControlConfig {
@@ -121,6 +124,7 @@ impl ControlConfig {
             propose_timeout: Duration::from_secs(2),
             bootstrap_grace: Duration::from_secs(3),
             snapshot_every: 200,
+            join: false,
         }
     }
 
@@ -228,6 +232,9 @@ impl ControlConfig {
 
     /// The Raft id a member gets at bootstrap: its position in the sorted list, plus one.
     pub fn bootstrap_id(&self, name: &str) -> Option<NodeId> {
+        if self.join {
+            return Some(joined_id(name));
+        }
         self.sorted_members()
             .iter()
             .position(|(n, _)| n == name)
@@ -235,9 +242,29 @@ impl ControlConfig {
     }
 }
 
+/// The Raft id of a member added after bootstrap (`members add`, `--join`): above every id a
+/// bootstrap hands out (those are 1..=list length), from the name, so the leader and the joining
+/// node agree on it without a round trip. Two names colliding is refused by the leader.
+pub fn joined_id(name: &str) -> NodeId {
+    // FNV-1a, 32 bits: stable across builds and platforms.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    (1 << 32) | NodeId::from(h)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn joined_ids_are_stable_and_above_bootstrap_ids() {
+        assert_eq!(joined_id("n4"), joined_id("n4"));
+        assert_ne!(joined_id("n4"), joined_id("n5"));
+        assert!(joined_id("") > 1 << 31);
+    }
 
     fn list() -> Vec<(String, String)> {
         vec![

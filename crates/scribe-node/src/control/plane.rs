@@ -43,6 +43,32 @@ pub enum StartError {
     Raft(String),
 }
 
+/// Why a membership change did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    /// Membership changes run on the Raft leader; this node is not it.
+    #[error("this node does not lead the control plane (the leader is {})", leader.as_deref().unwrap_or("unknown"))]
+    NotLeader {
+        /// The leader's name, when known.
+        leader: Option<String>,
+    },
+    /// The control state refused it (the message says why); nothing changed.
+    #[error("{0}")]
+    Refused(String),
+    /// It could not be carried out now; the message says what state it left.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl MembershipError {
+    fn from_propose(e: ProposeError) -> MembershipError {
+        match e {
+            ProposeError::Rejected(e) => MembershipError::Refused(e.to_string()),
+            e => MembershipError::Unavailable(e.to_string()),
+        }
+    }
+}
+
 struct Inner {
     config: ControlConfig,
     id: NodeId,
@@ -197,6 +223,148 @@ impl ControlPlane {
         self.inner.pool.clear();
     }
 
+    /// The Raft leader's name, when one is known.
+    pub fn leader_name(&self) -> Option<String> {
+        self.raft_status().leader
+    }
+
+    /// Adds `member` to the cluster, on the Raft leader: records it in the control state, adds
+    /// it to the Raft group as a learner and waits (at most `within`) until it has caught up with
+    /// the log — so the node must be running, started with `--join` — then makes it a voter. A
+    /// node that does not catch up is taken out again and nothing stays changed.
+    pub async fn add_member(
+        &self,
+        member: Member,
+        within: Duration,
+    ) -> Result<(), MembershipError> {
+        self.require_leader()?;
+        let id = super::joined_id(&member.name);
+        let taken = self
+            .inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned();
+        if let Some(other) = taken {
+            return Err(MembershipError::Refused(format!(
+                "the Raft id of {:?} is taken by {}; choose another name",
+                member.name, other.name
+            )));
+        }
+        let node = ControlNode {
+            name: member.name.clone(),
+            peer_addr: member.peer_addr.clone(),
+        };
+        self.propose(ControlCommand::AddMember(member.clone()))
+            .await
+            .map_err(MembershipError::from_propose)?;
+        let raft = &self.inner.raft;
+        // openraft's own "blocking" add gives up waiting after a short while and answers success
+        // anyway: add without blocking, then watch the learner's replication reach the entry
+        // that added it.
+        let caught_up = match raft.add_learner(id, node, false).await {
+            Err(e) => Err(e.to_string()),
+            Ok(resp) => {
+                let added = resp.log_id.index;
+                let mut metrics = raft.metrics();
+                let reached = async {
+                    loop {
+                        let at = metrics
+                            .borrow_and_update()
+                            .replication
+                            .as_ref()
+                            .and_then(|r| r.get(&id).copied().flatten())
+                            .map(|l| l.index);
+                        if at.is_some_and(|i| i >= added) {
+                            return;
+                        }
+                        if metrics.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                tokio::time::timeout(within, reached)
+                    .await
+                    .map_err(|_| format!("it did not catch up within {within:?}"))
+            }
+        };
+        if let Err(why) = caught_up {
+            // Take it out again: the learner (if added) and the member record.
+            let ids: std::collections::BTreeSet<NodeId> = [id].into();
+            let _ = raft
+                .change_membership(openraft::ChangeMembers::RemoveNodes(ids), false)
+                .await;
+            let _ = self
+                .propose(ControlCommand::RemoveMember {
+                    name: member.name.clone(),
+                })
+                .await;
+            return Err(MembershipError::Unavailable(format!(
+                "{} at {} could not be added ({why}): start it first with scribe node --name {} --peer {} --join URL_OF_A_MEMBER; nothing changed",
+                member.name, member.peer_addr, member.name, member.peer_addr
+            )));
+        }
+        let ids: std::collections::BTreeSet<NodeId> = [id].into();
+        raft.change_membership(openraft::ChangeMembers::AddVoterIds(ids), false)
+            .await
+            .map_err(|e| {
+                MembershipError::Unavailable(format!(
+                    "{} caught up but could not be made a voter: {e}; it is a member that does not vote yet, retry the add",
+                    member.name
+                ))
+            })?;
+        Ok(())
+    }
+
+    /// Removes the member `name`, on the Raft leader: the control state refuses the primary, a
+    /// member a switchover is handing over to and one the sync set names; then it leaves the
+    /// Raft group. Stop the removed node afterwards.
+    pub async fn remove_member(&self, name: &str) -> Result<(), MembershipError> {
+        self.require_leader()?;
+        let id = self
+            .inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .find(|(_, n)| n.name == name)
+            .map(|(id, _)| *id);
+        self.propose(ControlCommand::RemoveMember {
+            name: name.to_string(),
+        })
+        .await
+        .map_err(MembershipError::from_propose)?;
+        if let Some(id) = id {
+            let ids: std::collections::BTreeSet<NodeId> = [id].into();
+            self.inner
+                .raft
+                .change_membership(openraft::ChangeMembers::RemoveVoters(ids), false)
+                .await
+                .map_err(|e| {
+                    MembershipError::Unavailable(format!(
+                        "{name} is no longer a member of the control state but is still a Raft voter ({e}); retry the removal"
+                    ))
+                })?;
+        }
+        Ok(())
+    }
+
+    fn require_leader(&self) -> Result<(), MembershipError> {
+        let status = self.raft_status();
+        if status.role == super::Role::Leader {
+            Ok(())
+        } else {
+            Err(MembershipError::NotLeader {
+                leader: status.leader,
+            })
+        }
+    }
+
     /// Writes a proposal through this node's Raft, which must be the leader.
     pub(super) async fn write_local(&self, p: Proposal) -> Result<Applied, ProposeError> {
         let timeout = self.inner.config.propose_timeout;
@@ -259,6 +427,34 @@ impl ControlPlane {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        // Once the cluster is bootstrapped its membership lives here, in the control state
+        // (`members add|remove` change it), and the --cluster lists only bootstrapped it: a peer
+        // of this cluster is welcome if it is a member. A joining node (--join) took its cluster
+        // id from the cluster and welcomes its members likewise.
+        if hello.cluster_id == c.cluster_id
+            && (c.join || self.inner.state.borrow().is_bootstrapped())
+        {
+            let st = self.inner.state.borrow();
+            let voter = self
+                .inner
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .nodes()
+                .any(|(_, n)| n.name == hello.from);
+            if c.join || voter || st.members.contains_key(&hello.from) {
+                return Ok(());
+            }
+            return Err(format!(
+                "{:?} is not a member of cluster {:?} (members: {}): add it first with scribe members add {}=PEER_ADDR",
+                hello.from,
+                c.cluster_id,
+                st.members.keys().cloned().collect::<Vec<_>>().join(", "),
+                hello.from
+            ));
+        }
         // The lists first: when they differ, the message shows both. Same members but another
         // cluster id means the lists disagree on the `/witness` marks, which hellos do not carry
         // but the derived id covers.
@@ -329,6 +525,10 @@ impl ControlPlane {
     async fn bootstrap(self, fresh: bool) {
         let c = &self.inner.config;
         let raft = &self.inner.raft;
+        if c.join {
+            // Joining a cluster that exists: its leader adds this node (members add).
+            return;
+        }
         if fresh {
             let first = c.sorted_members().first().map(|(n, _)| n.clone());
             if first.as_deref() != Some(c.name.as_str()) {

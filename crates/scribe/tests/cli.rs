@@ -96,7 +96,16 @@ fn scribe_status_prints_the_node() {
 
 #[test]
 fn every_command_has_help() {
-    for cmd in ["node", "demo", "sql", "status", "bench"] {
+    for cmd in [
+        "node",
+        "demo",
+        "sql",
+        "status",
+        "bench",
+        "switchover",
+        "promote",
+        "members",
+    ] {
         let (code, out, _) = scribe(&[cmd, "--help"]);
         assert_eq!(code, 0, "{cmd} --help");
         assert!(out.contains("Usage:"), "{cmd}: {out}");
@@ -116,6 +125,9 @@ fn every_command_has_help() {
         "--cluster",
         "--witness",
         "SCRIBE_WITNESS",
+        "--join",
+        "--lease",
+        "--failover-timeout",
     ] {
         assert!(out.contains(flag), "node --help lacks {flag}");
     }

@@ -38,6 +38,7 @@ pub mod promote;
 pub mod replication;
 pub mod service;
 pub mod state;
+pub mod status;
 pub mod switchover;
 pub mod tx_api;
 pub mod txns;

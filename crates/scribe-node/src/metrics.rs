@@ -148,7 +148,7 @@ fn replicas(out: &mut String, state: &NodeState) {
 
 /// The lease (on a primary), the control plane (in cluster mode) and the roll-backs.
 fn leadership(out: &mut String, state: &NodeState, view: &crate::leadership::ControlView) {
-    if let Some(lease) = crate::api::LeaseStatus::of(view, std::time::Instant::now()) {
+    if let Some(lease) = crate::status::LeaseStatus::of(view, std::time::Instant::now()) {
         gauge(
             out,
             "scribe_lease_held",

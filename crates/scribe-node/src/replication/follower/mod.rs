@@ -29,6 +29,8 @@ use super::{HANDSHAKE_TIMEOUT, HEARTBEAT};
 use crate::identity;
 use crate::leadership::{Leadership, NodeRole};
 
+mod rejoin;
+
 /// The file whose presence says the data directory is being seeded and is not usable.
 pub const SEEDING_MARKER: &str = "SEEDING";
 
@@ -198,47 +200,6 @@ impl Follower {
     pub fn with_control(mut self, control: Option<crate::control::ControlPlane>) -> Follower {
         self.control = control;
         self
-    }
-
-    /// Records in the control plane's failover history that this node undid `transactions` of
-    /// its own after `from` — on the event of the promotion that deposed it (the first term
-    /// after the one it wrote in). In the background, retried only while no leader is known (the
-    /// report is not idempotent: one that may have committed is not sent again); the roll-back
-    /// itself is done and in the rollback file whatever happens to the report.
-    fn report_rollback(&self, from: Position, transactions: u64) {
-        let Some(plane) = self.control.clone() else {
-            return;
-        };
-        if transactions == 0 {
-            return;
-        }
-        let term = plane
-            .state()
-            .borrow()
-            .history
-            .iter()
-            .map(|e| e.term)
-            .filter(|t| *t > from.term)
-            .min();
-        let Some(term) = term else {
-            return;
-        };
-        tokio::spawn(async move {
-            let cmd = scribe_core::ControlCommand::ReportRollback { term, transactions };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                match plane.propose(cmd.clone()).await {
-                    Ok(_) => return,
-                    Err(crate::control::ProposeError::NoLeader) if Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, %term, transactions, "could not record the roll-back in the failover history");
-                        return;
-                    }
-                }
-            }
-        });
     }
 
     fn shared(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -535,52 +496,6 @@ impl Follower {
             Start::Rewind { to } => return Err(self.rewind(&welcome.primary, to).await),
         }
         Ok(())
-    }
-
-    /// Undoes this node's records after `to` (the primary never had them: it was an old primary
-    /// whose last writes were not replicated), saving them to a rollback file in the data
-    /// directory; then the connection is made again and streaming goes on from `to`.
-    async fn rewind(&self, primary: &str, to: Position) -> Ended {
-        let from = self.engine.progress().flushed;
-        self.set_state(FollowState::RollingBack, None);
-        let file = self.data_dir.join("rollback.json");
-        match self.engine.rewind(to, file).await {
-            Ok(report) => {
-                tracing::warn!(
-                    %primary,
-                    from = %from,
-                    to = %report.to,
-                    transactions = report.undone,
-                    rows = report.rows,
-                    file = %report.file.display(),
-                    "rolled back this node's records that the new primary never had; they are in the rollback file"
-                );
-                self.shared().rollbacks.push(RollbackView {
-                    at_unix_ms: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64),
-                    from: from.to_string(),
-                    to: report.to.to_string(),
-                    transactions: report.undone,
-                    rows: report.rows,
-                    file: report.file.display().to_string(),
-                });
-                self.report_rollback(from, report.undone);
-                Ended::Failed(format!(
-                    "rolled back {} transactions after {} to follow {primary}; reconnecting",
-                    report.undone, report.to
-                ))
-            }
-            Err(scribe_sqlite::EngineError::NeedSnapshot(why)) => Ended::Fatal(format!(
-                "the primary {primary} asks this node to undo its records after {to}, but they cannot be undone ({why}); \
-                 start this node with an empty data directory to be seeded from a snapshot"
-            )),
-            // The write gate still open (this node was primary a moment ago): try again.
-            Err(e @ scribe_sqlite::EngineError::BadRequest(_)) => {
-                Ended::Failed(format!("roll back to {to} for the primary {primary}: {e}"))
-            }
-            Err(e) => Ended::Fatal(format!("roll back to {to} for the primary {primary}: {e}")),
-        }
     }
 
     /// Receives a snapshot into the data directory and installs it, sending progress reports

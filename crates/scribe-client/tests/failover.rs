@@ -115,8 +115,10 @@ async fn writes_and_session_reads_ride_through_a_failover() {
         .find(|at| *at > killed_at)
         .expect("writes resumed on the new primary");
     let resumed = first_after - killed_at;
+    // The cluster's bound (3 s) is asserted by the kill rounds; a looser one here, where the
+    // client's own retry spacing comes on top, on a loaded machine.
     assert!(
-        resumed < Duration::from_secs(3),
+        resumed < Duration::from_secs(5),
         "writes resumed after {resumed:?}"
     );
     let new_url = cluster.primary_url().expect("a new primary");

@@ -50,6 +50,8 @@ pub struct Join {
 /// runs out if it is the primary of `st.term` (an instant already past when it holds none).
 pub fn view_of(st: &ControlState, me: &str, witness: bool, lease_until: Instant) -> ControlView {
     let draining = st.switchover.is_some();
+    // A member removed at run time (or one not added yet) follows nobody: only members stream.
+    let witness = witness || (st.is_bootstrapped() && !st.members.contains_key(me));
     let primary = st.primary.as_ref().and_then(|p| st.members.get(p));
     match primary {
         Some(p) if p.name == me => ControlView {
@@ -200,8 +202,11 @@ pub async fn ask_to_join(
     let body = serde_json::json!({
         "add": {"name": me, "peer_addr": peer_addr, "witness": witness}
     });
+    let voter = |plane: &ControlPlane| plane.raft_status().voters.contains(&me);
     loop {
-        if plane.state().borrow().members.contains_key(&me) {
+        // Joined means a voter of the Raft group, not only a member of the control state (an
+        // add that timed out is undone after the state has named the node).
+        if voter(&plane) {
             return;
         }
         let r = http
@@ -219,7 +224,12 @@ pub async fn ask_to_join(
                 let status = r.status().as_u16();
                 let text = r.text().await.unwrap_or_default();
                 if status == 409 && text.contains("already") {
-                    return;
+                    if voter(&plane) {
+                        return;
+                    }
+                    tracing::warn!(via = %join.url, "the cluster lists this node as a member but it is not a voter yet; waiting (if it stays so, remove it with scribe members remove and start this node again)");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
                 }
                 if status == 409 {
                     tracing::error!(via = %join.url, "the cluster refused to add this node: {text}");
@@ -428,6 +438,15 @@ mod tests {
         // A witness knows the primary (to forward) but follows nobody.
         let v = view_of(&st, "w", true, until);
         assert_eq!(v.primary.peer_addr, None);
+        assert_eq!(v.primary.name.as_deref(), Some("n1"));
+    }
+
+    #[test]
+    fn a_node_that_is_not_a_member_follows_nobody() {
+        let st = state("n1");
+        let v = view_of(&st, "n9", false, Instant::now());
+        assert_eq!(v.role, NodeRole::Replica);
+        assert_eq!(v.primary.peer_addr, None, "a removed member must not stream");
         assert_eq!(v.primary.name.as_deref(), Some("n1"));
     }
 

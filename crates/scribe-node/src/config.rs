@@ -189,7 +189,19 @@ impl NodeConfig {
             }
         }
         // In cluster mode every node is given the same set, and whichever is primary simply
-        // does not count for it (a primary never acknowledges its own records).
+        // does not count for it (a primary never acknowledges its own records): a set that
+        // names members needs n of them besides whichever one is primary.
+        if let (Some(members), Some(_)) = (&self.sync_replicas.members, &self.cluster) {
+            if self.sync_replicas.n >= members.len() && members.iter().any(|m| m == &self.name) {
+                return Err(format!(
+                    "--sync-replicas {}: when {} is the primary only {} of the named members can acknowledge, fewer than the {} it asks for; name more members or ask for fewer",
+                    self.sync_replicas,
+                    self.name,
+                    members.len() - 1,
+                    self.sync_replicas.n
+                ));
+            }
+        }
         if let (Some(members), None) = (&self.sync_replicas.members, &self.cluster) {
             if members.iter().any(|m| m == &self.name) {
                 return Err(format!(

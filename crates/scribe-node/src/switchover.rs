@@ -28,9 +28,14 @@ use crate::ApiError;
 /// when the switchover was asked.
 pub const KEEP_UP: Duration = Duration::from_secs(5);
 
-/// How long the target may take to catch up with the drained primary (writes are paused
-/// meanwhile, so this bounds the pause).
-pub const CATCH_UP: Duration = Duration::from_secs(1);
+/// How long the primary may take to close its write gate once the switchover is committed
+/// (a batch's fsync in flight finishes first).
+pub const DRAIN: Duration = Duration::from_millis(500);
+
+/// How long the target may take to catch up with the drained primary. Writes are paused from
+/// the switchover's commit until the promotion's, so the pause is at most [`DRAIN`] plus this
+/// plus the promotion's commit (milliseconds when the control plane is healthy).
+pub const CATCH_UP: Duration = Duration::from_millis(500);
 
 /// `POST /v1/switchover`.
 #[derive(Debug, Deserialize)]
@@ -51,7 +56,8 @@ pub struct SwitchoverResponse {
     pub term: u64,
     /// The last position the old primary wrote; the new primary has it.
     pub position: Position,
-    /// Milliseconds from closing the old primary's write gate to the promotion's commit.
+    /// Milliseconds from the switchover's commit (from when writes stop being confirmed) to the
+    /// promotion's commit.
     pub paused_ms: f64,
 }
 
@@ -104,11 +110,16 @@ pub async fn run(state: &NodeState, to: &str) -> Result<SwitchoverResponse, ApiE
     }
     // Keeping up, before anything is paused.
     let keep_up = async {
+        // The registry publishes every replica report; wake on those.
+        let mut reports = state.registry.quorums();
         loop {
             if replica_applied(state, to).is_some_and(|a| a >= flushed) {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::select! {
+                _ = reports.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
         }
     };
     if tokio::time::timeout(KEEP_UP, keep_up).await.is_err() {
@@ -139,6 +150,8 @@ pub async fn run(state: &NodeState, to: &str) -> Result<SwitchoverResponse, ApiE
             return Err(unavailable(format!("begin the switchover: {e}")));
         }
     }
+    // Writes stop being confirmed from here: the pause is counted from this moment.
+    let paused = Instant::now();
     // From here every way out that is not a promotion cancels the switchover, also when the
     // request is dropped half way (its client went away).
     let mut guard = CancelOnDrop {
@@ -164,15 +177,11 @@ pub async fn run(state: &NodeState, to: &str) -> Result<SwitchoverResponse, ApiE
             }
         }
     };
-    if tokio::time::timeout(Duration::from_secs(2), drained)
-        .await
-        .is_err()
-    {
-        return Err(refused(
-            "the primary did not close its write gate within 2 s; the switchover is being cancelled",
-        ));
+    if tokio::time::timeout(DRAIN, drained).await.is_err() {
+        return Err(refused(format!(
+            "the primary did not close its write gate within {DRAIN:?}; the switchover is being cancelled"
+        )));
     }
-    let paused = Instant::now();
     let last = state.engine.progress().flushed;
     let caught_up = async {
         loop {

@@ -75,6 +75,12 @@ impl Net {
 
     fn build(&self) -> Result<(), String> {
         let br = self.bridge();
+        // Leftovers of an earlier run with the same names (one killed before it cleaned up).
+        for i in 0..self.nodes {
+            let _ = ip(&["link", "del", &format!("sv{}{i}", self.tag)]);
+            let _ = ip(&["netns", "del", &self.ns(i)]);
+        }
+        let _ = ip(&["link", "del", &br]);
         ip(&["link", "add", &br, "type", "bridge"])?;
         ip(&[
             "addr",

@@ -214,7 +214,8 @@ fn joined_list(
         .with_context(|| format!("--join {url}: ask the member for the cluster's status"))?;
     let cluster_id = status["cluster_id"]
         .as_str()
-        .unwrap_or_default()
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| anyhow!("--join {url}: its status names no cluster id"))?
         .to_string();
     let members = status["cluster"]["members"].as_array().ok_or_else(|| {
         anyhow!(

@@ -177,5 +177,19 @@ async fn a_node_joins_a_running_cluster_takes_part_in_a_failover_and_is_removed(
     )
     .await;
     assert_eq!(names(&st["cluster"]["raft"]["voters"]).len(), 3, "{st}");
+    // The removed member keeps running, but no longer streams from the primary, so it can
+    // never count for a `*` sync set.
+    wait_for(
+        &new_api,
+        "the removed member's stream ends",
+        Duration::from_secs(10),
+        |s| {
+            !s["replicas"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|r| r["name"] == victim.as_str() && r["state"] != "disconnected")
+            })
+        },
+    )
+    .await;
     drop(n4);
 }

@@ -238,7 +238,7 @@ struct Shared {
     committed: Mutex<Option<LogId<NodeId>>>,
     /// When the latest lease renewal arrived in this log, by this node's monotonic clock (see
     /// `scribe_core::PrimarySilence` for why the failover manager counts from arrival).
-    renewal_arrived: Mutex<Option<Instant>>,
+    renewal_arrived: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Shared {
@@ -280,7 +280,7 @@ impl LogStore {
                 log: Mutex::new(log),
                 vote: Mutex::new(vote),
                 committed: Mutex::new(committed),
-                renewal_arrived: Mutex::new(None),
+                renewal_arrived: Arc::new(Mutex::new(None)),
             }),
         })
     }
@@ -321,6 +321,12 @@ impl LogStore {
             .renewal_arrived
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cell [`LogStore::renewal_arrived`] reads, for the state machine to mark a snapshot's
+    /// renewals as arrived when it installs one.
+    pub fn renewal_cell(&self) -> Arc<Mutex<Option<Instant>>> {
+        self.shared.renewal_arrived.clone()
     }
 
     /// Whether the log holds no entries.

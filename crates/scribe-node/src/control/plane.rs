@@ -98,7 +98,9 @@ impl ControlPlane {
             source,
         };
         let log = LogStore::open(&dir).map_err(storage)?;
-        let sm = StateMachine::open(&dir).map_err(storage)?;
+        let sm = StateMachine::open(&dir)
+            .map_err(storage)?
+            .note_renewals_in(log.renewal_cell());
         let fresh = log.vote().is_none() && log.last_log_id().is_none();
         let stored_id = log
             .last_membership()
@@ -294,16 +296,32 @@ impl ControlPlane {
         if let Err(why) = caught_up {
             // Take it out again: the learner (if added) and the member record.
             let ids: std::collections::BTreeSet<NodeId> = [id].into();
-            let _ = raft
+            let learner = raft
                 .change_membership(openraft::ChangeMembers::RemoveNodes(ids), false)
-                .await;
-            let _ = self
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            let record = self
                 .propose(ControlCommand::RemoveMember {
                     name: member.name.clone(),
                 })
-                .await;
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            let left = match (learner, record) {
+                (Ok(()), Ok(())) => "nothing changed".to_string(),
+                (l, r) => format!(
+                    "undoing the add failed ({}): retry scribe members remove {}",
+                    [l.err(), r.err()]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    member.name
+                ),
+            };
             return Err(MembershipError::Unavailable(format!(
-                "{} at {} could not be added ({why}): start it first with scribe node --name {} --peer {} --join URL_OF_A_MEMBER; nothing changed",
+                "{} at {} could not be added ({why}): start it first with scribe node --name {} --peer {} --join URL_OF_A_MEMBER; {left}",
                 member.name, member.peer_addr, member.name, member.peer_addr
             )));
         }
@@ -334,11 +352,18 @@ impl ControlPlane {
             .nodes()
             .find(|(_, n)| n.name == name)
             .map(|(id, _)| *id);
-        self.propose(ControlCommand::RemoveMember {
-            name: name.to_string(),
-        })
-        .await
-        .map_err(MembershipError::from_propose)?;
+        let removed = self
+            .propose(ControlCommand::RemoveMember {
+                name: name.to_string(),
+            })
+            .await;
+        match removed {
+            Ok(_) => {}
+            // Gone from the control state already (a removal whose Raft step failed, retried):
+            // finish the Raft step, or say there is no such member.
+            Err(ProposeError::Rejected(ControlError::UnknownMember { .. })) if id.is_some() => {}
+            Err(e) => return Err(MembershipError::from_propose(e)),
+        }
         if let Some(id) = id {
             let ids: std::collections::BTreeSet<NodeId> = [id].into();
             self.inner
@@ -380,8 +405,12 @@ impl ControlPlane {
                     "the proposal was applied as a Raft entry, not a command".into(),
                 )),
             },
+            // Not necessarily "not appended": a leader that steps down answers this for entries
+            // it had appended, which a later leader may still commit.
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                Err(ProposeError::NoLeader)
+                Err(ProposeError::Unavailable(
+                    "the control plane's leadership moved while the proposal was on its way (it may still commit)".into(),
+                ))
             }
             Ok(Err(RaftError::APIError(e))) => Err(ProposeError::Unavailable(e.to_string())),
             Ok(Err(RaftError::Fatal(e))) => Err(ProposeError::Unavailable(format!(
@@ -431,20 +460,21 @@ impl ControlPlane {
         // (`members add|remove` change it), and the --cluster lists only bootstrapped it: a peer
         // of this cluster is welcome if it is a member. A joining node (--join) took its cluster
         // id from the cluster and welcomes its members likewise.
+        // A joining node welcomes its cluster's members only until it is in the Raft group
+        // itself; from then on it checks like any member.
+        let (in_raft, me_in_raft) = {
+            let metrics = self.inner.raft.metrics();
+            let m = metrics.borrow();
+            let membership = m.membership_config.membership();
+            let has = |name: &str| membership.nodes().any(|(_, n)| n.name == name);
+            (has(&hello.from), has(&c.name))
+        };
+        let joining = c.join && !me_in_raft;
         if hello.cluster_id == c.cluster_id
-            && (c.join || self.inner.state.borrow().is_bootstrapped())
+            && (joining || self.inner.state.borrow().is_bootstrapped())
         {
             let st = self.inner.state.borrow();
-            let voter = self
-                .inner
-                .raft
-                .metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .nodes()
-                .any(|(_, n)| n.name == hello.from);
-            if c.join || voter || st.members.contains_key(&hello.from) {
+            if joining || in_raft || st.members.contains_key(&hello.from) {
                 return Ok(());
             }
             return Err(format!(

@@ -50,9 +50,22 @@ pub struct StateMachine {
     path: PathBuf,
     inner: Arc<Mutex<Inner>>,
     tx: Arc<watch::Sender<ControlState>>,
+    /// Where the log store notes when the latest lease renewal arrived: a snapshot received from
+    /// the leader brings renewals that never arrived in the log, so installing one counts as
+    /// their arrival (see `scribe_core::PrimarySilence`).
+    renewal_arrived: Option<Arc<Mutex<Option<std::time::Instant>>>>,
 }
 
 impl StateMachine {
+    /// Marks installed snapshots' renewals as arrived in `cell` (the log store's).
+    pub fn note_renewals_in(
+        mut self,
+        cell: Arc<Mutex<Option<std::time::Instant>>>,
+    ) -> StateMachine {
+        self.renewal_arrived = Some(cell);
+        self
+    }
+
     /// Opens the state machine from the snapshot in `dir`, if there is one.
     pub fn open(dir: &Path) -> io::Result<StateMachine> {
         let path = dir.join("snapshot");
@@ -79,6 +92,7 @@ impl StateMachine {
             path,
             inner: Arc::new(Mutex::new(inner)),
             tx: Arc::new(tx),
+            renewal_arrived: None,
         })
     }
 
@@ -217,6 +231,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             inner.last_applied = meta.last_log_id;
             inner.membership = meta.last_membership.clone();
             inner.snapshot = Some(file);
+        }
+        if let Some(cell) = &self.renewal_arrived {
+            *cell.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
         }
         self.tx.send_replace(body.state);
         Ok(())

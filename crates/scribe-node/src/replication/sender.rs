@@ -154,6 +154,13 @@ async fn serve_peer(stream: TcpStream, addr: SocketAddr, ctx: Arc<PeerContext>) 
         refuse(&mut wr, RefusalCode::NotPrimary, why).await;
         return;
     }
+    // In a cluster only its data members stream (and acknowledge): a removed member that keeps
+    // running, or any node that was never added, would otherwise count for `*` sync sets.
+    if let Some(why) = not_a_member(&ctx, &hello.name) {
+        tracing::warn!(peer = %addr, replica = %hello.name, "refused a replica: {why}");
+        refuse(&mut wr, RefusalCode::ClusterMismatch, why).await;
+        return;
+    }
     let registry = ctx.registry.clone();
     let start = match decide(&ctx, &hello) {
         Ok(s) => s,
@@ -215,6 +222,7 @@ async fn serve_peer(stream: TcpStream, addr: SocketAddr, ctx: Arc<PeerContext>) 
         r = stream_to(&mut wr, &ctx, &registry, &name, conn, start) => r,
         _ = superseded.notified() => Err("a newer connection of this replica replaced it".into()),
         _ = demoted(&ctx.leadership, view.term) => Err("this node is no longer the primary".into()),
+        why = removed(&ctx, &name) => Err(why),
     };
     let why = match outcome {
         Ok(()) => "the node is stopping".to_string(),
@@ -222,6 +230,38 @@ async fn serve_peer(stream: TcpStream, addr: SocketAddr, ctx: Arc<PeerContext>) 
     };
     tracing::warn!(replica = %name, peer = %addr, "replica disconnected: {why}");
     registry.disconnect(&name, conn, Some(why));
+}
+
+/// Why `name` may not stream from this primary in cluster mode: not a data member of the
+/// cluster's control state. `None` outside cluster mode, and for a data member.
+fn not_a_member(ctx: &PeerContext, name: &str) -> Option<String> {
+    let plane = ctx.control.as_ref()?;
+    let st = plane.state().borrow().clone();
+    match st.members.get(name) {
+        Some(m) if !m.witness => None,
+        Some(_) => Some(format!("{name} is a witness of this cluster: it holds no data")),
+        None => Some(format!(
+            "{name} is not a member of this cluster (members: {}): add it with scribe members add, or start it with --join",
+            st.members.keys().cloned().collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
+/// Resolves when `name` stops being a data member of the cluster (removed at run time), with
+/// the reason; never outside cluster mode.
+async fn removed(ctx: &PeerContext, name: &str) -> String {
+    let Some(plane) = &ctx.control else {
+        return std::future::pending().await;
+    };
+    let mut states = plane.state();
+    loop {
+        if let Some(why) = not_a_member(ctx, name) {
+            return why;
+        }
+        if states.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
 }
 
 /// The handshake decision ([`scribe_core::decide_handshake`], over this node's and the

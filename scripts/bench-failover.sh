@@ -2,8 +2,8 @@
 # What cluster mode costs on the write path: the same insert benchmark against three nodes
 # started with --follow (a primary and two manually managed replicas) and with --cluster (the
 # control plane, the primary renewing its lease every 200 ms, the writer checking it), twice
-# each, alternating, in async and semi-sync. Then a planned switchover under load, with the pause
-# it reports. Usage: scripts/bench-failover.sh [DIR]. Figures go to standard output.
+# each, alternating, in async and semi-sync, with the nodes' CPU per committed transaction. Then
+# a planned switchover under load, with the pause it reports. Usage: scripts/bench-failover.sh [DIR]. Figures go to standard output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet -p scribe
@@ -45,6 +45,14 @@ print(sum(1 for r in p[0]["replicas"] if r["state"]=="streaming") if p else 0)')
     [ "$n" = 2 ] && break; sleep 0.1
   done
 }
+# User + system CPU ticks of the node processes started so far.
+cpu_ticks() {
+  local t=0
+  for p in "${pids[@]}"; do
+    [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$t"
+}
 primary_url() {
   for port in 5580 5581 5582; do
     if curl -sf "http://127.0.0.1:$port/v1/status" | grep -q '"role":"primary"'; then echo "http://127.0.0.1:$port"; return; fi
@@ -58,7 +66,22 @@ for mode in $MODES; do
     for topo in follow cluster; do
       "start_$topo" "$mode"
       echo "== $mode, --$topo, run $round"
-      "$BIN" bench --url "$(primary_url)" --clients "$CLIENTS" --duration "$DURATION" --commit "$mode"
+      for c in ${CLIENTS//,/ }; do
+        # CPU of the three node processes (user + system, from /proc) over the level, per
+        # committed transaction: what the cluster spends on each write, whatever the machine's
+        # noise does to throughput.
+        before=$(cpu_ticks)
+        out=$("$BIN" bench --url "$(primary_url)" --clients "$c" --warmup 0s --duration "$DURATION" --commit "$mode" --json 2>/dev/null)
+        after=$(cpu_ticks)
+        python3 - "$before" "$after" "$(getconf CLK_TCK)" "${DURATION%s}" "$out" <<'PY'
+import json, sys
+before, after, hz, secs, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+lvl = json.loads(out)["levels"][0]
+tx = lvl["tps"] * secs
+cpu = (after - before) / hz
+print(f'{lvl["clients"]:>4} clients: {lvl["tps"]:>8.0f} tx/s  p50 {lvl["p50_ms"]:.2f} ms  p99 {lvl["p99_ms"]:.2f} ms  node CPU {cpu:.2f} s = {cpu / tx * 1e6:.0f} us/tx')
+PY
+      done
       cleanup
     done
   done

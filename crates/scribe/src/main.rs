@@ -2,7 +2,7 @@
 //!
 //! Modules:
 //! - `node_cmd`: `scribe node`, its flags, environment variables and TOML config file.
-//! - `demo`: `scribe demo`, the classic walkthrough on a local cluster.
+//! - `demo`: `scribe demo`, the classic walkthrough and automatic failover on a local cluster.
 //! - `client`: the small HTTP client the other commands share.
 //! - `sql`: `scribe sql`, the interactive shell and one-shot mode.
 //! - `table`: aligned table output.
@@ -38,7 +38,7 @@ struct Cli {
 enum Command {
     /// Run a Scribe node.
     Node(Box<node_cmd::NodeArgs>),
-    /// Start a local cluster and walk through the classic example.
+    /// Start a local three-node cluster, walk through the classic example, then kill the primary and watch it fail over.
     Demo(demo::DemoArgs),
     /// Run SQL against a node: an interactive shell, or one command with -c.
     Sql(sql::SqlArgs),

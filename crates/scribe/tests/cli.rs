@@ -1,5 +1,6 @@
 //! The `scribe` command as a user types it: the classic example through `scribe sql -c`, errors
-//! with a non-zero exit, `scribe status`, and `--help` for every command.
+//! with a non-zero exit, `scribe status`, `--help` for every command, and `scribe demo` from start
+//! to end (failover included).
 
 mod common;
 
@@ -133,8 +134,28 @@ fn every_command_has_help() {
     }
 }
 
+/// The text of step `n` of the demo's output: from its `── step N:` heading to the next one.
+fn demo_step(out: &str, n: u32) -> &str {
+    let start = out
+        .find(&format!("── step {n}:"))
+        .unwrap_or_else(|| panic!("no step {n}:\n{out}"));
+    let rest = &out[start..];
+    let heading = "── step ".len();
+    let end = rest[heading..]
+        .find("── step ")
+        .map_or(rest.len(), |e| e + heading);
+    &rest[..end]
+}
+
+/// The table rows of `text` (lines with a `|`) that contain `what`.
+fn rows_with<'a>(text: &'a str, what: &str) -> Vec<&'a str> {
+    text.lines()
+        .filter(|l| l.contains(what) && l.contains('|'))
+        .collect()
+}
+
 #[test]
-fn the_demo_runs_a_primary_and_two_replicas_and_walks_through_the_example() {
+fn the_demo_walks_through_the_example_then_fails_over_and_the_old_primary_rejoins() {
     let dir = tempfile::tempdir().unwrap();
     // Base ports kept apart from other tests' free ports; the demo uses PORT..PORT+2 and
     // PORT+1000..PORT+1002.
@@ -151,25 +172,74 @@ fn the_demo_runs_a_primary_and_two_replicas_and_walks_through_the_example() {
         &(port + 2000).to_string(),
     ]);
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
-    // Alice read back from the replica n2, with id 1.
-    let alice: Vec<&str> = out
-        .lines()
-        .filter(|l| l.contains("Alice") && l.contains('|'))
-        .collect();
+    assert!(out.contains("Done; stopping the nodes."), "{out}");
+    // The first primary, as elected (not assumed).
+    let first = ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|n| out.contains(&format!("   {n} is the primary (term ")))
+        .unwrap_or_else(|| panic!("the first primary is named:\n{out}"));
+    // Step 3: Alice read back from a replica, with id 1.
+    let step3 = demo_step(&out, 3);
+    let alice = rows_with(step3, "Alice");
     assert_eq!(alice.len(), 1, "{out}");
     assert!(alice[0].trim_start().starts_with('1'), "{out}");
-    assert!(out.contains("(on n2)"), "{out}");
-    // The replica refused the write, naming the primary.
     assert!(
-        out.contains("read-only replica") && out.contains("n1"),
+        !step3.contains(&format!("(on {first})")),
+        "read on a replica:\n{out}"
+    );
+    // Step 4: the replica refused the write, naming the primary.
+    let step4 = demo_step(&out, 4);
+    assert!(
+        step4.contains("read-only replica") && step4.contains(first),
         "{out}"
     );
-    // The status table lists both replicas streaming.
-    for r in ["n2", "n3"] {
+    assert!(step4.contains(&format!("forwarded to {first}")), "{out}");
+    // Step 5: the status table lists both replicas streaming.
+    let step5 = demo_step(&out, 5);
+    let replicas: Vec<&str> = ["n1", "n2", "n3"]
+        .into_iter()
+        .filter(|&n| n != first)
+        .collect();
+    for r in &replicas {
         assert!(
-            out.lines()
+            step5
+                .lines()
                 .any(|l| l.trim_start().starts_with(r) && l.contains("streaming")),
             "{r} streaming:\n{out}"
         );
     }
+    // Step 6: another node is promoted, in a later term, and named with the time it took.
+    let step6 = demo_step(&out, 6);
+    let promoted = replicas
+        .iter()
+        .copied()
+        .find(|n| step6.contains(&format!("{n} is the primary now (term ")))
+        .unwrap_or_else(|| panic!("the promoted node is named:\n{out}"));
+    assert!(
+        step6.contains(&format!("after {first} died")),
+        "how long after the kill:\n{out}"
+    );
+    // Alice (before the failover) and Bob (after it) are both on the new primary.
+    assert_eq!(rows_with(step6, "Alice").len(), 1, "{out}");
+    assert_eq!(rows_with(step6, "Bob").len(), 1, "{out}");
+    assert!(step6.contains(&format!("(on {promoted})")), "{out}");
+    // Step 7: the old primary rejoins as a replica of the new one and serves Bob.
+    let step7 = demo_step(&out, 7);
+    assert!(
+        step7.contains(&format!("{first} is a replica of {promoted} now")),
+        "{out}"
+    );
+    let bob = rows_with(step7, "Bob");
+    assert_eq!(bob.len(), 1, "Bob read back from {first}:\n{out}");
+    assert!(
+        step7.contains(&format!("WHERE name = 'Bob'   (on {first})")),
+        "{out}"
+    );
+    // And the new primary lists it streaming.
+    assert!(
+        step7
+            .lines()
+            .any(|l| l.trim_start().starts_with(first) && l.contains("streaming")),
+        "{first} streaming from {promoted}:\n{out}"
+    );
 }

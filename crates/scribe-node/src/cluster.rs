@@ -330,26 +330,7 @@ async fn fail_over(
     st: &ControlState,
     old: &str,
 ) -> Result<String, FailoverRefused> {
-    let mut candidates = Vec::new();
-    for m in st.members.values() {
-        let mut c = Candidate {
-            name: m.name.clone(),
-            flushed: Position::ZERO,
-            applied: Position::ZERO,
-            reachable: false,
-            witness: m.witness,
-        };
-        if m.name != old && !m.witness {
-            if let Some(url) = &m.http_url {
-                if let Some((flushed, applied)) = positions(http, url).await {
-                    c.flushed = flushed;
-                    c.applied = applied;
-                    c.reachable = true;
-                }
-            }
-        }
-        candidates.push(c);
-    }
+    let candidates = candidates(http, st, old).await;
     let choice = choose_promotion(&candidates, policy.mode, &policy.sync_set, old)
         .map_err(|e| FailoverRefused::Other(e.to_string()))?;
     let cmd = ControlCommand::Promote {
@@ -376,8 +357,39 @@ async fn fail_over(
     }
 }
 
+/// What the members other than the old primary answer about their logs, as the promotion
+/// decisions take it: every member, the data members other than `old` asked for their
+/// positions (unreachable when they do not answer).
+pub(crate) async fn candidates(
+    http: &reqwest::Client,
+    st: &ControlState,
+    old: &str,
+) -> Vec<Candidate> {
+    let mut candidates = Vec::new();
+    for m in st.members.values() {
+        let mut c = Candidate {
+            name: m.name.clone(),
+            flushed: Position::ZERO,
+            applied: Position::ZERO,
+            reachable: false,
+            witness: m.witness,
+        };
+        if m.name != old && !m.witness {
+            if let Some(url) = &m.http_url {
+                if let Some((flushed, applied)) = positions(http, url).await {
+                    c.flushed = flushed;
+                    c.applied = applied;
+                    c.reachable = true;
+                }
+            }
+        }
+        candidates.push(c);
+    }
+    candidates
+}
+
 /// A member's flushed and applied positions, from its status page (`None`: unreachable).
-pub(crate) async fn positions(http: &reqwest::Client, url: &str) -> Option<(Position, Position)> {
+async fn positions(http: &reqwest::Client, url: &str) -> Option<(Position, Position)> {
     let status: serde_json::Value = http
         .get(format!("{url}/v1/status"))
         .timeout(Duration::from_millis(500))
@@ -446,7 +458,10 @@ mod tests {
         let st = state("n1");
         let v = view_of(&st, "n9", false, Instant::now());
         assert_eq!(v.role, NodeRole::Replica);
-        assert_eq!(v.primary.peer_addr, None, "a removed member must not stream");
+        assert_eq!(
+            v.primary.peer_addr, None,
+            "a removed member must not stream"
+        );
         assert_eq!(v.primary.name.as_deref(), Some("n1"));
     }
 

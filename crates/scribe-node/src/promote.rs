@@ -13,7 +13,7 @@
 
 use std::time::Instant;
 
-use scribe_core::{force_promotion, Candidate, ControlCommand, ControlError, FailoverKind};
+use scribe_core::{force_promotion, ControlCommand, ControlError, FailoverKind};
 use serde::{Deserialize, Serialize};
 
 use crate::control::ProposeError;
@@ -77,27 +77,7 @@ pub async fn run(state: &NodeState, req: &PromoteRequest) -> Result<PromoteRespo
             req.to
         )));
     }
-    let mut candidates = Vec::new();
-    for m in st.members.values() {
-        let mut c = Candidate {
-            name: m.name.clone(),
-            flushed: scribe_core::Position::ZERO,
-            applied: scribe_core::Position::ZERO,
-            reachable: false,
-            witness: m.witness,
-        };
-        if m.name != old && !m.witness {
-            if let Some(url) = &m.http_url {
-                if let Some((flushed, applied)) = crate::cluster::positions(&state.http, url).await
-                {
-                    c.flushed = flushed;
-                    c.applied = applied;
-                    c.reachable = true;
-                }
-            }
-        }
-        candidates.push(c);
-    }
+    let candidates = crate::cluster::candidates(&state.http, &st, &old).await;
     let forced = force_promotion(
         &candidates,
         state.config.commit,

@@ -374,10 +374,15 @@ impl Router {
                     return Err(refused(&sent));
                 }
                 WriteNext::Unknown => {
+                    // The primary may have just died with the write in flight: look at the
+                    // cluster again before the caller's next write, which would otherwise go to
+                    // the same node (on another kept-alive connection to it, with the same
+                    // unknown end).
+                    self.rediscover(generation).await;
                     return Err(Error::OutcomeUnknown {
                         url,
                         reason: reason(&sent),
-                    })
+                    });
                 }
             }
         }

@@ -28,8 +28,9 @@ async fn kill_rounds(mode: &[&str], rounds: usize) -> Vec<Duration> {
             .map(|i| tokio::spawn(client(c.urls.clone(), i, round, stop.clone(), seen.clone())))
             .collect();
         tokio::time::sleep(Duration::from_millis(500 + fastrand::u64(..500))).await;
-        let killed_at = Instant::now();
         c.kill(old);
+        // Once it is reaped: nothing sent from here can have reached it.
+        let killed_at = Instant::now();
         let (new, new_term) = c.primary(Duration::from_secs(10)).await;
         assert_ne!(new, old);
         assert!(new_term > term, "term {term} → {new_term}");
@@ -474,8 +475,8 @@ async fn a_psql_session_on_a_replica_keeps_writing_through_a_failover() {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let killed_at = Instant::now();
     c.kill(p);
+    let killed_at = Instant::now();
     let until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < until {
         if pace(&results, sent) {

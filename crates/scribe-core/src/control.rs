@@ -193,7 +193,37 @@ impl ControlState {
                 cluster_id,
                 members,
                 primary,
-            } => self.bootstrap(cluster_id, members, primary, now_unix_ms),
+            } => self.bootstrap(
+                cluster_id,
+                members,
+                primary,
+                (
+                    Term::FIRST,
+                    FailoverKind::Bootstrap,
+                    "cluster bootstrapped".into(),
+                ),
+                now_unix_ms,
+            ),
+            ControlCommand::Reform {
+                cluster_id,
+                member,
+                term,
+                reason,
+            } => {
+                if term < Term::FIRST {
+                    return Err(ControlError::Invalid(
+                        "a cluster starts in term 1 or later".into(),
+                    ));
+                }
+                let primary = member.name.clone();
+                self.bootstrap(
+                    cluster_id,
+                    vec![member],
+                    primary,
+                    (term, FailoverKind::Forced, reason),
+                    now_unix_ms,
+                )
+            }
             ControlCommand::AddMember(m) => {
                 self.require_bootstrapped()?;
                 validate_member(&m)?;
@@ -339,13 +369,17 @@ impl ControlState {
         }
     }
 
+    /// Sets up a fresh control state; `first` is the term it starts in, and how the history
+    /// records it.
     fn bootstrap(
         &mut self,
         cluster_id: String,
         members: Vec<Member>,
         primary: String,
+        first: (Term, FailoverKind, String),
         now_unix_ms: u64,
     ) -> Result<Applied, ControlError> {
+        let (term, kind, reason) = first;
         if self.is_bootstrapped() {
             return Err(ControlError::AlreadyBootstrapped {
                 cluster_id: self.cluster_id.clone(),
@@ -380,11 +414,11 @@ impl ControlState {
         }
         self.cluster_id = cluster_id;
         self.members = by_name;
-        self.term = Term::FIRST;
+        self.term = term;
         self.primary = Some(primary.clone());
         self.lease = Some(Lease {
             holder: primary.clone(),
-            term: Term::FIRST,
+            term,
             renewals: 0,
             renewed_at_unix_ms: now_unix_ms,
         });
@@ -392,15 +426,12 @@ impl ControlState {
             at_unix_ms: now_unix_ms,
             from: None,
             to: primary.clone(),
-            term: Term::FIRST,
-            reason: "cluster bootstrapped".into(),
-            kind: FailoverKind::Bootstrap,
+            term,
+            reason,
+            kind,
             rolled_back: None,
         });
-        Ok(Applied::Bootstrapped {
-            primary,
-            term: Term::FIRST,
-        })
+        Ok(Applied::Bootstrapped { primary, term })
     }
 
     fn promote(

@@ -35,6 +35,9 @@ pub struct ClusterSettings {
     pub lease: LeaseConfig,
     /// `--join`: this node joins a cluster that exists, learned from one of its members.
     pub join: Option<Join>,
+    /// `--reform-cluster`: the cluster this node belonged to lost its majority for good; re-form
+    /// a cluster of this node alone (the `--cluster` list names only it), keeping its data.
+    pub reform: bool,
 }
 
 /// A node joining a cluster that exists (`--join URL`).

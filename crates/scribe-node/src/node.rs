@@ -70,6 +70,60 @@ fn join_cluster(
     })
 }
 
+/// `--reform-cluster`: when this node still belongs to the cluster it was in (its identity's
+/// cluster id is not the one its one-member `--cluster` list derives), sets that cluster's
+/// control plane aside (`control.before-reform-<unix ms>/`) and answers the term the new cluster
+/// starts in: above every term of this node's log. `None` when it was re-formed already (a
+/// restart with the flag still given).
+fn reform_cluster(
+    config: &NodeConfig,
+    cluster: &crate::cluster::ClusterSettings,
+    identity: &identity::Identity,
+    engine: &Engine,
+) -> Result<Option<scribe_core::Term>, String> {
+    if cluster.members.len() != 1 || cluster.members[0].0 != config.name {
+        return Err(format!(
+            "--reform-cluster re-forms a cluster of this node alone: give it --cluster {}=PEER_ADDR, and add the others back later with --join",
+            config.name
+        ));
+    }
+    let new_id =
+        crate::control::ControlConfig::derived_cluster_id(&cluster.members, &cluster.witnesses);
+    if identity.cluster_id == new_id {
+        tracing::warn!("--reform-cluster: this node was re-formed already; starting normally");
+        return Ok(None);
+    }
+    let control = config.data_dir.join("control");
+    if !control.exists() {
+        return Err(format!(
+            "--reform-cluster: {} holds no control plane of an earlier cluster; start a new cluster without the flag",
+            config.data_dir.display()
+        ));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let aside = config.data_dir.join(format!("control.before-reform-{now}"));
+    std::fs::rename(&control, &aside).map_err(|e| {
+        format!(
+            "set the old control plane aside as {}: {e}",
+            aside.display()
+        )
+    })?;
+    let term = scribe_core::Term(engine.progress().last.term.get().max(1) + 1);
+    tracing::warn!(
+        old_cluster = %identity.cluster_id,
+        new_cluster = %new_id,
+        %term,
+        kept = %aside.display(),
+        "RE-FORMING THE CLUSTER around this node alone: it becomes primary with the data it has; \
+         writes the lost members had and it has not are lost to the cluster, and those members must be \
+         emptied and added back with --join (started with their old data and lists, two of them would \
+         re-form the old cluster's majority)"
+    );
+    Ok(Some(term))
+}
+
 /// A started node: its engine is open and its listeners bound.
 pub struct Node {
     state: Arc<NodeState>,
@@ -140,6 +194,22 @@ impl Node {
                 None,
             ),
             Some(cluster) => {
+                let reform_term = if cluster.reform {
+                    reform_cluster(&config, cluster, &identity, &engine)?
+                } else {
+                    None
+                };
+                if reform_term.is_some() {
+                    let id = crate::control::ControlConfig::derived_cluster_id(
+                        &cluster.members,
+                        &cluster.witnesses,
+                    );
+                    identity::adopt_cluster(&config.data_dir, &config.name, &id)?;
+                    identity = identity::Identity {
+                        cluster_id: id,
+                        ..identity
+                    };
+                }
                 identity = join_cluster(&config, cluster, identity, &engine)?;
                 let mut cc = crate::control::ControlConfig::new(
                     config.name.clone(),
@@ -149,6 +219,7 @@ impl Node {
                 );
                 cc.witnesses = cluster.witnesses.clone();
                 cc.join = cluster.join.is_some();
+                cc.reform_term = reform_term;
                 cc.validate()?;
                 let plane = crate::control::ControlPlane::start(cc)
                     .await

@@ -127,6 +127,7 @@ fn every_command_has_help() {
         "--witness",
         "SCRIBE_WITNESS",
         "--join",
+        "--reform-cluster",
         "--lease",
         "--failover-timeout",
     ] {

@@ -244,3 +244,108 @@ async fn promote_force_replaces_a_dead_primary_that_failover_will_not() {
         "the failover history records a forced promotion: {st}"
     );
 }
+
+/// A cluster that lost its majority for good: two of three members are gone, the survivor
+/// cannot commit anything — `promote --force` says so and names the way out — and is re-formed
+/// around itself with `--reform-cluster`: primary again, in a term above its log's, with its
+/// data, its history recording the forced re-formation; an old member started again with its old
+/// list and data is not let in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_survivor_of_a_lost_majority_is_reformed_into_a_cluster_of_its_own() {
+    let _serial = SERIAL.lock().await;
+    let (mut c, p) = Cluster::with_table(&["--commit", "async"]).await;
+    let api = c.api(p).unwrap();
+    for k in 0..20 {
+        let (code, body) = api
+            .post(
+                "/v1/execute",
+                &json!({"statements": [{"sql": "INSERT INTO t (k) VALUES (?)", "params": [format!("kept-{k}")]}]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(code, 200, "{body}");
+    }
+    c.caught_up(p, Duration::from_secs(20)).await;
+    let (_, term) = who(&c).await;
+    let s = (0..3).find(|&i| i != p).unwrap();
+    let q = (0..3).find(|&i| i != p && i != s).unwrap();
+    c.kill(p);
+    c.kill(q);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let name = c.names[s].clone();
+    let url = c.api(s).unwrap().url;
+    let (code, err) = scribe(&["promote", &name, "--force", "--url", &url]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("needs its majority") && err.contains("--reform-cluster"),
+        "{err}"
+    );
+
+    // Re-form it around the survivor.
+    let (_, _) = c.nodes[s].take().unwrap().terminate();
+    let one = format!("{name}={}", c.peers[s]);
+    let reformed = NodeProc::start(
+        &name,
+        &c.dir.path().join(&name),
+        &[
+            "--peer",
+            &c.peers[s],
+            "--cluster",
+            &one,
+            "--reform-cluster",
+            "--commit",
+            "async",
+        ],
+    );
+    let reformed_api = Api::new(&reformed.url);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let st = loop {
+        let st = reformed_api.status().await;
+        if st["role"] == "primary" && st["accepting_writes"] == true {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the re-formed node is not primary: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(st["term"].as_u64().unwrap() > term, "{st}");
+    let events = st["cluster"]["failovers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(events.last().unwrap()["kind"], "forced", "{st}");
+    let keys = keys_on(&reformed_api).await;
+    assert!(
+        (0..20).all(|k| keys.contains(&format!("kept-{k}"))),
+        "{keys:?}"
+    );
+    let (code, body) = reformed_api
+        .post(
+            "/v1/execute",
+            &json!({"statements": [{"sql": "INSERT INTO t (k) VALUES ('after-reform')"}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(c.dir.path().join(&name).read_dir().unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with("control.before-reform-")));
+
+    // The old primary, back with its old list and data, is not let in.
+    c.restart(p);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let st = reformed_api.status().await;
+    assert_eq!(st["role"], "primary", "{st}");
+    assert!(
+        !st["replicas"].as_array().is_some_and(|r| r
+            .iter()
+            .any(|r| r["name"] == c.names[p].as_str() && r["state"] != "disconnected")),
+        "the old primary streams from the re-formed cluster: {st}"
+    );
+    let old = c.api(p).unwrap().status().await;
+    assert_ne!(old["accepting_writes"], true, "{old}");
+}

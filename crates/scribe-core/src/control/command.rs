@@ -20,6 +20,19 @@ pub enum ControlCommand {
         /// The first primary: a non-witness member.
         primary: String,
     },
+    /// Re-forms a cluster around one surviving member after the others were lost for good (an
+    /// operator's `--reform-cluster`): a fresh control state of that member alone, primary in
+    /// `term` — above every term of its log, so its new records follow the old ones.
+    Reform {
+        /// The new cluster's id.
+        cluster_id: String,
+        /// The surviving member: a data node.
+        member: Member,
+        /// The first term of the new cluster.
+        term: Term,
+        /// Why, for the failover history.
+        reason: String,
+    },
     /// Adds a member (its Raft voter is added by the runtime, see `scribe_node::control`).
     AddMember(Member),
     /// Removes a member that is neither the primary, the switchover target, nor named in the
@@ -96,6 +109,7 @@ impl ControlCommand {
     pub fn kind(&self) -> &'static str {
         match self {
             ControlCommand::Bootstrap { .. } => "bootstrap",
+            ControlCommand::Reform { .. } => "reform",
             ControlCommand::AddMember(_) => "add_member",
             ControlCommand::RemoveMember { .. } => "remove_member",
             ControlCommand::SetAddresses { .. } => "set_addresses",
@@ -117,7 +131,7 @@ pub enum Applied {
     Bootstrapped {
         /// The first primary.
         primary: String,
-        /// Term 1.
+        /// Term 1 (or, for a re-formed cluster, the term it starts in).
         term: Term,
     },
     /// A member was added.

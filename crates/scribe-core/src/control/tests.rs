@@ -605,3 +605,38 @@ fn an_automatic_promotion_decided_before_a_renewal_is_refused() {
     s.apply(promote(now), 3).unwrap();
     assert_eq!(s.primary.as_deref(), Some(other.as_str()));
 }
+
+#[test]
+fn a_reformed_cluster_is_its_survivor_alone_in_the_term_it_asks() {
+    let reform = |member: Member, term: u64| ControlCommand::Reform {
+        cluster_id: "c2".into(),
+        member,
+        term: Term(term),
+        reason: "re-formed around n2".into(),
+    };
+    let mut s = ControlState::default();
+    assert_eq!(
+        s.apply(reform(member("n2", false), 7), 5_000).unwrap(),
+        Applied::Bootstrapped {
+            primary: "n2".into(),
+            term: Term(7)
+        }
+    );
+    assert_eq!(s.term, Term(7));
+    assert_eq!(s.primary.as_deref(), Some("n2"));
+    assert_eq!(s.members.keys().collect::<Vec<_>>(), vec!["n2"]);
+    let event = s.history.back().unwrap();
+    assert_eq!((event.kind, event.term), (FailoverKind::Forced, Term(7)));
+    s.check_invariants().unwrap();
+    // Only a fresh state, only a data node.
+    assert!(matches!(
+        s.apply(reform(member("n2", false), 9), 6_000),
+        Err(ControlError::AlreadyBootstrapped { .. })
+    ));
+    assert!(ControlState::default()
+        .apply(reform(member("w9", true), 3), 0)
+        .is_err());
+    assert!(ControlState::default()
+        .apply(reform(member("n2", false), 0), 0)
+        .is_err());
+}

@@ -94,6 +94,9 @@ pub struct ControlConfig {
     /// This node joins a cluster that exists (`--join`): it never initialises the Raft group or
     /// bootstraps the control state, and waits to be added by the leader (`members add`).
     pub join: bool,
+    /// `--reform-cluster`: this node re-forms a cluster of itself alone, starting in this term
+    /// (above every term in its log); it bootstraps with `Reform` instead of `Bootstrap`.
+    pub reform_term: Option<scribe_core::Term>,
 }
 
 impl ControlConfig {
@@ -125,6 +128,7 @@ impl ControlConfig {
             bootstrap_grace: Duration::from_secs(3),
             snapshot_every: 200,
             join: false,
+            reform_term: None,
         }
     }
 

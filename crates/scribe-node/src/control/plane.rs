@@ -608,6 +608,21 @@ impl ControlPlane {
 
     fn bootstrap_command(&self) -> ControlCommand {
         let c = &self.inner.config;
+        if let (Some(term), Some((name, peer_addr))) = (c.reform_term, c.members.first()) {
+            return ControlCommand::Reform {
+                cluster_id: c.cluster_id.clone(),
+                member: Member {
+                    name: name.clone(),
+                    peer_addr: peer_addr.clone(),
+                    http_url: None,
+                    witness: false,
+                },
+                term,
+                reason: format!(
+                    "cluster re-formed around {name} by an operator (--reform-cluster) after its majority was lost"
+                ),
+            };
+        }
         let primary = c.bootstrap_primary.clone().unwrap_or_else(|| {
             if c.witnesses.contains(&c.name) {
                 c.sorted_members()

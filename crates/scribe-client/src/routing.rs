@@ -191,6 +191,15 @@ impl Router {
         self.view.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Drops the primary from the picture taken at `seen` (not from a newer one): the next
+    /// write finds none and discovers the cluster again.
+    fn forget_primary(&self, seen: u64) {
+        let mut view = self.view();
+        if view.generation == seen {
+            view.topology.primary = None;
+        }
+    }
+
     /// The picture of the cluster now.
     pub(crate) fn topology(&self) -> Topology {
         self.view().topology.clone()
@@ -374,11 +383,11 @@ impl Router {
                     return Err(refused(&sent));
                 }
                 WriteNext::Unknown => {
-                    // The primary may have just died with the write in flight: look at the
-                    // cluster again before the caller's next write, which would otherwise go to
-                    // the same node (on another kept-alive connection to it, with the same
-                    // unknown end).
-                    self.rediscover(generation).await;
+                    // The primary may have just died with the write in flight: forget it, so the
+                    // caller's next write looks at the cluster again instead of going to the same
+                    // node (on another kept-alive connection to it, with the same unknown end).
+                    // At once: this answer does not wait for a discovery.
+                    self.forget_primary(generation);
                     return Err(Error::OutcomeUnknown {
                         url,
                         reason: reason(&sent),

@@ -35,9 +35,10 @@ pub struct ClusterSettings {
     pub lease: LeaseConfig,
     /// `--join`: this node joins a cluster that exists, learned from one of its members.
     pub join: Option<Join>,
-    /// `--reform-cluster`: the cluster this node belonged to lost its majority for good; re-form
-    /// a cluster of this node alone (the `--cluster` list names only it), keeping its data.
-    pub reform: bool,
+    /// `--reform-cluster OLD_ID`: the cluster `OLD_ID` this node belonged to lost its majority
+    /// for good; re-form a cluster of this node alone (the `--cluster` list names only it),
+    /// keeping its data. The id is the confirmation that it is meant for this node's cluster.
+    pub reform: Option<String>,
 }
 
 /// A node joining a cluster that exists (`--join URL`).

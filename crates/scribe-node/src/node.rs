@@ -52,7 +52,10 @@ fn join_cluster(
             crate::control::ControlConfig::derived_cluster_id(&cluster.members, &cluster.witnesses)
         }
     };
-    if identity.cluster_id == id {
+    // A node re-formed into a cluster of its own keeps the id it took then.
+    if identity.cluster_id == id
+        || (cluster.join.is_none() && reformed_id_of(&id, &identity.cluster_id))
+    {
         return Ok(identity);
     }
     if engine.progress().last.lsn != scribe_core::Lsn::ZERO {
@@ -70,58 +73,134 @@ fn join_cluster(
     })
 }
 
-/// `--reform-cluster`: when this node still belongs to the cluster it was in (its identity's
-/// cluster id is not the one its one-member `--cluster` list derives), sets that cluster's
-/// control plane aside (`control.before-reform-<unix ms>/`) and answers the term the new cluster
-/// starts in: above every term of this node's log. `None` when it was re-formed already (a
-/// restart with the flag still given).
+/// The file that makes a re-formation resumable: written (durably) before anything else
+/// changes, removed once the new control plane is bootstrapped.
+const REFORM_MARKER: &str = "reform.pending";
+
+/// Whether `id` is the id of a cluster re-formed from the list whose derived id is `derived`.
+fn reformed_id_of(derived: &str, id: &str) -> bool {
+    id.strip_prefix(derived)
+        .and_then(|rest| rest.strip_prefix(".r"))
+        .is_some_and(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// `--reform-cluster OLD_ID`, in steps that survive a crash between any two of them: check
+/// everything; write `reform.pending` (the new cluster id and first term); set the old control
+/// plane aside (`control.before-reform-<unix ms>/`); take the new cluster id. A start that finds
+/// the marker resumes from it. Answers the term the new cluster starts in — above every term of
+/// this node's log and of its old control plane — or `None` when there is nothing (more) to do:
+/// re-formed already (then the flag should be removed).
 fn reform_cluster(
     config: &NodeConfig,
     cluster: &crate::cluster::ClusterSettings,
+    old_id: &str,
     identity: &identity::Identity,
     engine: &Engine,
-) -> Result<Option<scribe_core::Term>, String> {
+) -> Result<Option<(scribe_core::Term, String)>, String> {
     if cluster.members.len() != 1 || cluster.members[0].0 != config.name {
         return Err(format!(
             "--reform-cluster re-forms a cluster of this node alone: give it --cluster {}=PEER_ADDR, and add the others back later with --join",
             config.name
         ));
     }
-    let new_id =
+    if cluster.witnesses.contains(&config.name) {
+        return Err("--reform-cluster: a witness holds no data to re-form a cluster around".into());
+    }
+    let dir = &config.data_dir;
+    let marker = dir.join(REFORM_MARKER);
+    let control = dir.join("control");
+    let derived =
         crate::control::ControlConfig::derived_cluster_id(&cluster.members, &cluster.witnesses);
-    if identity.cluster_id == new_id {
-        tracing::warn!("--reform-cluster: this node was re-formed already; starting normally");
-        return Ok(None);
-    }
-    let control = config.data_dir.join("control");
-    if !control.exists() {
-        return Err(format!(
-            "--reform-cluster: {} holds no control plane of an earlier cluster; start a new cluster without the flag",
-            config.data_dir.display()
-        ));
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    let aside = config.data_dir.join(format!("control.before-reform-{now}"));
-    std::fs::rename(&control, &aside).map_err(|e| {
-        format!(
-            "set the old control plane aside as {}: {e}",
-            aside.display()
+    let (new_id, term) = if marker.exists() {
+        let text = std::fs::read_to_string(&marker)
+            .map_err(|e| format!("read {}: {e}", marker.display()))?;
+        let mut parts = text.split_whitespace();
+        let (Some(id), Some(term)) = (parts.next(), parts.next().and_then(|t| t.parse().ok()))
+        else {
+            return Err(format!(
+                "{} is damaged ({text:?}); remove it and start again",
+                marker.display()
+            ));
+        };
+        // Done already if the new control plane is bootstrapped under the new id.
+        if control.exists() {
+            let sm = crate::control::state_machine::StateMachine::open(&control)
+                .map_err(|e| format!("read {}: {e}", control.display()))?;
+            let st = sm.subscribe().borrow().clone();
+            if st.is_bootstrapped() && st.cluster_id == id {
+                let _ = std::fs::remove_file(&marker);
+                return Ok(None);
+            }
+        }
+        tracing::warn!(marker = %marker.display(), "resuming an unfinished re-formation of the cluster");
+        (id.to_string(), scribe_core::Term(term))
+    } else {
+        if identity.cluster_id != old_id && reformed_id_of(&derived, &identity.cluster_id) {
+            tracing::warn!(cluster = %identity.cluster_id, "--reform-cluster {old_id}: this node was re-formed already; remove the flag");
+            return Ok(None);
+        }
+        if identity.cluster_id != old_id {
+            return Err(format!(
+                "--reform-cluster {old_id}: this node belongs to cluster {}, not {old_id}; give the id of the cluster to re-form (its status shows it) to confirm",
+                identity.cluster_id
+            ));
+        }
+        if !control.exists() {
+            return Err(format!(
+                "--reform-cluster: {} holds no control plane of an earlier cluster; start a new cluster without the flag",
+                dir.display()
+            ));
+        }
+        let old_highest = crate::control::log_store::LogStore::open(&control)
+            .map_err(|e| format!("read {}: {e}", control.display()))?
+            .highest_term();
+        let old_state = crate::control::state_machine::StateMachine::open(&control)
+            .map_err(|e| format!("read {}: {e}", control.display()))?
+            .subscribe()
+            .borrow()
+            .clone();
+        let highest = old_state
+            .history
+            .iter()
+            .map(|e| e.term)
+            .chain([old_state.term, old_highest, engine.progress().last.term])
+            .max()
+            .unwrap_or(scribe_core::Term::FIRST);
+        let term = scribe_core::Term(highest.get().max(1) + 1);
+        // A new id for every re-formation (a second disaster re-forms again), recognisably this
+        // list's (see `reformed_id_of`).
+        let new_id = format!("{derived}.r{}", term.get());
+        identity::write_atomically(
+            dir,
+            REFORM_MARKER,
+            format!("{new_id} {}\n", term.get()).as_bytes(),
         )
-    })?;
-    let term = scribe_core::Term(engine.progress().last.term.get().max(1) + 1);
+        .map_err(|e| format!("write {}: {e}", marker.display()))?;
+        (new_id, term)
+    };
+    if control.exists() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let aside = dir.join(format!("control.before-reform-{now}"));
+        std::fs::rename(&control, &aside).map_err(|e| {
+            format!(
+                "set the old control plane aside as {}: {e}",
+                aside.display()
+            )
+        })?;
+        crate::control::files::sync_dir(dir).map_err(|e| format!("sync {}: {e}", dir.display()))?;
+    }
     tracing::warn!(
         old_cluster = %identity.cluster_id,
         new_cluster = %new_id,
         %term,
-        kept = %aside.display(),
         "RE-FORMING THE CLUSTER around this node alone: it becomes primary with the data it has; \
          writes the lost members had and it has not are lost to the cluster, and those members must be \
          emptied and added back with --join (started with their old data and lists, two of them would \
-         re-form the old cluster's majority)"
+         re-form the old cluster's majority); remove --reform-cluster from this node's start once it runs"
     );
-    Ok(Some(term))
+    Ok(Some((term, new_id)))
 }
 
 /// A started node: its engine is open and its listeners bound.
@@ -194,16 +273,12 @@ impl Node {
                 None,
             ),
             Some(cluster) => {
-                let reform_term = if cluster.reform {
-                    reform_cluster(&config, cluster, &identity, &engine)?
-                } else {
-                    None
+                let reform = match &cluster.reform {
+                    Some(old_id) => reform_cluster(&config, cluster, old_id, &identity, &engine)?,
+                    None => None,
                 };
-                if reform_term.is_some() {
-                    let id = crate::control::ControlConfig::derived_cluster_id(
-                        &cluster.members,
-                        &cluster.witnesses,
-                    );
+                let reform_term = reform.as_ref().map(|(t, _)| *t);
+                if let Some((_, id)) = reform {
                     identity::adopt_cluster(&config.data_dir, &config.name, &id)?;
                     identity = identity::Identity {
                         cluster_id: id,
@@ -224,6 +299,27 @@ impl Node {
                 let plane = crate::control::ControlPlane::start(cc)
                     .await
                     .map_err(|e| format!("start the control plane: {e}"))?;
+                if reform_term.is_some() {
+                    // The re-formation is done once the new control plane is bootstrapped.
+                    let (mut states, marker) = (plane.state(), config.data_dir.join(REFORM_MARKER));
+                    let id = identity.cluster_id.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            let done = {
+                                let st = states.borrow_and_update();
+                                st.is_bootstrapped() && st.cluster_id == id
+                            };
+                            if done {
+                                let _ = std::fs::remove_file(&marker);
+                                tracing::warn!(cluster = %id, "the cluster is re-formed; remove --reform-cluster from this node's start");
+                                return;
+                            }
+                            if states.changed().await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
                 (Leadership::clustered(term), Some(plane))
             }
         };

@@ -110,9 +110,12 @@ pub async fn run(state: &NodeState, req: &PromoteRequest) -> Result<PromoteRespo
         Err(ProposeError::Rejected(e)) => Err(refused(e.to_string())),
         Err(e) => Err(ApiError::Forward(format!(
             "the control plane could not commit the promotion (it needs its majority): {e}. \
-             If the majority is lost for good, re-form the cluster around {}: stop it and start it \
-             again with --cluster {}=PEER_ADDR --reform-cluster (it keeps its data; see docs/OPERATIONS.md)",
-            forced.name, forced.name
+             If the majority is lost for good (the other members down, not only cut off), re-form \
+             the cluster around {}: stop it and start it again with --cluster {}=PEER_ADDR \
+             --reform-cluster {} (it keeps its data; see docs/OPERATIONS.md)",
+            forced.name,
+            forced.name,
+            state.cluster_id()
         ))),
     }
 }

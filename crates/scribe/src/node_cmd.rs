@@ -87,9 +87,9 @@ pub struct NodeArgs {
     /// Join a cluster that exists, through the HTTP URL of any of its members: this node learns the cluster from it and asks to be added (as scribe members add would), is seeded with a snapshot and follows the primary; needs --peer (the address the members reach it at), excludes --cluster and --follow [default: not joining]
     #[arg(long, env = "SCRIBE_JOIN", conflicts_with_all = ["cluster", "follow"])]
     pub join: Option<String>,
-    /// DISASTER RECOVERY: this node's cluster lost its majority for good; re-form a cluster of this node alone, keeping its data, primary in a term above its log's. Give --cluster NAME=PEER_ADDR naming only this node. Writes the lost members had and this node has not are lost; the old members must be emptied and added back with --join (two of them started with their old data would re-form the old majority) [default: off]
-    #[arg(long, env = "SCRIBE_REFORM_CLUSTER", value_parser = clap::builder::BoolishValueParser::new())]
-    pub reform_cluster: bool,
+    /// DISASTER RECOVERY, given the id of this node's cluster (its status shows it) to confirm: that cluster lost its majority for good; re-form a cluster of this node alone, keeping its data, primary in a term above every term it knows. Give --cluster NAME=PEER_ADDR naming only this node, and make sure the other members are down, not just cut off. Writes the lost members had and this node has not are lost; the old members must be emptied and added back with --join (two of them started with their old data would re-form the old majority). Remove the flag once the node runs [default: off]
+    #[arg(long, env = "SCRIBE_REFORM_CLUSTER", value_name = "CLUSTER_ID")]
+    pub reform_cluster: Option<String>,
     /// In a cluster: this node is the witness — it votes in the control plane but holds no data, is never primary and answers data requests with an error naming the primary (two data nodes and a witness survive the loss of either data node); its --cluster entry must be marked NAME=HOST:PORT/witness [default: a data node]
     #[arg(long, env = "SCRIBE_WITNESS", value_parser = clap::builder::BoolishValueParser::new())]
     pub witness: bool,
@@ -365,7 +365,7 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, String)> {
         }
         (None, list) => list,
     };
-    if args.reform_cluster && (list.is_none() || join.is_some()) {
+    if args.reform_cluster.is_some() && (list.is_none() || join.is_some()) {
         return Err(anyhow!(
             "--reform-cluster needs --cluster {}=PEER_ADDR (this node alone), not --join",
             config.name
@@ -391,7 +391,7 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, String)> {
             members: list.members,
             witnesses: list.witnesses,
             lease,
-            reform: args.reform_cluster,
+            reform: args.reform_cluster.clone(),
             join: join.map(|url| scribe_node::cluster::Join {
                 cluster_id: joined_cluster_id.take().unwrap_or_default(),
                 url: url.trim_end_matches('/').to_string(),

@@ -267,6 +267,10 @@ async fn a_survivor_of_a_lost_majority_is_reformed_into_a_cluster_of_its_own() {
     }
     c.caught_up(p, Duration::from_secs(20)).await;
     let (_, term) = who(&c).await;
+    let old_id = api.status().await["cluster_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let s = (0..3).find(|&i| i != p).unwrap();
     let q = (0..3).find(|&i| i != p && i != s).unwrap();
     c.kill(p);
@@ -281,22 +285,34 @@ async fn a_survivor_of_a_lost_majority_is_reformed_into_a_cluster_of_its_own() {
         "{err}"
     );
 
-    // Re-form it around the survivor.
+    // Re-form it around the survivor: the flag must name the cluster it re-forms.
     let (_, _) = c.nodes[s].take().unwrap().terminate();
     let one = format!("{name}={}", c.peers[s]);
-    let reformed = NodeProc::start(
-        &name,
-        &c.dir.path().join(&name),
-        &[
-            "--peer",
-            &c.peers[s],
-            "--cluster",
-            &one,
-            "--reform-cluster",
-            "--commit",
-            "async",
-        ],
+    let dir = c.dir.path().join(&name);
+    let args = |id: &str| {
+        vec![
+            "--peer".to_string(),
+            c.peers[s].clone(),
+            "--cluster".into(),
+            one.clone(),
+            "--reform-cluster".into(),
+            id.to_string(),
+            "--commit".into(),
+            "async".into(),
+        ]
+    };
+    let wrong: Vec<String> = args("not-this-cluster");
+    let wrong: Vec<&str> = wrong.iter().map(String::as_str).collect();
+    let e = NodeProc::try_start(&name, &dir, &wrong)
+        .err()
+        .expect("refused");
+    assert!(
+        e.contains("belongs to cluster") && e.contains(&old_id),
+        "{e}"
     );
+    let right: Vec<String> = args(&old_id);
+    let right: Vec<&str> = right.iter().map(String::as_str).collect();
+    let reformed = NodeProc::start(&name, &dir, &right);
     let reformed_api = Api::new(&reformed.url);
     let deadline = Instant::now() + Duration::from_secs(20);
     let st = loop {
@@ -334,6 +350,26 @@ async fn a_survivor_of_a_lost_majority_is_reformed_into_a_cluster_of_its_own() {
         .file_name()
         .to_string_lossy()
         .starts_with("control.before-reform-")));
+    let new_term = st["term"].as_u64().unwrap();
+    // Started again with the flag still given: nothing more happens.
+    let (_, _) = reformed.terminate();
+    let reformed = NodeProc::start(&name, &dir, &right);
+    let reformed_api = Api::new(&reformed.url);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = reformed_api.status().await;
+        if st["role"] == "primary" && st["accepting_writes"] == true {
+            assert_eq!(st["term"].as_u64(), Some(new_term), "{st}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not primary after a restart: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(keys_on(&reformed_api).await.contains("after-reform"));
+    assert!(!dir.join("reform.pending").exists());
 
     // The old primary, back with its old list and data, is not let in.
     c.restart(p);

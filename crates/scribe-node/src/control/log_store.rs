@@ -329,6 +329,27 @@ impl LogStore {
         self.shared.renewal_arrived.clone()
     }
 
+    /// The highest primary term any entry of this log names or starts (a promotion's
+    /// `expected_term + 1`, a re-formation's term, 1 for a bootstrap), for a node about to
+    /// re-form a cluster above every term its old cluster may have used.
+    pub fn highest_term(&self) -> scribe_core::Term {
+        let mut t = scribe_core::Term(0);
+        for e in self.shared.log().entries.values() {
+            if let EntryPayload::Normal(p) = &e.payload {
+                let named = match &p.command {
+                    ControlCommand::Promote { expected_term, .. } => {
+                        scribe_core::Term(expected_term.get() + 1)
+                    }
+                    ControlCommand::Reform { term, .. } => *term,
+                    ControlCommand::Bootstrap { .. } => scribe_core::Term::FIRST,
+                    _ => scribe_core::Term(0),
+                };
+                t = t.max(named);
+            }
+        }
+        t
+    }
+
     /// Whether the log holds no entries.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

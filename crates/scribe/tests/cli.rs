@@ -158,9 +158,10 @@ fn rows_with<'a>(text: &'a str, what: &str) -> Vec<&'a str> {
 #[test]
 fn the_demo_walks_through_the_example_then_fails_over_and_the_old_primary_rejoins() {
     let dir = tempfile::tempdir().unwrap();
-    // Base ports kept apart from other tests' free ports; the demo uses PORT..PORT+2 and
-    // PORT+1000..PORT+1002.
-    let port = 20_000 + (std::process::id() % 5_000) as u16 * 3 % 15_000;
+    // Base ports kept apart from other tests' free ports (those come from the ephemeral range,
+    // 32768 and up): the demo uses PORT..PORT+2, PORT+1000..PORT+1002 and, for PostgreSQL,
+    // PORT+2000..PORT+2002 — all below 32768.
+    let port = 20_000 + (std::process::id() % 3_000) as u16 * 3;
     let demo_dir = dir.path().join("demo");
     let (code, out, err) = scribe(&[
         "demo",

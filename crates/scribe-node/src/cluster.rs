@@ -282,12 +282,16 @@ pub async fn run_failover_manager(
         tick.tick().await;
         // Every node keeps its own record, leader or not, so a node that becomes leader after
         // the old leader died need not wait a whole failover timeout more.
-        let st = states.borrow().clone();
         let now = Instant::now();
-        let key = (st.term, st.primary.clone());
-        if primary_seen.as_ref() != Some(&key) {
-            silence.heard(now);
-            primary_seen = Some(key);
+        {
+            // In place: the state is copied only when a failover is due.
+            let st = states.borrow();
+            if primary_seen.as_ref().map(|(t, p)| (*t, p.as_deref()))
+                != Some((st.term, st.primary.as_deref()))
+            {
+                silence.heard(now);
+                primary_seen = Some((st.term, st.primary.clone()));
+            }
         }
         if let Some(at) = plane.renewal_arrived() {
             silence.heard(at);
@@ -295,12 +299,13 @@ pub async fn run_failover_manager(
         if raft.borrow().role != Role::Leader || now < not_before {
             continue;
         }
-        let Some(old) = st.primary.clone() else {
-            continue;
-        };
         if !silence.failover_due(&policy.lease, now) {
             continue;
         }
+        let st = states.borrow().clone();
+        let Some(old) = st.primary.clone() else {
+            continue;
+        };
         tracing::warn!(primary = %old, term = %st.term, silent_ms = silence.since().elapsed().as_millis() as u64, "the primary's lease renewals stopped; failing over");
         match fail_over(&plane, &http, &policy, &st, &old).await {
             Ok(to) => {

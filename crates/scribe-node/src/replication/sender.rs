@@ -236,7 +236,9 @@ async fn serve_peer(stream: TcpStream, addr: SocketAddr, ctx: Arc<PeerContext>) 
 /// cluster's control state. `None` outside cluster mode, and for a data member.
 fn not_a_member(ctx: &PeerContext, name: &str) -> Option<String> {
     let plane = ctx.control.as_ref()?;
-    let st = plane.state().borrow().clone();
+    // Read in place: every session asks again at each change of the state (renewals included).
+    let states = plane.state();
+    let st = states.borrow();
     match st.members.get(name) {
         Some(m) if !m.witness => None,
         Some(_) => Some(format!("{name} is a witness of this cluster: it holds no data")),

@@ -227,14 +227,8 @@ pub async fn ask_to_join(
             Ok(r) => {
                 let status = r.status().as_u16();
                 let text = r.text().await.unwrap_or_default();
-                if status == 409 && text.contains("already") {
-                    if voter(&plane) {
-                        return;
-                    }
-                    tracing::warn!(via = %join.url, "the cluster lists this node as a member but it is not a voter yet; waiting (if it stays so, remove it with scribe members remove and start this node again)");
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    continue;
-                }
+                // An add asked again is answered as done (the leader makes it idempotent), so a
+                // refusal is final.
                 if status == 409 {
                     tracing::error!(via = %join.url, "the cluster refused to add this node: {text}");
                     return;

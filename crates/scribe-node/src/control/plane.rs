@@ -241,28 +241,36 @@ impl ControlPlane {
     ) -> Result<(), MembershipError> {
         self.require_leader()?;
         let id = super::joined_id(&member.name);
-        let taken = self
-            .inner
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .cloned();
-        if let Some(other) = taken {
-            return Err(MembershipError::Refused(format!(
-                "the Raft id of {:?} is taken by {}; choose another name",
-                member.name, other.name
-            )));
+        match self.raft_node(id) {
+            Some(other) if other.name != member.name => {
+                return Err(MembershipError::Refused(format!(
+                    "the Raft id of {:?} is taken by {}; choose another name",
+                    member.name, other.name
+                )))
+            }
+            // Asked again (a joining node that retried, an operator who repeated the command):
+            // done once it votes.
+            Some(_) if self.raft_status().voters.contains(&member.name) => return Ok(()),
+            _ => {}
         }
         let node = ControlNode {
             name: member.name.clone(),
             peer_addr: member.peer_addr.clone(),
         };
-        self.propose(ControlCommand::AddMember(member.clone()))
-            .await
-            .map_err(MembershipError::from_propose)?;
+        // Recorded already by an earlier attempt whose Raft steps did not finish: go on with
+        // those.
+        let recorded = self
+            .inner
+            .state
+            .borrow()
+            .members
+            .get(&member.name)
+            .is_some_and(|m| m.peer_addr == member.peer_addr && m.witness == member.witness);
+        if !recorded {
+            self.propose(ControlCommand::AddMember(member.clone()))
+                .await
+                .map_err(MembershipError::from_propose)?;
+        }
         let raft = &self.inner.raft;
         // openraft's own "blocking" add gives up waiting after a short while and answers success
         // anyway: add without blocking, then watch the learner's replication reach the entry
@@ -342,16 +350,7 @@ impl ControlPlane {
     /// Raft group. Stop the removed node afterwards.
     pub async fn remove_member(&self, name: &str) -> Result<(), MembershipError> {
         self.require_leader()?;
-        let id = self
-            .inner
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .nodes()
-            .find(|(_, n)| n.name == name)
-            .map(|(id, _)| *id);
+        let id = self.raft_id(name);
         let removed = self
             .propose(ControlCommand::RemoveMember {
                 name: name.to_string(),
@@ -377,6 +376,26 @@ impl ControlPlane {
                 })?;
         }
         Ok(())
+    }
+
+    /// The node the Raft membership (voters and learners) gives the id `id`.
+    fn raft_node(&self, id: NodeId) -> Option<ControlNode> {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config.membership().get_node(&id).cloned()
+    }
+
+    /// The Raft id of the member `name` (voter or learner), if it is in the membership.
+    fn raft_id(&self, name: &str) -> Option<NodeId> {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        let id = m
+            .membership_config
+            .membership()
+            .nodes()
+            .find(|(_, n)| n.name == name)
+            .map(|(id, _)| *id);
+        id
     }
 
     fn require_leader(&self) -> Result<(), MembershipError> {
@@ -420,12 +439,7 @@ impl ControlPlane {
     }
 
     async fn forward(&self, leader: NodeId, p: Proposal) -> Result<Applied, ProposeError> {
-        let node = {
-            let metrics = self.inner.raft.metrics();
-            let m = metrics.borrow();
-            m.membership_config.membership().get_node(&leader).cloned()
-        };
-        let Some(node) = node else {
+        let Some(node) = self.raft_node(leader) else {
             return Err(ProposeError::NoLeader);
         };
         let timeout = self.inner.config.propose_timeout + Duration::from_millis(500);
@@ -462,13 +476,10 @@ impl ControlPlane {
         // id from the cluster and welcomes its members likewise.
         // A joining node welcomes its cluster's members only until it is in the Raft group
         // itself; from then on it checks like any member.
-        let (in_raft, me_in_raft) = {
-            let metrics = self.inner.raft.metrics();
-            let m = metrics.borrow();
-            let membership = m.membership_config.membership();
-            let has = |name: &str| membership.nodes().any(|(_, n)| n.name == name);
-            (has(&hello.from), has(&c.name))
-        };
+        let (in_raft, me_in_raft) = (
+            self.raft_id(&hello.from).is_some(),
+            self.raft_id(&c.name).is_some(),
+        );
         let joining = c.join && !me_in_raft;
         if hello.cluster_id == c.cluster_id
             && (joining || self.inner.state.borrow().is_bootstrapped())

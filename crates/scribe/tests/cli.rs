@@ -4,20 +4,10 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{scribe_bin, NodeProc};
+use common::NodeProc;
 
 fn scribe(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(scribe_bin())
-        .args(args)
-        .output()
-        .expect("run scribe");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::scribe_cli(args)
 }
 
 #[test]

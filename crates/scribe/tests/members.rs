@@ -7,21 +7,11 @@
 mod cluster;
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cluster::*;
 use common::*;
 use serde_json::{json, Value};
-
-fn scribe(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(scribe_bin()).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn names(v: &Value) -> Vec<String> {
     let mut n: Vec<String> = v
@@ -55,14 +45,7 @@ async fn a_node_joins_a_running_cluster_takes_part_in_a_failover_and_is_removed(
     c.caught_up(p, Duration::from_secs(20)).await;
     let primary = c.api(p).unwrap();
     for k in 0..50 {
-        let (code, body) = primary
-            .post(
-                "/v1/execute",
-                &json!({"statements": [{"sql": "INSERT INTO t (k) VALUES (?)", "params": [format!("before-{k}")]}]}),
-            )
-            .await
-            .unwrap();
-        assert_eq!(code, 200, "{body}");
+        insert(&primary, &format!("before-{k}")).await;
     }
     let replica = (0..3).find(|&i| i != p).unwrap();
     let via = c.api(replica).unwrap().url;
@@ -102,21 +85,21 @@ async fn a_node_joins_a_running_cluster_takes_part_in_a_failover_and_is_removed(
 
     // Asked again, the add is done already.
     let url = primary.url.clone();
-    let (code, out, err) = scribe(&["members", "add", &format!("n4={peer4}"), "--url", &url]);
+    let (code, out, err) = scribe_cli(&["members", "add", &format!("n4={peer4}"), "--url", &url]);
     assert_eq!(code, 0, "a repeated add: {out}{err}");
 
     // Mistakes, each refused and changing nothing.
-    let (code, out, err) = scribe(&["members", "remove", &c.names[p], "--url", &url]);
+    let (code, out, err) = scribe_cli(&["members", "remove", &c.names[p], "--url", &url]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         err.contains("membership change refused") && err.contains("primary"),
         "{err}"
     );
-    let (code, _, err) = scribe(&["members", "add", &format!("n2={peer4}"), "--url", &url]);
+    let (code, _, err) = scribe_cli(&["members", "add", &format!("n2={peer4}"), "--url", &url]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("membership change refused"), "{err}");
     let nobody = format!("127.0.0.1:{}", scribe_testkit::free_port());
-    let (code, _, err) = scribe(&["members", "add", &format!("n5={nobody}"), "--url", &via]);
+    let (code, _, err) = scribe_cli(&["members", "add", &format!("n5={nobody}"), "--url", &via]);
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("start it first") && err.contains("--join"),
@@ -167,7 +150,7 @@ async fn a_node_joins_a_running_cluster_takes_part_in_a_failover_and_is_removed(
     } else {
         "n4".to_string()
     };
-    let (code, out, err) = scribe(&["members", "remove", &victim, "--url", &new_url]);
+    let (code, out, err) = scribe_cli(&["members", "remove", &victim, "--url", &new_url]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("removed {victim}")), "{out}");
     let st = wait_for(

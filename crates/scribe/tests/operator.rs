@@ -7,7 +7,6 @@
 mod cluster;
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cluster::*;
@@ -29,17 +28,7 @@ async fn unchanged(c: &Cluster, before: &(String, u64), what: &str) {
         st["cluster"]["switchover"].is_null(),
         "{what} left a switchover pending: {st}"
     );
-    let key = format!("after {what}");
-    let (code, body) = c
-        .api(p)
-        .unwrap()
-        .post(
-            "/v1/execute",
-            &json!({"statements": [{"sql": "INSERT INTO t (k) VALUES (?)", "params": [key]}]}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(code, 200, "a write after {what}: {body}");
+    insert(&c.api(p).unwrap(), &format!("after {what}")).await;
 }
 
 fn expect_refusal(code: u16, body: &Value, error: &str, says: &str) {
@@ -51,11 +40,8 @@ fn expect_refusal(code: u16, body: &Value, error: &str, says: &str) {
 
 /// `scribe ARGS...`: exit code and stderr.
 fn scribe(args: &[&str]) -> (i32, String) {
-    let out = Command::new(scribe_bin()).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, _, err) = scribe_cli(args);
+    (code, err)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -112,14 +98,7 @@ async fn bad_switchovers_and_promotions_are_refused_and_change_nothing() {
     // refused after a bounded wait, during which writes keep flowing.
     signal(c.nodes[replica].as_ref().unwrap(), libc::SIGSTOP);
     for k in 0..5 {
-        let (code, body) = api
-            .post(
-                "/v1/execute",
-                &json!({"statements": [{"sql": "INSERT INTO t (k) VALUES (?)", "params": [format!("lagging-{k}")]}]}),
-            )
-            .await
-            .unwrap();
-        assert_eq!(code, 200, "{body}");
+        insert(&api, &format!("lagging-{k}")).await;
     }
     let started = Instant::now();
     let switch = tokio::spawn({
@@ -217,15 +196,8 @@ async fn promote_force_replaces_a_dead_primary_that_failover_will_not() {
         assert_eq!(st["term"].as_u64(), Some(term), "{st}");
     }
     let url = c.api(2).unwrap().url;
-    let out = Command::new(scribe_bin())
-        .args(["promote", "n2", "--force", "--url", &url])
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stdout}{stderr}");
+    let (code, stdout, stderr) = scribe_cli(&["promote", "n2", "--force", "--url", &url]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("n2 is the primary now"), "{stdout}");
     assert!(
         stderr.contains("WARNING") && stderr.contains("n9 could not be asked"),
@@ -256,14 +228,7 @@ async fn a_survivor_of_a_lost_majority_is_reformed_into_a_cluster_of_its_own() {
     let (mut c, p) = Cluster::with_table(&["--commit", "async"]).await;
     let api = c.api(p).unwrap();
     for k in 0..20 {
-        let (code, body) = api
-            .post(
-                "/v1/execute",
-                &json!({"statements": [{"sql": "INSERT INTO t (k) VALUES (?)", "params": [format!("kept-{k}")]}]}),
-            )
-            .await
-            .unwrap();
-        assert_eq!(code, 200, "{body}");
+        insert(&api, &format!("kept-{k}")).await;
     }
     c.caught_up(p, Duration::from_secs(20)).await;
     let (_, term) = who(&c).await;

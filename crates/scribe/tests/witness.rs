@@ -29,19 +29,6 @@ const MODE: &[&str] = &[
 
 const W: usize = 2;
 
-/// Inserts `key` on `api`; it must be acknowledged. Answers the durability it reached.
-async fn insert(api: &Api, key: &str) -> Value {
-    let (code, body) = api
-        .post(
-            "/v1/execute",
-            &json!({"statements": [{"sql": "INSERT INTO t (k) VALUES (?)", "params": [key]}]}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(code, 200, "insert {key} on {}: {body}", api.url);
-    body["durability"].clone()
-}
-
 /// Inserts `keys` on the primary `api` with its replica `replica` up: each acknowledged by it.
 async fn insert_replicated(
     api: &Api,

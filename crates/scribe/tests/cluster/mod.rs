@@ -336,3 +336,16 @@ pub fn signal(n: &NodeProc, sig: i32) {
         libc::kill(n.child.id() as i32, sig);
     }
 }
+
+/// Inserts `key` on `api`; it must be acknowledged. Answers the durability it reached.
+pub async fn insert(api: &Api, key: &str) -> Value {
+    let (code, body) = api
+        .post(
+            "/v1/execute",
+            &json!({"statements": [{"sql": "INSERT INTO t (k) VALUES (?)", "params": [key]}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "insert {key} on {}: {body}", api.url);
+    body["durability"].clone()
+}

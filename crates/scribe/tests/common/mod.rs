@@ -13,6 +13,19 @@ pub fn scribe_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_scribe"))
 }
 
+/// Runs `scribe ARGS...` to the end: its exit code, stdout and stderr.
+pub fn scribe_cli(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(scribe_bin())
+        .args(args)
+        .output()
+        .expect("run scribe");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A `scribe node` process.
 pub struct NodeProc {
     pub child: Child,

@@ -350,3 +350,67 @@ async fn a_survivor_of_a_lost_majority_is_reformed_into_a_cluster_of_its_own() {
     let old = c.api(p).unwrap().status().await;
     assert_ne!(old["accepting_writes"], true, "{old}");
 }
+
+/// A re-formation interrupted right after its first step (the marker written, nothing else
+/// changed — as a crash there leaves it) is finished by the next start: the node comes up as the
+/// primary of the new cluster, in the marker's term and under its id, with its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_interrupted_reformation_resumes_at_the_next_start() {
+    let _serial = SERIAL.lock().await;
+    let (mut c, p) = Cluster::with_table(&["--commit", "async"]).await;
+    let api = c.api(p).unwrap();
+    insert(&api, "kept").await;
+    c.caught_up(p, Duration::from_secs(20)).await;
+    let old_id = api.status().await["cluster_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let s = (0..3).find(|&i| i != p).unwrap();
+    for i in (0..3).filter(|&i| i != s) {
+        c.kill(i);
+    }
+    let (_, _) = c.nodes[s].take().unwrap().terminate();
+    let name = c.names[s].clone();
+    let one = vec![(name.clone(), c.peers[s].clone())];
+    let derived =
+        scribe_node::control::ControlConfig::derived_cluster_id(&one, &Default::default());
+    let new_id = format!("{derived}.r40");
+    let dir = c.dir.path().join(&name);
+    std::fs::write(dir.join("reform.pending"), format!("{new_id} 40\n")).unwrap();
+    let list = format!("{name}={}", c.peers[s]);
+    let node = NodeProc::start(
+        &name,
+        &dir,
+        &[
+            "--peer",
+            &c.peers[s],
+            "--cluster",
+            &list,
+            "--reform-cluster",
+            &old_id,
+            "--commit",
+            "async",
+        ],
+    );
+    let node_api = Api::new(&node.url);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let st = loop {
+        let st = node_api.status().await;
+        if st["role"] == "primary" && st["accepting_writes"] == true {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "not primary: {st}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(st["term"].as_u64(), Some(40), "{st}");
+    assert_eq!(st["cluster_id"].as_str(), Some(new_id.as_str()), "{st}");
+    assert!(keys_on(&node_api).await.contains("kept"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dir.join("reform.pending").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the marker outlived the re-formation"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -246,3 +246,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot received from the leader brings renewals that never arrived in the log: its
+    /// installation counts as their arrival, so the failover manager never takes them as old.
+    #[tokio::test]
+    async fn installing_a_snapshot_counts_as_its_renewals_arrival() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut leader = StateMachine::open(a.path()).unwrap();
+        let snap = leader.build_snapshot().await.unwrap();
+        let cell = Arc::new(Mutex::new(None));
+        let mut follower = StateMachine::open(b.path())
+            .unwrap()
+            .note_renewals_in(cell.clone());
+        assert!(cell.lock().unwrap().is_none());
+        let before = std::time::Instant::now();
+        follower
+            .install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        let at = cell.lock().unwrap().expect("the installation is noted");
+        assert!(at >= before);
+    }
+}

@@ -206,8 +206,11 @@ impl Cluster {
             for i in (0..3).filter(|&i| i != primary && self.witness != Some(i)) {
                 let Some(api) = self.api(i) else { continue };
                 let st = api.status().await;
+                // Streaming, not only past the primary's LSN: a node still rolling back has
+                // applied a higher LSN of another history.
                 let ok = st["role"] == "replica"
                     && st["replication"]["primary"] == self.names[primary].as_str()
+                    && st["replication"]["state"] == "streaming"
                     && st["applied_lsn"].as_u64().unwrap_or(0) >= flushed;
                 all &= ok;
                 if !ok && Instant::now() > deadline {

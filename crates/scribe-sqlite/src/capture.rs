@@ -6,32 +6,34 @@
 //! changeset; any conflict (a row that is not as the changeset expects) aborts it, because on a
 //! replica or during recovery a conflict means the copy has diverged.
 //!
-//! rusqlite's own session type cannot set the rowid option, so this module calls the C API for
-//! the session itself; it is the only `unsafe` code in the crate.
+//! The session is driven through the C API ([`crate::session_ffi`]): rusqlite's session type
+//! cannot set the rowid option, and its bindings would need libclang to build.
 
 use std::marker::PhantomData;
 use std::ptr;
-use std::sync::{Arc, Mutex};
 
-use rusqlite::session::{ConflictAction, ConflictType};
+use std::os::raw::{c_int, c_void};
+
 use rusqlite::{ffi, Connection};
 
+use crate::changeset::Change;
+use crate::session_ffi as s;
 use crate::EngineError;
 
 /// A live session recording the changes made through one connection.
 pub struct Capture<'c> {
-    session: *mut ffi::sqlite3_session,
+    session: *mut s::sqlite3_session,
     _conn: PhantomData<&'c Connection>,
 }
 
 impl<'c> Capture<'c> {
     /// Starts recording changes to every table of `main` made through `conn`.
     pub fn start(conn: &'c Connection) -> Result<Capture<'c>, EngineError> {
-        let mut session: *mut ffi::sqlite3_session = ptr::null_mut();
+        let mut session: *mut s::sqlite3_session = ptr::null_mut();
         // SAFETY: `conn.handle()` is a valid open connection that outlives the session (the
         // lifetime 'c ties them); the session pointer is checked before use and deleted in Drop.
         unsafe {
-            let rc = ffi::sqlite3session_create(conn.handle(), c"main".as_ptr(), &mut session);
+            let rc = s::sqlite3session_create(conn.handle(), c"main".as_ptr(), &mut session);
             if rc != ffi::SQLITE_OK {
                 return Err(EngineError::Internal(format!(
                     "create SQLite session: error code {rc}"
@@ -42,9 +44,9 @@ impl<'c> Capture<'c> {
                 _conn: PhantomData,
             };
             let mut on: std::os::raw::c_int = 1;
-            let rc = ffi::sqlite3session_object_config(
+            let rc = s::sqlite3session_object_config(
                 session,
-                ffi::SQLITE_SESSION_OBJCONFIG_ROWID,
+                s::SQLITE_SESSION_OBJCONFIG_ROWID,
                 &mut on as *mut std::os::raw::c_int as *mut std::os::raw::c_void,
             );
             if rc != ffi::SQLITE_OK {
@@ -52,7 +54,7 @@ impl<'c> Capture<'c> {
                     "enable rowid tables in SQLite session: error code {rc}"
                 )));
             }
-            let rc = ffi::sqlite3session_attach(session, ptr::null());
+            let rc = s::sqlite3session_attach(session, ptr::null());
             if rc != ffi::SQLITE_OK {
                 return Err(EngineError::Internal(format!(
                     "attach SQLite session: error code {rc}"
@@ -68,7 +70,7 @@ impl<'c> Capture<'c> {
         let mut p: *mut std::os::raw::c_void = ptr::null_mut();
         // SAFETY: the session is live; SQLite allocates `p` (n bytes) which we copy and free.
         unsafe {
-            let rc = ffi::sqlite3session_changeset(self.session, &mut n, &mut p);
+            let rc = s::sqlite3session_changeset(self.session, &mut n, &mut p);
             if rc != ffi::SQLITE_OK {
                 return Err(EngineError::Internal(format!(
                     "read SQLite session changeset: error code {rc}"
@@ -82,12 +84,19 @@ impl<'c> Capture<'c> {
             Ok(bytes)
         }
     }
+
+    /// The heap memory the session holds for the changes recorded so far: what a transaction's
+    /// captured changes cost before they are turned into a changeset.
+    pub fn memory_used(&self) -> u64 {
+        // SAFETY: the session is live.
+        unsafe { s::sqlite3session_memory_used(self.session) }.max(0) as u64
+    }
 }
 
 impl Drop for Capture<'_> {
     fn drop(&mut self) {
         // SAFETY: created by sqlite3session_create and deleted exactly once, before the connection.
-        unsafe { ffi::sqlite3session_delete(self.session) }
+        unsafe { s::sqlite3session_delete(self.session) }
     }
 }
 
@@ -107,30 +116,63 @@ pub fn apply(conn: &Connection, changeset: &[u8]) -> Result<(), EngineError> {
 }
 
 fn apply_changeset(conn: &Connection, changeset: &[u8]) -> Result<(), EngineError> {
-    let conflict: Arc<Mutex<Option<String>>> = Arc::default();
-    let seen = conflict.clone();
-    let mut input = changeset;
-    let result = conn.apply_strm(
-        &mut input,
-        None::<fn(&str) -> bool>,
-        move |kind: ConflictType, item| {
-            let table = item
-                .op()
-                .map(|op| op.table_name().to_string())
-                .unwrap_or_default();
-            *seen.lock().expect("conflict note") = Some(format!("{kind:?} on table {table:?}"));
-            ConflictAction::SQLITE_CHANGESET_ABORT
-        },
-    );
-    match result {
-        Ok(()) => Ok(()),
-        Err(e) => match conflict.lock().expect("conflict note").take() {
-            Some(what) => Err(EngineError::Diverged(format!(
-                "changeset conflict {what}: the local copy differs from the log"
-            ))),
-            None => Err(EngineError::Internal(format!("apply changeset: {e}"))),
-        },
+    let n = c_int::try_from(changeset.len())
+        .map_err(|_| EngineError::Internal("a changeset of 2 GiB or more".into()))?;
+    let mut conflict: Option<String> = None;
+    // SAFETY: the connection is open and not used elsewhere during the call (we hold `&conn` and
+    // rusqlite connections are not shared across threads); SQLite only reads the changeset; the
+    // context pointer is the `conflict` slot, live for the whole call and touched only by
+    // `on_conflict` on this thread.
+    let rc = unsafe {
+        s::sqlite3changeset_apply(
+            conn.handle(),
+            n,
+            changeset.as_ptr() as *mut c_void,
+            None,
+            Some(on_conflict),
+            &mut conflict as *mut Option<String> as *mut c_void,
+        )
+    };
+    if rc == ffi::SQLITE_OK {
+        return Ok(());
     }
+    match conflict {
+        Some(what) => Err(EngineError::Diverged(format!(
+            "changeset conflict {what}: the local copy differs from the log"
+        ))),
+        None => Err(EngineError::Internal(format!(
+            "apply changeset: {}",
+            rusqlite::Error::SqliteFailure(ffi::Error::new(rc), None)
+        ))),
+    }
+}
+
+/// Any conflict aborts the apply; it notes which and where first.
+unsafe extern "C" fn on_conflict(
+    ctx: *mut c_void,
+    kind: c_int,
+    iter: *mut s::sqlite3_changeset_iter,
+) -> c_int {
+    let kind = match kind {
+        s::SQLITE_CHANGESET_DATA => "Data",
+        s::SQLITE_CHANGESET_NOTFOUND => "NotFound",
+        s::SQLITE_CHANGESET_CONFLICT => "Conflict",
+        s::SQLITE_CHANGESET_CONSTRAINT => "Constraint",
+        s::SQLITE_CHANGESET_FOREIGN_KEY => "ForeignKey",
+        _ => "Unknown",
+    };
+    // A foreign-key conflict is reported once for the whole changeset, with no current change.
+    let table = if kind == "ForeignKey" {
+        String::new()
+    } else {
+        Change::at(iter)
+            .map(|c| c.table().to_string())
+            .unwrap_or_default()
+    };
+    // SAFETY: `ctx` is the `Option<String>` apply_changeset passed, live for the call.
+    let slot = unsafe { &mut *(ctx as *mut Option<String>) };
+    slot.get_or_insert_with(|| format!("{kind} on table {table:?}"));
+    s::SQLITE_CHANGESET_ABORT
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use crate::metrics::EngineMetrics;
 use crate::policy::{Policy, Role};
 use crate::reader::{QueryResult, ReadPool};
 use crate::writer::{Committed, Retention, Writer, WriterMsg};
-use crate::{capture, meta, payload, EngineError};
+use crate::{capture, changeset, meta, payload, EngineError};
 
 /// How to open an engine.
 #[derive(Debug, Clone)]
@@ -137,13 +137,10 @@ pub(crate) fn apply_payloads<'a>(
     conn: &Connection,
     payloads: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<(), EngineError> {
-    let mut group: Option<rusqlite::session::Changegroup> = None;
-    let flush = |group: &mut Option<rusqlite::session::Changegroup>| -> Result<(), EngineError> {
-        if let Some(mut g) = group.take() {
-            let mut merged = Vec::new();
-            g.output_strm(&mut merged)
-                .map_err(|e| EngineError::Internal(format!("merge changesets: {e}")))?;
-            capture::apply(conn, &merged)?;
+    let mut group: Option<changeset::Group> = None;
+    let flush = |group: &mut Option<changeset::Group>| -> Result<(), EngineError> {
+        if let Some(g) = group.take() {
+            capture::apply(conn, &g.output()?)?;
         }
         Ok(())
     };
@@ -152,15 +149,13 @@ pub(crate) fn apply_payloads<'a>(
             match step {
                 payload::Step::Changeset(cs) => {
                     if group.is_none() {
-                        group = Some(rusqlite::session::Changegroup::new().map_err(|e| {
-                            EngineError::Internal(format!("start a changegroup: {e}"))
-                        })?);
+                        group = Some(changeset::Group::new()?);
                     }
                     group
                         .as_mut()
                         .expect("just created")
-                        .add_stream(&mut &cs[..])
-                        .map_err(|e| EngineError::Diverged(format!("merge a changeset: {e}")))?;
+                        .add(&cs)
+                        .map_err(|e| EngineError::Diverged(e.to_string()))?;
                 }
                 payload::Step::Sql(sql) => {
                     flush(&mut group)?;

@@ -17,6 +17,7 @@
 //! - [`rewind`]: undoing this node's own records after a position (a returning old primary).
 //! - [`exec`]: binding parameters and collecting rows.
 //! - [`capture`]: session-extension change capture and changeset replay.
+//! - [`changeset`]: reading, merging and inverting changesets.
 //! - [`payload`]: what a record's payload holds.
 //! - [`policy`]: what clients' SQL may do (SQLite authorizer).
 //! - [`meta`]: the `_scribe_meta` table.
@@ -25,6 +26,7 @@
 //! - [`error`]: the engine's error type, [`EngineError`].
 
 pub mod capture;
+pub mod changeset;
 pub mod engine;
 pub mod error;
 pub mod exec;
@@ -36,6 +38,7 @@ pub mod payload;
 pub mod policy;
 pub mod reader;
 pub mod rewind;
+mod session_ffi;
 pub mod txn;
 pub mod value;
 pub mod writer;

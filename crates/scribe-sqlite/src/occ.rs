@@ -24,11 +24,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::session::ChangesetIter;
 use rusqlite::types::ValueRef;
 use scribe_core::Position;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::changeset::{Change, Changes, Op};
 use crate::exec::{self, Statement};
 use crate::payload::Step;
 use crate::writer::{Committed, Job, StatementResult, Writer, WriterMsg};
@@ -176,14 +176,14 @@ pub(crate) fn validate(
     Ok(())
 }
 
-fn encode_key(item: &rusqlite::session::ChangesetItem, ncols: usize) -> Option<Vec<u8>> {
+fn encode_key(item: &Change<'_>) -> Option<Vec<u8>> {
     let pk = item.pk().ok()?;
     let mut key = Vec::new();
-    for (col, is_pk) in pk.iter().enumerate().take(ncols) {
+    for (col, is_pk) in pk.iter().enumerate().take(item.columns()) {
         if *is_pk == 0 {
             continue;
         }
-        match item.old_value(col).ok()? {
+        match item.before(col)? {
             ValueRef::Null => key.push(0),
             ValueRef::Integer(i) => {
                 key.push(1);
@@ -205,27 +205,16 @@ fn encode_key(item: &rusqlite::session::ChangesetItem, ncols: usize) -> Option<V
 
 /// The rows a changeset updates or deletes (inserted rows are new: nobody else can hold them).
 fn changed_rows(steps: &[Step]) -> Result<Vec<RowKey>, EngineError> {
-    use fallible_streaming_iterator::FallibleStreamingIterator;
     let mut out = Vec::new();
     for step in steps {
         let Step::Changeset(cs) = step else { continue };
-        let input: &mut dyn std::io::Read = &mut &cs[..];
-        let mut iter = ChangesetIter::start_strm(&input)
-            .map_err(|e| EngineError::Internal(format!("read a changeset: {e}")))?;
-        while let Some(item) = iter
-            .next()
-            .map_err(|e| EngineError::Internal(format!("read a changeset: {e}")))?
-        {
-            let op = item
-                .op()
-                .map_err(|e| EngineError::Internal(format!("read a changeset: {e}")))?;
-            if matches!(op.code(), rusqlite::hooks::Action::SQLITE_INSERT) {
+        let mut iter = Changes::new(cs)?;
+        while let Some(item) = iter.next_change()? {
+            if item.op() == Op::Insert {
                 continue;
             }
-            let ncols = op.number_of_columns() as usize;
-            let table = op.table_name().to_string();
-            if let Some(key) = encode_key(item, ncols) {
-                out.push((table, key));
+            if let Some(key) = encode_key(&item) {
+                out.push((item.table().to_string(), key));
             }
         }
     }

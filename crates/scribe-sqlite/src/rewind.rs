@@ -25,14 +25,12 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use fallible_streaming_iterator::FallibleStreamingIterator;
-use rusqlite::hooks::Action;
-use rusqlite::session::ChangesetIter;
 use rusqlite::Connection;
 use scribe_core::{Lsn, Position, Term};
 use scribe_log::{Log, Record};
 use serde_json::{json, Map};
 
+use crate::changeset::{self, Changes, Op};
 use crate::payload::{self, Step};
 use crate::policy::Policy;
 use crate::writer::Writer;
@@ -186,8 +184,7 @@ fn undo(
         let done = (|| {
             for u in tail.iter().rev() {
                 for cs in u.changesets.iter().rev() {
-                    let mut inverse = Vec::new();
-                    rusqlite::session::invert_strm(&mut &cs[..], &mut inverse).map_err(|e| {
+                    let inverse = changeset::invert(cs).map_err(|e| {
                         EngineError::Corrupt(format!(
                             "invert the changeset of the transaction at {}: {e}",
                             u.record.position()
@@ -215,17 +212,7 @@ fn undo(
 }
 
 fn row_count(changesets: &[Vec<u8>]) -> u64 {
-    let mut n = 0;
-    for cs in changesets {
-        let mut input: &[u8] = cs;
-        let input: &mut dyn std::io::Read = &mut input;
-        if let Ok(mut it) = ChangesetIter::start_strm(&input) {
-            while let Ok(Some(_)) = it.next() {
-                n += 1;
-            }
-        };
-    }
-    n
+    changesets.iter().map(|cs| Changes::count(cs)).sum()
 }
 
 /// The rollback file's document: the undone transactions oldest first (commit order; the rewind
@@ -302,35 +289,33 @@ fn describe_changeset(
     cs: &[u8],
     columns: &mut HashMap<String, Vec<String>>,
     out: &mut Vec<serde_json::Value>,
-) -> rusqlite::Result<()> {
-    let mut input: &[u8] = cs;
-    let input: &mut dyn std::io::Read = &mut input;
-    let mut it = ChangesetIter::start_strm(&input)?;
-    while let Some(item) = it.next()? {
-        let op = item.op()?;
-        let table = op.table_name().to_string();
-        let n = op.number_of_columns().max(0) as usize;
+) -> Result<(), EngineError> {
+    let mut it = Changes::new(cs)?;
+    while let Some(item) = it.next_change()? {
+        let table = item.table().to_string();
+        let n = item.columns();
         if !columns.contains_key(&table) {
-            let names = column_names(conn, policy, &table, n)?;
+            let names = column_names(conn, policy, &table, n)
+                .map_err(|e| EngineError::Internal(format!("read the columns of {table}: {e}")))?;
             columns.insert(table.clone(), names);
         }
         let names = &columns[&table];
-        let (kind, has_old, has_new) = match op.code() {
-            Action::SQLITE_INSERT => ("insert", false, true),
-            Action::SQLITE_DELETE => ("delete", true, false),
-            _ => ("update", true, true),
+        let (kind, has_old, has_new) = match item.op() {
+            Op::Insert => ("insert", false, true),
+            Op::Delete => ("delete", true, false),
+            Op::Update => ("update", true, true),
         };
-        let pk_flags = item.pk()?.to_vec();
+        let pk_flags = item.pk()?;
         let mut old = Map::new();
         let mut new = Map::new();
         for (i, name) in names.iter().enumerate() {
             if has_old {
-                if let Ok(v) = item.old_value(i) {
+                if let Some(v) = item.before(i) {
                     old.insert(name.clone(), json_value(v));
                 }
             }
             if has_new {
-                if let Ok(v) = item.new_value(i) {
+                if let Some(v) = item.after(i) {
                     new.insert(name.clone(), json_value(v));
                 }
             }

@@ -418,6 +418,24 @@ impl Log {
         Ok(self.last)
     }
 
+    /// The records appended since the last sync, oldest first (decoded again from the batch:
+    /// for the rare caller that must redo what they did, not for the write path).
+    pub fn pending_records(&self) -> Result<Vec<Record>, LogError> {
+        let mut out = Vec::with_capacity(self.buf_records as usize);
+        let mut at = 0;
+        while at < self.buf.len() {
+            let (record, used) =
+                crate::record::decode_frame(&self.buf[at..]).map_err(|e| LogError::Corrupt {
+                    segment: self.dir.join("(pending batch)"),
+                    offset: at as u64,
+                    reason: format!("a pending record does not decode: {e:?}"),
+                })?;
+            out.push(record);
+            at += used;
+        }
+        Ok(out)
+    }
+
     /// Drops the records appended since the last sync.
     pub fn discard_pending(&mut self) {
         self.buf.clear();

@@ -85,6 +85,11 @@ impl<'c> Capture<'c> {
         }
     }
 
+    /// The session itself, for the progress handler that watches its size.
+    pub(crate) fn raw(&self) -> *mut s::sqlite3_session {
+        self.session
+    }
+
     /// The heap memory the session holds for the changes recorded so far: what a transaction's
     /// captured changes cost before they are turned into a changeset.
     pub fn memory_used(&self) -> u64 {

@@ -13,6 +13,7 @@ use scribe_core::Position;
 use scribe_log::{Log, LogOptions, Recovery};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::budget::Limits;
 use crate::exec::Statement;
 use crate::gate::{self, Fence, WriteGate};
 use crate::metrics::EngineMetrics;
@@ -42,6 +43,8 @@ pub struct EngineOptions {
     /// Test-only fault injection: how long a replica waits between making streamed records
     /// durable and applying them (a replica that lags on purpose). Zero in production.
     pub apply_delay: std::time::Duration,
+    /// The limits of a request that gives none of its own (default: none).
+    pub limits: Limits,
 }
 
 impl EngineOptions {
@@ -55,6 +58,7 @@ impl EngineOptions {
             queue: 4096,
             gate: WriteGate::default(),
             apply_delay: std::time::Duration::ZERO,
+            limits: Limits::NONE,
         }
     }
 }
@@ -101,6 +105,8 @@ struct Inner {
     fence: Arc<Mutex<Fence>>,
     log_dir: PathBuf,
     db: PathBuf,
+    /// The limits of requests that give none.
+    limits: Limits,
 }
 
 /// The SQLite database file inside a data directory.
@@ -278,8 +284,14 @@ impl Engine {
         let term = gate::lock(&fence).gate().term().unwrap_or(at.term);
         let fatal = Arc::new(std::sync::OnceLock::new());
         let locks = Arc::new(crate::occ::Locks::default());
+        let meter = crate::budget::Meter::install(&mut conn).map_err(|e| {
+            EngineError::Internal(format!(
+                "install the statement limits' progress handler: {e}"
+            ))
+        })?;
         let writer = Writer {
             locks: locks.clone(),
+            meter,
             conn,
             policy,
             log,
@@ -311,6 +323,7 @@ impl Engine {
                 terms,
                 log_dir: opts.dir.join("log"),
                 db: db.clone(),
+                limits: opts.limits,
             }),
         };
         Ok((
@@ -327,12 +340,28 @@ impl Engine {
     /// Refused with [`EngineError::NotPrimary`] while the write gate does not take writes (checked
     /// when the writer takes it up, and again right before its batch is made durable).
     pub async fn execute(&self, statements: Vec<Statement>) -> Result<Committed, EngineError> {
+        self.execute_with(statements, self.inner.limits).await
+    }
+
+    /// [`Engine::execute`] within `limits`: past its timeout (counted from when the writer takes
+    /// it up) or its size limits the transaction is rolled back with [`EngineError::Timeout`] or
+    /// [`EngineError::TooLarge`]. If the caller stops waiting before it commits, it is abandoned.
+    pub async fn execute_with(
+        &self,
+        statements: Vec<Statement>,
+        limits: Limits,
+    ) -> Result<Committed, EngineError> {
         if statements.is_empty() {
             return Err(EngineError::BadRequest(
                 "a transaction needs at least one statement".into(),
             ));
         }
-        self.submit(statements).await
+        self.submit(statements, limits).await
+    }
+
+    /// The limits of a request that gives none.
+    pub fn limits(&self) -> Limits {
+        self.inner.limits
     }
 
     /// Marks the start of the write gate's term in the log, when the log's last record is of an
@@ -341,16 +370,24 @@ impl Engine {
     /// begins even before a client writes — a position token of the old term past that point is
     /// then known to be lost, everywhere. Answers `logged: false` when the term had started.
     pub async fn start_term(&self) -> Result<Committed, EngineError> {
-        self.submit(Vec::new()).await
+        self.submit(Vec::new(), Limits::NONE).await
     }
 
-    async fn submit(&self, statements: Vec<Statement>) -> Result<Committed, EngineError> {
+    async fn submit(
+        &self,
+        statements: Vec<Statement>,
+        limits: Limits,
+    ) -> Result<Committed, EngineError> {
         let (reply, rx) = oneshot::channel();
+        // Held until the answer comes: dropping this future (a client gone) abandons the job.
+        let (_wanted, interest) = crate::budget::Interest::pair();
         self.inner
             .tx
             .send(WriterMsg::Execute(crate::writer::Job {
                 statements,
                 expect: None,
+                limits,
+                interest,
                 reply,
             }))
             .await
@@ -368,7 +405,7 @@ impl Engine {
         &self,
         idle: std::time::Duration,
     ) -> Result<crate::Transaction, EngineError> {
-        crate::Transaction::begin(&self.inner.tx, idle).await
+        crate::Transaction::begin(&self.inner.tx, idle, self.inner.limits).await
     }
 
     /// Opens an optimistic transaction (see [`crate::occ`]): it holds no writer between its
@@ -381,6 +418,7 @@ impl Engine {
             self.inner.locks.clone(),
             self.inner.progress.clone(),
             lock_wait,
+            self.inner.limits,
         )
     }
 
@@ -563,7 +601,19 @@ impl Engine {
 
     /// Runs one read-only statement on a read connection.
     pub async fn query(&self, statement: Statement) -> Result<QueryResult, EngineError> {
-        self.inner.readers.query(statement).await
+        self.query_with(statement, self.inner.limits).await
+    }
+
+    /// [`Engine::query`] within `limits`: its timeout counts from now, the wait for a read
+    /// connection included; past it, or past the result size limit, it fails with
+    /// [`EngineError::Timeout`] or [`EngineError::TooLarge`]. A caller that stops waiting
+    /// interrupts it.
+    pub async fn query_with(
+        &self,
+        statement: Statement,
+        limits: Limits,
+    ) -> Result<QueryResult, EngineError> {
+        self.inner.readers.query(statement, limits).await
     }
 
     /// The current positions.

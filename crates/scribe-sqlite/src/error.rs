@@ -30,6 +30,16 @@ pub enum EngineError {
     /// A statement waited too long for a row another transaction holds; it was refused.
     #[error("{0}")]
     LockTimeout(String),
+    /// A statement ran past its statement timeout and was interrupted; nothing of its transaction
+    /// (of the statement, inside an interactive transaction) was kept.
+    #[error("{0}")]
+    Timeout(String),
+    /// A transaction's changes or a statement's result grew past their limit; nothing was kept.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The client stopped waiting before its transaction committed; nothing of it was kept.
+    #[error("{0}")]
+    Abandoned(String),
     /// A statement that writes was sent where only reads are served.
     #[error("{0}")]
     NotReadOnly(String),

@@ -167,6 +167,17 @@ pub(crate) fn bind(stmt: &mut Prepared<'_>, params: &Params) -> Result<(), Engin
 
 /// Runs a bound statement to completion, collecting its rows when it returns any.
 pub(crate) fn run(stmt: &mut Prepared<'_>, policy: &Policy) -> Result<Option<Rows>, EngineError> {
+    run_limited(stmt, policy, None)
+}
+
+/// [`run`], failing with [`EngineError::TooLarge`] once the rows collected take more than
+/// `max_bytes` of memory (counted as held: each value, a string's or blob's bytes, and each
+/// row's own vector).
+pub(crate) fn run_limited(
+    stmt: &mut Prepared<'_>,
+    policy: &Policy,
+    max_bytes: Option<u64>,
+) -> Result<Option<Rows>, EngineError> {
     let ncols = stmt.column_count();
     if ncols == 0 {
         stmt.raw_execute()
@@ -179,6 +190,7 @@ pub(crate) fn run(stmt: &mut Prepared<'_>, policy: &Policy) -> Result<Option<Row
         .map(|c| c.decl_type().map(str::to_string))
         .collect();
     let mut out = Vec::new();
+    let mut bytes = 0u64;
     let mut rows = stmt.raw_query();
     while let Some(row) = rows
         .next()
@@ -191,6 +203,12 @@ pub(crate) fn run(stmt: &mut Prepared<'_>, policy: &Policy) -> Result<Option<Row
                     .map_err(|e| EngineError::Internal(e.to_string()))?,
             ));
         }
+        if let Some(max) = max_bytes {
+            bytes += ROW_BYTES + r.iter().map(value_bytes).sum::<u64>();
+            if bytes > max {
+                return Err(crate::budget::result_too_large(max));
+            }
+        }
         out.push(r);
     }
     Ok(Some(Rows {
@@ -198,4 +216,16 @@ pub(crate) fn run(stmt: &mut Prepared<'_>, policy: &Policy) -> Result<Option<Row
         rows: out,
         decltypes,
     }))
+}
+
+/// A row's vector in the result, with its allocation.
+const ROW_BYTES: u64 = (std::mem::size_of::<Vec<Value>>() + 16) as u64;
+
+fn value_bytes(v: &Value) -> u64 {
+    std::mem::size_of::<Value>() as u64
+        + match v {
+            Value::Text(t) => t.len() as u64 + 16,
+            Value::Blob(b) => b.len() as u64 + 16,
+            _ => 0,
+        }
 }

@@ -16,6 +16,7 @@
 //! - [`txn`]: interactive transactions (statements across round trips), which lease the writer.
 //! - [`rewind`]: undoing this node's own records after a position (a returning old primary).
 //! - [`exec`]: binding parameters and collecting rows.
+//! - [`budget`]: statement timeouts, size limits and abandoned requests (SQLite's progress handler).
 //! - [`capture`]: session-extension change capture and changeset replay.
 //! - [`changeset`]: reading, merging and inverting changesets.
 //! - [`payload`]: what a record's payload holds.
@@ -25,6 +26,7 @@
 //! - [`metrics`]: write-path metrics.
 //! - [`error`]: the engine's error type, [`EngineError`].
 
+pub mod budget;
 pub mod capture;
 pub mod changeset;
 pub mod engine;
@@ -43,6 +45,7 @@ pub mod txn;
 pub mod value;
 pub mod writer;
 
+pub use budget::Limits;
 pub use engine::{db_path, Engine, EngineOptions, OpenReport, Progress};
 pub use error::EngineError;
 pub use exec::{Described, Rows, Statement};

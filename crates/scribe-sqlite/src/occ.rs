@@ -28,6 +28,7 @@ use rusqlite::types::ValueRef;
 use scribe_core::Position;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::budget::{Bounds, Interest, Limits};
 use crate::changeset::{Change, Changes, Op};
 use crate::exec::{self, Statement};
 use crate::payload::Step;
@@ -133,6 +134,9 @@ pub(crate) struct SpecJob {
     owner: u64,
     history: Arc<Vec<Statement>>,
     statement: Statement,
+    /// The statement's limits; its timeout covers the replay of the history too.
+    limits: Limits,
+    interest: Interest,
     reply: oneshot::Sender<Result<Spec, EngineError>>,
 }
 
@@ -249,10 +253,24 @@ impl Writer {
             return;
         }
         for job in jobs {
+            if self.conn.is_autocommit() {
+                // An interrupted speculative statement made SQLite roll the run's transaction
+                // back (nothing of a speculative run is kept anyway): the next one needs another.
+                if let Err(e) = self.internal("BEGIN IMMEDIATE") {
+                    let _ = job.reply.send(Err(EngineError::Internal(format!(
+                        "begin speculative run: {e}"
+                    ))));
+                    continue;
+                }
+            }
             let r = match self.internal("SAVEPOINT scribe_spec") {
                 Ok(()) => {
                     let r = self.speculate(&job);
-                    if let Err(e) = self.internal("ROLLBACK TO scribe_spec; RELEASE scribe_spec") {
+                    if self.conn.is_autocommit() {
+                        r
+                    } else if let Err(e) =
+                        self.internal("ROLLBACK TO scribe_spec; RELEASE scribe_spec")
+                    {
                         Err(EngineError::Internal(format!(
                             "undo a speculative run: {e}"
                         )))
@@ -270,16 +288,26 @@ impl Writer {
     }
 
     fn speculate(&mut self, job: &SpecJob) -> Result<Spec, EngineError> {
+        let what = "the statement";
+        let bounds = Bounds::from_now(job.limits, job.interest.clone());
         for st in job.history.iter() {
+            bounds.check(what)?;
             let mut prepared = exec::prepare(&self.conn, &self.policy, &st.sql)?;
             exec::bind(&mut prepared, &st.params)?;
+            let armed = self.meter.arm(&bounds, None, 0);
             exec::run(&mut prepared, &self.policy).map_err(|e| {
-                EngineError::SerializationFailure(format!(
-                    "could not serialize access due to concurrent update: a statement run earlier in this transaction fails now ({e}); retry the transaction"
-                ))
+                match armed.explain(e, what) {
+                    e @ (EngineError::Timeout(_)
+                    | EngineError::Abandoned(_)
+                    | EngineError::TooLarge(_)) => e,
+                    e => EngineError::SerializationFailure(format!(
+                        "could not serialize access due to concurrent update: a statement run earlier in this transaction fails now ({e}); retry the transaction"
+                    )),
+                }
             })?;
         }
-        let (mut results, steps) = self.run_statements(std::slice::from_ref(&job.statement))?;
+        let (mut results, steps) =
+            self.run_statements(std::slice::from_ref(&job.statement), &bounds, 0, what)?;
         let ddl = steps.iter().any(|s| matches!(s, Step::Sql(_)));
         let keys = changed_rows(&steps)?;
         if let Err(by) = self.locks.try_lock(job.owner, keys) {
@@ -306,6 +334,8 @@ pub struct Optimistic {
     history: Vec<(Statement, StatementResult)>,
     savepoints: Vec<(String, usize)>,
     lock_wait: Duration,
+    /// The limits of its statements (each speculative run, and the commit's replay as a whole).
+    limits: Limits,
 }
 
 impl Optimistic {
@@ -314,6 +344,7 @@ impl Optimistic {
         locks: Arc<Locks>,
         progress: watch::Receiver<Progress>,
         lock_wait: Duration,
+        limits: Limits,
     ) -> Optimistic {
         let owner = locks.new_owner();
         Optimistic {
@@ -324,7 +355,13 @@ impl Optimistic {
             history: Vec::new(),
             savepoints: Vec::new(),
             lock_wait,
+            limits,
         }
+    }
+
+    /// Sets the limits of the statements that follow and of the commit.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
     }
 
     /// Whether the transaction has written (its statements are replayed from then on).
@@ -353,11 +390,14 @@ impl Optimistic {
         loop {
             let mut released = self.locks.released.subscribe();
             let (reply, rx) = oneshot::channel();
+            let (_wanted, interest) = Interest::pair();
             self.tx
                 .send(WriterMsg::Speculate(SpecJob {
                     owner: self.owner,
                     history: history.clone(),
                     statement: statement.clone(),
+                    limits: self.limits,
+                    interest,
                     reply,
                 }))
                 .await
@@ -449,10 +489,13 @@ impl Optimistic {
         let (statements, expect): (Vec<_>, Vec<_>) =
             history.into_iter().map(|(s, r)| (s, Some(r))).unzip();
         let (reply, rx) = oneshot::channel();
+        let (_wanted, interest) = Interest::pair();
         self.tx
             .send(WriterMsg::Execute(Job {
                 statements,
                 expect: Some(expect),
+                limits: self.limits,
+                interest,
                 reply,
             }))
             .await

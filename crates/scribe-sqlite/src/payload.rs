@@ -41,6 +41,11 @@ pub fn encode(steps: &[Step]) -> Vec<u8> {
     out
 }
 
+/// How many bytes the steps hold (what a transaction has captured so far).
+pub(crate) fn steps_bytes(steps: &[Step]) -> u64 {
+    steps.iter().map(|s| step_bytes(s).len() as u64).sum()
+}
+
 fn step_bytes(s: &Step) -> &[u8] {
     match s {
         Step::Changeset(b) => b,

@@ -8,6 +8,7 @@ use rusqlite::{Connection, OpenFlags};
 use scribe_core::Position;
 use tokio::sync::Semaphore;
 
+use crate::budget::{Bounds, Interest, Limits, Meter};
 use crate::exec::{self, Rows, Statement};
 use crate::policy::{Policy, Role};
 use crate::{meta, EngineError};
@@ -24,6 +25,7 @@ pub struct QueryResult {
 struct ReadConn {
     conn: Connection,
     policy: Policy,
+    meter: Arc<Meter>,
 }
 
 /// A fixed set of read-only connections.
@@ -44,7 +46,12 @@ impl ReadPool {
                 conn.busy_timeout(std::time::Duration::from_secs(5))?;
                 conn.set_prepared_statement_cache_capacity(128);
                 let policy = Policy::install(&mut conn, Role::Reader)?;
-                Ok(ReadConn { conn, policy })
+                let meter = Meter::install(&mut conn)?;
+                Ok(ReadConn {
+                    conn,
+                    policy,
+                    meter,
+                })
             };
             idle.push(open().map_err(|e| {
                 EngineError::Internal(format!("open read connection to {}: {e}", path.display()))
@@ -58,7 +65,7 @@ impl ReadPool {
 
     /// Describes a statement (columns, declared types, parameters) without running it.
     pub async fn describe(self: &Arc<Self>, sql: String) -> Result<exec::Described, EngineError> {
-        self.with_conn(move |rc| {
+        self.with_conn(None, move |rc| {
             let prepared = exec::prepare(&rc.conn, &rc.policy, &sql)?;
             Ok(exec::describe(&prepared))
         })
@@ -71,14 +78,20 @@ impl ReadPool {
     /// dropped caller never loses one.
     async fn with_conn<T: Send + 'static>(
         self: &Arc<Self>,
+        deadline: Option<std::time::Instant>,
         f: impl FnOnce(&ReadConn) -> Result<T, EngineError> + Send + 'static,
     ) -> Result<T, EngineError> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| EngineError::Unavailable("the node is shutting down".into()))?;
+        let acquire = self.permits.clone().acquire_owned();
+        let permit = match deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), acquire).await.map_err(|_| {
+                EngineError::Timeout(
+                    "canceling statement due to statement timeout: every read connection stayed busy past the query's timeout (--statement-timeout, or the request's own); it did not run"
+                        .into(),
+                )
+            })?,
+            None => acquire.await,
+        }
+        .map_err(|_| EngineError::Unavailable("the node is shutting down".into()))?;
         let rc = self
             .idle
             .lock()
@@ -105,13 +118,20 @@ impl ReadPool {
         result?
     }
 
-    /// Runs one read-only statement.
-    pub async fn query(self: &Arc<Self>, stmt: Statement) -> Result<QueryResult, EngineError> {
-        self.with_conn(move |rc| run_query(rc, &stmt)).await
+    /// Runs one read-only statement within `limits`, its timeout counted from now.
+    pub async fn query(
+        self: &Arc<Self>,
+        stmt: Statement,
+        limits: Limits,
+    ) -> Result<QueryResult, EngineError> {
+        // A dropped caller interrupts the statement through `Interrupt` (below).
+        let bounds = Bounds::from_now(limits, Interest::default());
+        self.with_conn(bounds.deadline, move |rc| run_query(rc, &stmt, &bounds))
+            .await
     }
 }
 
-fn run_query(rc: &ReadConn, stmt: &Statement) -> Result<QueryResult, EngineError> {
+fn run_query(rc: &ReadConn, stmt: &Statement, bounds: &Bounds) -> Result<QueryResult, EngineError> {
     let internal = |sql: &str| rc.policy.internal(|| rc.conn.execute_batch(sql));
     internal("BEGIN").map_err(|e| EngineError::Internal(format!("begin read transaction: {e}")))?;
     let result = (|| {
@@ -127,7 +147,11 @@ fn run_query(rc: &ReadConn, stmt: &Statement) -> Result<QueryResult, EngineError
             ));
         }
         exec::bind(&mut prepared, &stmt.params)?;
-        let rows = exec::run(&mut prepared, &rc.policy)?.unwrap_or_default();
+        let armed = rc.meter.arm(bounds, None, 0);
+        let rows = exec::run_limited(&mut prepared, &rc.policy, bounds.limits.max_result_bytes)
+            .map_err(|e| armed.explain(e, "the query"))?
+            .unwrap_or_default();
+        drop(armed);
         Ok(QueryResult { rows, position })
     })();
     let _ = internal("COMMIT");

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::budget::{Bounds, Interest, Limits};
 use crate::exec::Statement;
 use crate::metrics::EngineMetrics;
 use crate::payload::{self, Step};
@@ -24,10 +25,14 @@ use crate::EngineError;
 pub(crate) enum TxnOp {
     Execute {
         statement: Statement,
+        limits: Limits,
+        interest: Interest,
         reply: oneshot::Sender<Result<StatementResult, EngineError>>,
     },
     ExecuteMany {
         statements: Vec<Statement>,
+        limits: Limits,
+        interest: Interest,
         reply: oneshot::Sender<Result<Vec<StatementResult>, EngineError>>,
     },
     Commit {
@@ -63,12 +68,15 @@ pub enum SavepointOp {
 pub struct Transaction {
     ops: Option<Sender<TxnOp>>,
     idle: Duration,
+    /// The limits of its statements; the timeout counts for each statement.
+    limits: Limits,
 }
 
 impl Transaction {
     pub(crate) async fn begin(
         tx: &mpsc::Sender<WriterMsg>,
         idle: Duration,
+        limits: Limits,
     ) -> Result<Transaction, EngineError> {
         let (ops_tx, ops) = std::sync::mpsc::channel();
         let (started, rx) = oneshot::channel();
@@ -81,7 +89,13 @@ impl Transaction {
         Ok(Transaction {
             ops: Some(ops_tx),
             idle,
+            limits,
         })
+    }
+
+    /// Sets the limits of the statements that follow (`SET statement_timeout` in a block).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
     }
 
     fn ended(&self) -> EngineError {
@@ -113,7 +127,13 @@ impl Transaction {
     /// the transaction stays open.
     pub async fn execute(&mut self, statement: Statement) -> Result<StatementResult, EngineError> {
         let (reply, rx) = oneshot::channel();
-        self.send(TxnOp::Execute { statement, reply })?;
+        let (_wanted, interest) = Interest::pair();
+        self.send(TxnOp::Execute {
+            statement,
+            limits: self.limits,
+            interest,
+            reply,
+        })?;
         match rx.await {
             Ok(answer) => answer,
             Err(_) => {
@@ -130,7 +150,13 @@ impl Transaction {
         statements: Vec<Statement>,
     ) -> Result<Vec<StatementResult>, EngineError> {
         let (reply, rx) = oneshot::channel();
-        self.send(TxnOp::ExecuteMany { statements, reply })?;
+        let (_wanted, interest) = Interest::pair();
+        self.send(TxnOp::ExecuteMany {
+            statements,
+            limits: self.limits,
+            interest,
+            reply,
+        })?;
         match rx.await {
             Ok(answer) => answer,
             Err(_) => {
@@ -228,14 +254,26 @@ impl Writer {
                 }
             };
             match op {
-                TxnOp::Execute { statement, reply } => {
+                TxnOp::Execute {
+                    statement,
+                    limits,
+                    interest,
+                    reply,
+                } => {
+                    let bounds = Bounds::from_now(limits, interest);
                     let _ = reply.send(
-                        self.run_many(std::slice::from_ref(&statement), &mut steps)
+                        self.run_many(std::slice::from_ref(&statement), &mut steps, &bounds)
                             .map(|mut r| r.pop().unwrap_or_default()),
                     );
                 }
-                TxnOp::ExecuteMany { statements, reply } => {
-                    let _ = reply.send(self.run_many(&statements, &mut steps));
+                TxnOp::ExecuteMany {
+                    statements,
+                    limits,
+                    interest,
+                    reply,
+                } => {
+                    let bounds = Bounds::from_now(limits, interest);
+                    let _ = reply.send(self.run_many(&statements, &mut steps, &bounds));
                 }
                 TxnOp::Savepoint { op, name, reply } => {
                     let _ = reply.send(self.savepoint(op, &name, &mut savepoints, &mut steps));
@@ -250,6 +288,13 @@ impl Writer {
                     return;
                 }
             }
+            if self.conn.is_autocommit() {
+                // An interrupted statement (past its timeout or size limit, or abandoned) made
+                // SQLite roll the whole transaction back: it is over, as in PostgreSQL after a
+                // statement timeout; what the client sends next is refused.
+                tracing::info!("an interactive transaction ended: SQLite rolled it back after an interrupted statement");
+                return;
+            }
         }
     }
 
@@ -259,10 +304,12 @@ impl Writer {
         &mut self,
         statements: &[Statement],
         steps: &mut Vec<Step>,
+        bounds: &Bounds,
     ) -> Result<Vec<StatementResult>, EngineError> {
         self.internal("SAVEPOINT scribe_stmt")
             .map_err(|e| EngineError::Internal(format!("open statement savepoint: {e}")))?;
-        match self.run_statements(statements) {
+        let before = payload::steps_bytes(steps);
+        match self.run_statements(statements, bounds, before, "the statement") {
             Ok((results, mut more)) => {
                 self.internal("RELEASE scribe_stmt").map_err(|e| {
                     EngineError::Internal(format!("release statement savepoint: {e}"))
@@ -272,6 +319,10 @@ impl Writer {
             }
             Err(e) => {
                 EngineMetrics::add(&self.metrics.txn_errors, 1);
+                if self.conn.is_autocommit() {
+                    // The whole transaction is gone (see `run_interactive`).
+                    return Err(e);
+                }
                 self.internal("ROLLBACK TO scribe_stmt; RELEASE scribe_stmt")
                     .map_err(|e| EngineError::Internal(format!("undo a failed statement: {e}")))?;
                 Err(e)

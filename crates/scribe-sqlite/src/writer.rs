@@ -20,6 +20,7 @@ use scribe_core::{Lsn, Position, Term};
 use scribe_log::{Log, LogError, Record};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::budget::{Bounds, Interest, Limits, Meter};
 use crate::capture::Capture;
 use crate::exec::{self, Rows, Statement};
 use crate::gate::{self, Fence};
@@ -90,6 +91,10 @@ pub(crate) struct Job {
     /// The results its statements must give again, when it is an optimistic transaction's commit
     /// (`None` for a statement whose result was not promised: a read).
     pub expect: Option<Vec<Option<StatementResult>>>,
+    /// Its limits; its statement timeout runs from when the writer takes it up.
+    pub limits: Limits,
+    /// Whether its client still waits (a job whose client left is not run).
+    pub interest: Interest,
     pub reply: Reply,
 }
 
@@ -133,6 +138,8 @@ pub(crate) enum WriterMsg {
 
 pub(crate) struct Writer {
     pub conn: Connection,
+    /// The write connection's progress handler: interrupts a client statement past its bounds.
+    pub meter: Arc<Meter>,
     pub policy: Policy,
     pub log: Log,
     /// The term of the write in progress: the open gate's, read when the write was admitted.
@@ -475,10 +482,13 @@ impl Writer {
         while let Some(Job {
             statements,
             expect,
+            limits,
+            interest,
             reply,
         }) = jobs.next()
         {
-            match self.run_txn(&statements, expect.as_deref()) {
+            let bounds = Bounds::from_now(limits, interest);
+            match self.run_txn(&statements, expect.as_deref(), &bounds) {
                 Ok((results, position)) => done.push(Done {
                     reply,
                     results,
@@ -487,9 +497,20 @@ impl Writer {
                 Err(e) => {
                     EngineMetrics::add(&self.metrics.txn_errors, 1);
                     if self.conn.is_autocommit() {
-                        // SQLite rolled back the whole batch transaction by itself (a full disk,
-                        // an I/O error): the transactions run before this one are gone too, and
-                        // their records must not be written.
+                        // SQLite rolled back the whole batch transaction by itself: an
+                        // interrupted write (past its timeout or size limit, or abandoned) does
+                        // that, as do a full disk and an I/O error. The transactions run before
+                        // this one are redone from their records, and the batch goes on.
+                        match self.restore_batch() {
+                            Ok(()) => {
+                                let _ = reply.send(Err(e));
+                                continue;
+                            }
+                            Err(why) => tracing::warn!(
+                                "could not redo the batch's transactions after SQLite rolled it back: {why}"
+                            ),
+                        }
+                        // Their records must not be written.
                         self.log.discard_pending();
                         let why = format!(
                             "SQLite rolled back the write transaction ({e}); nothing of it was kept"
@@ -546,6 +567,27 @@ impl Writer {
                 logged: d.position.is_some(),
             }));
         }
+    }
+
+    /// After SQLite rolled back the batch's transaction by itself, opens a new one and applies
+    /// the records of the batch's transactions run so far (still pending in the log), so the
+    /// database is as they left it: their changes, exactly, with their answers unchanged.
+    fn restore_batch(&mut self) -> Result<(), EngineError> {
+        let records = self.log.pending_records()?;
+        self.internal("BEGIN IMMEDIATE")
+            .map_err(|e| EngineError::Internal(format!("begin write transaction again: {e}")))?;
+        let redone = self.policy.internal(|| {
+            crate::engine::apply_payloads(&self.conn, records.iter().map(|r| r.payload.as_slice()))
+        });
+        if redone.is_err() {
+            let _ = self.internal("ROLLBACK");
+        } else if !records.is_empty() {
+            tracing::info!(
+                transactions = records.len(),
+                "redid the batch's transactions after an interrupted one rolled it back"
+            );
+        }
+        redone
     }
 
     /// Makes the batch durable in the log, then commits SQLite. On failure nothing of the batch
@@ -645,6 +687,7 @@ impl Writer {
         &mut self,
         statements: &[Statement],
         expect: Option<&[Option<StatementResult>]>,
+        bounds: &Bounds,
     ) -> Result<(Vec<StatementResult>, Option<Position>), EngineError> {
         if statements.is_empty() {
             if expect.is_some() {
@@ -663,10 +706,12 @@ impl Writer {
                 .map_err(EngineError::from)?;
             return Ok((Vec::new(), Some(pos)));
         }
+        // A client that left while its transaction queued: it is not run at all.
+        bounds.check("the transaction")?;
         self.internal("SAVEPOINT scribe_txn")
             .map_err(|e| EngineError::Internal(format!("open savepoint: {e}")))?;
         let outcome = self
-            .run_statements(statements)
+            .run_statements(statements, bounds, 0, "the transaction")
             .map_err(|e| match (expect, e) {
                 // An optimistic transaction replayed at commit: what fails now did not fail when
                 // its client ran it, so something concurrent got in the way.
@@ -691,6 +736,10 @@ impl Writer {
                     .map_err(EngineError::from)?;
                 Ok((results, Some(pos)))
             });
+        if outcome.is_err() && self.conn.is_autocommit() {
+            // SQLite rolled back the whole write transaction (see `run_in_open`).
+            return outcome;
+        }
         let end = if outcome.is_ok() {
             "RELEASE scribe_txn"
         } else {
@@ -714,21 +763,32 @@ impl Writer {
             .map_err(|e| EngineError::Internal(format!("read schema version: {e}")))
     }
 
+    /// Runs client statements within `bounds`; `bytes_before` is what their transaction captured
+    /// before them, and `what` names what a timeout stops ("the transaction", "the statement").
     pub(crate) fn run_statements(
         &self,
         statements: &[Statement],
+        bounds: &Bounds,
+        bytes_before: u64,
+        what: &str,
     ) -> Result<(Vec<StatementResult>, Vec<Step>), EngineError> {
         let mut results = Vec::with_capacity(statements.len());
         let mut steps = Vec::new();
+        let mut captured = bytes_before;
         // Only statements run here change the schema, so the version read after one statement is
         // the version before the next.
         let mut before = self.schema_version()?;
         for st in statements {
+            bounds.check(what)?;
             let mut prepared = exec::prepare(&self.conn, &self.policy, &st.sql)?;
             exec::bind(&mut prepared, &st.params)?;
             let readonly = prepared.readonly();
             let capture = self.policy.internal(|| Capture::start(&self.conn))?;
-            let rows: Option<Rows> = exec::run(&mut prepared, &self.policy)?;
+            let rows: Option<Rows> = {
+                let armed = self.meter.arm(bounds, Some(&capture), captured);
+                exec::run_limited(&mut prepared, &self.policy, bounds.limits.max_result_bytes)
+                    .map_err(|e| armed.explain(e, what))?
+            };
             let after = self.schema_version()?;
             let ddl = after != before;
             before = after;
@@ -739,6 +799,12 @@ impl Writer {
                 // The session reads the schema with pragmas of its own.
                 let cs = self.policy.internal(|| capture.changeset())?;
                 if !cs.is_empty() {
+                    captured += cs.len() as u64;
+                    if let Some(limit) = bounds.limits.max_txn_bytes {
+                        if captured > limit {
+                            return Err(crate::budget::txn_too_large(captured, limit));
+                        }
+                    }
                     steps.push(Step::Changeset(cs));
                 }
             }

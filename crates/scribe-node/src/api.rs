@@ -40,6 +40,10 @@ pub struct ExecuteRequest {
     /// On a replica: forward to the primary (default) or answer `not_primary`.
     #[serde(default)]
     pub forward: Option<bool>,
+    /// How long the transaction may run (for example `"30s"`; `"0s"`: the longest the node
+    /// allows); the node's `--statement-timeout` when absent.
+    #[serde(default)]
+    pub statement_timeout: Option<String>,
 }
 
 /// The answer to `/v1/execute`.
@@ -77,6 +81,10 @@ pub struct QueryRequest {
     /// Forward to the primary when this node cannot answer as asked (default true).
     #[serde(default)]
     pub forward: Option<bool>,
+    /// How long the query may run, its wait for a read connection included (for example
+    /// `"30s"`; `"0s"`: the longest the node allows); the node's `--statement-timeout` when absent.
+    #[serde(default)]
+    pub statement_timeout: Option<String>,
 }
 
 /// The answer to `/v1/query`.
@@ -166,6 +174,15 @@ pub(crate) fn parse_bytes<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiErro
     serde_json::from_slice(body).map_err(|e| ApiError::BadJson(e.to_string()))
 }
 
+/// A request's limits: the node's, with the request's own `statement_timeout` if it gives one.
+pub(crate) fn limits(
+    state: &NodeState,
+    statement_timeout: &Option<String>,
+) -> Result<scribe_sqlite::Limits, ApiError> {
+    let asked = duration("statement_timeout", statement_timeout)?;
+    state.config.limits(asked).map_err(ApiError::BadJson)
+}
+
 fn duration(field: &str, v: &Option<String>) -> Result<Option<Duration>, ApiError> {
     v.as_deref()
         .map(|s| {
@@ -227,7 +244,8 @@ async fn execute(
             forward(&state, (primary, url), "/v1/execute", body).await
         }
         WriteRoute::Local => {
-            let written = service::execute(&state, req.statements, req.commit).await?;
+            let limits = limits(&state, &req.statement_timeout)?;
+            let written = service::execute(&state, req.statements, req.commit, limits).await?;
             Ok(Json(ExecuteResponse {
                 results: written.results,
                 position: written.position,
@@ -307,12 +325,16 @@ async fn query(
     if let ReadRoute::Forward { primary, url } = service::plan_read(&state, ask).await? {
         return forward(&state, (primary, url), "/v1/query", body).await;
     }
+    let limits = limits(&state, &req.statement_timeout)?;
     let r = state
         .engine
-        .query(Statement {
-            sql: req.sql,
-            params: req.params,
-        })
+        .query_with(
+            Statement {
+                sql: req.sql,
+                params: req.params,
+            },
+            limits,
+        )
         .await?;
     Ok(Json(QueryResponse {
         columns: r.rows.columns,

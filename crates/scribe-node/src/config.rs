@@ -54,6 +54,15 @@ pub struct NodeConfig {
     /// The longest an interactive transaction may stay idle between statements before it is
     /// rolled back (it holds the writer meanwhile).
     pub txn_idle_timeout: Duration,
+    /// How long a request's statements may run when it does not say (zero: no limit); see
+    /// [`scribe_sqlite::Limits::timeout`].
+    pub statement_timeout: Duration,
+    /// The longest statement timeout a request or session may ask for (zero: any).
+    pub max_statement_timeout: Duration,
+    /// Most bytes a transaction's captured changes may take (zero: no limit).
+    pub max_txn_bytes: u64,
+    /// Most bytes of rows one statement may return (zero: no limit).
+    pub max_result_bytes: u64,
     /// Cluster mode (`--cluster`): the control plane's members and the lease timings; `None`: a
     /// primary by configuration, or a manually managed replica (`--follow`).
     pub cluster: Option<crate::cluster::ClusterSettings>,
@@ -67,7 +76,36 @@ pub fn check_name(name: &str) -> Result<(), String> {
     Ok(scribe_core::check_node_name(name)?)
 }
 
+/// The statement timeout of a request that gives none: long enough for ordinary work, short
+/// enough that a runaway statement does not hold the single writer for long.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl NodeConfig {
+    /// The limits of a request, with its own statement timeout if it gives one: zero asks for
+    /// the longest allowed (`--max-statement-timeout`, or none), more than that is refused.
+    pub fn limits(&self, timeout: Option<Duration>) -> Result<scribe_sqlite::Limits, String> {
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        let max = nonzero(self.max_statement_timeout);
+        let timeout = match timeout {
+            None => nonzero(self.statement_timeout),
+            Some(d) if d.is_zero() => max,
+            Some(d) => match max {
+                Some(m) if d > m => {
+                    return Err(format!(
+                        "a statement timeout of {d:?} is longer than this node allows (--max-statement-timeout {m:?})"
+                    ))
+                }
+                _ => Some(d),
+            },
+        };
+        let nonzero_bytes = |b: u64| (b != 0).then_some(b);
+        Ok(scribe_sqlite::Limits {
+            timeout,
+            max_txn_bytes: nonzero_bytes(self.max_txn_bytes),
+            max_result_bytes: nonzero_bytes(self.max_result_bytes),
+        })
+    }
+
     /// A configuration with defaults for everything but the name, directory and address.
     pub fn new(
         name: impl Into<String>,
@@ -100,6 +138,10 @@ impl NodeConfig {
             pg_password: None,
             pg_tls: None,
             txn_idle_timeout: Duration::from_secs(30),
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            max_statement_timeout: Duration::from_secs(300),
+            max_txn_bytes: 64 << 20,
+            max_result_bytes: 64 << 20,
             cluster: None,
         }
     }
@@ -127,6 +169,21 @@ impl NodeConfig {
         }
         if self.txn_idle_timeout.is_zero() {
             return Err("--txn-idle-timeout must be more than zero".into());
+        }
+        if !self.max_statement_timeout.is_zero()
+            && (self.statement_timeout.is_zero()
+                || self.statement_timeout > self.max_statement_timeout)
+        {
+            return Err(format!(
+                "--statement-timeout ({:?}) must be at most --max-statement-timeout ({:?})",
+                self.statement_timeout, self.max_statement_timeout
+            ));
+        }
+        if self.max_txn_bytes != 0 && self.max_txn_bytes < 64 << 10 {
+            return Err("--max-txn-bytes must be at least 64 KiB (or 0: no limit)".into());
+        }
+        if self.max_result_bytes != 0 && self.max_result_bytes < 64 << 10 {
+            return Err("--max-result-bytes must be at least 64 KiB (or 0: no limit)".into());
         }
         if matches!(&self.pg_password, Some(p) if p.is_empty()) {
             return Err(

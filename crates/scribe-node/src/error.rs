@@ -238,6 +238,10 @@ pub fn engine_status_and_code(e: &EngineError) -> (StatusCode, &'static str) {
         EngineError::LockTimeout(_) => (StatusCode::CONFLICT, "lock_timeout"),
         EngineError::Constraint(_) => (StatusCode::CONFLICT, "constraint_violation"),
         EngineError::DiskFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
+        EngineError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "statement_timeout"),
+        EngineError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        // Nobody reads it: the client has gone.
+        EngineError::Abandoned(_) => (StatusCode::REQUEST_TIMEOUT, "abandoned"),
         EngineError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         EngineError::NotPrimary(_) => (StatusCode::CONFLICT, "not_primary"),
         EngineError::NeedSnapshot(_) => (StatusCode::CONFLICT, "need_snapshot"),

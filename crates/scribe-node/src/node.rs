@@ -239,6 +239,7 @@ impl Node {
         opts.readers = config.readers;
         opts.max_batch = config.max_batch;
         opts.apply_delay = config.test_apply_delay;
+        opts.limits = config.limits(None)?;
         if config.follow.is_some() {
             // Fenced from the start; the leadership's gate keeper owns it from then on.
             opts.gate = scribe_sqlite::WriteGate::closed("this node is a replica");

@@ -87,14 +87,15 @@ pub struct Written {
     pub durability: Result<Durability, ApiError>,
 }
 
-/// Runs `statements` as one transaction on this primary and confirms it in `mode` (the node's
-/// `--commit` when `None`).
+/// Runs `statements` as one transaction on this primary within `limits` and confirms it in
+/// `mode` (the node's `--commit` when `None`).
 pub async fn execute(
     state: &NodeState,
     statements: Vec<Statement>,
     mode: Option<CommitMode>,
+    limits: scribe_sqlite::Limits,
 ) -> Result<Written, ApiError> {
-    let committed = state.engine.execute(statements).await?;
+    let committed = state.engine.execute_with(statements, limits).await?;
     Ok(confirm(state, committed, mode).await)
 }
 

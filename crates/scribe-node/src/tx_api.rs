@@ -20,7 +20,13 @@ use crate::ApiError;
 /// `POST /v1/tx`: opens a transaction.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BeginRequest {}
+pub struct BeginRequest {
+    /// How long each statement of the transaction may run (for example `"30s"`; `"0s"`: the
+    /// longest the node allows); the node's `--statement-timeout` when absent. A statement past
+    /// it rolls the whole transaction back.
+    #[serde(default)]
+    pub statement_timeout: Option<String>,
+}
 
 /// The answer to `POST /v1/tx`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -70,12 +76,16 @@ pub async fn begin(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<BeginResponse>, ApiError> {
     let body = body_bytes(body, state.config.max_request_bytes)?;
-    if !body.is_empty() {
-        let _: BeginRequest = parse_bytes(&body)?;
-    }
+    let req: BeginRequest = if body.is_empty() {
+        BeginRequest::default()
+    } else {
+        parse_bytes(&body)?
+    };
+    let limits = crate::api::limits(&state, &req.statement_timeout)?;
     primary(&state)?;
     let idle = state.config.txn_idle_timeout;
-    let txn = state.engine.begin(idle).await?;
+    let mut txn = state.engine.begin(idle).await?;
+    txn.set_limits(limits);
     let tx = state.txns.insert(txn, idle);
     Ok(Json(BeginResponse {
         tx,

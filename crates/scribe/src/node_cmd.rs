@@ -81,6 +81,18 @@ pub struct NodeArgs {
     /// Longest an interactive transaction (BEGIN ... COMMIT over PostgreSQL or /v1/tx) may stay idle between statements; it holds the writer, so it is then rolled back [default: 30s]
     #[arg(long, env = "SCRIBE_TXN_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub txn_idle_timeout: Option<Duration>,
+    /// How long a request's statements may run when the request (or PostgreSQL session, SET statement_timeout) does not say: a single-request transaction as a whole, each statement of a held transaction, a query including its wait for a read connection; past it the statement is interrupted and its transaction rolled back with a statement_timeout error. 0: no limit [default: 5s]
+    #[arg(long, env = "SCRIBE_STATEMENT_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub statement_timeout: Option<Duration>,
+    /// The longest statement timeout a request or session may ask for; asking for 0 means this. 0: any [default: 5m]
+    #[arg(long, env = "SCRIBE_MAX_STATEMENT_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub max_statement_timeout: Option<Duration>,
+    /// Most bytes a transaction's captured changes may take in memory; a transaction that grows past it is rolled back with a too_large error before the node's memory does. 0: no limit [default: 67108864]
+    #[arg(long, env = "SCRIBE_MAX_TXN_BYTES")]
+    pub max_txn_bytes: Option<u64>,
+    /// Most bytes of rows one statement may return; a larger result is refused with a too_large error instead of being collected. 0: no limit [default: 67108864]
+    #[arg(long, env = "SCRIBE_MAX_RESULT_BYTES")]
+    pub max_result_bytes: Option<u64>,
     /// Run as a member of a cluster whose control plane (a Raft group of its members) decides who is primary and fails over automatically: every member's NAME=PEER_ADDR, the same list on every node (for example "n1=10.0.0.1:6480,n2=10.0.0.2:6480,n3=10.0.0.3:6480"); a witness's entry ends in /witness ("w=10.0.0.3:6480/witness"); needs --peer, excludes --follow [default: not a cluster member]
     #[arg(long, env = "SCRIBE_CLUSTER")]
     pub cluster: Option<String>,
@@ -129,6 +141,10 @@ struct FileConfig {
     pg_tls_cert: Option<PathBuf>,
     pg_tls_key: Option<PathBuf>,
     txn_idle_timeout: Option<String>,
+    statement_timeout: Option<String>,
+    max_statement_timeout: Option<String>,
+    max_txn_bytes: Option<u64>,
+    max_result_bytes: Option<u64>,
     cluster: Option<String>,
     join: Option<String>,
     witness: Option<bool>,
@@ -317,6 +333,24 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, String)> {
     } else if let Some(v) = &file.txn_idle_timeout {
         config.txn_idle_timeout = humantime::parse_duration(v)
             .with_context(|| "config file key txn_idle_timeout".to_string())?;
+    }
+    if let Some(v) = args.statement_timeout {
+        config.statement_timeout = v;
+    } else if let Some(v) = &file.statement_timeout {
+        config.statement_timeout = humantime::parse_duration(v)
+            .with_context(|| "config file key statement_timeout".to_string())?;
+    }
+    if let Some(v) = args.max_statement_timeout {
+        config.max_statement_timeout = v;
+    } else if let Some(v) = &file.max_statement_timeout {
+        config.max_statement_timeout = humantime::parse_duration(v)
+            .with_context(|| "config file key max_statement_timeout".to_string())?;
+    }
+    if let Some(v) = args.max_txn_bytes.or(file.max_txn_bytes) {
+        config.max_txn_bytes = v;
+    }
+    if let Some(v) = args.max_result_bytes.or(file.max_result_bytes) {
+        config.max_result_bytes = v;
     }
     config.follow = args.follow.or(file.follow);
     let key = |k: &str| format!("config file key {k}");

@@ -18,6 +18,8 @@ pub struct Primary {
     pub url: String,
     /// This replica's name (sent as the forwarding header).
     pub via: String,
+    /// The session's own statement timeout, sent with each request (`None`: the primary's).
+    pub statement_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Deserialize)]
@@ -131,6 +133,18 @@ impl Primary {
         Ok((ok, bytes))
     }
 
+    /// This primary, asked to bound the requests' statements by `timeout` (`None`: its own).
+    pub fn with_timeout(mut self, timeout: Option<std::time::Duration>) -> Primary {
+        self.statement_timeout = timeout;
+        self
+    }
+
+    fn add_timeout(&self, body: &mut serde_json::Value) {
+        if let Some(t) = self.statement_timeout {
+            body["statement_timeout"] = format!("{}ms", t.as_millis()).into();
+        }
+    }
+
     /// Runs `statements` as one transaction on the primary.
     pub async fn execute(
         &self,
@@ -141,6 +155,7 @@ impl Primary {
         if let Some(c) = commit {
             body["commit"] = serde_json::to_value(c).expect("a commit mode is JSON");
         }
+        self.add_timeout(&mut body);
         self.post_commit("/v1/execute", body).await
     }
 
@@ -149,14 +164,17 @@ impl Primary {
         &self,
         statement: Statement,
     ) -> Result<(Vec<String>, Vec<Vec<Value>>), PgError> {
-        let body = serde_json::json!({ "sql": statement.sql, "params": statement.params, "consistency": "strong", "forward": false });
+        let mut body = serde_json::json!({ "sql": statement.sql, "params": statement.params, "consistency": "strong", "forward": false });
+        self.add_timeout(&mut body);
         let r: QueryJson = self.post("/v1/query", body, false).await?;
         Ok((r.columns, r.rows))
     }
 
     /// Opens a transaction on the primary.
     pub async fn begin(&self) -> Result<RemoteTxn, PgError> {
-        let r: BeginJson = self.post("/v1/tx", serde_json::json!({}), false).await?;
+        let mut body = serde_json::json!({});
+        self.add_timeout(&mut body);
+        let r: BeginJson = self.post("/v1/tx", body, false).await?;
         Ok(RemoteTxn {
             primary: self.clone(),
             id: r.tx,

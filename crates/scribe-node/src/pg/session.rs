@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use pgwire::api::Type;
 use scribe_core::{CommitMode, Position};
@@ -63,6 +64,50 @@ struct TxnState {
     pessimistic: bool,
     /// The transaction's timestamp: `CURRENT_TIMESTAMP` and friends in it, as in PostgreSQL.
     started: std::time::SystemTime,
+    /// `SET LOCAL statement_timeout`, for the rest of the block.
+    local_timeout: Option<Duration>,
+}
+
+impl TxnState {
+    /// Gives the block's writer side the limits of its next statements.
+    fn set_limits(&mut self, limits: scribe_sqlite::Limits) {
+        match &mut self.lease {
+            Some(Lease::Local(l)) => l.set_limits(limits),
+            Some(Lease::Optimistic(o)) => o.set_limits(limits),
+            // Fixed when the block began on the primary.
+            Some(Lease::Remote(_)) | None => {}
+        }
+    }
+}
+
+/// A PostgreSQL duration setting: a number of milliseconds, or a number with a unit (`us`,
+/// `ms`, `s`, `min`, `h`, `d`), as `SET statement_timeout` takes it. Zero: no limit.
+fn parse_pg_duration(value: &str) -> Result<Duration, PgError> {
+    let v = value.trim().trim_matches('\'');
+    let bad = || {
+        PgError::new(
+            INVALID_PARAMETER_VALUE,
+            format!("invalid value for parameter \"statement_timeout\": \"{value}\" (milliseconds, or a number with a unit: ms, s, min, h)"),
+        )
+    };
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let (n, unit) = v.split_at(split);
+    let n: f64 = n.parse().map_err(|_| bad())?;
+    let ms = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "ms" => n,
+        "us" => n / 1000.0,
+        "s" => n * 1000.0,
+        "min" => n * 60_000.0,
+        "h" => n * 3_600_000.0,
+        "d" => n * 86_400_000.0,
+        _ => return Err(bad()),
+    };
+    if !ms.is_finite() || !(0.0..=1e12).contains(&ms) {
+        return Err(bad());
+    }
+    Ok(Duration::from_micros((ms * 1000.0) as u64))
 }
 
 impl Session {
@@ -87,6 +132,9 @@ pub struct Session {
     busy: bool,
     /// Warnings to send before the next answer.
     pub notices: Vec<String>,
+    /// `SET statement_timeout`: the session's own (zero: the longest the node allows); `None`:
+    /// the node's `--statement-timeout`.
+    timeout: Option<Duration>,
 }
 
 fn mode_name(m: CommitMode) -> String {
@@ -171,11 +219,25 @@ impl Runner {
             http: self.state.http.clone(),
             url,
             via: self.state.identity.name.clone(),
+            statement_timeout: None,
         }
     }
 
     fn effective_commit(&self, s: &Session, local: Option<CommitMode>) -> CommitMode {
         local.or(s.commit).unwrap_or(self.state.config.commit)
+    }
+
+    /// The statement timeout the session asked for (`SET [LOCAL] statement_timeout`), if any.
+    fn asked_timeout(&self, s: &Session) -> Option<Duration> {
+        s.txn.as_ref().and_then(|t| t.local_timeout).or(s.timeout)
+    }
+
+    /// The limits of the session's next statement.
+    fn limits(&self, s: &Session) -> Result<scribe_sqlite::Limits, PgError> {
+        self.state
+            .config
+            .limits(self.asked_timeout(s))
+            .map_err(|e| PgError::new(INVALID_PARAMETER_VALUE, e))
     }
 
     /// Confirms a transaction committed on this node in `mode` and moves the session's token to
@@ -265,6 +327,7 @@ impl Runner {
                         local_commit: None,
                         pessimistic: hints.serializable,
                         started: std::time::SystemTime::now(),
+                        local_timeout: None,
                     });
                 }
                 Ok(Outcome::Begin)
@@ -276,7 +339,9 @@ impl Runner {
                     None => {
                         s.settings.clear();
                         s.commit = None;
+                        s.timeout = None;
                     }
+                    Some(n) if n.eq_ignore_ascii_case("statement_timeout") => s.timeout = None,
                     Some(n)
                         if n.eq_ignore_ascii_case("scribe.commit")
                             || n.eq_ignore_ascii_case("synchronous_commit") =>
@@ -359,6 +424,26 @@ impl Runner {
         local: bool,
     ) -> Result<Outcome, PgError> {
         let key = name.to_ascii_lowercase();
+        if key == "statement_timeout" {
+            let timeout = value.map(parse_pg_duration).transpose()?;
+            if let Some(d) = timeout {
+                self.state
+                    .config
+                    .limits(Some(d))
+                    .map_err(|e| PgError::new(INVALID_PARAMETER_VALUE, e))?;
+            }
+            match (&mut s.txn, local) {
+                (Some(t), true) => t.local_timeout = timeout,
+                (None, true) => s
+                    .notices
+                    .push("SET LOCAL can only be used in transaction blocks".into()),
+                (_, false) => s.timeout = timeout,
+            }
+            return Ok(Outcome::Done {
+                tag: "SET".into(),
+                rows: None,
+            });
+        }
         let mode = match (key.as_str(), value) {
             ("scribe.commit", Some(v)) => Some(Some(parse_commit(v)?)),
             ("synchronous_commit", Some(v)) => Some(Some(from_synchronous_commit(v)?)),
@@ -405,6 +490,16 @@ impl Runner {
             ("integer_datetimes", "on".into()),
             ("max_identifier_length", "63".into()),
             ("search_path", "public".into()),
+            (
+                "statement_timeout",
+                match self
+                    .asked_timeout(s)
+                    .unwrap_or(self.state.config.statement_timeout)
+                {
+                    d if d.is_zero() => "0".into(),
+                    d => format!("{}ms", d.as_millis()),
+                },
+            ),
         ];
         let value_of = |k: &str| -> String {
             if let Some(v) = s.settings.get(k) {
@@ -466,15 +561,20 @@ impl Runner {
             wait: service::DEFAULT_SESSION_WAIT,
             may_forward: true,
         };
+        let limits = self.limits(s)?;
         if let ReadRoute::Forward { url, .. } = service::plan_read(&self.state, ask).await? {
-            let (columns, rows) = self.remote(url).query(st).await?;
+            let (columns, rows) = self
+                .remote(url)
+                .with_timeout(self.asked_timeout(s))
+                .query(st)
+                .await?;
             return Ok(StatementResult {
                 columns: Some(columns),
                 rows: Some(rows),
                 ..Default::default()
             });
         }
-        let r = self.state.engine.query(st).await?;
+        let r = self.state.engine.query_with(st, limits).await?;
         Ok(StatementResult {
             columns: Some(r.rows.columns),
             rows: Some(r.rows.rows),
@@ -490,6 +590,7 @@ impl Runner {
         s: &mut Session,
         statements: Vec<Statement>,
     ) -> Result<Vec<StatementResult>, PgError> {
+        let limits = self.limits(s)?;
         if s.txn.is_some() {
             self.ensure_lease(s).await?;
             let t = s.txn.as_mut().expect("in a transaction");
@@ -498,6 +599,7 @@ impl Runner {
                     self.escalate(t).await?;
                 }
             }
+            t.set_limits(limits);
             if statements.len() > 1 {
                 if let Some(Lease::Local(l)) = t.lease.as_mut() {
                     return Ok(l.execute_many(statements).await?);
@@ -513,6 +615,7 @@ impl Runner {
                             // DDL, or a write whose returned rows (a new serial id, say) another
                             // transaction's commit could change: run it on the writer, held.
                             self.escalate_without_last(t).await?;
+                            t.set_limits(limits);
                             match t.lease.as_mut() {
                                 Some(Lease::Local(l)) => l.execute(st).await?,
                                 _ => unreachable!("escalated"),
@@ -530,11 +633,14 @@ impl Runner {
         let mode = self.effective_commit(s, None);
         match self.primary()? {
             None => {
-                let committed = self.state.engine.execute(statements).await?;
+                let committed = self.state.engine.execute_with(statements, limits).await?;
                 self.confirmed(s, mode, committed).await
             }
             Some(primary) => {
-                let r = primary.execute(statements, s.commit).await?;
+                let r = primary
+                    .with_timeout(self.asked_timeout(s))
+                    .execute(statements, s.commit)
+                    .await?;
                 service::advance(&mut s.token, r.position);
                 s.notices.extend(r.warning);
                 Ok(r.results)
@@ -558,7 +664,7 @@ impl Runner {
                     .engine
                     .begin_optimistic(self.state.config.txn_idle_timeout),
             ),
-            Some(p) => Lease::Remote(p.begin().await?),
+            Some(p) => Lease::Remote(p.with_timeout(self.asked_timeout(s)).begin().await?),
         };
         if let Some(t) = &mut s.txn {
             t.lease = Some(lease);

@@ -107,7 +107,10 @@ fn from_code(code: &str, message: &str) -> &'static str {
         // The outcome of a commit is not known (PostgreSQL's own phrase for it is 08007,
         // transaction_resolution_unknown).
         "outcome_unknown" => "08007",
-        "sync_timeout" => "57014",
+        // query_canceled, as PostgreSQL answers a statement timeout.
+        "sync_timeout" | "statement_timeout" | "abandoned" => "57014",
+        // program_limit_exceeded.
+        "too_large" => "54000",
         "payload_too_large" => "54000",
         _ => "XX000",
     }

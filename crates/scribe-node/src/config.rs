@@ -63,6 +63,8 @@ pub struct NodeConfig {
     pub max_txn_bytes: u64,
     /// Most bytes of rows one statement may return (zero: no limit).
     pub max_result_bytes: u64,
+    /// Most client connections open at once, on each of the HTTP and PostgreSQL ports.
+    pub max_connections: usize,
     /// Cluster mode (`--cluster`): the control plane's members and the lease timings; `None`: a
     /// primary by configuration, or a manually managed replica (`--follow`).
     pub cluster: Option<crate::cluster::ClusterSettings>,
@@ -142,6 +144,7 @@ impl NodeConfig {
             max_statement_timeout: Duration::from_secs(300),
             max_txn_bytes: 64 << 20,
             max_result_bytes: 64 << 20,
+            max_connections: 512,
             cluster: None,
         }
     }
@@ -178,6 +181,9 @@ impl NodeConfig {
                 "--statement-timeout ({:?}) must be at most --max-statement-timeout ({:?})",
                 self.statement_timeout, self.max_statement_timeout
             ));
+        }
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
         }
         if self.max_txn_bytes != 0 && self.max_txn_bytes < 64 << 10 {
             return Err("--max-txn-bytes must be at least 64 KiB (or 0: no limit)".into());

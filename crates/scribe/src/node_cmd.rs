@@ -93,6 +93,9 @@ pub struct NodeArgs {
     /// Most bytes of rows one statement may return; a larger result is refused with a too_large error instead of being collected. 0: no limit [default: 67108864]
     #[arg(long, env = "SCRIBE_MAX_RESULT_BYTES")]
     pub max_result_bytes: Option<u64>,
+    /// Most client connections open at once on each of the HTTP and PostgreSQL ports; past it HTTP answers 503 and closes, PostgreSQL answers FATAL 53300 (too many clients) [default: 512]
+    #[arg(long, env = "SCRIBE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// Run as a member of a cluster whose control plane (a Raft group of its members) decides who is primary and fails over automatically: every member's NAME=PEER_ADDR, the same list on every node (for example "n1=10.0.0.1:6480,n2=10.0.0.2:6480,n3=10.0.0.3:6480"); a witness's entry ends in /witness ("w=10.0.0.3:6480/witness"); needs --peer, excludes --follow [default: not a cluster member]
     #[arg(long, env = "SCRIBE_CLUSTER")]
     pub cluster: Option<String>,
@@ -145,6 +148,7 @@ struct FileConfig {
     max_statement_timeout: Option<String>,
     max_txn_bytes: Option<u64>,
     max_result_bytes: Option<u64>,
+    max_connections: Option<usize>,
     cluster: Option<String>,
     join: Option<String>,
     witness: Option<bool>,
@@ -351,6 +355,9 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, String)> {
     }
     if let Some(v) = args.max_result_bytes.or(file.max_result_bytes) {
         config.max_result_bytes = v;
+    }
+    if let Some(v) = args.max_connections.or(file.max_connections) {
+        config.max_connections = v;
     }
     config.follow = args.follow.or(file.follow);
     let key = |k: &str| format!("config file key {k}");

@@ -78,7 +78,10 @@ fn psql(port: u16, args: &[&str]) -> (bool, String, String) {
 }
 
 fn pgbench(port: u16, args: &[&str]) -> String {
+    // Loading the tables is one long COPY (a debug build takes longer than the default 5 s
+    // statement timeout for it), so the session asks for more, as a user's bulk load would.
     let out = Command::new("pgbench")
+        .env("PGOPTIONS", "-c statement_timeout=5min")
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "scribe"])
         .args(args)
         .arg("scribe")

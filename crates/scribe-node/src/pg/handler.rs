@@ -151,6 +151,16 @@ impl Conn {
         s: &mut Session,
         input: Result<(Arc<Command>, Vec<scribe_sqlite::Value>, Hints), PgError>,
     ) -> Result<Outcome, PgError> {
+        if !s.started {
+            s.started = true;
+            // The startup packet's `options` (`PGOPTIONS='-c statement_timeout=60s'`): settings
+            // as if SET first; a bad one fails the first statement.
+            if let Some(options) = client.metadata().get("options").cloned() {
+                for (name, value) in super::session::startup_options(&options) {
+                    self.runner.set_from_startup(s, &name, &value)?;
+                }
+            }
+        }
         match input {
             Ok((command, params, hints)) => {
                 self.run_cancellable(client, s, &command, params, hints)

@@ -242,6 +242,9 @@ impl PgServer {
             cancel: Arc::new(DefaultCancelHandler::new(manager.clone())),
             manager,
         });
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            shared.runner.state.config.max_connections,
+        ));
         loop {
             let (socket, peer) = match self.listener.accept().await {
                 Ok(s) => s,
@@ -252,6 +255,11 @@ impl PgServer {
                 }
             };
             let _ = socket.set_nodelay(true);
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, limit = shared.runner.state.config.max_connections, "refused a PostgreSQL connection: --max-connections reached");
+                tokio::spawn(too_many_clients(socket));
+                continue;
+            };
             let handlers = Handlers {
                 shared: shared.clone(),
                 conn: Arc::new(Conn::new(shared.runner.clone(), shared.manager.clone())),
@@ -261,7 +269,59 @@ impl PgServer {
                 if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
                     tracing::debug!(%peer, error = %e, "PostgreSQL connection ended");
                 }
+                drop(slot);
             });
         }
     }
+}
+
+/// Answers a client over `--max-connections` as PostgreSQL does: reads its startup packet (after
+/// declining TLS, if it asks first), sends `FATAL 53300 sorry, too many clients already` and
+/// closes. A client that sends nothing within a second is just closed.
+async fn too_many_clients(mut socket: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const SSL_REQUEST: u32 = 80877103;
+    const GSSENC_REQUEST: u32 = 80877104;
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        let mut code = read_startup_packet(&mut socket).await?;
+        if code == SSL_REQUEST || code == GSSENC_REQUEST {
+            socket.write_all(b"N").await?;
+            code = read_startup_packet(&mut socket).await?;
+        }
+        let _ = code;
+        let mut fields = Vec::new();
+        for (tag, value) in [
+            (b'S', "FATAL"),
+            (b'V', "FATAL"),
+            (b'C', "53300"),
+            (b'M', "sorry, too many clients already (--max-connections)"),
+        ] {
+            fields.push(tag);
+            fields.extend_from_slice(value.as_bytes());
+            fields.push(0);
+        }
+        fields.push(0);
+        let mut msg = vec![b'E'];
+        msg.extend_from_slice(&((fields.len() + 4) as u32).to_be_bytes());
+        msg.extend_from_slice(&fields);
+        socket.write_all(&msg).await?;
+        socket.shutdown().await
+    })
+    .await;
+    if let Ok(Err(e)) = answered {
+        tracing::debug!(error = %e, "answer a PostgreSQL client over the connection limit");
+    }
+}
+
+/// Reads one startup-phase packet (length, code, body) and returns its code; the body is only
+/// read to be dropped, so at most 10 kB of it is taken.
+async fn read_startup_packet(socket: &mut tokio::net::TcpStream) -> std::io::Result<u32> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 8];
+    socket.read_exact(&mut head).await?;
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    let mut rest = vec![0u8; len.saturating_sub(8).min(10_000)];
+    socket.read_exact(&mut rest).await?;
+    Ok(code)
 }

@@ -135,6 +135,42 @@ pub struct Session {
     /// `SET statement_timeout`: the session's own (zero: the longest the node allows); `None`:
     /// the node's `--statement-timeout`.
     timeout: Option<Duration>,
+    /// The startup packet's `options` have been applied.
+    pub started: bool,
+}
+
+/// The settings in a startup packet's `options` (what `PGOPTIONS` sends): `-c name=value` and
+/// `--name=value`, separated by spaces, a backslash escaping the next character.
+pub fn startup_options(options: &str) -> Vec<(String, String)> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut settings = Vec::new();
+    let mut words = words.into_iter();
+    while let Some(w) = words.next() {
+        let setting = match w.as_str() {
+            "-c" => words.next(),
+            _ => w.strip_prefix("--").map(str::to_string),
+        };
+        if let Some((name, value)) = setting.as_deref().and_then(|s| s.split_once('=')) {
+            settings.push((name.replace('-', "_"), value.to_string()));
+        }
+    }
+    settings
 }
 
 fn mode_name(m: CommitMode) -> String {
@@ -414,6 +450,16 @@ impl Runner {
                 Ok(outcome(kind, results.pop().unwrap_or_default()))
             }
         }
+    }
+
+    /// A setting from the startup packet, as `SET name = value`.
+    pub fn set_from_startup(
+        &self,
+        s: &mut Session,
+        name: &str,
+        value: &str,
+    ) -> Result<(), PgError> {
+        self.set(s, name, Some(value), false).map(|_| ())
     }
 
     fn set(
@@ -1095,6 +1141,19 @@ fn nondeterministic(sql: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn startup_options_are_read_as_pgoptions_writes_them() {
+        assert_eq!(
+            startup_options("-c statement_timeout=60s --scribe.commit=sync -c a=b\\ c"),
+            vec![
+                ("statement_timeout".to_string(), "60s".to_string()),
+                ("scribe.commit".to_string(), "sync".to_string()),
+                ("a".to_string(), "b c".to_string()),
+            ]
+        );
+        assert!(startup_options("  -c  ").is_empty());
+    }
 
     #[test]
     fn clock_keywords_become_the_transactions_time_outside_quotes() {

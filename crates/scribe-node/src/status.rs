@@ -424,6 +424,7 @@ mod tests {
             since_seconds: 60,
             seeding: None,
             error: None,
+            stalled: None,
         }
     }
 
@@ -440,6 +441,7 @@ mod tests {
             last_contact_ms_ago: Some(3),
             seeding: None,
             error: None,
+            stalled: None,
             rollbacks: Vec::new(),
         }
     }

@@ -141,6 +141,11 @@ fn apply_changeset(conn: &Connection, changeset: &[u8]) -> Result<(), EngineErro
     if rc == ffi::SQLITE_OK {
         return Ok(());
     }
+    if rc & 0xff == ffi::SQLITE_FULL {
+        return Err(EngineError::DiskFull(
+            "apply changeset: database or disk is full".into(),
+        ));
+    }
     match conflict {
         Some(what) => Err(EngineError::Diverged(format!(
             "changeset conflict {what}: the local copy differs from the log"

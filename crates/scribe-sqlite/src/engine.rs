@@ -165,8 +165,13 @@ pub(crate) fn apply_payloads<'a>(
                 }
                 payload::Step::Sql(sql) => {
                     flush(&mut group)?;
-                    conn.execute_batch(&sql)
-                        .map_err(|e| EngineError::Diverged(format!("replay DDL {sql:?}: {e}")))?;
+                    conn.execute_batch(&sql).map_err(|e| {
+                        if EngineError::sqlite_full(&e) {
+                            EngineError::DiskFull(format!("replay DDL {sql:?}: {e}"))
+                        } else {
+                            EngineError::Diverged(format!("replay DDL {sql:?}: {e}"))
+                        }
+                    })?;
                 }
             }
         }
@@ -175,7 +180,7 @@ pub(crate) fn apply_payloads<'a>(
 }
 
 /// Replays the log's records after SQLite's applied position, a thousand per transaction.
-fn replay(
+pub(crate) fn replay(
     conn: &Connection,
     policy: &Policy,
     log: &Log,
@@ -208,22 +213,18 @@ fn replay(
         };
         policy.internal(|| -> Result<(), EngineError> {
             conn.execute_batch("BEGIN IMMEDIATE")
-                .map_err(|e| EngineError::Internal(format!("begin replay: {e}")))?;
+                .map_err(|e| EngineError::applying("begin replay", e))?;
             let applied = (|| {
                 apply_payloads(conn, chunk.iter().map(|r| r.payload.as_slice())).map_err(|e| {
-                    EngineError::Diverged(format!(
-                        "replay records {} to {}: {e}",
-                        chunk[0].position(),
-                        last
-                    ))
+                    e.or_diverged(|| format!("replay records {} to {}", chunk[0].position(), last))
                 })?;
                 meta::set_applied(conn, last)
-                    .map_err(|e| EngineError::Internal(format!("store applied position: {e}")))
+                    .map_err(|e| EngineError::applying("store applied position", e))
             })();
             match applied {
                 Ok(()) => conn
                     .execute_batch("COMMIT")
-                    .map_err(|e| EngineError::Internal(format!("commit replay: {e}"))),
+                    .map_err(|e| EngineError::applying("commit replay", e)),
                 Err(e) => {
                     let _ = conn.execute_batch("ROLLBACK");
                     Err(e)

@@ -78,6 +78,30 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// Whether SQLite failed for want of space (`SQLITE_FULL`).
+    pub(crate) fn sqlite_full(e: &rusqlite::Error) -> bool {
+        e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+    }
+
+    /// An error applying or replaying records: a full disk stays itself (the records wait in the
+    /// log until there is room), anything else means this copy does not fit the log.
+    pub(crate) fn or_diverged(self, context: impl FnOnce() -> String) -> EngineError {
+        match self {
+            EngineError::DiskFull(m) => EngineError::DiskFull(m),
+            e => EngineError::Diverged(format!("{}: {e}", context())),
+        }
+    }
+
+    /// An internal SQLite failure while applying records (`begin`, `commit`, storing the
+    /// position), unless it was for want of space.
+    pub(crate) fn applying(what: &str, e: rusqlite::Error) -> EngineError {
+        if EngineError::sqlite_full(&e) {
+            EngineError::DiskFull(format!("{what}: {e}"))
+        } else {
+            EngineError::Internal(format!("{what}: {e}"))
+        }
+    }
+
     /// Classifies an error SQLite returned while running a client's statement. `denied` is the
     /// reason the authorizer gave, when it refused the statement.
     pub(crate) fn from_sqlite(e: rusqlite::Error, denied: Option<String>) -> EngineError {

@@ -288,6 +288,11 @@ impl Writer {
         let fence = self.fence.clone();
         let mut held = gate::lock(&fence);
         held.take_records().map_err(EngineError::BadRequest)?;
+        // Records durable in the log but not applied (SQLite had no room for them): they go first.
+        let before = *self.progress.borrow();
+        if before.applied.lsn < before.flushed.lsn {
+            self.apply_unapplied(before.applied)?;
+        }
         let Some(last) = records.last().map(Record::position) else {
             return Ok(*self.progress.borrow());
         };
@@ -312,40 +317,67 @@ impl Writer {
         let applied = self.policy.internal(|| -> Result<(), EngineError> {
             self.conn
                 .execute_batch("BEGIN IMMEDIATE")
-                .map_err(|e| EngineError::Internal(format!("begin apply: {e}")))?;
+                .map_err(|e| EngineError::applying("begin apply", e))?;
             let result = (|| {
                 crate::engine::apply_payloads(
                     &self.conn,
                     records.iter().map(|r| r.payload.as_slice()),
                 )
                 .map_err(|e| {
-                    EngineError::Diverged(format!(
-                        "apply records {} to {last}: {e}",
-                        records[0].position()
-                    ))
+                    e.or_diverged(|| format!("apply records {} to {last}", records[0].position()))
                 })?;
                 meta::set_applied(&self.conn, last)
-                    .map_err(|e| EngineError::Internal(format!("store applied position: {e}")))?;
+                    .map_err(|e| EngineError::applying("store applied position", e))?;
                 self.conn
                     .execute_batch("COMMIT")
-                    .map_err(|e| EngineError::Internal(format!("commit apply: {e}")))
+                    .map_err(|e| EngineError::applying("commit apply", e))
             })();
             if result.is_err() {
                 let _ = self.conn.execute_batch("ROLLBACK");
             }
             result
         });
-        if let Err(e) = applied {
-            // The records are durable in the log but SQLite cannot take them: this copy must be
-            // repaired (re-seeded) before it serves writes or applies more.
-            let why = format!("this node stopped applying: {e}");
-            tracing::error!("{why}");
-            let _ = self.fatal.set(why);
-            return Err(e);
+        match applied {
+            Ok(()) => {}
+            Err(e @ EngineError::DiskFull(_)) => {
+                // The records are durable in the log: they are applied by the next call, once
+                // there is room. Reads go on from what was applied.
+                tracing::warn!(error = %e, flushed = %last, "SQLite has no room to apply streamed records; they wait in the log");
+                return Err(e);
+            }
+            Err(e) => {
+                // The records are durable in the log but SQLite cannot take them: this copy must
+                // be repaired (re-seeded) before it serves writes or applies more.
+                let why = format!("this node stopped applying: {e}");
+                tracing::error!("{why}");
+                let _ = self.fatal.set(why);
+                return Err(e);
+            }
         }
         EngineMetrics::add(&self.metrics.commits, records.len() as u64);
         self.progress.send_modify(|p| p.applied = last);
         Ok(*self.progress.borrow())
+    }
+
+    /// Applies the log's durable records after `applied` (left unapplied when SQLite had no
+    /// room for them). A full disk again leaves them waiting; any other failure stops applying.
+    fn apply_unapplied(&mut self, applied: Position) -> Result<(), EngineError> {
+        match crate::engine::replay(&self.conn, &self.policy, &self.log, applied) {
+            Ok(n) => {
+                let to = self.log.durable_position();
+                tracing::info!(records = n, %to, "applied the records that waited for room");
+                EngineMetrics::add(&self.metrics.commits, n);
+                self.progress.send_modify(|p| p.applied = to);
+                Ok(())
+            }
+            Err(e @ EngineError::DiskFull(_)) => Err(e),
+            Err(e) => {
+                let why = format!("this node stopped applying: {e}");
+                tracing::error!("{why}");
+                let _ = self.fatal.set(why);
+                Err(e)
+            }
+        }
     }
 
     /// Copies the snapshot at `path` over the database (SQLite's backup API, one write

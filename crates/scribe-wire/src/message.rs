@@ -208,6 +208,12 @@ pub enum Message {
         /// The response.
         body: Vec<u8>,
     },
+    /// Replica → primary: it cannot apply what it receives (`Some(why)`: its disk is full, say)
+    /// or it applies again (`None`).
+    Stalled {
+        /// Why, while stalled.
+        reason: Option<String>,
+    },
 }
 
 const HELLO: u8 = 1;
@@ -222,6 +228,7 @@ const PROGRESS: u8 = 9;
 const CONTROL_HELLO: u8 = 10;
 const CONTROL_REQUEST: u8 = 11;
 const CONTROL_RESPONSE: u8 = 12;
+const STALLED: u8 = 20;
 
 impl Message {
     /// A short name for logs.
@@ -239,6 +246,7 @@ impl Message {
             Message::ControlHello(_) => "control-hello",
             Message::ControlRequest { .. } => "control-request",
             Message::ControlResponse { .. } => "control-response",
+            Message::Stalled { .. } => "stalled",
         }
     }
 
@@ -332,6 +340,16 @@ impl Message {
                 out.push(CONTROL_RESPONSE);
                 put_u64(out, *id);
                 put_bytes(out, body);
+            }
+            Message::Stalled { reason } => {
+                out.push(STALLED);
+                match reason {
+                    Some(why) => {
+                        out.push(1);
+                        put_str(out, why);
+                    }
+                    None => out.push(0),
+                }
             }
         }
         Ok(())
@@ -444,6 +462,17 @@ impl Message {
             CONTROL_RESPONSE => Message::ControlResponse {
                 id: r.u64()?,
                 body: r.bytes()?.to_vec(),
+            },
+            STALLED => Message::Stalled {
+                reason: match r.u8()? {
+                    0 => None,
+                    1 => Some(r.string()?),
+                    b => {
+                        return Err(WireError::Malformed(format!(
+                            "a stalled message's flag is {b}, not 0 or 1"
+                        )))
+                    }
+                },
             },
             k => return Err(WireError::Malformed(format!("unknown message kind {k}"))),
         };

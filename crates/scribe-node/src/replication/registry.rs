@@ -76,6 +76,8 @@ struct Entry {
     needs: Lsn,
     apply_lag: Arc<Histogram>,
     error: Option<String>,
+    /// Why it cannot apply what it receives, while it says so (its disk is full, say).
+    stalled: Option<String>,
     /// Woken when a newer connection of the same replica replaces this one.
     superseded: Arc<tokio::sync::Notify>,
     /// Whether it has reported its positions on this connection. Until it has, it counts for no
@@ -126,6 +128,10 @@ pub struct ReplicaView {
     /// Why it last disconnected or was refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why it has stopped applying what it receives, while it has (its disk is full, say): it
+    /// keeps what it had and goes on by itself once it can.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stalled: Option<String>,
 }
 
 /// Snapshot transfer progress.
@@ -245,6 +251,7 @@ impl Registry {
                 needs,
                 apply_lag,
                 error: None,
+                stalled: None,
                 superseded: superseded.clone(),
                 reported: false,
                 sent_upto: last.lsn,
@@ -303,6 +310,16 @@ impl Registry {
                 });
             }
         }
+    }
+
+    /// Notes that `name` stopped applying (`Some(why)`) or applies again (`None`).
+    pub fn stalled(&self, name: &str, conn: u64, reason: Option<String>) {
+        let mut entries = self.lock();
+        if let Some(e) = entries.get_mut(name).filter(|e| e.conn == conn) {
+            e.last_contact = Instant::now();
+            e.stalled = reason;
+        }
+        self.publish(&entries);
     }
 
     /// Takes a replica's reported positions; `primary_flushed` is the primary's own. A report
@@ -472,6 +489,7 @@ impl Registry {
                         bytes_total: total,
                     }),
                     error: e.error.clone(),
+                    stalled: e.stalled.clone(),
                 };
                 ReplicaMetrics {
                     view,

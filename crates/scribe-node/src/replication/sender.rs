@@ -337,6 +337,15 @@ async fn receive_progress(
             Message::Progress(p) => {
                 registry.progress(name, conn, p, ctx.engine.progress().flushed.lsn)?;
             }
+            Message::Stalled { reason } => {
+                match &reason {
+                    Some(why) => {
+                        tracing::warn!(replica = %name, reason = %why, "the replica stopped applying; it keeps what it has and goes on once it can")
+                    }
+                    None => tracing::info!(replica = %name, "the replica applies again"),
+                }
+                registry.stalled(name, conn, reason);
+            }
             Message::Refused(r) => {
                 return Err(format!("the replica refused the stream: {}", r.message))
             }

@@ -102,6 +102,10 @@ fn samples() -> Vec<Message> {
             id: u64::MAX,
             body: vec![],
         },
+        Message::Stalled {
+            reason: Some("disk full".into()),
+        },
+        Message::Stalled { reason: None },
     ]
 }
 

@@ -54,6 +54,9 @@ pub enum FollowState {
     Idle,
     /// Undoing records the new primary never had (an old primary rejoining).
     RollingBack,
+    /// Connected, but it cannot apply what it receives (its disk is full): it keeps what it
+    /// had, serves reads from it, and goes on by itself once there is room.
+    Stalled,
 }
 
 /// A roll-back this node did to rejoin a new primary, as its status shows it.
@@ -101,6 +104,9 @@ pub struct FollowView {
     /// The last error, if the connection is not up.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why it stopped applying, while it is stalled (state `stalled`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stalled: Option<String>,
     /// Roll-backs done since start to rejoin a new primary (see the rollback files).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rollbacks: Vec<RollbackView>,
@@ -116,6 +122,8 @@ struct Shared {
     last_contact: Option<Instant>,
     seeding: Option<(u64, u64)>,
     error: Option<String>,
+    /// Why it cannot apply, while it cannot (a full disk).
+    stalled: Option<String>,
     /// How stale this replica's reads may be, from the primary's heartbeats.
     freshness: Freshness,
     /// Roll-backs done since start.
@@ -187,6 +195,7 @@ impl Follower {
                 last_contact: None,
                 seeding: None,
                 error: None,
+                stalled: None,
                 freshness: Freshness::new(HEARTBEAT),
                 rollbacks: Vec::new(),
             }),
@@ -227,7 +236,11 @@ impl Follower {
         let s = self.shared();
         let applied = self.engine.progress().applied.lsn;
         FollowView {
-            state: s.state,
+            state: if s.stalled.is_some() {
+                FollowState::Stalled
+            } else {
+                s.state
+            },
             follow: s.follow.clone(),
             primary: s.primary.as_ref().map(|p| p.0.clone()),
             primary_url: s.primary.as_ref().map(|p| p.1.clone()),
@@ -241,6 +254,7 @@ impl Follower {
                 bytes_total: total,
             }),
             error: s.error.clone(),
+            stalled: s.stalled.clone(),
             rollbacks: s.rollbacks.clone(),
         }
     }
@@ -673,6 +687,7 @@ impl Follower {
                 }
             }
         };
+        let (stalled_tx, mut stalled_rx) = watch::channel::<Option<String>>(None);
         let applier = async {
             while let Some(mut batch) = rx.recv().await {
                 while let Ok(more) = rx.try_recv() {
@@ -682,12 +697,21 @@ impl Follower {
                     }
                 }
                 let last = batch.last().map(|r| r.lsn).unwrap_or_default();
+                let bytes: u64 = batch.iter().map(|r| r.frame_len() as u64).sum();
                 match self.engine.apply(batch).await {
                     Ok(_) => {
                         let mut s = self.shared();
                         s.primary_flushed = s.primary_flushed.max(last);
+                        let resumed = s.stalled.take().is_some();
                         drop(s);
+                        if resumed {
+                            tracing::info!("applying again: the disk has room");
+                            stalled_tx.send_replace(None);
+                        }
                         self.contact(None);
+                    }
+                    Err(e @ scribe_sqlite::EngineError::DiskFull(_)) => {
+                        return self.wait_for_room(e.to_string(), bytes, &stalled_tx).await;
                     }
                     Err(e @ scribe_sqlite::EngineError::Log(_)) => {
                         // Out of order or an older term: the stream does not fit this log.
@@ -709,6 +733,13 @@ impl Follower {
                 tokio::select! {
                     r = progress.changed() => if r.is_err() { return Ok(()) },
                     r = written.changed() => if r.is_err() { return Ok(()) },
+                    r = stalled_rx.changed() => {
+                        if r.is_err() {
+                            return Ok(());
+                        }
+                        let reason = stalled_rx.borrow_and_update().clone();
+                        write_message(&mut wr, &Message::Stalled { reason }).await?;
+                    }
                     _ = tick.tick() => {}
                 }
             }
@@ -719,6 +750,63 @@ impl Follower {
             r = reporter => r,
         }
     }
+}
+
+impl Follower {
+    /// The disk had no room for a batch of `bytes`: says so (status, and the primary through
+    /// `stalled`), keeps the connection (and what it had: reads go on), and checks every few
+    /// seconds until the records that reached the log are applied and the data directory has room
+    /// for the batch again. Then the session ends, and the next one asks for the rest from where
+    /// the log ends.
+    async fn wait_for_room(
+        &self,
+        why: String,
+        bytes: u64,
+        stalled: &watch::Sender<Option<String>>,
+    ) -> Result<(), Ended> {
+        tracing::error!(error = %why, "stopped applying: the disk is full; this replica keeps what it has, serves reads from it, and goes on once there is room");
+        self.shared().stalled = Some(why.clone());
+        stalled.send_replace(Some(why));
+        let want = (2 * bytes).max(4 << 20);
+        let mut pause = Duration::from_millis(500);
+        loop {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+            if free_bytes(&self.data_dir).is_some_and(|free| free < want) {
+                continue;
+            }
+            match self.engine.apply(Vec::new()).await {
+                Ok(_) => break,
+                Err(scribe_sqlite::EngineError::DiskFull(e)) => {
+                    let e = format!("still no room: {e}");
+                    self.shared().stalled = Some(e.clone());
+                    stalled.send_replace(Some(e));
+                }
+                Err(e) => return Err(Ended::Fatal(format!("apply streamed records: {e}"))),
+            }
+        }
+        tracing::info!(
+            "the disk has room again: asking the primary for the records after the log's end"
+        );
+        Err(Ended::Failed("resuming after the disk had no room".into()))
+    }
+}
+
+/// Bytes available to this process on the file system holding `dir`, if it can be told.
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string live for the call; `st` is written by statvfs
+    // and read only when it succeeded.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 fn write_marker(dir: &std::path::Path) -> Result<(), String> {

@@ -450,3 +450,110 @@ async fn a_write_whose_client_disconnects_is_abandoned() {
     );
     check_nothing_of_the_runaway(node, &["after".to_string()]).await;
 }
+
+/// A psql session held open on stdin, as an idle client would; returns once it is in (it has
+/// answered a first query).
+fn open_psql(pg: u16) -> std::process::Child {
+    use std::io::{BufRead, Write};
+    let mut child = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.to_string(),
+            "-U",
+            "scribe",
+            "-d",
+            "scribe",
+            "-X",
+        ])
+        .arg("-At")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run psql");
+    let stdin = child.stdin.as_mut().expect("psql's stdin");
+    stdin.write_all(b"SELECT 1;\n").expect("write to psql");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().expect("psql's stdout"))
+        .read_line(&mut line)
+        .expect("read psql's answer");
+    assert_eq!(line.trim(), "1", "a held client did not get in");
+    child
+}
+
+fn psql_once(pg: u16) -> (bool, String) {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.to_string(),
+            "-U",
+            "scribe",
+            "-d",
+            "scribe",
+            "-X",
+        ])
+        .args(["-At", "-c", "SELECT 41 + 1"])
+        .output()
+        .expect("run psql");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_clients_past_max_connections_are_told_too_many_clients() {
+    if !have_psql() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pg = scribe_testkit::free_port();
+    let pg_addr = format!("127.0.0.1:{pg}");
+    let _node = NodeProc::start(
+        "n1",
+        &dir.path().join("n1"),
+        &["--max-connections", "2", "--pg", &pg_addr],
+    );
+    let mut held: Vec<_> = (0..2).map(|_| open_psql(pg)).collect();
+    // Both are in: a third client is refused as PostgreSQL refuses it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let (ok, text) = psql_once(pg);
+        if !ok {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a third client was let in past --max-connections 2: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(text.contains("too many clients"), "{text}");
+    // One goes: a new client gets its slot.
+    let mut gone = held.remove(0);
+    drop(gone.stdin.take());
+    let _ = gone.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, text) = psql_once(pg);
+        if ok {
+            assert_eq!(text.trim(), "42");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no slot after a client left: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for mut c in held {
+        drop(c.stdin.take());
+        let _ = c.wait();
+    }
+}

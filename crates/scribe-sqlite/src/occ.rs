@@ -19,10 +19,15 @@
 //! the commit's check.) A wait that would close a
 //! cycle is a deadlock error; a wait longer than the limit is a lock timeout. Statements before
 //! a transaction's first write are not replayed: they are ordinary reads (read committed).
+//!
+//! A transaction idle between statements longer than its limit (the node's
+//! `--txn-idle-timeout`) is rolled back: at once if another transaction waits for a row it
+//! changed, otherwise when its client comes back — its next statement or commit is refused with
+//! `TxnEnded` and nothing of it is kept.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::types::ValueRef;
 use scribe_core::Position;
@@ -52,13 +57,87 @@ struct LockTable {
     held: HashMap<u64, Vec<RowKey>>,
     waiting: HashMap<u64, u64>,
     next_owner: u64,
+    /// When each open transaction last finished an operation, and how long it may stay idle.
+    idle_since: HashMap<u64, (Instant, Duration)>,
+    /// Transactions running an operation now (never idle).
+    busy: HashSet<u64>,
+    /// Transactions rolled back for idleness (their locks went): their next operation is refused.
+    expired: HashSet<u64>,
+}
+
+impl LockTable {
+    fn idle_too_long(&self, owner: u64, now: Instant) -> bool {
+        !self.busy.contains(&owner)
+            && self
+                .idle_since
+                .get(&owner)
+                .is_some_and(|(at, idle)| now.duration_since(*at) > *idle)
+    }
+
+    fn drop_locks(&mut self, owner: u64) {
+        if let Some(keys) = self.held.remove(&owner) {
+            for k in keys {
+                self.owners.remove(&k);
+            }
+        }
+        self.waiting.remove(&owner);
+    }
 }
 
 impl Locks {
-    fn new_owner(&self) -> u64 {
+    fn new_owner(&self, idle: Duration) -> u64 {
         let mut t = self.table.lock().expect("locks");
         t.next_owner += 1;
-        t.next_owner
+        let owner = t.next_owner;
+        t.idle_since.insert(owner, (Instant::now(), idle));
+        owner
+    }
+
+    /// An operation of `owner` starts; refused if it stayed idle past its limit (its locks go,
+    /// it is over).
+    fn begin_op(&self, owner: u64) -> Result<(), ()> {
+        let mut t = self.table.lock().expect("locks");
+        if t.expired.contains(&owner) || t.idle_too_long(owner, Instant::now()) {
+            t.drop_locks(owner);
+            t.expired.insert(owner);
+            drop(t);
+            self.released.send_modify(|n| *n = n.wrapping_add(1));
+            return Err(());
+        }
+        t.busy.insert(owner);
+        Ok(())
+    }
+
+    /// An operation of `owner` ended: its idle time counts from now.
+    fn end_op(&self, owner: u64) {
+        let mut t = self.table.lock().expect("locks");
+        t.busy.remove(&owner);
+        if let Some((at, _)) = t.idle_since.get_mut(&owner) {
+            *at = Instant::now();
+        }
+    }
+
+    /// Rolls `holder` back if it has stayed idle past its limit (a client that went quiet in
+    /// the middle of a block must not hold its rows for ever): its locks go and its next
+    /// operation is refused. Otherwise answers how long until it would be, if it is idle.
+    fn expire_if_idle(&self, holder: u64) -> Result<(), Option<Duration>> {
+        let mut t = self.table.lock().expect("locks");
+        let now = Instant::now();
+        if t.idle_too_long(holder, now) {
+            t.drop_locks(holder);
+            t.expired.insert(holder);
+            drop(t);
+            tracing::warn!("rolled back an optimistic transaction idle for too long (another waited for a row it changed)");
+            self.released.send_modify(|n| *n = n.wrapping_add(1));
+            return Ok(());
+        }
+        if t.busy.contains(&holder) {
+            return Err(None);
+        }
+        Err(t
+            .idle_since
+            .get(&holder)
+            .map(|(at, idle)| (*at + *idle).saturating_duration_since(now)))
     }
 
     /// Takes every key for `owner`, or none and answers who holds one of them.
@@ -81,12 +160,10 @@ impl Locks {
 
     fn release(&self, owner: u64) {
         let mut t = self.table.lock().expect("locks");
-        if let Some(keys) = t.held.remove(&owner) {
-            for k in keys {
-                t.owners.remove(&k);
-            }
-        }
-        t.waiting.remove(&owner);
+        t.drop_locks(owner);
+        t.idle_since.remove(&owner);
+        t.busy.remove(&owner);
+        t.expired.remove(&owner);
         drop(t);
         self.released.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -126,6 +203,18 @@ struct WaitGuard<'a> {
 impl Drop for WaitGuard<'_> {
     fn drop(&mut self) {
         self.locks.done_waiting(self.owner);
+    }
+}
+
+/// An operation of a transaction in progress: it is not idle until this is dropped.
+struct OpGuard {
+    locks: Arc<Locks>,
+    owner: u64,
+}
+
+impl Drop for OpGuard {
+    fn drop(&mut self) {
+        self.locks.end_op(self.owner);
     }
 }
 
@@ -333,6 +422,9 @@ pub struct Optimistic {
     /// The statements since the first write, with the results the client was given.
     history: Vec<(Statement, StatementResult)>,
     savepoints: Vec<(String, usize)>,
+    /// How long a statement waits for a row another transaction holds, and how long the
+    /// transaction may stay idle between statements before it is rolled back (the node's
+    /// `--txn-idle-timeout`).
     lock_wait: Duration,
     /// The limits of its statements (each speculative run, and the commit's replay as a whole).
     limits: Limits,
@@ -346,7 +438,7 @@ impl Optimistic {
         lock_wait: Duration,
         limits: Limits,
     ) -> Optimistic {
-        let owner = locks.new_owner();
+        let owner = locks.new_owner(lock_wait);
         Optimistic {
             tx,
             locks,
@@ -377,6 +469,7 @@ impl Optimistic {
     /// Runs one statement speculatively; waits while it would change a row another transaction
     /// holds. On error nothing of the statement is kept and the transaction stays open.
     pub async fn execute(&mut self, statement: Statement) -> Result<Speculated, EngineError> {
+        let _op = self.begin_op()?;
         // Only the statements that changed something rebuild the block's state; its reads (which
         // returned rows: a write returning rows is never run optimistically) are skipped here and
         // checked at commit.
@@ -387,6 +480,7 @@ impl Optimistic {
                 .map(|(s, _)| s.clone())
                 .collect(),
         );
+        let give_up = Instant::now() + self.lock_wait;
         loop {
             let mut released = self.locks.released.subscribe();
             let (reply, rx) = oneshot::channel();
@@ -413,15 +507,27 @@ impl Optimistic {
                     return Ok(Speculated { result, wrote, ddl });
                 }
                 Spec::Blocked { by } => {
+                    // A holder that went quiet past the idle limit is rolled back: try again.
+                    let holder_idle = match self.locks.expire_if_idle(by) {
+                        Ok(()) => continue,
+                        Err(left) => left,
+                    };
                     self.locks.wait_for(self.owner, by)?;
                     // Forgets the wait even if this future is dropped (a cancelled statement).
                     let waiting = WaitGuard {
                         locks: &self.locks,
                         owner: self.owner,
                     };
-                    let waited = tokio::time::timeout(self.lock_wait, released.changed()).await;
+                    let left = give_up.saturating_duration_since(Instant::now());
+                    // Wake when the holder would pass its idle limit, too.
+                    let wait =
+                        holder_idle.map_or(left, |h| left.min(h + Duration::from_millis(10)));
+                    let waited = tokio::time::timeout(wait, released.changed()).await;
                     drop(waiting);
-                    if waited.is_err() {
+                    if waited.is_err()
+                        && Instant::now() >= give_up
+                        && self.locks.expire_if_idle(by).is_err()
+                    {
                         return Err(EngineError::LockTimeout(format!(
                             "waited {:?} for a row another transaction changed and has not committed; this statement was refused",
                             self.lock_wait
@@ -432,6 +538,21 @@ impl Optimistic {
         }
     }
 
+    /// Starts an operation: refused with `TxnEnded` if the transaction stayed idle past its limit
+    /// (it was rolled back: nothing of it is kept).
+    fn begin_op(&self) -> Result<OpGuard, EngineError> {
+        self.locks.begin_op(self.owner).map_err(|()| {
+            EngineError::TxnEnded(format!(
+                "the transaction is no longer open: it was rolled back after it stayed idle longer than {:?}",
+                self.lock_wait
+            ))
+        })?;
+        Ok(OpGuard {
+            locks: self.locks.clone(),
+            owner: self.owner,
+        })
+    }
+
     /// Forgets the last statement run (its row locks stay until the end).
     pub fn forget_last(&mut self) {
         self.history.pop();
@@ -440,6 +561,7 @@ impl Optimistic {
     /// Creates, releases or rolls back to a named savepoint. Row locks taken after a savepoint
     /// are kept until the transaction ends, as in PostgreSQL.
     pub fn savepoint(&mut self, op: crate::SavepointOp, name: &str) -> Result<(), EngineError> {
+        drop(self.begin_op()?);
         let find = |sp: &Vec<(String, usize)>| {
             sp.iter()
                 .rposition(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -477,6 +599,7 @@ impl Optimistic {
 
     /// Commits: runs the transaction again in a group-commit batch, checking every result.
     pub async fn commit(mut self) -> Result<Committed, EngineError> {
+        drop(self.begin_op()?);
         let history = std::mem::take(&mut self.history);
         if history.is_empty() {
             let at: Position = self.progress.borrow().applied;

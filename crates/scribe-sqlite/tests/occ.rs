@@ -178,3 +178,51 @@ async fn a_rollback_to_a_savepoint_drops_what_followed_it() {
     );
     e.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_idle_past_its_limit_loses_its_rows_to_a_waiter_and_cannot_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path());
+    setup(&e).await;
+    let idle = Duration::from_millis(300);
+    // A takes row 1, then its client goes quiet.
+    let mut a = e.begin_optimistic(idle);
+    a.execute(st("UPDATE acct SET bal = 100 WHERE id = 1"))
+        .await
+        .unwrap();
+    // B wants row 1: it waits only until A has been idle too long, then goes ahead.
+    let mut b = e.begin_optimistic(Duration::from_secs(5));
+    let started = std::time::Instant::now();
+    b.execute(st("UPDATE acct SET bal = 7 WHERE id = 1"))
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(2),
+        "B waited {waited:?}"
+    );
+    b.commit().await.unwrap();
+    // A comes back: it is over, and nothing of it is kept.
+    let err = a
+        .execute(st("UPDATE acct SET bal = bal + 1 WHERE id = 2"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::TxnEnded(_)), "{err:?}");
+    assert_eq!(
+        one(&e, "SELECT bal FROM acct WHERE id = 1").await,
+        Value::Integer(7)
+    );
+    // Idle past the limit with nobody waiting: its commit is refused too.
+    let mut c = e.begin_optimistic(idle);
+    c.execute(st("UPDATE acct SET bal = 55 WHERE id = 2"))
+        .await
+        .unwrap();
+    tokio::time::sleep(idle + Duration::from_millis(100)).await;
+    let err = c.commit().await.unwrap_err();
+    assert!(matches!(err, EngineError::TxnEnded(_)), "{err:?}");
+    assert_eq!(
+        one(&e, "SELECT bal FROM acct WHERE id = 2").await,
+        Value::Integer(0)
+    );
+    e.shutdown().await;
+}

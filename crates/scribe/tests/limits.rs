@@ -557,3 +557,120 @@ async fn postgresql_clients_past_max_connections_are_told_too_many_clients() {
         let _ = c.wait();
     }
 }
+
+/// Answers a normal write and how long it took.
+async fn timed_write(api: &Api, v: &str) -> Duration {
+    let started = Instant::now();
+    let (s, b) = api
+        .post(
+            "/v1/execute",
+            &json!({"statements": [{"sql": "INSERT INTO t (v) VALUES (?)", "params": [v]}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{b}");
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_transactions_past_the_idle_timeout_are_rolled_back_on_every_path() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let pg = scribe_testkit::free_port();
+    let pg_addr = format!("127.0.0.1:{pg}");
+    let idle = Duration::from_secs(1);
+    let node = NodeProc::start(
+        "n1",
+        &dir.path().join("n1"),
+        &["--txn-idle-timeout", "1s", "--pg", &pg_addr],
+    );
+    let api = Api::new(&node.url);
+    let (s, b) = api.execute(&["CREATE TABLE t (v)"]).await.unwrap();
+    assert_eq!(s, 200, "{b}");
+
+    // HTTP: a transaction that writes, then its client goes quiet.
+    let (s, b) = api.post("/v1/tx", &json!({})).await.unwrap();
+    assert_eq!(s, 200, "{b}");
+    let tx = b["tx"].as_str().unwrap().to_string();
+    let (s, b) = api
+        .post(
+            &format!("/v1/tx/{tx}/execute"),
+            &json!({"sql": "INSERT INTO t (v) VALUES ('http-held')"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{b}");
+    let took = timed_write(&api, "after-http").await;
+    assert!(
+        took < idle + Duration::from_secs(1),
+        "a write waited {took:?} behind an idle /v1/tx"
+    );
+    let (s, b) = api
+        .post(&format!("/v1/tx/{tx}/commit"), &json!({}))
+        .await
+        .unwrap();
+    assert_ne!(
+        s, 200,
+        "the idle transaction committed after it was rolled back: {b}"
+    );
+    eprintln!("commit of the idle /v1/tx: {s} {b}");
+
+    // PostgreSQL: a block that writes, then its client goes quiet.
+    if have_psql() {
+        let mut psql = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.to_string(),
+                "-U",
+                "scribe",
+                "-d",
+                "scribe",
+                "-X",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run psql");
+        let mut stdin = psql.stdin.take().expect("psql's stdin");
+        stdin
+            .write_all(b"BEGIN;\nINSERT INTO t (v) VALUES ('pg-held');\n")
+            .unwrap();
+        stdin.flush().unwrap();
+        // Let the block take the writer, then write beside it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let took = timed_write(&api, "after-pg").await;
+        assert!(
+            took < idle + Duration::from_secs(1),
+            "a write waited {took:?} behind an idle PostgreSQL block"
+        );
+        // Past the idle timeout, whether the block held the writer or ran optimistically.
+        tokio::time::sleep(idle + Duration::from_millis(700)).await;
+        stdin.write_all(b"COMMIT;\n").unwrap();
+        drop(stdin);
+        let out = psql.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("psql: {text}");
+        assert!(
+            text.contains("ERROR") || text.contains("ROLLBACK"),
+            "{text}"
+        );
+    }
+    let vs = values(&api).await;
+    let held: Vec<_> = vs
+        .iter()
+        .filter(|v| v.as_str().is_some_and(|s| s.ends_with("-held")))
+        .collect();
+    assert!(
+        held.is_empty(),
+        "an idle transaction's write was kept: {held:?}"
+    );
+    assert!(vs.contains(&json!("after-http")), "{vs:?}");
+    drop(node);
+}

@@ -333,6 +333,12 @@ impl Writer {
             }
             return;
         }
+        if let Err(e) = self.applied_all() {
+            for job in jobs {
+                let _ = job.reply.send(Err(crate::writer::clone_err(&e)));
+            }
+            return;
+        }
         if let Err(e) = self.internal("BEGIN IMMEDIATE") {
             for job in jobs {
                 let _ = job.reply.send(Err(EngineError::Internal(format!(
@@ -590,16 +596,20 @@ impl Optimistic {
     /// The statements since the first write with their results, and the savepoints (name, how
     /// many of those statements came before it), ending the transaction (its locks are released):
     /// for moving it onto the writer as an interactive transaction.
-    pub fn into_history(mut self) -> (History, Vec<(String, usize)>) {
-        (
+    /// Refused with `TxnEnded` if it stayed idle past its limit (it was rolled back).
+    pub fn into_history(mut self) -> Result<(History, Vec<(String, usize)>), EngineError> {
+        drop(self.begin_op()?);
+        Ok((
             std::mem::take(&mut self.history),
             std::mem::take(&mut self.savepoints),
-        )
+        ))
     }
 
     /// Commits: runs the transaction again in a group-commit batch, checking every result.
     pub async fn commit(mut self) -> Result<Committed, EngineError> {
-        drop(self.begin_op()?);
+        // Busy (not idle) until the writer answers: a commit waiting in the writer's queue is
+        // not a transaction its client has forgotten.
+        let _op = self.begin_op()?;
         let history = std::mem::take(&mut self.history);
         if history.is_empty() {
             let at: Position = self.progress.borrow().applied;

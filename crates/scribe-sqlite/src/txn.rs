@@ -223,6 +223,10 @@ impl Writer {
             let _ = started.send(Err(crate::writer::not_primary(&why)));
             return;
         }
+        if let Err(e) = self.applied_all() {
+            let _ = started.send(Err(e));
+            return;
+        }
         if let Err(e) = self.internal("BEGIN IMMEDIATE") {
             let _ = started.send(Err(EngineError::Internal(format!(
                 "begin write transaction: {e}"

@@ -289,10 +289,7 @@ impl Writer {
         let mut held = gate::lock(&fence);
         held.take_records().map_err(EngineError::BadRequest)?;
         // Records durable in the log but not applied (SQLite had no room for them): they go first.
-        let before = *self.progress.borrow();
-        if before.applied.lsn < before.flushed.lsn {
-            self.apply_unapplied(before.applied)?;
-        }
+        self.applied_all()?;
         let Some(last) = records.last().map(Record::position) else {
             return Ok(*self.progress.borrow());
         };
@@ -359,15 +356,21 @@ impl Writer {
         Ok(*self.progress.borrow())
     }
 
-    /// Applies the log's durable records after `applied` (left unapplied when SQLite had no
-    /// room for them). A full disk again leaves them waiting; any other failure stops applying.
-    fn apply_unapplied(&mut self, applied: Position) -> Result<(), EngineError> {
-        match crate::engine::replay(&self.conn, &self.policy, &self.log, applied) {
+    /// Applies the log's durable records SQLite has not applied (left waiting when it had no
+    /// room for them), from the position SQLite itself records — a replay cut short by a full
+    /// disk may have committed some of its chunks. A full disk again leaves the rest waiting (what
+    /// was applied is published); any other failure stops applying.
+    fn apply_unapplied(&mut self) -> Result<(), EngineError> {
+        let applied = meta::applied(&self.conn)
+            .map_err(|e| EngineError::applying("read the applied position", e))?;
+        let replayed = crate::engine::replay(&self.conn, &self.policy, &self.log, applied);
+        let now = meta::applied(&self.conn).unwrap_or(applied);
+        self.progress
+            .send_modify(|p| p.applied = p.applied.max(now));
+        match replayed {
             Ok(n) => {
-                let to = self.log.durable_position();
-                tracing::info!(records = n, %to, "applied the records that waited for room");
+                tracing::info!(records = n, to = %now, "applied the records that waited for room");
                 EngineMetrics::add(&self.metrics.commits, n);
-                self.progress.send_modify(|p| p.applied = to);
                 Ok(())
             }
             Err(e @ EngineError::DiskFull(_)) => Err(e),
@@ -378,6 +381,16 @@ impl Writer {
                 Err(e)
             }
         }
+    }
+
+    /// Before a client's write: every durable record of the log must be applied, or the write
+    /// would run on a database that misses them (a replica promoted while its disk was full).
+    pub(crate) fn applied_all(&mut self) -> Result<(), EngineError> {
+        let p = *self.progress.borrow();
+        if p.applied.lsn < p.flushed.lsn {
+            self.apply_unapplied()?;
+        }
+        Ok(())
     }
 
     /// Copies the snapshot at `path` over the database (SQLite's backup API, one write
@@ -494,6 +507,12 @@ impl Writer {
         if let Err(why) = self.admit(batch.len()) {
             for job in batch {
                 let _ = job.reply.send(Err(not_primary(&why)));
+            }
+            return;
+        }
+        if let Err(e) = self.applied_all() {
+            for job in batch {
+                let _ = job.reply.send(Err(clone_err(&e)));
             }
             return;
         }
@@ -863,7 +882,7 @@ impl Writer {
 }
 
 /// Errors go to several waiting clients; each gets its own copy.
-fn clone_err(e: &EngineError) -> EngineError {
+pub(crate) fn clone_err(e: &EngineError) -> EngineError {
     match e {
         EngineError::DiskFull(m) => EngineError::DiskFull(m.clone()),
         EngineError::Unavailable(m) => EngineError::Unavailable(m.clone()),

@@ -224,5 +224,13 @@ async fn a_transaction_idle_past_its_limit_loses_its_rows_to_a_waiter_and_cannot
         one(&e, "SELECT bal FROM acct WHERE id = 2").await,
         Value::Integer(0)
     );
+    // Nor can it be moved onto the writer (a PostgreSQL block escalating) to commit there.
+    let mut d = e.begin_optimistic(idle);
+    d.execute(st("UPDATE acct SET bal = 66 WHERE id = 2"))
+        .await
+        .unwrap();
+    tokio::time::sleep(idle + Duration::from_millis(100)).await;
+    let err = d.into_history().unwrap_err();
+    assert!(matches!(err, EngineError::TxnEnded(_)), "{err:?}");
     e.shutdown().await;
 }

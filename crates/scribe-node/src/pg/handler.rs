@@ -152,14 +152,15 @@ impl Conn {
         input: Result<(Arc<Command>, Vec<scribe_sqlite::Value>, Hints), PgError>,
     ) -> Result<Outcome, PgError> {
         if !s.started {
-            s.started = true;
             // The startup packet's `options` (`PGOPTIONS='-c statement_timeout=60s'`): settings
-            // as if SET first; a bad one fails the first statement.
+            // as if SET first; a bad one fails every statement (PostgreSQL refuses the
+            // connection).
             if let Some(options) = client.metadata().get("options").cloned() {
                 for (name, value) in super::session::startup_options(&options) {
                     self.runner.set_from_startup(s, &name, &value)?;
                 }
             }
+            s.started = true;
         }
         match input {
             Ok((command, params, hints)) => {

@@ -141,7 +141,9 @@ impl Primary {
 
     fn add_timeout(&self, body: &mut serde_json::Value) {
         if let Some(t) = self.statement_timeout {
-            body["statement_timeout"] = format!("{}ms", t.as_millis()).into();
+            // Whole milliseconds, rounded up: "0ms" would ask for the longest allowed.
+            let ms = t.as_micros().div_ceil(1000);
+            body["statement_timeout"] = format!("{ms}ms").into();
         }
     }
 

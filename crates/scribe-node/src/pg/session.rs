@@ -744,7 +744,7 @@ impl Runner {
         let Some(Lease::Optimistic(o)) = t.lease.take() else {
             return Ok(());
         };
-        let (history, savepoints) = o.into_history();
+        let (history, savepoints) = o.into_history()?;
         let n = history.len();
         let mut l = self
             .state

@@ -405,6 +405,9 @@ impl Follower {
     }
 
     async fn session(&self, target: &str) -> Ended {
+        // Records received on an earlier connection and never written (a full disk dropped
+        // them) are not had: a new session starts from what the log holds.
+        self.written.send_replace(self.engine.progress().flushed);
         let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(target)).await
         {
             Ok(Ok(s)) => s,
@@ -767,7 +770,7 @@ impl Follower {
         tracing::error!(error = %why, "stopped applying: the disk is full; this replica keeps what it has, serves reads from it, and goes on once there is room");
         self.shared().stalled = Some(why.clone());
         stalled.send_replace(Some(why));
-        let want = (2 * bytes).max(4 << 20);
+        let want = bytes.saturating_add(1 << 20);
         let mut pause = Duration::from_millis(500);
         loop {
             tokio::time::sleep(pause).await;
@@ -776,7 +779,11 @@ impl Follower {
                 continue;
             }
             match self.engine.apply(Vec::new()).await {
-                Ok(_) => break,
+                Ok(_) => {
+                    self.shared().stalled = None;
+                    stalled.send_replace(None);
+                    break;
+                }
                 Err(scribe_sqlite::EngineError::DiskFull(e)) => {
                     let e = format!("still no room: {e}");
                     self.shared().stalled = Some(e.clone());

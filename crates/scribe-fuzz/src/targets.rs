@@ -41,6 +41,13 @@ pub fn all() -> Vec<Target> {
             dict: wire::DICT,
         },
         Target {
+            name: "wire_handshake",
+            about: "peer wire: a decoded Hello through the primary's handshake decision",
+            run: wire::handshake,
+            seeds: wire::handshake_seeds,
+            dict: wire::DICT,
+        },
+        Target {
             name: "log_record",
             about: "change log: record::decode_frame and segment::scan",
             run: log::record,

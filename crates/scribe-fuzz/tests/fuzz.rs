@@ -72,6 +72,11 @@ fn wire_body() {
 }
 
 #[test]
+fn wire_handshake() {
+    run("wire_handshake");
+}
+
+#[test]
 fn log_record() {
     run("log_record");
 }
@@ -111,6 +116,7 @@ fn every_target_is_run_by_a_test() {
     let tested = [
         "wire_frame",
         "wire_body",
+        "wire_handshake",
         "log_record",
         "log_headers",
         "log_dir",

@@ -7,7 +7,8 @@
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use scribe_core::{Lsn, Position, Term};
+use scribe_core::handshake::{decide_handshake, HandshakeDecision, PrimaryView, ReplicaView};
+use scribe_core::{Lsn, Position, Term, TermHistory};
 use scribe_log::Record;
 use scribe_wire::frame::{self, FRAME_HEADER};
 use scribe_wire::{
@@ -233,3 +234,129 @@ pub fn body_seeds() -> Vec<Vec<u8>> {
 
 /// Words of the peer protocol.
 pub const DICT: &[&[u8]] = &[b"SCRW", b"SREC", &[2, 4], &[2, 1], &[2, 10]];
+
+/// `wire_handshake`: the input is a mode byte, then a body; a `Hello` goes through the primary's
+/// decision ([`decide_handshake`]) as the peer listener makes it, against one of four primaries
+/// (chosen by the mode byte): empty, a log from LSN 1, a log whose old segments are deleted, and
+/// one at the end of the LSN range.
+pub fn handshake(input: &[u8]) -> bool {
+    let Some((&mode, body)) = input.split_first() else {
+        return false;
+    };
+    let Ok(Message::Hello(hello)) = Message::decode_body(body) else {
+        return false;
+    };
+    let Ok(theirs) = TermHistory::from_entries(hello.history.clone()) else {
+        return false;
+    };
+    let max = scribe_log::record::MAX_LSN;
+    let (flushed, log_first, ours) = match mode % 4 {
+        0 => (Position::ZERO, Lsn(1), vec![]),
+        1 => (
+            Position::new(Term(3), Lsn(100)),
+            Lsn(1),
+            vec![(Term(1), Lsn(1)), (Term(2), Lsn(40)), (Term(3), Lsn(80))],
+        ),
+        2 => (
+            Position::new(Term(3), Lsn(100)),
+            Lsn(60),
+            vec![(Term(2), Lsn(59)), (Term(3), Lsn(80))],
+        ),
+        _ => (
+            Position::new(Term(5), max),
+            Lsn(max.0 - 10),
+            vec![(Term(5), Lsn(max.0 - 11))],
+        ),
+    };
+    let Ok(ours) = TermHistory::from_entries(ours) else {
+        panic!("the fuzzer's primary history is invalid");
+    };
+    let primary = PrimaryView {
+        name: "n1",
+        cluster_id: "c-7f3a",
+        term: flushed.term.max(Term(3)),
+        flushed,
+        log_first,
+        history: &ours,
+    };
+    let replica = ReplicaView {
+        name: &hello.name,
+        cluster_id: &hello.cluster_id,
+        term: hello.term,
+        last: hello.last,
+        history: Some(&theirs),
+    };
+    match decide_handshake(&primary, &replica) {
+        HandshakeDecision::Stream { from } => {
+            assert!(
+                from.0 >= 1 && from.0 - 1 <= flushed.lsn.0,
+                "streams from {from} past the log's end"
+            );
+            assert!(
+                from >= log_first,
+                "streams from {from}, which the log no longer holds"
+            );
+        }
+        HandshakeDecision::Rewind { to } => {
+            assert!(
+                to.lsn < hello.last.lsn,
+                "rewinds to {to}, not before the replica's last"
+            );
+            assert!(to.lsn <= flushed.lsn);
+        }
+        HandshakeDecision::Snapshot | HandshakeDecision::Refuse { .. } => {}
+    }
+    true
+}
+
+/// Seeds for `wire_handshake`: each hello against each primary.
+pub fn handshake_seeds() -> Vec<Vec<u8>> {
+    let hellos: Vec<Vec<u8>> = body_seeds()
+        .into_iter()
+        .filter(|b| b.get(1) == Some(&1))
+        .collect();
+    let mut seeds = Vec::new();
+    for mode in 0..4u8 {
+        for h in &hellos {
+            seeds.push([&[mode][..], h].concat());
+        }
+    }
+    let replica = |last: Position, history: Vec<(Term, Lsn)>| {
+        let mut b = vec![0u8];
+        let m = Message::Hello(Hello {
+            cluster_id: "c-7f3a".into(),
+            name: "n2".into(),
+            term: last.term,
+            last,
+            http_url: "http://n2".into(),
+            history,
+        });
+        if m.encode_body(&mut b).is_err() {
+            panic!("a seed hello does not encode");
+        }
+        b
+    };
+    for (mode, last, history) in [
+        (
+            1u8,
+            Position::new(Term(2), Lsn(50)),
+            vec![(Term(1), Lsn(1)), (Term(2), Lsn(40))],
+        ),
+        (
+            1,
+            Position::new(Term(4), Lsn(90)),
+            vec![(Term(1), Lsn(1)), (Term(2), Lsn(40)), (Term(4), Lsn(85))],
+        ),
+        (2, Position::new(Term(2), Lsn(45)), vec![(Term(2), Lsn(30))]),
+        (
+            3,
+            Position::new(Term(5), Lsn(scribe_log::record::MAX_LSN.0 - 1)),
+            vec![(Term(5), Lsn(1))],
+        ),
+    ] {
+        let mut s = replica(last, history);
+        s[0] = mode;
+        seeds.push(s);
+    }
+    seeds
+}

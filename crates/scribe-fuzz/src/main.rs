@@ -32,8 +32,9 @@ struct Args {
     /// Where crashing inputs are written, as `<target>-<hash>`.
     #[arg(long, env = "SCRIBE_FUZZ_CRASHES")]
     crashes: Option<PathBuf>,
-    /// Run the inputs in these files (crash files, say) on the first named target once each and
-    /// report what happened, instead of fuzzing.
+    /// Run the inputs in these files (crash files, say) once each on the first target, named
+    /// before this flag (`scribe-fuzz log_dir --replay FILE`), and report what happened, instead
+    /// of fuzzing.
     #[arg(long, num_args = 1.., value_name = "FILE")]
     replay: Vec<PathBuf>,
     /// Write each target's built-in seeds (made by the real encoders) into its corpus directory

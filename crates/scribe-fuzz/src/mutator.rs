@@ -1,6 +1,6 @@
 //! The mutations the fuzzer applies to corpus entries: bit flips, byte changes, insertions and
 //! deletions, interesting integers written over the input, arithmetic on little-endian integers,
-//! splices with other corpus entries, dictionary words and truncation. A [`Mutator`] is seeded,
+//! splices with other corpus entries, dictionary words, multi-byte characters and truncation. A [`Mutator`] is seeded,
 //! so a run is reproducible from its seed.
 
 /// Integers that often sit on a decoder's edge: zero, one, sign and width boundaries, and lengths
@@ -67,7 +67,7 @@ impl Mutator {
     }
 
     fn mutate_once(&mut self, b: &mut Vec<u8>, others: &[Vec<u8>], dict: &[&[u8]]) {
-        let choice = self.rng.u8(..12);
+        let choice = self.rng.u8(..13);
         match choice {
             // Flip one bit.
             0 if !b.is_empty() => {
@@ -149,6 +149,18 @@ impl Mutator {
                     b.splice(at..at, word.iter().copied());
                 } else {
                     self.overwrite(b, word);
+                }
+            }
+            // Insert a character of two, three or four UTF-8 bytes (or a byte that is never
+            // UTF-8), for decoders that slice text by byte offsets.
+            11 => {
+                const WIDE: &[&str] = &["\u{e9}", "\u{20ac}", "\u{1f600}", "\u{0}", "\u{feff}"];
+                let at = self.rng.usize(..=b.len());
+                if self.rng.u8(..6) == 0 {
+                    b.insert(at, 0xff);
+                } else {
+                    let c = WIDE[self.below(WIDE.len())].as_bytes();
+                    b.splice(at..at, c.iter().copied());
                 }
             }
             // Truncate.

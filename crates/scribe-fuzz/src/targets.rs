@@ -5,6 +5,7 @@
 mod http;
 mod log;
 mod log_dir;
+mod pg_session;
 mod pgsql;
 mod wire;
 
@@ -81,6 +82,13 @@ pub fn all() -> Vec<Target> {
             run: pgsql::copy,
             seeds: pgsql::copy_seeds,
             dict: pgsql::DICT,
+        },
+        Target {
+            name: "pg_session",
+            about: "PostgreSQL front end: bind parameters, startup options, savepoints, Parse",
+            run: pg_session::session,
+            seeds: pg_session::seeds,
+            dict: pg_session::DICT,
         },
         Target {
             name: "http_body",

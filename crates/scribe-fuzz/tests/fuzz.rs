@@ -102,6 +102,11 @@ fn pg_copy() {
 }
 
 #[test]
+fn pg_session() {
+    run("pg_session");
+}
+
+#[test]
 fn http_body() {
     run("http_body");
 }
@@ -122,6 +127,7 @@ fn every_target_is_run_by_a_test() {
         "log_dir",
         "pg_translate",
         "pg_copy",
+        "pg_session",
         "http_body",
         "core_tokens",
     ];

@@ -75,6 +75,9 @@ pub enum LogError {
     /// A record larger than the format allows.
     #[error("record of {0} bytes is larger than the {max} byte limit", max = crate::record::MAX_BODY)]
     TooLarge(usize),
+    /// A record whose LSN is past [`crate::record::MAX_LSN`].
+    #[error("record lsn {0} is past the largest possible lsn {max}", max = crate::record::MAX_LSN)]
+    LsnOutOfRange(scribe_core::Lsn),
     /// The term history file is damaged and cannot be rebuilt (the segments holding the first
     /// records of some terms were deleted): start-up must stop.
     #[error("corrupt term history {}: {reason}; it cannot be rebuilt because the log no longer starts at lsn 1", path.display())]

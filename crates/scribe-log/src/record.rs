@@ -24,6 +24,11 @@ pub const BODY_HEADER: usize = 1 + 1 + 8 + 8 + 8 + 8;
 pub const RECORD_VERSION: u8 = 1;
 /// Largest body a frame may carry (256 MiB).
 pub const MAX_BODY: usize = 256 << 20;
+/// The largest LSN a record or a segment may name: `i64::MAX`, the largest SQLite stores (it
+/// keeps the applied position as signed 64-bit integers). No log gets there (a million records a
+/// second for 292,000 years), so a larger LSN is damage or a hostile peer; refusing it when
+/// decoding keeps `Lsn::next` of every decoded LSN from overflowing.
+pub const MAX_LSN: Lsn = Lsn(i64::MAX as u64);
 
 /// One committed transaction in the change log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +61,9 @@ impl Record {
         let body_len = BODY_HEADER + self.payload.len();
         if body_len > MAX_BODY {
             return Err(LogError::TooLarge(body_len));
+        }
+        if self.lsn > MAX_LSN {
+            return Err(LogError::LsnOutOfRange(self.lsn));
         }
         let start = out.len();
         out.reserve(FRAME_HEADER + body_len);
@@ -142,6 +150,12 @@ pub fn decode_frame(buf: &[u8]) -> Result<(Record, usize), FrameError> {
         time_us: u64_at(26),
         payload: body[BODY_HEADER..].to_vec(),
     };
+    if record.lsn > MAX_LSN {
+        return Err(FrameError::Invalid(format!(
+            "record lsn {} is past the largest possible lsn {MAX_LSN}",
+            record.lsn
+        )));
+    }
     if record.batch_first > record.lsn {
         return Err(FrameError::Invalid(format!(
             "batch start {} after the record's own lsn {}",
@@ -202,7 +216,7 @@ mod tests {
         }
 
         #[test]
-        fn any_record_round_trips(term in any::<u64>(), lsn in 1u64.., back in 0u64..1000, time in any::<u64>(),
+        fn any_record_round_trips(term in any::<u64>(), lsn in 1u64..=MAX_LSN.0, back in 0u64..1000, time in any::<u64>(),
                                   payload in proptest::collection::vec(any::<u8>(), 0..300)) {
             let r = Record { term: Term(term), lsn: Lsn(lsn), batch_first: Lsn(lsn.saturating_sub(back)), time_us: time, payload };
             let bytes = r.encode().unwrap();

@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 
 use scribe_core::Lsn;
 
-use crate::record::{decode_frame, FrameError, Record, FRAME_HEADER, FRAME_MAGIC, MAX_BODY};
+use crate::record::{
+    decode_frame, FrameError, Record, FRAME_HEADER, FRAME_MAGIC, MAX_BODY, MAX_LSN,
+};
 use crate::LogError;
 
 /// Magic bytes that open every segment.
@@ -74,9 +76,13 @@ pub fn decode_header(h: &[u8]) -> Result<Lsn, String> {
     if version != SEGMENT_VERSION {
         return Err(format!("unknown segment version {version}"));
     }
-    Ok(Lsn(u64::from_le_bytes(
-        h[12..20].try_into().expect("8 bytes"),
-    )))
+    let first = Lsn(u64::from_le_bytes(h[12..20].try_into().expect("8 bytes")));
+    if first > MAX_LSN {
+        return Err(format!(
+            "the header's first lsn {first} is past the largest possible lsn {MAX_LSN}"
+        ));
+    }
+    Ok(first)
 }
 
 /// Creates the segment for `first` in `dir` atomically and returns it opened for writing.

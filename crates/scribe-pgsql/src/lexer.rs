@@ -214,8 +214,14 @@ fn is_ident_char(c: char) -> bool {
 /// Fails with a syntax error on an unterminated quote, quoted identifier, dollar quote or
 /// block comment.
 pub(crate) fn tokenize(sql: &str) -> Result<Vec<Token>, CompatError> {
-    let b = sql.as_bytes();
     let mut out = Vec::new();
+    lex(sql, &mut out)?;
+    Ok(out)
+}
+
+/// Lexes `sql` into `out`; on an error, `out` holds the tokens before the bad one.
+fn lex(sql: &str, out: &mut Vec<Token>) -> Result<(), CompatError> {
+    let b = sql.as_bytes();
     let mut i = 0;
     while i < b.len() {
         let rest = &sql[i..];
@@ -288,7 +294,7 @@ pub(crate) fn tokenize(sql: &str) -> Result<Vec<Token>, CompatError> {
         out.push(Token::new(kind, &sql[i..i + len]));
         i += len;
     }
-    Ok(out)
+    Ok(())
 }
 
 fn block_comment_len(s: &str) -> Result<usize, CompatError> {
@@ -480,12 +486,27 @@ fn push_statement(out: &mut Vec<String>, tokens: &[&Token]) {
 
 /// For input that does not lex: split what lexes before the first bad `;`-free tail.
 fn split_prefix_then_rest(sql: &str) -> Vec<String> {
-    // Find the longest prefix ending in ';' that lexes, split it, and keep the rest whole.
+    // Find the longest prefix ending in ';' that lexes, split it, and keep the rest whole. A
+    // prefix ending at a ';' lexes exactly when that ';' is a `;` token, or sits in a `--`
+    // comment, among the tokens that lex before the bad one: a token ends where it ends whatever
+    // follows it, and a string, quoted name or block comment cut at a ';' inside it is
+    // unterminated. So one pass finds it (lexing every such prefix took time quadratic in the
+    // statement's length: minutes for a megabyte of ';' after an unterminated quote).
+    let mut tokens = Vec::new();
+    let _ = lex(sql, &mut tokens);
     let mut best = 0;
-    for (i, c) in sql.char_indices() {
-        if c == ';' && tokenize(&sql[..=i]).is_ok() {
-            best = i + 1;
+    let mut at = 0;
+    for t in &tokens {
+        match t.kind {
+            Tok::Semi => best = at + 1,
+            Tok::Comment if t.text.starts_with("--") => {
+                if let Some(k) = t.text.rfind(';') {
+                    best = at + k + 1;
+                }
+            }
+            _ => {}
         }
+        at += t.text.len();
     }
     let mut out = if best > 0 {
         split(&sql[..best])
@@ -575,6 +596,72 @@ pub(crate) fn split_commas(tokens: &[Token]) -> Vec<Vec<Token>> {
 
 #[cfg(test)]
 mod tests {
+    /// The longest prefix ending in ';' that lexes, found by lexing every such prefix (what
+    /// `split_prefix_then_rest` did before it took one pass).
+    fn best_prefix_by_lexing_each(sql: &str) -> usize {
+        let mut best = 0;
+        for (i, c) in sql.char_indices() {
+            if c == ';' && super::tokenize(&sql[..=i]).is_ok() {
+                best = i + 1;
+            }
+        }
+        best
+    }
+
+    fn split_by_lexing_each(sql: &str) -> Vec<String> {
+        let best = best_prefix_by_lexing_each(sql);
+        let mut out = if best > 0 {
+            super::split(&sql[..best])
+        } else {
+            Vec::new()
+        };
+        let rest = sql[best..].trim();
+        if !rest.is_empty() {
+            out.push(rest.to_string());
+        }
+        out
+    }
+
+    #[test]
+    fn the_prefix_split_of_input_that_does_not_lex_is_the_longest_prefix_that_does() {
+        const PIECES: &[&str] = &[
+            ";", ";", "'", "\"", "E'", "\\", "$$", "$a$", "$1", "--", "\n", "/*", "*/", " ", "x",
+            "1", "1e", "(", ")", "é", "''", ".",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let mut checked = 0;
+        for _ in 0..20_000 {
+            let len = 1 + next(14);
+            let sql: String = (0..len).map(|_| PIECES[next(PIECES.len())]).collect();
+            if super::tokenize(&sql).is_ok() {
+                continue;
+            }
+            checked += 1;
+            assert_eq!(super::split(&sql), split_by_lexing_each(&sql), "{sql:?}");
+        }
+        assert!(checked > 5_000, "only {checked} inputs did not lex");
+    }
+
+    #[test]
+    fn a_long_statement_that_does_not_lex_splits_in_linear_time() {
+        // An unterminated quote, then a megabyte of ';': lexing every prefix took minutes.
+        let sql = format!("SELECT 1; '{}", ";".repeat(1 << 20));
+        let started = std::time::Instant::now();
+        let parts = super::split(&sql);
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0], "SELECT 1");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
     use super::*;
 
     #[test]

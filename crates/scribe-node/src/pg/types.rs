@@ -110,14 +110,16 @@ fn bad(i: usize, t: &Type, why: impl std::fmt::Display) -> PgError {
     )
 }
 
+/// PostgreSQL's hex bytea text, `\x` and two hex digits per byte. Read by bytes, not by string
+/// slices: a slice in the middle of a multi-byte character would panic.
 fn decode_bytea_text(s: &str) -> Option<Vec<u8>> {
-    let hex = s.strip_prefix("\\x")?;
+    let hex = s.strip_prefix("\\x")?.as_bytes();
     if hex.len() % 2 != 0 {
         return None;
     }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+    let digit = |b: u8| char::from(b).to_digit(16);
+    hex.chunks_exact(2)
+        .map(|pair| Some((digit(pair[0])? * 16 + digit(pair[1])?) as u8))
         .collect()
 }
 

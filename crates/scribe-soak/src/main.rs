@@ -352,10 +352,11 @@ async fn soak(args: Args) -> anyhow::Result<bool> {
     }
 
     println!("scribe-soak: waiting for the replicas to catch up");
-    let caught_up = cluster
+    let not_caught_up = cluster
         .wait_caught_up(Duration::from_secs(180))
         .await
-        .map_err(|e| format!("{e:#}"));
+        .err()
+        .map(|e| format!("{e:#}"));
     println!("scribe-soak: checking every node");
     let verdicts = verify(&cluster.apis(), &ledgers).await;
     cluster.stop().await;
@@ -375,7 +376,7 @@ async fn soak(args: Args) -> anyhow::Result<bool> {
         kills: kills.lock().map(|k| k.clone()).unwrap_or_default(),
         runaways: runaways.lock().map(|r| r.clone()).unwrap_or_default(),
         samples,
-        caught_up,
+        not_caught_up,
         verdicts,
         statement_timeout: args.statement_timeout,
     };

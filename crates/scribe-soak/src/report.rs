@@ -59,8 +59,8 @@ pub struct Report {
     pub kills: Vec<String>,
     pub runaways: Vec<Runaway>,
     pub samples: Vec<Sample>,
-    /// Whether the replicas caught up at the end (`Err`: why not).
-    pub caught_up: Result<(), String>,
+    /// Why the replicas did not catch up at the end (`None`: they did).
+    pub not_caught_up: Option<String>,
     pub verdicts: Vec<Verdict>,
     pub statement_timeout: Duration,
 }
@@ -74,7 +74,7 @@ impl Report {
     /// outcomes consistent, nothing of the runaways, every runaway stopped in time, no stale
     /// session read, the replicas caught up.
     pub fn passed(&self) -> bool {
-        self.caught_up.is_ok()
+        self.not_caught_up.is_none()
             && self.stale_reads == 0
             && !self.verdicts.is_empty()
             && self.verdicts.iter().all(Verdict::ok)
@@ -134,9 +134,9 @@ impl Report {
         let _ = writeln!(
             s,
             "| replicas caught up at the end | {} |",
-            match &self.caught_up {
-                Ok(()) => "yes".to_string(),
-                Err(e) => format!("NO: {e}"),
+            match &self.not_caught_up {
+                None => "yes".to_string(),
+                Some(e) => format!("NO: {e}"),
             }
         );
 
@@ -265,7 +265,7 @@ mod tests {
         });
         assert!(!r.passed());
         let mut r = passing();
-        r.caught_up = Err("n2 behind".into());
+        r.not_caught_up = Some("n2 behind".into());
         assert!(!r.passed());
     }
 }

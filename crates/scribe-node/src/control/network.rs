@@ -19,9 +19,10 @@ use openraft::raft::{
 };
 use openraft::RPCTypes;
 use scribe_wire::{read_message, write_message, ControlHello, Message};
-use tokio::io::BufReader;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+
+use crate::peer_link::{self, PeerReader, PeerWriter};
 
 use super::types::{ControlNode, NodeId, RpcRequest, RpcResponse, TypeConfig};
 
@@ -63,8 +64,8 @@ pub enum CallError {
 }
 
 struct Conn {
-    rd: BufReader<OwnedReadHalf>,
-    wr: OwnedWriteHalf,
+    rd: BufReader<PeerReader>,
+    wr: PeerWriter,
     next_id: u64,
 }
 
@@ -139,6 +140,10 @@ impl Pool {
         write_message(&mut conn.wr, &Message::ControlRequest { id, body })
             .await
             .map_err(|e| net(format!("send: {e}")))?;
+        conn.wr
+            .flush()
+            .await
+            .map_err(|e| net(format!("send: {e}")))?;
         let answer = match read_message(&mut conn.rd).await {
             Ok(Message::ControlResponse { id: got, body }) if got == id => body,
             Ok(Message::ControlResponse { id: got, .. }) => {
@@ -170,8 +175,7 @@ impl Pool {
                 addr: addr.into(),
                 why: e.to_string(),
             })?;
-        let _ = stream.set_nodelay(true);
-        let (rd, mut wr) = stream.into_split();
+        let (rd, mut wr) = peer_link::split(peer_link::plain(stream));
         write_message(&mut wr, &Message::ControlHello(self.hello.clone()))
             .await
             .map_err(|e| CallError::Unreachable {

@@ -22,13 +22,13 @@ use scribe_wire::{
     read_message, write_message, Hello, Message, Refusal, RefusalCode, Start, Welcome, WireError,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::follower::Follower;
 use super::registry::Registry;
 use super::{HANDSHAKE_TIMEOUT, HEARTBEAT};
 use crate::leadership::{Leadership, NodeRole};
+use crate::peer_link::{self, PeerReader, PeerWriter};
 
 /// Most records in one `Records` message.
 const CHUNK_RECORDS: usize = 2048;
@@ -98,14 +98,13 @@ pub async fn serve(listener: TcpListener, ctx: Arc<PeerContext>) {
     }
 }
 
-async fn refuse(wr: &mut BufWriter<OwnedWriteHalf>, code: RefusalCode, message: String) {
+async fn refuse(wr: &mut BufWriter<PeerWriter>, code: RefusalCode, message: String) {
     let _ = write_message(wr, &Message::Refused(Refusal { code, message })).await;
     let _ = wr.flush().await;
 }
 
 async fn serve_peer(stream: TcpStream, addr: SocketAddr, ctx: Arc<PeerContext>) {
-    let _ = stream.set_nodelay(true);
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = peer_link::split(peer_link::plain(stream));
     let mut rd = BufReader::with_capacity(64 << 10, rd);
     let mut wr = BufWriter::with_capacity(256 << 10, wr);
     let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut rd)).await {
@@ -315,7 +314,7 @@ fn decide(ctx: &PeerContext, hello: &Hello) -> Result<Start, Refusal> {
 }
 
 async fn receive_progress(
-    rd: &mut BufReader<OwnedReadHalf>,
+    rd: &mut BufReader<PeerReader>,
     ctx: &PeerContext,
     registry: &Registry,
     name: &str,
@@ -368,7 +367,7 @@ fn read_chunk(reader: &mut scribe_log::LogReader) -> Result<Vec<Record>, String>
 }
 
 async fn stream_to(
-    wr: &mut BufWriter<OwnedWriteHalf>,
+    wr: &mut BufWriter<PeerWriter>,
     ctx: &PeerContext,
     registry: &Registry,
     name: &str,
@@ -447,7 +446,7 @@ impl Drop for RemoveOnDrop {
 
 /// Takes a snapshot and sends it; answers the LSN streaming continues from.
 async fn send_snapshot(
-    wr: &mut BufWriter<OwnedWriteHalf>,
+    wr: &mut BufWriter<PeerWriter>,
     ctx: &PeerContext,
     registry: &Registry,
     name: &str,

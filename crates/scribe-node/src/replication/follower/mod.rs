@@ -21,13 +21,13 @@ use scribe_wire::{
 };
 use serde::Serialize;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use super::{HANDSHAKE_TIMEOUT, HEARTBEAT};
 use crate::identity;
 use crate::leadership::{Leadership, NodeRole};
+use crate::peer_link::{self, PeerReader, PeerWriter};
 
 mod rejoin;
 
@@ -156,8 +156,8 @@ impl From<std::io::Error> for Ended {
     }
 }
 
-type Writer = BufWriter<OwnedWriteHalf>;
-type Reader = BufReader<OwnedReadHalf>;
+type Writer = BufWriter<PeerWriter>;
+type Reader = BufReader<PeerReader>;
 
 impl Follower {
     /// The follower of this node: while [`Leadership`] says this node is a replica, it follows
@@ -397,8 +397,7 @@ impl Follower {
             Ok(Err(e)) => return Ended::Failed(format!("connect to {target}: {e}")),
             Err(_) => return Ended::Failed(format!("connect to {target}: timed out")),
         };
-        let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
+        let (rd, wr) = peer_link::split(peer_link::plain(stream));
         let mut rd = BufReader::with_capacity(256 << 10, rd);
         let mut wr = BufWriter::with_capacity(64 << 10, wr);
         match self.handshake(target, &mut rd, &mut wr).await {

@@ -20,9 +20,8 @@ use openraft::raft::{
 use openraft::RPCTypes;
 use scribe_wire::{read_message, write_message, ControlHello, Message};
 use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
-use crate::peer_link::{self, PeerReader, PeerWriter};
+use crate::peer_link::{DialError, PeerReader, PeerSecurity, PeerWriter};
 
 use super::types::{ControlNode, NodeId, RpcRequest, RpcResponse, TypeConfig};
 
@@ -75,15 +74,18 @@ pub struct Pool {
     idle: Mutex<HashMap<String, Conn>>,
     /// The last refusal logged per address, so a retried refusal is logged once.
     refusals: Mutex<HashMap<String, String>>,
+    /// How connections are secured (TLS, the peer secret).
+    security: Arc<PeerSecurity>,
 }
 
 impl Pool {
     /// A pool whose connections open with `hello`.
-    pub fn new(hello: ControlHello) -> Pool {
+    pub fn new(hello: ControlHello, security: Arc<PeerSecurity>) -> Pool {
         Pool {
             hello,
             idle: Mutex::new(HashMap::new()),
             refusals: Mutex::new(HashMap::new()),
+            security,
         }
     }
 
@@ -169,13 +171,31 @@ impl Pool {
     }
 
     async fn dial(&self, addr: &str) -> Result<Conn, CallError> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| CallError::Unreachable {
-                addr: addr.into(),
-                why: e.to_string(),
-            })?;
-        let (rd, mut wr) = peer_link::split(peer_link::plain(stream));
+        // The caller bounds the whole call; this bound only keeps a dial from outliving it.
+        let (rd, mut wr) = match self.security.dial(addr, Duration::from_secs(10)).await {
+            Ok(halves) => halves,
+            Err(DialError::Unreachable { why, .. }) => {
+                return Err(CallError::Unreachable {
+                    addr: addr.into(),
+                    why,
+                })
+            }
+            Err(DialError::Refused(r)) => {
+                self.log_refusal(addr, &r.message);
+                return Err(CallError::Refused {
+                    addr: addr.into(),
+                    message: r.message,
+                });
+            }
+            Err(e @ DialError::Unauthenticated(_)) => {
+                let message = e.to_string();
+                self.log_refusal(addr, &message);
+                return Err(CallError::Refused {
+                    addr: addr.into(),
+                    message,
+                });
+            }
+        };
         write_message(&mut wr, &Message::ControlHello(self.hello.clone()))
             .await
             .map_err(|e| CallError::Unreachable {

@@ -28,7 +28,7 @@ use super::follower::Follower;
 use super::registry::Registry;
 use super::{HANDSHAKE_TIMEOUT, HEARTBEAT};
 use crate::leadership::{Leadership, NodeRole};
-use crate::peer_link::{self, PeerReader, PeerWriter};
+use crate::peer_link::{PeerReader, PeerSecurity, PeerWriter};
 
 /// Most records in one `Records` message.
 const CHUNK_RECORDS: usize = 2048;
@@ -57,6 +57,8 @@ pub struct PeerContext {
     pub peer_timeout: Duration,
     /// The control plane, in cluster mode: its members' connections arrive here too.
     pub control: Option<crate::control::ControlPlane>,
+    /// How peers are authenticated (TLS, the peer secret) before anything else is said.
+    pub security: Arc<PeerSecurity>,
 }
 
 impl PeerContext {
@@ -104,7 +106,14 @@ async fn refuse(wr: &mut BufWriter<PeerWriter>, code: RefusalCode, message: Stri
 }
 
 async fn serve_peer(stream: TcpStream, addr: SocketAddr, ctx: Arc<PeerContext>) {
-    let (rd, wr) = peer_link::split(peer_link::plain(stream));
+    // Nothing of the log, a snapshot or the control state goes out before this passes.
+    let (rd, wr) = match ctx.security.accept(stream, addr).await {
+        Ok(halves) => halves,
+        Err(refused) => {
+            tracing::warn!(peer = %addr, "refused a peer connection: {}", refused.0);
+            return;
+        }
+    };
     let mut rd = BufReader::with_capacity(64 << 10, rd);
     let mut wr = BufWriter::with_capacity(256 << 10, wr);
     let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut rd)).await {
@@ -123,6 +132,15 @@ async fn serve_peer(stream: TcpStream, addr: SocketAddr, ctx: Arc<PeerContext>) 
             if let Err(e) = crate::control::serve_connection(plane, rd, wr, h).await {
                 tracing::warn!(peer = %addr, %from, error = %e, "control-plane connection ended");
             }
+            return;
+        }
+        Ok(Ok(Message::AuthHello { .. })) => {
+            let why = format!(
+                "peer authentication failed: {} has no --peer-secret but the peer tried to authenticate: give every node of the cluster the same --peer-secret",
+                ctx.name
+            );
+            tracing::warn!(peer = %addr, "refused a peer connection: {why}");
+            crate::peer_link::refuse_and_close(rd, wr, RefusalCode::Unauthenticated, why).await;
             return;
         }
         Ok(Ok(other)) => {

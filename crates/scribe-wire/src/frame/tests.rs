@@ -102,6 +102,13 @@ fn samples() -> Vec<Message> {
             id: u64::MAX,
             body: vec![],
         },
+        Message::AuthHello { nonce: vec![7; 32] },
+        Message::AuthChallenge {
+            nonce: vec![8; 32],
+            proof: vec![9; 32],
+        },
+        Message::AuthProof { proof: vec![] },
+        Message::AuthAccepted,
     ]
 }
 
@@ -190,6 +197,7 @@ fn every_refusal_code_round_trips() {
         RefusalCode::Protocol,
         RefusalCode::Internal,
         RefusalCode::ClusterMismatch,
+        RefusalCode::Unauthenticated,
     ] {
         let m = Message::Refused(Refusal {
             code,

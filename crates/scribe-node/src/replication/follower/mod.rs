@@ -21,13 +21,12 @@ use scribe_wire::{
 };
 use serde::Serialize;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use super::{HANDSHAKE_TIMEOUT, HEARTBEAT};
 use crate::identity;
 use crate::leadership::{Leadership, NodeRole};
-use crate::peer_link::{self, PeerReader, PeerWriter};
+use crate::peer_link::{DialError, PeerReader, PeerSecurity, PeerWriter};
 
 mod rejoin;
 
@@ -135,6 +134,8 @@ pub struct Follower {
     peer_timeout: Duration,
     /// In cluster mode: where a roll-back is reported, for the failover history.
     control: Option<crate::control::ControlPlane>,
+    /// How connections to the primary are secured.
+    security: Arc<PeerSecurity>,
 }
 
 /// Why a connection ended.
@@ -193,7 +194,14 @@ impl Follower {
             written: watch::channel(at).0,
             peer_timeout,
             control: None,
+            security: Arc::new(PeerSecurity::none()),
         }
+    }
+
+    /// How connections to the primary are secured (TLS, the peer secret).
+    pub fn with_security(mut self, security: Arc<PeerSecurity>) -> Follower {
+        self.security = security;
+        self
     }
 
     /// In cluster mode: the control plane where roll-backs are reported.
@@ -337,7 +345,12 @@ impl Follower {
             let outcome = self.session(&target).await;
             let (state, error, pause) = match outcome {
                 Ended::Refused(r) => {
-                    let msg = format!("the primary refused this replica: {}", r.message);
+                    // An authentication failure says so first, whichever side found it.
+                    let msg = if r.code == RefusalCode::Unauthenticated {
+                        format!("{} (following {target})", r.message)
+                    } else {
+                        format!("the primary refused this replica: {}", r.message)
+                    };
                     // A node that is not primary yet (a promotion still on its way to it) soon
                     // may be: try again as after a lost connection. Other refusals need an
                     // operator, or time.
@@ -391,13 +404,17 @@ impl Follower {
     }
 
     async fn session(&self, target: &str) -> Ended {
-        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(target)).await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Ended::Failed(format!("connect to {target}: {e}")),
-            Err(_) => return Ended::Failed(format!("connect to {target}: timed out")),
+        let (rd, wr) = match self.security.dial(target, HANDSHAKE_TIMEOUT).await {
+            Ok(halves) => halves,
+            Err(e @ DialError::Unreachable { .. }) => return Ended::Failed(e.to_string()),
+            Err(DialError::Refused(r)) => return Ended::Refused(r),
+            Err(e @ DialError::Unauthenticated(_)) => {
+                return Ended::Refused(Refusal {
+                    code: RefusalCode::Unauthenticated,
+                    message: e.to_string(),
+                })
+            }
         };
-        let (rd, wr) = peer_link::split(peer_link::plain(stream));
         let mut rd = BufReader::with_capacity(256 << 10, rd);
         let mut wr = BufWriter::with_capacity(64 << 10, wr);
         match self.handshake(target, &mut rd, &mut wr).await {

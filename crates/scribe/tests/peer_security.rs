@@ -369,10 +369,10 @@ async fn mutual_tls_refuses_a_certificate_of_another_ca_and_encrypts_the_stream(
     );
     let st = wait_refused(&Api::new(&other.url), "r-other refused").await;
     eprintln!("r-other: {}", st["replication"]["error"]);
-    // A certificate of the right CA but a replica that still trusts only its own CA is refused
-    // by itself; one with the right CA's trust and a foreign certificate, by the primary:
+    // That replica also distrusts the primary's certificate. One that trusts the right CA but
+    // presents a certificate of the other is refused by the primary:
     let mixed_relay = Relay::start(peer.clone()).await;
-    let margs = vec![
+    let margs = [
         "--peer-tls-cert".to_string(),
         certs.join("r-other.crt").to_str().unwrap().to_string(),
         "--peer-tls-key".into(),

@@ -234,6 +234,14 @@ impl PeerSecurity {
         self.tls.is_some()
     }
 
+    /// Whether `e`, on the first read of a dialed connection, is the listener rejecting this
+    /// node's TLS certificate: in TLS 1.3 the dialer's handshake completes before the listener
+    /// has checked its certificate, so the rejection (an alert) arrives on the first read.
+    pub fn is_tls_rejection(&self, e: &scribe_wire::WireError) -> bool {
+        self.has_tls()
+            && matches!(e, scribe_wire::WireError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData)
+    }
+
     /// The listener's side of a new connection from `addr`: TLS, then the secret's
     /// challenge–response. On a refusal the peer has been told why (when it could be) and the
     /// connection is closed; the caller logs the reason.
@@ -288,7 +296,7 @@ impl PeerSecurity {
             Ok(Message::AuthHello { nonce }) => nonce,
             Ok(other) => {
                 return Err(fail(format!(
-                    "this node requires peer authentication and the peer sent a {} message without it: start the peer with the cluster's --peer-secret",
+                    "the listening node requires peer authentication (--peer-secret) and the dialing node sent a {} message without it: give every node the cluster's --peer-secret",
                     other.kind()
                 )))
             }

@@ -388,13 +388,8 @@ async fn mutual_tls_refuses_a_certificate_of_another_ca_and_encrypts_the_stream(
         &margs,
     );
     let mapi = Api::new(&mixed.url);
-    wait_status(&mapi, Duration::from_secs(20), "r-mixed refused", |s| {
-        s["replication"]["error"].as_str().is_some()
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let st = mapi.status().await;
-    assert_ne!(st["replication"]["state"], "streaming", "{st}");
+    let st = wait_refused(&mapi, "r-mixed refused").await;
+    assert_eq!(st["replication"]["state"], "refused", "{st}");
     eprintln!("r-mixed: {}", st["replication"]["error"]);
     for (relay, who) in [
         (&other_relay, "other CA"),

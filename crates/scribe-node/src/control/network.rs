@@ -159,6 +159,16 @@ impl Pool {
                 });
             }
             Ok(other) => return Err(net(format!("unexpected {} message", other.kind()))),
+            Err(e) if self.security.is_tls_rejection(&e) => {
+                let message = format!(
+                    "peer authentication failed: {addr} did not accept this node's TLS certificate: {e}"
+                );
+                self.log_refusal(addr, &message);
+                return Err(CallError::Refused {
+                    addr: addr.into(),
+                    message,
+                });
+            }
             Err(e) => return Err(net(format!("receive: {e}"))),
         };
         let resp: RpcResponse =

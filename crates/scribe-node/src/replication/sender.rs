@@ -136,7 +136,7 @@ async fn serve_peer(stream: TcpStream, addr: SocketAddr, ctx: Arc<PeerContext>) 
         }
         Ok(Ok(Message::AuthHello { .. })) => {
             let why = format!(
-                "peer authentication failed: {} has no --peer-secret but the peer tried to authenticate: give every node of the cluster the same --peer-secret",
+                "peer authentication failed: the listening node ({}) has no --peer-secret but the dialing node tried to authenticate: give every node of the cluster the same --peer-secret",
                 ctx.name
             );
             tracing::warn!(peer = %addr, "refused a peer connection: {why}");

@@ -448,6 +448,14 @@ impl Follower {
                     other.kind()
                 )))
             }
+            Ok(Err(e)) if self.security.is_tls_rejection(&e) => {
+                return Err(Ended::Refused(Refusal {
+                    code: RefusalCode::Unauthenticated,
+                    message: format!(
+                        "peer authentication failed: {target} did not accept this node's TLS certificate: {e}"
+                    ),
+                }))
+            }
             Ok(Err(e)) => return Err(Ended::Failed(format!("handshake with {target}: {e}"))),
             Err(_) => return Err(Ended::Failed(format!("handshake with {target}: no answer"))),
         };

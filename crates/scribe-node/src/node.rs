@@ -222,6 +222,13 @@ impl Node {
             config.peer_secret.as_deref(),
             config.peer_tls.as_ref(),
         )?);
+        if config.peer_addr.is_some() {
+            tracing::info!(
+                secret = security.has_secret(),
+                tls = security.has_tls(),
+                "peer port security"
+            );
+        }
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("create data directory {}: {e}", config.data_dir.display()))?;
         let identity = identity::load_or_create(&config.data_dir, &config.name)?;

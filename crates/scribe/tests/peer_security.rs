@@ -477,3 +477,27 @@ async fn a_cluster_with_the_secret_elects_a_leader_and_refuses_a_member_without_
     let (_, log) = lone.terminate();
     assert!(log.contains("peer authentication failed"), "{log}");
 }
+
+#[test]
+fn a_node_refuses_to_start_with_a_missing_empty_or_short_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = write_secret(dir.path(), "empty", "\n");
+    let short = write_secret(dir.path(), "short", "only-twenty-bytes-xx\n");
+    let missing = dir.path().join("missing");
+    for (file, expect) in [
+        (&missing, "read the peer secret"),
+        (&empty, "empty"),
+        (&short, "at least 32"),
+    ] {
+        let peer = format!("127.0.0.1:{}", common::free_port());
+        let err = match NodeProc::try_start(
+            "p",
+            &dir.path().join("p"),
+            &["--peer", &peer, "--peer-secret", file.to_str().unwrap()],
+        ) {
+            Ok(_) => panic!("started with the secret {}", file.display()),
+            Err(e) => e,
+        };
+        assert!(err.contains(expect), "{}: {err}", file.display());
+    }
+}

@@ -14,6 +14,7 @@
 //! - [`histogram`]: a lock-free fixed-bucket histogram for metrics.
 //! - [`history`]: a node's history of terms: where two logs diverge, whether a position is held.
 //! - [`lease`]: lease arithmetic: how long a primary may write, when others may take over.
+//! - [`peer_auth`]: the proofs two nodes exchange to show each other they hold the peer secret.
 //! - [`promotion`]: who may be promoted when the primary is gone, and forced promotions.
 
 pub mod commit;
@@ -23,6 +24,7 @@ pub mod handshake;
 pub mod histogram;
 pub mod history;
 pub mod lease;
+pub mod peer_auth;
 pub mod position;
 pub mod promotion;
 
@@ -41,6 +43,7 @@ pub use handshake::{
 pub use histogram::{Histogram, HistogramSnapshot};
 pub use history::{HistoryError, Located, TermHistory};
 pub use lease::{LeaseConfig, LeaseConfigError, PrimaryLease, PrimarySilence};
+pub use peer_auth::{AuthFailed, PeerSecret, SecretError, Side};
 pub use position::{Lsn, ParsePositionError, Position, Term};
 pub use promotion::{
     choose_promotion, force_promotion, switchover_ready, Candidate, ForcedPromotion, Promotion,

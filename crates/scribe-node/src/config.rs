@@ -51,6 +51,11 @@ pub struct NodeConfig {
     pub pg_password: Option<String>,
     /// PEM certificate chain and private key files for TLS on the PostgreSQL port; `None`: no TLS.
     pub pg_tls: Option<(PathBuf, PathBuf)>,
+    /// A file holding the cluster's peer secret (at least 32 bytes); `None`: peers are not
+    /// asked to prove they hold it. See `crate::peer_link`.
+    pub peer_secret: Option<PathBuf>,
+    /// Mutual TLS on the peer port (certificate, key, CA); `None`: plain TCP.
+    pub peer_tls: Option<crate::peer_link::PeerTlsFiles>,
     /// The longest an interactive transaction may stay idle between statements before it is
     /// rolled back (it holds the writer meanwhile).
     pub txn_idle_timeout: Duration,
@@ -139,6 +144,8 @@ impl NodeConfig {
             pg_addr: None,
             pg_password: None,
             pg_tls: None,
+            peer_secret: None,
+            peer_tls: None,
             txn_idle_timeout: Duration::from_secs(30),
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
             max_statement_timeout: Duration::from_secs(300),

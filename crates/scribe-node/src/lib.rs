@@ -33,6 +33,7 @@ pub mod leadership;
 pub mod members;
 pub mod metrics;
 pub mod node;
+pub mod peer_link;
 pub mod pg;
 pub mod promote;
 pub mod replication;

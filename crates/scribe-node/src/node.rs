@@ -210,6 +210,7 @@ pub struct Node {
     peer: Option<tokio::net::TcpListener>,
     pg: Option<crate::pg::PgServer>,
     report: OpenReport,
+    security: Arc<crate::peer_link::PeerSecurity>,
 }
 
 impl Node {
@@ -217,6 +218,17 @@ impl Node {
     /// addresses.
     pub async fn start(config: NodeConfig) -> Result<Node, String> {
         config.validate()?;
+        let security = Arc::new(crate::peer_link::PeerSecurity::load(
+            config.peer_secret.as_deref(),
+            config.peer_tls.as_ref(),
+        )?);
+        if config.peer_addr.is_some() {
+            tracing::info!(
+                secret = security.has_secret(),
+                tls = security.has_tls(),
+                "peer port security"
+            );
+        }
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("create data directory {}: {e}", config.data_dir.display()))?;
         let identity = identity::load_or_create(&config.data_dir, &config.name)?;
@@ -296,6 +308,7 @@ impl Node {
                 cc.witnesses = cluster.witnesses.clone();
                 cc.join = cluster.join.is_some();
                 cc.reform_term = reform_term;
+                cc.security = security.clone();
                 cc.validate()?;
                 let plane = crate::control::ControlPlane::start(cc)
                     .await
@@ -334,7 +347,8 @@ impl Node {
                 config.data_dir.clone(),
                 config.peer_timeout,
             )
-            .with_control(control.clone()),
+            .with_control(control.clone())
+            .with_security(security.clone()),
         );
         let registry = Arc::new(Registry::new(config.sync_replicas.clone()));
         let peer_addr = peer.as_ref().and_then(|l| l.local_addr().ok());
@@ -361,6 +375,7 @@ impl Node {
             peer,
             pg,
             report,
+            security,
         })
     }
 
@@ -418,6 +433,7 @@ impl Node {
                 follower: state.follower.clone(),
                 peer_timeout: state.config.peer_timeout,
                 control: state.control.clone(),
+                security: self.security.clone(),
             });
             tasks.push(tokio::spawn(sender::serve(peer, ctx)));
         }

@@ -94,6 +94,8 @@ pub enum RefusalCode {
     Internal,
     /// The two nodes were started with `--cluster` lists (or cluster ids) that disagree.
     ClusterMismatch,
+    /// Peer authentication failed: no proof of the peer secret, or a wrong one.
+    Unauthenticated,
 }
 
 impl RefusalCode {
@@ -107,6 +109,7 @@ impl RefusalCode {
             RefusalCode::Protocol => 6,
             RefusalCode::Internal => 7,
             RefusalCode::ClusterMismatch => 8,
+            RefusalCode::Unauthenticated => 9,
         }
     }
 
@@ -120,6 +123,7 @@ impl RefusalCode {
             6 => RefusalCode::Protocol,
             7 => RefusalCode::Internal,
             8 => RefusalCode::ClusterMismatch,
+            9 => RefusalCode::Unauthenticated,
             _ => return Err(WireError::Malformed(format!("unknown refusal code {v}"))),
         })
     }
@@ -135,6 +139,7 @@ impl RefusalCode {
             RefusalCode::Protocol => "protocol",
             RefusalCode::Internal => "internal",
             RefusalCode::ClusterMismatch => "cluster_mismatch",
+            RefusalCode::Unauthenticated => "unauthenticated",
         }
     }
 }
@@ -214,6 +219,27 @@ pub enum Message {
         /// Why, while stalled.
         reason: Option<String>,
     },
+    /// Peer authentication (`--peer-secret`), dialer → listener, first: its fresh nonce.
+    AuthHello {
+        /// The dialer's nonce.
+        nonce: Vec<u8>,
+    },
+    /// Peer authentication, listener → dialer: its fresh nonce and its proof of the secret
+    /// (see `scribe_core::peer_auth`).
+    AuthChallenge {
+        /// The listener's nonce.
+        nonce: Vec<u8>,
+        /// The listener's proof over both nonces.
+        proof: Vec<u8>,
+    },
+    /// Peer authentication, dialer → listener: the dialer's proof over both nonces.
+    AuthProof {
+        /// The proof.
+        proof: Vec<u8>,
+    },
+    /// Peer authentication, listener → dialer: the proof was accepted; the peer protocol
+    /// (`Hello` or `ControlHello`) follows.
+    AuthAccepted,
 }
 
 const HELLO: u8 = 1;
@@ -229,6 +255,10 @@ const CONTROL_HELLO: u8 = 10;
 const CONTROL_REQUEST: u8 = 11;
 const CONTROL_RESPONSE: u8 = 12;
 const STALLED: u8 = 20;
+const AUTH_HELLO: u8 = 13;
+const AUTH_CHALLENGE: u8 = 14;
+const AUTH_PROOF: u8 = 15;
+const AUTH_ACCEPTED: u8 = 16;
 
 impl Message {
     /// A short name for logs.
@@ -247,6 +277,10 @@ impl Message {
             Message::ControlRequest { .. } => "control-request",
             Message::ControlResponse { .. } => "control-response",
             Message::Stalled { .. } => "stalled",
+            Message::AuthHello { .. } => "auth-hello",
+            Message::AuthChallenge { .. } => "auth-challenge",
+            Message::AuthProof { .. } => "auth-proof",
+            Message::AuthAccepted => "auth-accepted",
         }
     }
 
@@ -351,6 +385,20 @@ impl Message {
                     None => out.push(0),
                 }
             }
+            Message::AuthHello { nonce } => {
+                out.push(AUTH_HELLO);
+                put_bytes(out, nonce);
+            }
+            Message::AuthChallenge { nonce, proof } => {
+                out.push(AUTH_CHALLENGE);
+                put_bytes(out, nonce);
+                put_bytes(out, proof);
+            }
+            Message::AuthProof { proof } => {
+                out.push(AUTH_PROOF);
+                put_bytes(out, proof);
+            }
+            Message::AuthAccepted => out.push(AUTH_ACCEPTED),
         }
         Ok(())
     }
@@ -474,6 +522,17 @@ impl Message {
                     }
                 },
             },
+            AUTH_HELLO => Message::AuthHello {
+                nonce: r.bytes()?.to_vec(),
+            },
+            AUTH_CHALLENGE => Message::AuthChallenge {
+                nonce: r.bytes()?.to_vec(),
+                proof: r.bytes()?.to_vec(),
+            },
+            AUTH_PROOF => Message::AuthProof {
+                proof: r.bytes()?.to_vec(),
+            },
+            AUTH_ACCEPTED => Message::AuthAccepted,
             k => return Err(WireError::Malformed(format!("unknown message kind {k}"))),
         };
         if !r.buf.is_empty() {

@@ -78,6 +78,18 @@ pub struct NodeArgs {
     /// PEM private key for TLS on the PostgreSQL port (with --pg-tls-cert)
     #[arg(long, env = "SCRIBE_PG_TLS_KEY", requires = "pg_tls_cert")]
     pub pg_tls_key: Option<PathBuf>,
+    /// File holding the cluster's peer secret (at least 32 bytes; make one with `head -c 32 /dev/urandom | base64`, chmod 600): every peer connection, replication and control plane, starts with a challenge-response proving both nodes hold it; give every node the same file [default: peers are not authenticated]
+    #[arg(long, env = "SCRIBE_PEER_SECRET")]
+    pub peer_secret: Option<PathBuf>,
+    /// PEM certificate chain of this node for mutual TLS on the peer port (with --peer-tls-key and --peer-tls-ca); it must name the host or IP other nodes dial, and allow both server and client authentication [default: no TLS on the peer port]
+    #[arg(long, env = "SCRIBE_PEER_TLS_CERT", requires_all = ["peer_tls_key", "peer_tls_ca"])]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// PEM private key for --peer-tls-cert
+    #[arg(long, env = "SCRIBE_PEER_TLS_KEY", requires_all = ["peer_tls_cert", "peer_tls_ca"])]
+    pub peer_tls_key: Option<PathBuf>,
+    /// PEM certificate of the CA that signs every node's peer certificate: peers must present one it signed, and the node dialed must too
+    #[arg(long, env = "SCRIBE_PEER_TLS_CA", requires_all = ["peer_tls_cert", "peer_tls_key"])]
+    pub peer_tls_ca: Option<PathBuf>,
     /// Longest an interactive transaction (BEGIN ... COMMIT over PostgreSQL or /v1/tx) may stay idle between statements; it holds the writer, so it is then rolled back [default: 30s]
     #[arg(long, env = "SCRIBE_TXN_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub txn_idle_timeout: Option<Duration>,
@@ -143,6 +155,10 @@ struct FileConfig {
     pg_password: Option<String>,
     pg_tls_cert: Option<PathBuf>,
     pg_tls_key: Option<PathBuf>,
+    peer_secret: Option<PathBuf>,
+    peer_tls_cert: Option<PathBuf>,
+    peer_tls_key: Option<PathBuf>,
+    peer_tls_ca: Option<PathBuf>,
     txn_idle_timeout: Option<String>,
     statement_timeout: Option<String>,
     max_statement_timeout: Option<String>,
@@ -331,6 +347,22 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, String)> {
         (Some(c), Some(k)) => config.pg_tls = Some((c, k)),
         (None, None) => {}
         _ => return Err(anyhow!("--pg-tls-cert and --pg-tls-key go together")),
+    }
+    config.peer_secret = args.peer_secret.or(file.peer_secret);
+    match (
+        args.peer_tls_cert.or(file.peer_tls_cert),
+        args.peer_tls_key.or(file.peer_tls_key),
+        args.peer_tls_ca.or(file.peer_tls_ca),
+    ) {
+        (Some(cert), Some(key), Some(ca)) => {
+            config.peer_tls = Some(scribe_node::peer_link::PeerTlsFiles { cert, key, ca })
+        }
+        (None, None, None) => {}
+        _ => {
+            return Err(anyhow!(
+                "--peer-tls-cert, --peer-tls-key and --peer-tls-ca go together"
+            ))
+        }
     }
     if let Some(v) = args.txn_idle_timeout {
         config.txn_idle_timeout = v;

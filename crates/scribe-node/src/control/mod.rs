@@ -64,7 +64,7 @@ pub use server::{serve_connection, ServeError};
 pub use types::{ControlNode, NodeId, Proposal, ProposeError, RaftStatus, Role};
 
 /// The control plane's configuration, validated once by [`ControlConfig::validate`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ControlConfig {
     /// This node's name; must be in `members`.
     pub name: String,
@@ -97,6 +97,9 @@ pub struct ControlConfig {
     /// `--reform-cluster`: this node re-forms a cluster of itself alone, starting in this term
     /// (above every term in its log); it bootstraps with `Reform` instead of `Bootstrap`.
     pub reform_term: Option<scribe_core::Term>,
+    /// How control connections are secured (TLS, the peer secret); the peer listener checks
+    /// incoming ones.
+    pub security: std::sync::Arc<crate::peer_link::PeerSecurity>,
 }
 
 impl ControlConfig {
@@ -129,6 +132,7 @@ impl ControlConfig {
             snapshot_every: 200,
             join: false,
             reform_term: None,
+            security: std::sync::Arc::new(crate::peer_link::PeerSecurity::none()),
         }
     }
 

@@ -19,9 +19,9 @@ use openraft::raft::{
 };
 use openraft::RPCTypes;
 use scribe_wire::{read_message, write_message, ControlHello, Message};
-use tokio::io::BufReader;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncWriteExt, BufReader};
+
+use crate::peer_link::{DialError, PeerReader, PeerSecurity, PeerWriter};
 
 use super::types::{ControlNode, NodeId, RpcRequest, RpcResponse, TypeConfig};
 
@@ -63,8 +63,8 @@ pub enum CallError {
 }
 
 struct Conn {
-    rd: BufReader<OwnedReadHalf>,
-    wr: OwnedWriteHalf,
+    rd: BufReader<PeerReader>,
+    wr: PeerWriter,
     next_id: u64,
 }
 
@@ -74,15 +74,18 @@ pub struct Pool {
     idle: Mutex<HashMap<String, Conn>>,
     /// The last refusal logged per address, so a retried refusal is logged once.
     refusals: Mutex<HashMap<String, String>>,
+    /// How connections are secured (TLS, the peer secret).
+    security: Arc<PeerSecurity>,
 }
 
 impl Pool {
     /// A pool whose connections open with `hello`.
-    pub fn new(hello: ControlHello) -> Pool {
+    pub fn new(hello: ControlHello, security: Arc<PeerSecurity>) -> Pool {
         Pool {
             hello,
             idle: Mutex::new(HashMap::new()),
             refusals: Mutex::new(HashMap::new()),
+            security,
         }
     }
 
@@ -139,6 +142,10 @@ impl Pool {
         write_message(&mut conn.wr, &Message::ControlRequest { id, body })
             .await
             .map_err(|e| net(format!("send: {e}")))?;
+        conn.wr
+            .flush()
+            .await
+            .map_err(|e| net(format!("send: {e}")))?;
         let answer = match read_message(&mut conn.rd).await {
             Ok(Message::ControlResponse { id: got, body }) if got == id => body,
             Ok(Message::ControlResponse { id: got, .. }) => {
@@ -152,6 +159,16 @@ impl Pool {
                 });
             }
             Ok(other) => return Err(net(format!("unexpected {} message", other.kind()))),
+            Err(e) if self.security.is_tls_rejection(&e) => {
+                let message = format!(
+                    "peer authentication failed: {addr} did not accept this node's TLS certificate: {e}"
+                );
+                self.log_refusal(addr, &message);
+                return Err(CallError::Refused {
+                    addr: addr.into(),
+                    message,
+                });
+            }
             Err(e) => return Err(net(format!("receive: {e}"))),
         };
         let resp: RpcResponse =
@@ -164,14 +181,31 @@ impl Pool {
     }
 
     async fn dial(&self, addr: &str) -> Result<Conn, CallError> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| CallError::Unreachable {
-                addr: addr.into(),
-                why: e.to_string(),
-            })?;
-        let _ = stream.set_nodelay(true);
-        let (rd, mut wr) = stream.into_split();
+        // The caller bounds the whole call; this bound only keeps a dial from outliving it.
+        let (rd, mut wr) = match self.security.dial(addr, Duration::from_secs(10)).await {
+            Ok(halves) => halves,
+            Err(DialError::Unreachable { why, .. }) => {
+                return Err(CallError::Unreachable {
+                    addr: addr.into(),
+                    why,
+                })
+            }
+            Err(DialError::Refused(r)) => {
+                self.log_refusal(addr, &r.message);
+                return Err(CallError::Refused {
+                    addr: addr.into(),
+                    message: r.message,
+                });
+            }
+            Err(e @ DialError::Unauthenticated(_)) => {
+                let message = e.to_string();
+                self.log_refusal(addr, &message);
+                return Err(CallError::Refused {
+                    addr: addr.into(),
+                    message,
+                });
+            }
+        };
         write_message(&mut wr, &Message::ControlHello(self.hello.clone()))
             .await
             .map_err(|e| CallError::Unreachable {

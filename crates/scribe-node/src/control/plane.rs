@@ -115,11 +115,14 @@ impl ControlPlane {
             None => return Err(StartError::Config("this node has no Raft id".into())),
         };
         let raft_config = raft_config(&config)?;
-        let pool = Arc::new(Pool::new(ControlHello {
-            cluster_id: config.cluster_id.clone(),
-            from: config.name.clone(),
-            members: config.sorted_members(),
-        }));
+        let pool = Arc::new(Pool::new(
+            ControlHello {
+                cluster_id: config.cluster_id.clone(),
+                from: config.name.clone(),
+                members: config.sorted_members(),
+            },
+            config.security.clone(),
+        ));
         let network = Network {
             me: id,
             pool: pool.clone(),

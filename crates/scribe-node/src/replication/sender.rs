@@ -22,13 +22,13 @@ use scribe_wire::{
     read_message, write_message, Hello, Message, Refusal, RefusalCode, Start, Welcome, WireError,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::follower::Follower;
 use super::registry::Registry;
 use super::{HANDSHAKE_TIMEOUT, HEARTBEAT};
 use crate::leadership::{Leadership, NodeRole};
+use crate::peer_link::{PeerReader, PeerSecurity, PeerWriter};
 
 /// Most records in one `Records` message.
 const CHUNK_RECORDS: usize = 2048;
@@ -57,6 +57,8 @@ pub struct PeerContext {
     pub peer_timeout: Duration,
     /// The control plane, in cluster mode: its members' connections arrive here too.
     pub control: Option<crate::control::ControlPlane>,
+    /// How peers are authenticated (TLS, the peer secret) before anything else is said.
+    pub security: Arc<PeerSecurity>,
 }
 
 impl PeerContext {
@@ -98,14 +100,20 @@ pub async fn serve(listener: TcpListener, ctx: Arc<PeerContext>) {
     }
 }
 
-async fn refuse(wr: &mut BufWriter<OwnedWriteHalf>, code: RefusalCode, message: String) {
+async fn refuse(wr: &mut BufWriter<PeerWriter>, code: RefusalCode, message: String) {
     let _ = write_message(wr, &Message::Refused(Refusal { code, message })).await;
     let _ = wr.flush().await;
 }
 
 async fn serve_peer(stream: TcpStream, addr: SocketAddr, ctx: Arc<PeerContext>) {
-    let _ = stream.set_nodelay(true);
-    let (rd, wr) = stream.into_split();
+    // Nothing of the log, a snapshot or the control state goes out before this passes.
+    let (rd, wr) = match ctx.security.accept(stream, addr).await {
+        Ok(halves) => halves,
+        Err(refused) => {
+            tracing::warn!(peer = %addr, "refused a peer connection: {}", refused.0);
+            return;
+        }
+    };
     let mut rd = BufReader::with_capacity(64 << 10, rd);
     let mut wr = BufWriter::with_capacity(256 << 10, wr);
     let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut rd)).await {
@@ -124,6 +132,15 @@ async fn serve_peer(stream: TcpStream, addr: SocketAddr, ctx: Arc<PeerContext>) 
             if let Err(e) = crate::control::serve_connection(plane, rd, wr, h).await {
                 tracing::warn!(peer = %addr, %from, error = %e, "control-plane connection ended");
             }
+            return;
+        }
+        Ok(Ok(Message::AuthHello { .. })) => {
+            let why = format!(
+                "peer authentication failed: the listening node ({}) has no --peer-secret but the dialing node tried to authenticate: give every node of the cluster the same --peer-secret",
+                ctx.name
+            );
+            tracing::warn!(peer = %addr, "refused a peer connection: {why}");
+            crate::peer_link::refuse_and_close(rd, wr, RefusalCode::Unauthenticated, why).await;
             return;
         }
         Ok(Ok(other)) => {
@@ -315,7 +332,7 @@ fn decide(ctx: &PeerContext, hello: &Hello) -> Result<Start, Refusal> {
 }
 
 async fn receive_progress(
-    rd: &mut BufReader<OwnedReadHalf>,
+    rd: &mut BufReader<PeerReader>,
     ctx: &PeerContext,
     registry: &Registry,
     name: &str,
@@ -377,7 +394,7 @@ fn read_chunk(reader: &mut scribe_log::LogReader) -> Result<Vec<Record>, String>
 }
 
 async fn stream_to(
-    wr: &mut BufWriter<OwnedWriteHalf>,
+    wr: &mut BufWriter<PeerWriter>,
     ctx: &PeerContext,
     registry: &Registry,
     name: &str,
@@ -456,7 +473,7 @@ impl Drop for RemoveOnDrop {
 
 /// Takes a snapshot and sends it; answers the LSN streaming continues from.
 async fn send_snapshot(
-    wr: &mut BufWriter<OwnedWriteHalf>,
+    wr: &mut BufWriter<PeerWriter>,
     ctx: &PeerContext,
     registry: &Registry,
     name: &str,

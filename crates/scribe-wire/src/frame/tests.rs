@@ -106,6 +106,13 @@ fn samples() -> Vec<Message> {
             reason: Some("disk full".into()),
         },
         Message::Stalled { reason: None },
+        Message::AuthHello { nonce: vec![7; 32] },
+        Message::AuthChallenge {
+            nonce: vec![8; 32],
+            proof: vec![9; 32],
+        },
+        Message::AuthProof { proof: vec![] },
+        Message::AuthAccepted,
     ]
 }
 
@@ -194,6 +201,7 @@ fn every_refusal_code_round_trips() {
         RefusalCode::Protocol,
         RefusalCode::Internal,
         RefusalCode::ClusterMismatch,
+        RefusalCode::Unauthenticated,
     ] {
         let m = Message::Refused(Refusal {
             code,

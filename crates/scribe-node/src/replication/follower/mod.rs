@@ -21,13 +21,12 @@ use scribe_wire::{
 };
 use serde::Serialize;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use super::{HANDSHAKE_TIMEOUT, HEARTBEAT};
 use crate::identity;
 use crate::leadership::{Leadership, NodeRole};
+use crate::peer_link::{DialError, PeerReader, PeerSecurity, PeerWriter};
 
 mod rejoin;
 
@@ -143,6 +142,8 @@ pub struct Follower {
     peer_timeout: Duration,
     /// In cluster mode: where a roll-back is reported, for the failover history.
     control: Option<crate::control::ControlPlane>,
+    /// How connections to the primary are secured.
+    security: Arc<PeerSecurity>,
 }
 
 /// Why a connection ended.
@@ -164,8 +165,8 @@ impl From<std::io::Error> for Ended {
     }
 }
 
-type Writer = BufWriter<OwnedWriteHalf>;
-type Reader = BufReader<OwnedReadHalf>;
+type Writer = BufWriter<PeerWriter>;
+type Reader = BufReader<PeerReader>;
 
 impl Follower {
     /// The follower of this node: while [`Leadership`] says this node is a replica, it follows
@@ -202,7 +203,14 @@ impl Follower {
             written: watch::channel(at).0,
             peer_timeout,
             control: None,
+            security: Arc::new(PeerSecurity::none()),
         }
+    }
+
+    /// How connections to the primary are secured (TLS, the peer secret).
+    pub fn with_security(mut self, security: Arc<PeerSecurity>) -> Follower {
+        self.security = security;
+        self
     }
 
     /// In cluster mode: the control plane where roll-backs are reported.
@@ -351,7 +359,12 @@ impl Follower {
             let outcome = self.session(&target).await;
             let (state, error, pause) = match outcome {
                 Ended::Refused(r) => {
-                    let msg = format!("the primary refused this replica: {}", r.message);
+                    // An authentication failure says so first, whichever side found it.
+                    let msg = if r.code == RefusalCode::Unauthenticated {
+                        format!("{} (following {target})", r.message)
+                    } else {
+                        format!("the primary refused this replica: {}", r.message)
+                    };
                     // A node that is not primary yet (a promotion still on its way to it) soon
                     // may be: try again as after a lost connection. Other refusals need an
                     // operator, or time.
@@ -408,14 +421,17 @@ impl Follower {
         // Records received on an earlier connection and never written (a full disk dropped
         // them) are not had: a new session starts from what the log holds.
         self.written.send_replace(self.engine.progress().flushed);
-        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(target)).await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Ended::Failed(format!("connect to {target}: {e}")),
-            Err(_) => return Ended::Failed(format!("connect to {target}: timed out")),
+        let (rd, wr) = match self.security.dial(target, HANDSHAKE_TIMEOUT).await {
+            Ok(halves) => halves,
+            Err(e @ DialError::Unreachable { .. }) => return Ended::Failed(e.to_string()),
+            Err(DialError::Refused(r)) => return Ended::Refused(r),
+            Err(e @ DialError::Unauthenticated(_)) => {
+                return Ended::Refused(Refusal {
+                    code: RefusalCode::Unauthenticated,
+                    message: e.to_string(),
+                })
+            }
         };
-        let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
         let mut rd = BufReader::with_capacity(256 << 10, rd);
         let mut wr = BufWriter::with_capacity(64 << 10, wr);
         match self.handshake(target, &mut rd, &mut wr).await {
@@ -448,6 +464,14 @@ impl Follower {
                     "the primary answered the hello with a {} message",
                     other.kind()
                 )))
+            }
+            Ok(Err(e)) if self.security.is_tls_rejection(&e) => {
+                return Err(Ended::Refused(Refusal {
+                    code: RefusalCode::Unauthenticated,
+                    message: format!(
+                        "peer authentication failed: {target} did not accept this node's TLS certificate: {e}"
+                    ),
+                }))
             }
             Ok(Err(e)) => return Err(Ended::Failed(format!("handshake with {target}: {e}"))),
             Err(_) => return Err(Ended::Failed(format!("handshake with {target}: no answer"))),

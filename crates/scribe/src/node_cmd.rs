@@ -553,6 +553,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<i32> {
     rt.block_on(async move {
         let name = config.name.clone();
         let dir = config.data_dir.clone();
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
         let node = Node::start(config).await.map_err(|e| anyhow!(e))?;
         let report = node.open_report();
         if let Some((seg, offset, bytes)) = &report.recovery.torn {
@@ -569,7 +570,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<i32> {
             "node started"
         );
         // One line on stdout for scripts and tests: the address actually bound.
-        println!("scribe node {name} listening on http://{}", node.http_addr());
+        println!("scribe node {name} listening on {scheme}://{}", node.http_addr());
         if let Some(pg) = node.pg_addr() {
             println!("scribe node {name} serves PostgreSQL on {pg}");
         }

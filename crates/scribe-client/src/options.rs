@@ -1,5 +1,6 @@
 //! [`Options`]: how a [`Cluster`](crate::Cluster) routes, waits and retries, set once at connect.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How a [`Cluster`](crate::Cluster) routes, waits and retries.
@@ -22,6 +23,16 @@ pub struct Options {
     pub(crate) write_retries: u32,
     pub(crate) failover_wait: Duration,
     pub(crate) session_wait: Option<Duration>,
+    pub(crate) ca: Vec<Ca>,
+}
+
+/// Where trusted CA certificates come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ca {
+    /// A PEM file, read at connect.
+    File(PathBuf),
+    /// PEM text.
+    Pem(Vec<u8>),
 }
 
 impl Default for Options {
@@ -35,6 +46,7 @@ impl Default for Options {
             write_retries: 3,
             failover_wait: Duration::from_secs(5),
             session_wait: None,
+            ca: Vec::new(),
         }
     }
 }
@@ -95,6 +107,21 @@ impl Options {
     /// read to the primary; `None` leaves it to the node. Default `None`.
     pub fn session_wait(mut self, wait: Option<Duration>) -> Options {
         self.session_wait = wait;
+        self
+    }
+
+    /// Trusts the CA certificates of this PEM file (read at connect) for `https://` nodes, for
+    /// example the CA that signed the nodes' `--tls-cert`. May be given more than once. Default:
+    /// no CA, so an `https://` node's certificate is refused.
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Options {
+        self.ca.push(Ca::File(path.into()));
+        self
+    }
+
+    /// Trusts the CA certificates of this PEM text for `https://` nodes, as
+    /// [`Options::ca_file`].
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Options {
+        self.ca.push(Ca::Pem(pem.into()));
         self
     }
 }

@@ -167,9 +167,28 @@ fn reason(sent: &Delivery) -> String {
 impl Router {
     /// Discovers the cluster from `seeds`; fails when no node answers.
     pub(crate) async fn connect(seeds: Vec<String>, options: Options) -> Result<Router, Error> {
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .connect_timeout(options.connect_timeout)
-            .timeout(options.request_timeout)
+            .timeout(options.request_timeout);
+        for ca in &options.ca {
+            let pem = match ca {
+                crate::options::Ca::File(path) => std::fs::read(path).map_err(|e| {
+                    Error::Usage(format!("read CA certificates {}: {e}", path.display()))
+                })?,
+                crate::options::Ca::Pem(pem) => pem.clone(),
+            };
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| Error::Usage(format!("CA certificates: {e}")))?;
+            if certs.is_empty() {
+                return Err(Error::Usage(
+                    "CA certificates: no PEM certificate found".into(),
+                ));
+            }
+            for cert in certs {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        let http = http
             .build()
             .map_err(|e| Error::Usage(format!("build the HTTP client: {e}")))?;
         let router = Router {

@@ -120,6 +120,10 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            crate::http_server::read_body,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             count_and_limit,
         ))
         .with_state(state)

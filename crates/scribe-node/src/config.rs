@@ -56,6 +56,17 @@ pub struct NodeConfig {
     pub peer_secret: Option<PathBuf>,
     /// Mutual TLS on the peer port (certificate, key, CA); `None`: plain TCP.
     pub peer_tls: Option<crate::peer_link::PeerTlsFiles>,
+    /// PEM certificate chain and private key files for TLS on the HTTP port; `None`: plain HTTP.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// PEM file of CA certificates this node trusts for its own outgoing HTTPS (forwarding to the
+    /// primary, cluster operations); `None`: it reaches only `http://` peers.
+    pub tls_ca: Option<PathBuf>,
+    /// How long an HTTP connection may take to send a request's headers (the first request's, or
+    /// the next one's after an answer: it also bounds an idle keep-alive connection) and to
+    /// finish a TLS handshake.
+    pub http_header_timeout: Duration,
+    /// How long a request body may take to arrive.
+    pub http_body_timeout: Duration,
     /// The longest an interactive transaction may stay idle between statements before it is
     /// rolled back (it holds the writer meanwhile).
     pub txn_idle_timeout: Duration,
@@ -146,6 +157,10 @@ impl NodeConfig {
             pg_tls: None,
             peer_secret: None,
             peer_tls: None,
+            tls: None,
+            tls_ca: None,
+            http_header_timeout: Duration::from_secs(10),
+            http_body_timeout: Duration::from_secs(30),
             txn_idle_timeout: Duration::from_secs(30),
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
             max_statement_timeout: Duration::from_secs(300),
@@ -188,6 +203,11 @@ impl NodeConfig {
                 "--statement-timeout ({:?}) must be at most --max-statement-timeout ({:?})",
                 self.statement_timeout, self.max_statement_timeout
             ));
+        }
+        if self.http_header_timeout.is_zero() || self.http_body_timeout.is_zero() {
+            return Err(
+                "--http-header-timeout and --http-body-timeout must be more than zero".into(),
+            );
         }
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());

@@ -17,6 +17,10 @@ pub enum ApiError {
     TooLarge(usize),
     /// No such route.
     NotFound(String),
+    /// The HTTP port has `--max-connections` (this many) connections open already.
+    TooManyConnections(usize),
+    /// The request body did not arrive within `--http-body-timeout` (this long).
+    BodyTimeout(std::time::Duration),
     /// An error of the storage engine.
     Engine(EngineError),
     /// A write reached a replica; it names the primary (name, HTTP URL) when known.
@@ -108,6 +112,10 @@ impl ApiError {
             ApiError::BadJson(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::TooManyConnections(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "too_many_connections")
+            }
+            ApiError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             ApiError::NotPrimary { .. } => (StatusCode::CONFLICT, "not_primary"),
             ApiError::Witness { .. } => (StatusCode::MISDIRECTED_REQUEST, "witness"),
             ApiError::Lagging { .. } => (StatusCode::SERVICE_UNAVAILABLE, "lagging"),
@@ -132,6 +140,13 @@ impl ApiError {
                 format!("request body is larger than the {limit} byte limit (--max-request-bytes)")
             }
             ApiError::NotFound(path) => format!("no such endpoint: {path}"),
+            ApiError::TooManyConnections(limit) => format!(
+                "this node has {limit} HTTP connections open already (--max-connections); retry later, or reuse connections"
+            ),
+            ApiError::BodyTimeout(t) => format!(
+                "the request body did not arrive within {} ms (--http-body-timeout)",
+                t.as_millis()
+            ),
             ApiError::Engine(e) => e.to_string(),
             ApiError::NotPrimary { node, primary } => match primary {
                 Some((name, url)) => format!(

@@ -21,6 +21,8 @@
 //! - [`metrics`]: rendering metrics in Prometheus' text format.
 //! - [`txns`], [`tx_api`]: interactive transactions held across HTTP requests.
 //! - [`pg`]: the PostgreSQL wire protocol front end.
+//! - [`http_server`]: the HTTP port's accept loop: connection limit, timeouts, TLS.
+//! - [`tls`]: loading certificates for the client ports and the CA the node trusts.
 //! - [`replication`]: primary/replica streaming, commit modes, lag, snapshots, retention.
 
 pub mod api;
@@ -28,6 +30,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod http_server;
 pub mod identity;
 pub mod leadership;
 pub mod members;
@@ -41,6 +44,7 @@ pub mod service;
 pub mod state;
 pub mod status;
 pub mod switchover;
+pub mod tls;
 pub mod tx_api;
 pub mod txns;
 

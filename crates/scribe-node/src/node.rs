@@ -20,7 +20,7 @@ use crate::state::NodeState;
 use crate::{identity, NodeConfig};
 
 /// The URL other nodes and clients reach this node's HTTP API at: `--advertise-url`, or the
-/// address bound (which is only useful to others when it is not a wildcard like 0.0.0.0).
+/// address bound, `https://` with `--tls-cert` (which is only useful to others when it is not a wildcard like 0.0.0.0).
 fn advertised_url(
     config: &NodeConfig,
     listener: &tokio::net::TcpListener,
@@ -32,7 +32,12 @@ fn advertised_url(
     if addr.ip().is_unspecified() {
         tracing::warn!(%addr, "the HTTP API listens on a wildcard address: set --advertise-url so replicas can forward to this node and clients can find it");
     }
-    Ok(format!("http://{addr}"))
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    Ok(format!("{scheme}://{addr}"))
 }
 
 /// In cluster mode every member's data belongs to the cluster its `--cluster` list names: a
@@ -207,10 +212,25 @@ fn reform_cluster(
 pub struct Node {
     state: Arc<NodeState>,
     listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     peer: Option<tokio::net::TcpListener>,
     pg: Option<crate::pg::PgServer>,
     report: OpenReport,
     security: Arc<crate::peer_link::PeerSecurity>,
+}
+
+/// The node's HTTP client (forwarding to the primary, cluster operations), trusting the
+/// `--tls-ca` certificates for `https://` peers.
+fn http_client(config: &NodeConfig) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+    if let Some(ca) = &config.tls_ca {
+        for cert in crate::tls::ca_certificates(ca)? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| format!("build the HTTP client for forwarding: {e}"))
 }
 
 impl Node {
@@ -277,6 +297,14 @@ impl Node {
             None => None,
         };
         let pg = crate::pg::PgServer::bind(&config).await?;
+        let tls =
+            match &config.tls {
+                Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(
+                    crate::tls::server_config(cert, key, &[b"http/1.1"])?,
+                )),
+                None => None,
+            };
+        let http = http_client(&config)?;
         let http_url = advertised_url(&config, &listener)?;
         let term = engine.progress().last.term.max(scribe_core::Term::FIRST);
         let mut identity = identity;
@@ -363,15 +391,13 @@ impl Node {
             registry,
             follower,
             peer_addr,
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(30))
-                .build()
-                .map_err(|e| format!("build the HTTP client for forwarding: {e}"))?,
+            http,
             txns: crate::txns::TxnTable::default(),
         });
         Ok(Node {
             state,
             listener,
+            tls,
             peer,
             pg,
             report,
@@ -486,9 +512,12 @@ impl Node {
             state.config.max_log_size,
         )));
         let app = api::router(self.state);
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let limits = crate::http_server::HttpLimits {
+            max_connections: state.config.max_connections,
+            header_timeout: state.config.http_header_timeout,
+        };
+        let served =
+            crate::http_server::serve(self.listener, self.tls, app, limits, shutdown).await;
         for t in &tasks {
             t.abort();
         }

@@ -117,7 +117,7 @@ pub fn spawn_node_with(
         .next()
         .unwrap_or_default()
         .to_string();
-    if !url.starts_with("http://") {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(format!("printed an unexpected first line {line:?}"));
     }
     Ok(Spawned { child, url, stderr })

@@ -166,13 +166,25 @@ impl Client {
 
     /// A client keeping up to `idle` idle connections to the node, for `idle` concurrent users.
     pub fn with_pool(url: &str, idle: usize) -> anyhow::Result<Client> {
+        Client::connect(url, idle, None)
+    }
+
+    /// A client keeping up to `idle` idle connections to the node, trusting the CA certificates
+    /// of the PEM file `ca` (`--ca`) for an `https://` URL.
+    pub fn connect(url: &str, idle: usize, ca: Option<&std::path::Path>) -> anyhow::Result<Client> {
         let url = url.trim_end_matches('/').to_string();
         let execute_url = reqwest::Url::parse(&format!("{url}/v1/execute"))
             .map_err(|e| anyhow::anyhow!("invalid node URL {url:?}: {e}"))?;
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .pool_max_idle_per_host(idle)
             .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(ca) = ca {
+            for cert in scribe_node::tls::ca_certificates(ca).map_err(|e| anyhow::anyhow!(e))? {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        let http = http
             .build()
             .map_err(|e| anyhow::anyhow!("build the HTTP client: {e}"))?;
         Ok(Client {

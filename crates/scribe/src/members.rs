@@ -21,6 +21,9 @@ pub struct MembersArgs {
         global = true
     )]
     pub url: String,
+    /// PEM file of CA certificates to trust for an https:// URL (the node's --tls-cert signer) [default: none]
+    #[arg(long, env = "SCRIBE_CA", global = true)]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// What to change.
@@ -55,7 +58,7 @@ pub fn run(args: MembersArgs) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let client = Client::new(&args.url)?;
+    let client = Client::connect(&args.url, 8, args.ca.as_deref())?;
     match rt.block_on(client.members(&body)) {
         Ok(done) => {
             let members: Vec<&str> = done["members"]

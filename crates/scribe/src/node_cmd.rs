@@ -90,6 +90,21 @@ pub struct NodeArgs {
     /// PEM certificate of the CA that signs every node's peer certificate: peers must present one it signed, and the node dialed must too
     #[arg(long, env = "SCRIBE_PEER_TLS_CA", requires_all = ["peer_tls_cert", "peer_tls_key"])]
     pub peer_tls_ca: Option<PathBuf>,
+    /// PEM certificate chain for TLS on the HTTP port (with --tls-key): the port then speaks only HTTPS, and the advertised URL is https:// [default: plain HTTP]
+    #[arg(long, env = "SCRIBE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS on the HTTP port (with --tls-cert)
+    #[arg(long, env = "SCRIBE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM file of CA certificates this node trusts when it calls other nodes over https:// (a replica forwarding to its primary, switchover, promotion, membership, --join) [default: none, only http:// peers]
+    #[arg(long, env = "SCRIBE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// How long an HTTP connection may take to send a request's headers — the first request's, or the next one's after an answer, so it also closes idle keep-alive connections — and to finish a TLS handshake; a slower client is disconnected [default: 10s]
+    #[arg(long, env = "SCRIBE_HTTP_HEADER_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub http_header_timeout: Option<Duration>,
+    /// How long an HTTP request body may take to arrive; a slower one is answered 408 body_timeout [default: 30s]
+    #[arg(long, env = "SCRIBE_HTTP_BODY_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub http_body_timeout: Option<Duration>,
     /// Longest an interactive transaction (BEGIN ... COMMIT over PostgreSQL or /v1/tx) may stay idle between statements; it holds the writer, so it is then rolled back [default: 30s]
     #[arg(long, env = "SCRIBE_TXN_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub txn_idle_timeout: Option<Duration>,
@@ -159,6 +174,11 @@ struct FileConfig {
     peer_tls_cert: Option<PathBuf>,
     peer_tls_key: Option<PathBuf>,
     peer_tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    http_header_timeout: Option<String>,
+    http_body_timeout: Option<String>,
     txn_idle_timeout: Option<String>,
     statement_timeout: Option<String>,
     max_statement_timeout: Option<String>,
@@ -227,6 +247,7 @@ fn joined_list(
     name: &str,
     peer: Option<SocketAddr>,
     witness: bool,
+    ca: Option<&std::path::Path>,
 ) -> anyhow::Result<(String, String)> {
     let peer =
         peer.ok_or_else(|| anyhow!("--join needs --peer: the members reach this node there"))?;
@@ -239,10 +260,16 @@ fn joined_list(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let mut http = reqwest::Client::builder();
+    if let Some(ca) = ca {
+        for cert in scribe_node::tls::ca_certificates(ca).map_err(|e| anyhow!(e))? {
+            http = http.add_root_certificate(cert);
+        }
+    }
+    let http = http.build().context("build an HTTP client")?;
     let status: serde_json::Value = rt
         .block_on(async {
-            reqwest::Client::new()
-                .get(format!("{url}/v1/status"))
+            http.get(format!("{url}/v1/status"))
                 .timeout(std::time::Duration::from_secs(10))
                 .send()
                 .await?
@@ -364,6 +391,27 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, String)> {
             ))
         }
     }
+    match (
+        args.tls_cert.or(file.tls_cert),
+        args.tls_key.or(file.tls_key),
+    ) {
+        (Some(c), Some(k)) => config.tls = Some((c, k)),
+        (None, None) => {}
+        _ => return Err(anyhow!("--tls-cert and --tls-key go together")),
+    }
+    config.tls_ca = args.tls_ca.or(file.tls_ca);
+    if let Some(v) = args.http_header_timeout {
+        config.http_header_timeout = v;
+    } else if let Some(v) = &file.http_header_timeout {
+        config.http_header_timeout = humantime::parse_duration(v)
+            .with_context(|| "config file key http_header_timeout".to_string())?;
+    }
+    if let Some(v) = args.http_body_timeout {
+        config.http_body_timeout = v;
+    } else if let Some(v) = &file.http_body_timeout {
+        config.http_body_timeout = humantime::parse_duration(v)
+            .with_context(|| "config file key http_body_timeout".to_string())?;
+    }
     if let Some(v) = args.txn_idle_timeout {
         config.txn_idle_timeout = v;
     } else if let Some(v) = &file.txn_idle_timeout {
@@ -432,7 +480,13 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, String)> {
             ))
         }
         (Some(url), None) => {
-            let (list, id) = joined_list(url, &config.name, config.peer_addr, witness)?;
+            let (list, id) = joined_list(
+                url,
+                &config.name,
+                config.peer_addr,
+                witness,
+                config.tls_ca.as_deref(),
+            )?;
             joined_cluster_id = Some(id);
             Some(list)
         }
@@ -531,6 +585,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<i32> {
     rt.block_on(async move {
         let name = config.name.clone();
         let dir = config.data_dir.clone();
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
         let node = Node::start(config).await.map_err(|e| anyhow!(e))?;
         let report = node.open_report();
         if let Some((seg, offset, bytes)) = &report.recovery.torn {
@@ -547,7 +602,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<i32> {
             "node started"
         );
         // One line on stdout for scripts and tests: the address actually bound.
-        println!("scribe node {name} listening on http://{}", node.http_addr());
+        println!("scribe node {name} listening on {scheme}://{}", node.http_addr());
         if let Some(pg) = node.pg_addr() {
             println!("scribe node {name} serves PostgreSQL on {pg}");
         }

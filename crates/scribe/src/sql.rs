@@ -25,6 +25,9 @@ pub struct SqlArgs {
     /// URL of the node's HTTP API: the primary or a replica (a replica forwards writes to the primary, and the shell's reads carry its own writes' position token, so it reads them back on the replica)
     #[arg(long, env = "SCRIBE_URL", default_value = "http://127.0.0.1:5480")]
     pub url: String,
+    /// PEM file of CA certificates to trust for an https:// URL (the node's --tls-cert signer) [default: none]
+    #[arg(long, env = "SCRIBE_CA")]
+    pub ca: Option<PathBuf>,
     /// Run this SQL (one or more statements separated by ';') and exit; exit code 1 on the first error
     #[arg(short = 'c', long = "command", env = "SCRIBE_SQL_COMMAND")]
     pub command: Option<String>,
@@ -228,13 +231,13 @@ pub struct Shell {
 
 impl Shell {
     /// A session with the node at `url`.
-    pub fn new(url: &str) -> anyhow::Result<Shell> {
+    pub fn new(url: &str, ca: Option<&std::path::Path>) -> anyhow::Result<Shell> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("start the async runtime")?;
         Ok(Shell {
-            client: Client::new(url)?,
+            client: Client::connect(url, 8, ca)?,
             rt,
             last_write: None,
             last_read: None,
@@ -447,7 +450,7 @@ fn interactive(shell: &mut Shell, history: PathBuf) -> anyhow::Result<i32> {
 
 /// Runs `scribe sql`.
 pub fn run(args: SqlArgs) -> anyhow::Result<i32> {
-    let mut shell = Shell::new(&args.url)?;
+    let mut shell = Shell::new(&args.url, args.ca.as_deref())?;
     if let Some(sql) = args.command {
         return Ok(run_script(&mut shell, &sql));
     }

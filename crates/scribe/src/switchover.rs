@@ -19,6 +19,9 @@ pub struct SwitchoverArgs {
     /// URL of any node's HTTP API (a replica forwards the request to the primary)
     #[arg(long, env = "SCRIBE_URL", default_value = "http://127.0.0.1:5480")]
     pub url: String,
+    /// PEM file of CA certificates to trust for an https:// URL (the node's --tls-cert signer) [default: none]
+    #[arg(long, env = "SCRIBE_CA")]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// Runs `scribe switchover`; exit code 1 when it was refused.
@@ -26,7 +29,7 @@ pub fn run(args: SwitchoverArgs) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let client = Client::new(&args.url)?;
+    let client = Client::connect(&args.url, 8, args.ca.as_deref())?;
     match rt.block_on(client.switchover(&args.to)) {
         Ok(done) => {
             println!(
@@ -58,6 +61,9 @@ pub struct PromoteArgs {
     /// URL of any node's HTTP API in the cluster's majority
     #[arg(long, env = "SCRIBE_URL", default_value = "http://127.0.0.1:5480")]
     pub url: String,
+    /// PEM file of CA certificates to trust for an https:// URL (the node's --tls-cert signer) [default: none]
+    #[arg(long, env = "SCRIBE_CA")]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// Runs `scribe promote`; exit code 1 when it was refused.
@@ -77,7 +83,7 @@ pub fn run_promote(args: PromoteArgs) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let client = Client::new(&args.url)?;
+    let client = Client::connect(&args.url, 8, args.ca.as_deref())?;
     match rt.block_on(client.promote(&args.to)) {
         Ok(done) => {
             println!(

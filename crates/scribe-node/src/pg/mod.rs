@@ -174,22 +174,7 @@ impl PgWireServerHandlers for Handlers {
 }
 
 fn load_tls(cert: &Path, key: &Path) -> Result<pgwire::tokio::TlsAcceptor, String> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("read TLS certificates {}: {e}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("read TLS key {}: {e}", key.display()))?;
-    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
-        tokio_rustls::rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("TLS: {e}"))?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| format!("TLS certificate and key {}: {e}", cert.display()))?;
-    Ok(pgwire::tokio::TlsAcceptor::from(Arc::new(config)))
+    crate::tls::server_config(cert, key, &[]).map(pgwire::tokio::TlsAcceptor::from)
 }
 
 /// A bound PostgreSQL listener, ready to serve.

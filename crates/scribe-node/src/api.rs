@@ -122,11 +122,51 @@ pub fn router(state: Arc<NodeState>) -> Router {
             state.clone(),
             crate::http_server::read_body,
         ))
+        // Outside the body reader: a request without the credentials its route needs is
+        // refused before its body is read.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_credentials,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_and_limit,
         ))
         .with_state(state)
+}
+
+/// With `--users`: checks the request's credentials and the role its route needs
+/// ([`crate::auth::required_role`]); 401 or 403 otherwise.
+async fn require_credentials(
+    State(state): State<Arc<NodeState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(store) = &state.config.users else {
+        return next.run(req).await;
+    };
+    let Some(needed) = crate::auth::required_role(req.method(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let result = {
+        let headers = req.headers();
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        crate::auth::authenticate(
+            store,
+            header("authorization"),
+            header(crate::auth::ASSERTION_HEADER),
+            crate::auth::now_unix(),
+        )
+        .and_then(|p| crate::auth::authorize(&p, needed).map(|()| p))
+    };
+    match result {
+        Ok(p) => {
+            let mut req = req;
+            req.extensions_mut().insert(p);
+            next.run(req).await
+        }
+        Err(e) => ApiError::Auth(e).into_response(),
+    }
 }
 
 /// Refuses a body announced larger than the limit before reading it, and counts every answer.

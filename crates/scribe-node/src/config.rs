@@ -84,6 +84,10 @@ pub struct NodeConfig {
     /// Cluster mode (`--cluster`): the control plane's members and the lease timings; `None`: a
     /// primary by configuration, or a manually managed replica (`--follow`).
     pub cluster: Option<crate::cluster::ClusterSettings>,
+    /// The users (`--users`); `None`: no authentication (and loopback-only unless `insecure`).
+    pub users: Option<std::sync::Arc<crate::auth::UserStore>>,
+    /// Allow listening on non-loopback addresses without `--users` (`--insecure`).
+    pub insecure: bool,
     /// Test-only fault injection: a replica pauses this long between making streamed records
     /// durable and applying them (`SCRIBE_TEST_APPLY_DELAY_MS`). Zero in production.
     pub test_apply_delay: Duration,
@@ -168,6 +172,8 @@ impl NodeConfig {
             max_result_bytes: 64 << 20,
             max_connections: 512,
             cluster: None,
+            users: None,
+            insecure: false,
         }
     }
 
@@ -217,6 +223,16 @@ impl NodeConfig {
         }
         if self.max_result_bytes != 0 && self.max_result_bytes < 64 << 10 {
             return Err("--max-result-bytes must be at least 64 KiB (or 0: no limit)".into());
+        }
+        if self.users.is_none() && !self.insecure {
+            let mut addrs = vec![("--http", self.http_addr)];
+            addrs.extend(self.pg_addr.map(|a| ("--pg", a)));
+            addrs.extend(self.peer_addr.map(|a| ("--peer", a)));
+            if let Some((flag, a)) = addrs.iter().find(|(_, a)| !a.ip().is_loopback()) {
+                return Err(format!(
+                    "{flag} {a} is not a loopback address: without --users anyone who reaches it could read and write everything; give --users FILE, or --insecure to allow it"
+                ));
+            }
         }
         if matches!(&self.pg_password, Some(p) if p.is_empty()) {
             return Err(

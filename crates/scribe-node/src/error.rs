@@ -83,6 +83,8 @@ pub enum ApiError {
         /// The term this node's history has at that LSN.
         ours: scribe_core::Term,
     },
+    /// Missing or bad credentials (401), or a role too weak for the request (403).
+    Auth(crate::auth::AuthError),
     /// Forwarding to the primary failed before anything was sent.
     Forward(String),
     /// Forwarding to the primary failed after the request may have reached it.
@@ -97,6 +99,12 @@ pub enum ApiError {
         /// The sync set it waited for.
         sync_set: String,
     },
+}
+
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        ApiError::Auth(e)
+    }
 }
 
 impl From<EngineError> for ApiError {
@@ -125,6 +133,12 @@ impl ApiError {
             ApiError::Promotion(_) => (StatusCode::CONFLICT, "promotion_refused"),
             ApiError::Membership(_) => (StatusCode::CONFLICT, "membership_refused"),
             ApiError::PositionLost { .. } => (StatusCode::GONE, "position_lost"),
+            ApiError::Auth(crate::auth::AuthError::Unauthenticated(_)) => {
+                (StatusCode::UNAUTHORIZED, "unauthorized")
+            }
+            ApiError::Auth(crate::auth::AuthError::Forbidden { .. }) => {
+                (StatusCode::FORBIDDEN, "forbidden")
+            }
             ApiError::Forward(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::ForwardUnknown(_) => (StatusCode::BAD_GATEWAY, "outcome_unknown"),
             ApiError::SyncTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "sync_timeout"),
@@ -136,6 +150,7 @@ impl ApiError {
     pub fn message(&self) -> String {
         match self {
             ApiError::BadJson(m) => format!("invalid request body: {m}"),
+            ApiError::Auth(e) => e.to_string(),
             ApiError::TooLarge(limit) => {
                 format!("request body is larger than the {limit} byte limit (--max-request-bytes)")
             }
@@ -281,6 +296,13 @@ impl IntoResponse for ApiError {
             obj.extend(extra);
         }
         let body = serde_json::json!({ "error": error });
-        (status, axum::Json(body)).into_response()
+        let mut resp = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Basic realm=\"scribe\", Bearer"),
+            );
+        }
+        resp
     }
 }

@@ -17,6 +17,7 @@
 //!   (with the primary's lease) and the failover manager.
 //! - [`switchover`]: a planned hand-over to a replica (drain, catch up, promote).
 //! - [`api`]: the HTTP routes and their JSON.
+//! - [`auth`]: users, roles, passwords (SCRAM-SHA-256) and tokens.
 //! - [`error`]: [`ApiError`] and its one mapping to status codes.
 //! - [`metrics`]: rendering metrics in Prometheus' text format.
 //! - [`txns`], [`tx_api`]: interactive transactions held across HTTP requests.
@@ -26,6 +27,7 @@
 //! - [`replication`]: primary/replica streaming, commit modes, lag, snapshots, retention.
 
 pub mod api;
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod control;

@@ -249,6 +249,12 @@ impl Node {
                 "peer port security"
             );
         }
+        if config.users.is_none() {
+            tracing::warn!(
+                insecure = config.insecure,
+                "no --users: requests are not authenticated; anyone who can reach this node's ports can read, write and administer it (loopback only unless --insecure)"
+            );
+        }
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("create data directory {}: {e}", config.data_dir.display()))?;
         let identity = identity::load_or_create(&config.data_dir, &config.name)?;

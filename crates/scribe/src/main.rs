@@ -23,6 +23,7 @@ mod sql;
 mod status;
 mod switchover;
 mod table;
+mod user;
 
 use clap::{Parser, Subcommand};
 
@@ -52,6 +53,8 @@ enum Command {
     Members(members::MembersArgs),
     /// Measure insert throughput and latency against a node.
     Bench(bench::BenchArgs),
+    /// Manage a users file: add, remove, list users, print a token.
+    User(user::UserArgs),
 }
 
 fn main() {
@@ -65,6 +68,7 @@ fn main() {
         Command::Promote(args) => switchover::run_promote(args),
         Command::Members(args) => members::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::User(args) => user::run(args),
     };
     match code {
         Ok(code) => std::process::exit(code),

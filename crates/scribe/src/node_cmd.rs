@@ -72,6 +72,12 @@ pub struct NodeArgs {
     /// Password PostgreSQL clients must give (SCRAM-SHA-256), for any user name; prefer the environment variable to the flag [default: no authentication]
     #[arg(long, env = "SCRIBE_PG_PASSWORD", hide_env_values = true)]
     pub pg_password: Option<String>,
+    /// Users file (TOML, `[[user]]` entries with name, role and a SCRAM-SHA-256 password verifier; made with `scribe user add`): every HTTP request needs credentials of a role that allows it [default: no authentication, loopback addresses only]
+    #[arg(long, env = "SCRIBE_USERS")]
+    pub users: Option<PathBuf>,
+    /// Without --users, allow listening on non-loopback addresses anyway (anyone who reaches the ports can read, write and administer) [default: refused]
+    #[arg(long, env = "SCRIBE_INSECURE")]
+    pub insecure: bool,
     /// PEM certificate chain for TLS on the PostgreSQL port (with --pg-tls-key); clients that ask for TLS get it [default: no TLS]
     #[arg(long, env = "SCRIBE_PG_TLS_CERT", requires = "pg_tls_key")]
     pub pg_tls_cert: Option<PathBuf>,
@@ -168,6 +174,8 @@ struct FileConfig {
     advertise_url: Option<String>,
     pg: Option<SocketAddr>,
     pg_password: Option<String>,
+    users: Option<PathBuf>,
+    insecure: Option<bool>,
     pg_tls_cert: Option<PathBuf>,
     pg_tls_key: Option<PathBuf>,
     peer_secret: Option<PathBuf>,
@@ -367,6 +375,11 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, String)> {
     config.peer_addr = args.peer.or(file.peer);
     config.pg_addr = args.pg.or(file.pg);
     config.pg_password = args.pg_password.or(file.pg_password);
+    if let Some(path) = args.users.or(file.users) {
+        let store = scribe_node::auth::UserStore::load(&path)?;
+        config.users = Some(std::sync::Arc::new(store));
+    }
+    config.insecure = args.insecure || file.insecure.unwrap_or(false);
     match (
         args.pg_tls_cert.or(file.pg_tls_cert),
         args.pg_tls_key.or(file.pg_tls_key),

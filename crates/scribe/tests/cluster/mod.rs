@@ -130,6 +130,10 @@ impl Cluster {
         if self.witness == Some(i) {
             args.push("--witness");
         }
+        // Network namespaces use non-loopback addresses, refused without --users.
+        if self.net.is_some() {
+            args.push("--insecure");
+        }
         // `--pg` among the extra flags: each node on its own port.
         let pg = self.pg.as_ref().map(|p| format!("127.0.0.1:{}", p[i]));
         for a in &self.extra {

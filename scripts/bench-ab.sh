@@ -10,13 +10,14 @@
 #
 # Each *_BIN defaults to target/release/scribe (built first). The same `scribe bench` client
 # (BENCH_BIN, default target/release/scribe) drives both. CLIENTS (default 8,64), DURATION
-# (default 10s), COMMIT (default async). Figures go to standard output.
+# (default 10s), COMMIT (default async); SKIP_BUILD=1 uses the binaries as they are. Figures go to standard output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet -p scribe
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet -p scribe
 DEFAULT_BIN=$PWD/target/release/scribe
 BENCH_BIN=${BENCH_BIN:-$DEFAULT_BIN}
 DIR=${DIR:-$(mktemp -d)}
+mkdir -p "$DIR"
 ROUNDS=${ROUNDS:-2}
 CLIENTS=${CLIENTS:-8,64}
 DURATION=${DURATION:-10s}

@@ -301,3 +301,29 @@ pub async fn wait_status(
 ) -> Value {
     scribe_testkit::wait_status(&api.url, within, what, f).await
 }
+
+/// A small tmpfs mounted for a test (needs root), unmounted when dropped.
+pub struct Mount(pub PathBuf);
+
+impl Mount {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it) on `dir`; `None` where it cannot.
+    pub fn tmpfs(dir: &Path, size: &str) -> Option<Mount> {
+        std::fs::create_dir_all(dir).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .ok()?
+            .success();
+        ok.then(|| Mount(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}

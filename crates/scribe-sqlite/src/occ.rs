@@ -327,13 +327,7 @@ impl Writer {
             }
             return;
         }
-        if let Err(why) = self.admit(jobs.len()) {
-            for job in jobs {
-                let _ = job.reply.send(Err(crate::writer::not_primary(&why)));
-            }
-            return;
-        }
-        if let Err(e) = self.applied_all() {
+        if let Err(e) = self.admit(jobs.len()) {
             for job in jobs {
                 let _ = job.reply.send(Err(crate::writer::clone_err(&e)));
             }

@@ -219,11 +219,7 @@ impl Writer {
             let _ = started.send(Err(EngineError::Unavailable(why.clone())));
             return;
         }
-        if let Err(why) = self.admit(1) {
-            let _ = started.send(Err(crate::writer::not_primary(&why)));
-            return;
-        }
-        if let Err(e) = self.applied_all() {
+        if let Err(e) = self.admit(1) {
             let _ = started.send(Err(e));
             return;
         }
@@ -385,9 +381,9 @@ impl Writer {
     ) {
         // The gate may have closed while the transaction held the writer; if it is open, the
         // record is written in its term now (and checked again before the fsync).
-        if let Err(why) = self.admit(1) {
+        if let Err(e) = self.admit(1) {
             let _ = self.internal("ROLLBACK");
-            let _ = reply.send(Err(crate::writer::not_primary(&why)));
+            let _ = reply.send(Err(e));
             return;
         }
         let position = if steps.is_empty() {

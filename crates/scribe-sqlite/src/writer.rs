@@ -182,20 +182,20 @@ pub(crate) fn not_primary(why: &str) -> EngineError {
 }
 
 impl Writer {
-    /// Asks the write gate whether client writes may start now; if so their records will be
-    /// written in the gate's term. Otherwise answers why not, counting `n` refused writes.
-    pub(crate) fn admit(&mut self, n: usize) -> Result<(), String> {
+    /// Whether client writes may start now: the write gate must be open (their records are
+    /// then written in its term; otherwise `NotPrimary`, counting `n` refused writes), and every
+    /// durable record of the log applied — a write must not run on a database that misses some
+    /// (a replica promoted while its disk was full applies them first, or the write is refused).
+    pub(crate) fn admit(&mut self, n: usize) -> Result<(), EngineError> {
         let admitted = gate::lock(&self.fence).admit(Instant::now());
         match admitted {
-            Ok(term) => {
-                self.term = term;
-                Ok(())
-            }
+            Ok(term) => self.term = term,
             Err(why) => {
                 EngineMetrics::add(&self.metrics.gate_refusals, n as u64);
-                Err(why)
+                return Err(not_primary(&why));
             }
         }
+        self.applied_all()
     }
 
     /// Serves the queue until it closes or a stop message arrives.
@@ -383,9 +383,8 @@ impl Writer {
         }
     }
 
-    /// Before a client's write: every durable record of the log must be applied, or the write
-    /// would run on a database that misses them (a replica promoted while its disk was full).
-    pub(crate) fn applied_all(&mut self) -> Result<(), EngineError> {
+    /// Applies the durable records SQLite has not (see [`Writer::apply_unapplied`]), if any.
+    fn applied_all(&mut self) -> Result<(), EngineError> {
         let p = *self.progress.borrow();
         if p.applied.lsn < p.flushed.lsn {
             self.apply_unapplied()?;
@@ -504,13 +503,7 @@ impl Writer {
             }
             return;
         }
-        if let Err(why) = self.admit(batch.len()) {
-            for job in batch {
-                let _ = job.reply.send(Err(not_primary(&why)));
-            }
-            return;
-        }
-        if let Err(e) = self.applied_all() {
+        if let Err(e) = self.admit(batch.len()) {
             for job in batch {
                 let _ = job.reply.send(Err(clone_err(&e)));
             }

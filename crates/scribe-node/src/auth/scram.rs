@@ -114,6 +114,153 @@ impl std::fmt::Display for Verifier {
     }
 }
 
+/// Why a SCRAM exchange failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScramError {
+    /// A message is not what RFC 5802 describes.
+    #[error("malformed SCRAM message: {0}")]
+    Malformed(&'static str),
+    /// The client asked for channel binding (SCRAM-SHA-256-PLUS), which is not offered.
+    #[error("channel binding is not supported (use SCRAM-SHA-256 without -PLUS)")]
+    ChannelBinding,
+    /// The client's proof does not match: a wrong password (or an unknown user).
+    #[error("the client proof does not match")]
+    WrongProof,
+}
+
+/// The server's side of one SCRAM-SHA-256 exchange (RFC 5802 section 3, as PostgreSQL runs it:
+/// the user is the startup packet's, the `n=` attribute is ignored), between the server's first
+/// message and the client's final one. Plain code: the caller moves the messages.
+#[derive(Debug)]
+pub struct ServerExchange {
+    verifier: Verifier,
+    gs2_header: String,
+    nonce: String,
+    client_first_bare: String,
+    server_first: String,
+}
+
+impl ServerExchange {
+    /// Takes the client's first message and answers the server's first one (`r=`, `s=`, `i=`),
+    /// extending the client's nonce with `server_nonce` (printable, no commas).
+    pub fn start(
+        verifier: Verifier,
+        client_first: &str,
+        server_nonce: &str,
+    ) -> Result<(ServerExchange, String), ScramError> {
+        // gs2-header: cbind-flag "," [authzid] ","
+        let (flag, rest) = client_first
+            .split_once(',')
+            .ok_or(ScramError::Malformed("no GS2 header"))?;
+        match flag {
+            "n" | "y" => {}
+            f if f.starts_with("p=") => return Err(ScramError::ChannelBinding),
+            _ => return Err(ScramError::Malformed("bad channel binding flag")),
+        }
+        let (authzid, bare) = rest
+            .split_once(',')
+            .ok_or(ScramError::Malformed("no GS2 header"))?;
+        if !authzid.is_empty() && !authzid.starts_with("a=") {
+            return Err(ScramError::Malformed("bad authorization identity"));
+        }
+        let client_nonce = attributes(bare)
+            .find_map(|(k, v)| (k == 'r').then_some(v))
+            .ok_or(ScramError::Malformed("no client nonce"))?;
+        if client_nonce.is_empty() || !printable(client_nonce) || !printable(server_nonce) {
+            return Err(ScramError::Malformed("bad nonce"));
+        }
+        let nonce = format!("{client_nonce}{server_nonce}");
+        let server_first = format!(
+            "r={nonce},s={},i={}",
+            B64.encode(&verifier.salt),
+            verifier.iterations
+        );
+        let gs2_header = format!("{flag},{authzid},");
+        let exchange = ServerExchange {
+            verifier,
+            gs2_header,
+            nonce,
+            client_first_bare: bare.to_string(),
+            server_first: server_first.clone(),
+        };
+        Ok((exchange, server_first))
+    }
+
+    /// Checks the client's final message (`c=`, `r=`, `p=`) and answers the server's final one
+    /// (`v=`, the server's signature, which proves to the client that this server knows the
+    /// verifier). `WrongProof` for a wrong password.
+    pub fn finish(&self, client_final: &str) -> Result<String, ScramError> {
+        let (without_proof, proof) = client_final
+            .rsplit_once(",p=")
+            .ok_or(ScramError::Malformed("no proof"))?;
+        let mut binding = None;
+        let mut nonce = None;
+        for (k, v) in attributes(without_proof) {
+            match k {
+                'c' => binding = Some(v),
+                'r' => nonce = Some(v),
+                _ => {}
+            }
+        }
+        let binding = binding.ok_or(ScramError::Malformed("no channel binding"))?;
+        if B64.decode(binding).ok().as_deref() != Some(self.gs2_header.as_bytes()) {
+            return Err(ScramError::Malformed(
+                "channel binding does not match the GS2 header",
+            ));
+        }
+        if nonce != Some(self.nonce.as_str()) {
+            return Err(ScramError::Malformed("the nonce does not match"));
+        }
+        let proof: [u8; 32] = B64
+            .decode(proof)
+            .ok()
+            .and_then(|p| p.try_into().ok())
+            .ok_or(ScramError::Malformed("the proof is not 32 bytes of base64"))?;
+        let auth_message = format!(
+            "{},{},{without_proof}",
+            self.client_first_bare, self.server_first
+        );
+        let client_signature = hmac_sha256(&self.verifier.stored_key, auth_message.as_bytes());
+        let mut client_key = [0u8; 32];
+        for (i, b) in client_key.iter_mut().enumerate() {
+            *b = proof[i] ^ client_signature[i];
+        }
+        let mut stored = [0u8; 32];
+        stored.copy_from_slice(digest::digest(&digest::SHA256, &client_key).as_ref());
+        if !constant_time_eq(&stored, &self.verifier.stored_key) {
+            return Err(ScramError::WrongProof);
+        }
+        let server_signature = hmac_sha256(&self.verifier.server_key, auth_message.as_bytes());
+        Ok(format!("v={}", B64.encode(server_signature)))
+    }
+}
+
+/// A verifier no password matches, for a user that does not exist: the exchange runs as for a
+/// real user (the same salt for the same name each time, from `key`), so a client cannot tell
+/// an unknown user from a wrong password.
+pub fn mock_verifier(key: &[u8], name: &str) -> Verifier {
+    let salt = hmac_sha256(key, format!("scribe mock salt {name}").as_bytes());
+    Verifier {
+        iterations: DEFAULT_ITERATIONS,
+        salt: salt[..16].to_vec(),
+        stored_key: super::random_bytes(),
+        server_key: super::random_bytes(),
+    }
+}
+
+/// The `k=v` attributes of a SCRAM message.
+fn attributes(message: &str) -> impl Iterator<Item = (char, &str)> {
+    message.split(',').filter_map(|a| {
+        let mut chars = a.chars();
+        let k = chars.next()?;
+        a.get(1..)?.strip_prefix('=').map(|v| (k, v))
+    })
+}
+
+fn printable(s: &str) -> bool {
+    s.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b',')
+}
+
 /// Whether `a` and `b` are equal, in time independent of where they differ.
 pub fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -161,6 +308,68 @@ mod tests {
             B64.encode(sig),
             "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
         );
+    }
+
+    fn rfc_7677_verifier() -> Verifier {
+        let salt = B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").expect("b64");
+        Verifier::derive("pencil", &salt, 4096)
+    }
+
+    #[test]
+    fn runs_the_rfc_7677_exchange() {
+        let (ex, server_first) = ServerExchange::start(
+            rfc_7677_verifier(),
+            "n,,n=user,r=rOprNGfwEbeRWgbNEkqO",
+            "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0",
+        )
+        .expect("first");
+        assert_eq!(
+            server_first,
+            "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
+        );
+        let final_ = ex
+            .finish("c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=")
+            .expect("good proof");
+        assert_eq!(final_, "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=");
+    }
+
+    #[test]
+    fn refuses_a_wrong_proof_and_malformed_messages() {
+        let nonce = "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
+        let (ex, _) = ServerExchange::start(
+            rfc_7677_verifier(),
+            "n,,n=user,r=rOprNGfwEbeRWgbNEkqO",
+            nonce,
+        )
+        .expect("first");
+        let wrong = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=AHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+        assert_eq!(ex.finish(wrong), Err(ScramError::WrongProof));
+        for bad in [
+            "",
+            "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0",
+            "c=eSws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
+            "c=biws,r=other,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
+            "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=short",
+        ] {
+            assert!(matches!(ex.finish(bad), Err(ScramError::Malformed(_))), "{bad:?}");
+        }
+        let v = rfc_7677_verifier;
+        assert_eq!(
+            ServerExchange::start(v(), "p=tls-server-end-point,,n=,r=abc", nonce).err(),
+            Some(ScramError::ChannelBinding)
+        );
+        for bad in ["", "n", "n,,n=user", "x,,n=user,r=abc", "n,,n=user,r="] {
+            assert!(ServerExchange::start(v(), bad, nonce).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_mock_verifier_gives_the_same_salt_and_matches_no_password() {
+        let a = mock_verifier(b"k", "nobody");
+        let b = mock_verifier(b"k", "nobody");
+        assert_eq!(a.salt, b.salt);
+        assert_ne!(a.salt, mock_verifier(b"k", "other").salt);
+        assert!(!a.check(""));
     }
 
     #[test]

@@ -14,12 +14,13 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use scribe_core::{CommitMode, Position};
 use scribe_sqlite::{Params, Statement, StatementResult, Value};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Principal;
 use crate::replication::commit_wait::Durability;
 use crate::service::{self, Consistency, ReadAsk, ReadRoute, WriteRoute};
 use crate::state::NodeState;
@@ -237,16 +238,18 @@ fn duration(field: &str, v: &Option<String>) -> Result<Option<Duration>, ApiErro
 }
 
 /// Sends the request, as it came, to the primary `primary` at `url` and answers with the
-/// primary's answer, adding `forwarded_to` to a successful one.
+/// primary's answer, adding `forwarded_to` to a successful one. With `--users` the request
+/// carries `who`'s signed assertion: the primary applies the client's role.
 pub(crate) async fn forward(
     state: &NodeState,
     (primary, url): (String, String),
     path: &str,
+    who: Option<&Principal>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let r = state
         .http
-        .post(format!("{url}{path}"))
+        .request_for(reqwest::Method::POST, &format!("{url}{path}"), who)
         .header(header::CONTENT_TYPE, "application/json")
         .header(FORWARDED_BY, state.identity.name.as_str())
         .body(body)
@@ -272,12 +275,18 @@ pub(crate) async fn forward(
     Ok((status, Json(answer)).into_response())
 }
 
+/// The principal a request was authenticated as, if the node checks credentials.
+fn who(p: &Option<Extension<Principal>>) -> Option<&Principal> {
+    p.as_ref().map(|Extension(p)| p)
+}
+
 fn may_forward(headers: &HeaderMap, asked: Option<bool>) -> bool {
     asked.unwrap_or(true) && !headers.contains_key(FORWARDED_BY)
 }
 
 async fn execute(
     State(state): State<Arc<NodeState>>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -285,7 +294,7 @@ async fn execute(
     let req: ExecuteRequest = parse_bytes(&body)?;
     match service::route_write(&state, may_forward(&headers, req.forward))? {
         WriteRoute::Forward { primary, url } => {
-            forward(&state, (primary, url), "/v1/execute", body).await
+            forward(&state, (primary, url), "/v1/execute", who(&principal), body).await
         }
         WriteRoute::Local => {
             let limits = limits(&state, &req.statement_timeout)?;
@@ -303,6 +312,7 @@ async fn execute(
 /// `POST /v1/switchover`: run on the primary (a replica forwards it there).
 async fn switchover(
     State(state): State<Arc<NodeState>>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -312,7 +322,14 @@ async fn switchover(
         if let WriteRoute::Forward { primary, url } =
             service::route_to_primary(&state, may_forward(&headers, None))?
         {
-            return forward(&state, (primary, url), "/v1/switchover", body).await;
+            return forward(
+                &state,
+                (primary, url),
+                "/v1/switchover",
+                who(&principal),
+                body,
+            )
+            .await;
         }
     }
     let done = crate::switchover::run(&state, &req.to).await?;
@@ -322,6 +339,7 @@ async fn switchover(
 /// `POST /v1/members`: run on the control plane's leader (another member forwards it there).
 async fn members(
     State(state): State<Arc<NodeState>>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -329,7 +347,7 @@ async fn members(
     let req: crate::members::MembersRequest = parse_bytes(&body)?;
     match crate::members::route(&state)? {
         crate::members::Route::Leader(name, url) if may_forward(&headers, None) => {
-            forward(&state, (name, url), "/v1/members", body).await
+            forward(&state, (name, url), "/v1/members", who(&principal), body).await
         }
         crate::members::Route::Leader(name, _) => Err(ApiError::Forward(format!(
             "this node is not the control plane's leader ({name} is) and the request was forwarded already"
@@ -354,6 +372,7 @@ async fn promote(
 
 async fn query(
     State(state): State<Arc<NodeState>>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -367,7 +386,7 @@ async fn query(
         may_forward: may_forward(&headers, req.forward),
     };
     if let ReadRoute::Forward { primary, url } = service::plan_read(&state, ask).await? {
-        return forward(&state, (primary, url), "/v1/query", body).await;
+        return forward(&state, (primary, url), "/v1/query", who(&principal), body).await;
     }
     let limits = limits(&state, &req.statement_timeout)?;
     let r = state

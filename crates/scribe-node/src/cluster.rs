@@ -23,6 +23,8 @@ use tokio::sync::mpsc;
 
 use crate::control::{ControlPlane, ProposeError, Role};
 use crate::leadership::{ControlView, Leadership, NodeRole, PrimaryInfo};
+use crate::node_http::NodeHttp;
+use reqwest::Method;
 
 /// What cluster mode needs beyond the control plane's own configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -197,7 +199,7 @@ pub async fn run_controller(
 /// Raft learner, waits for it to catch up and makes it a voter.
 pub async fn ask_to_join(
     plane: ControlPlane,
-    http: reqwest::Client,
+    http: NodeHttp,
     join: Join,
     me: String,
     peer_addr: String,
@@ -214,7 +216,7 @@ pub async fn ask_to_join(
             return;
         }
         let r = http
-            .post(format!("{}/v1/members", join.url))
+            .request(Method::POST, &format!("{}/v1/members", join.url))
             .timeout(Duration::from_secs(30))
             .json(&body)
             .send()
@@ -259,11 +261,7 @@ pub struct FailoverPolicy {
 /// latest renewal to *arrive* in this node's control log, by its own clock), it asks the data
 /// members where their logs end, picks who may be promoted, and commits the promotion
 /// (`term + 1`).
-pub async fn run_failover_manager(
-    plane: ControlPlane,
-    http: reqwest::Client,
-    policy: FailoverPolicy,
-) {
+pub async fn run_failover_manager(plane: ControlPlane, http: NodeHttp, policy: FailoverPolicy) {
     let raft = plane.raft_status_watch();
     let states = plane.state();
     let mut silence = PrimarySilence::new(Instant::now());
@@ -328,7 +326,7 @@ enum FailoverRefused {
 
 async fn fail_over(
     plane: &ControlPlane,
-    http: &reqwest::Client,
+    http: &NodeHttp,
     policy: &FailoverPolicy,
     st: &ControlState,
     old: &str,
@@ -363,11 +361,7 @@ async fn fail_over(
 /// What the members other than the old primary answer about their logs, as the promotion
 /// decisions take it: every member, the data members other than `old` asked for their
 /// positions (unreachable when they do not answer).
-pub(crate) async fn candidates(
-    http: &reqwest::Client,
-    st: &ControlState,
-    old: &str,
-) -> Vec<Candidate> {
+pub(crate) async fn candidates(http: &NodeHttp, st: &ControlState, old: &str) -> Vec<Candidate> {
     let mut candidates = Vec::new();
     for m in st.members.values() {
         let mut c = Candidate {
@@ -392,9 +386,9 @@ pub(crate) async fn candidates(
 }
 
 /// A member's flushed and applied positions, from its status page (`None`: unreachable).
-async fn positions(http: &reqwest::Client, url: &str) -> Option<(Position, Position)> {
+async fn positions(http: &NodeHttp, url: &str) -> Option<(Position, Position)> {
     let status: serde_json::Value = http
-        .get(format!("{url}/v1/status"))
+        .request(Method::GET, &format!("{url}/v1/status"))
         .timeout(Duration::from_millis(500))
         .send()
         .await

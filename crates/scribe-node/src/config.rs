@@ -234,6 +234,9 @@ impl NodeConfig {
                 ));
             }
         }
+        if self.users.is_some() && self.pg_password.is_some() {
+            return Err("--pg-password and --users do not go together: with --users, PostgreSQL clients log in as the file's users".into());
+        }
         if matches!(&self.pg_password, Some(p) if p.is_empty()) {
             return Err(
                 "--pg-password must not be empty (leave it out for no authentication)".into(),

@@ -38,6 +38,7 @@ pub mod leadership;
 pub mod members;
 pub mod metrics;
 pub mod node;
+pub mod node_http;
 pub mod peer_link;
 pub mod pg;
 pub mod promote;

@@ -219,20 +219,6 @@ pub struct Node {
     security: Arc<crate::peer_link::PeerSecurity>,
 }
 
-/// The node's HTTP client (forwarding to the primary, cluster operations), trusting the
-/// `--tls-ca` certificates for `https://` peers.
-fn http_client(config: &NodeConfig) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
-    if let Some(ca) = &config.tls_ca {
-        for cert in crate::tls::ca_certificates(ca)? {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    builder
-        .build()
-        .map_err(|e| format!("build the HTTP client for forwarding: {e}"))
-}
-
 impl Node {
     /// Opens the data directory (recovering and replaying the log) and binds the HTTP and peer
     /// addresses.
@@ -310,7 +296,7 @@ impl Node {
                 )),
                 None => None,
             };
-        let http = http_client(&config)?;
+        let http = crate::node_http::NodeHttp::new(&config)?;
         let http_url = advertised_url(&config, &listener)?;
         let term = engine.progress().last.term.max(scribe_core::Term::FIRST);
         let mut identity = identity;

@@ -37,8 +37,8 @@ pub struct NodeState {
     pub follower: Arc<Follower>,
     /// Where the peer protocol listens, if it does.
     pub peer_addr: Option<std::net::SocketAddr>,
-    /// HTTP client for forwarding to the primary.
-    pub http: reqwest::Client,
+    /// HTTP client for calls to other nodes (forwarding to the primary, cluster operations).
+    pub http: crate::node_http::NodeHttp,
     /// Interactive transactions held for HTTP clients.
     pub txns: crate::txns::TxnTable,
 }

@@ -152,6 +152,11 @@ impl Conn {
         input: Result<(Arc<Command>, Vec<scribe_sqlite::Value>, Hints), PgError>,
     ) -> Result<Outcome, PgError> {
         if !s.started {
+            // Who logged in (pg/auth.rs left it there), for the session's role checks.
+            s.principal = client
+                .session_extensions()
+                .get::<crate::auth::Principal>()
+                .map(|p| (*p).clone());
             // The startup packet's `options` (`PGOPTIONS='-c statement_timeout=60s'`): settings
             // as if SET first; a bad one fails every statement (PostgreSQL refuses the
             // connection).

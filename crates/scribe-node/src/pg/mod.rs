@@ -1,7 +1,8 @@
 //! The PostgreSQL wire protocol front end (`--pg ADDR`), on the `pgwire` crate: psql, pgbench,
 //! psycopg and other libpq clients talk to any node. Simple and extended query protocol,
 //! prepared statements, transaction blocks held across round trips (see [`session`]), COPY FROM
-//! STDIN, cancel requests, SCRAM-SHA-256 when a password is set, optional TLS.
+//! STDIN, cancel requests, SCRAM-SHA-256 per user with `--users` (see [`auth`]) or with one
+//! `--pg-password`, optional TLS.
 //!
 //! The SQL is PostgreSQL's, translated for SQLite by `scribe-pgsql`; errors carry SQLSTATEs
 //! mapped in [`sqlstate`]. On a replica, writes and transaction blocks run on the primary and the
@@ -11,6 +12,7 @@
 //! handlers), [`types`] (values and types), [`sqlstate`] (errors), [`remote`] (a replica's calls
 //! to its primary).
 
+pub mod auth;
 pub mod handler;
 pub mod remote;
 pub mod session;
@@ -116,6 +118,7 @@ impl AuthSource for PasswordSource {
 enum Startup {
     Trust(Trust),
     Scram(SASLAuthStartupHandler<Params>),
+    Users(auth::UsersStartup<Params>),
 }
 
 #[async_trait]
@@ -133,6 +136,7 @@ impl StartupHandler for Startup {
         match self {
             Startup::Trust(t) => t.on_startup(client, message).await,
             Startup::Scram(s) => s.on_startup(client, message).await,
+            Startup::Users(u) => u.on_startup(client, message).await,
         }
     }
 }
@@ -208,12 +212,15 @@ impl PgServer {
     pub async fn serve(self, state: Arc<NodeState>) {
         let manager = Arc::new(ConnectionManager::new());
         let params = Arc::new(Params::new());
-        let startup = match &state.config.pg_password {
-            None => Startup::Trust(Trust {
+        let startup = match (&state.config.users, &state.config.pg_password) {
+            (Some(users), _) => {
+                Startup::Users(auth::UsersStartup::new(params.clone(), users.clone()))
+            }
+            (None, None) => Startup::Trust(Trust {
                 params: params.clone(),
                 pids: RandomPidSecretKeyGenerator::default(),
             }),
-            Some(p) => {
+            (None, Some(p)) => {
                 let mut scram = ScramAuth::new(Arc::new(PasswordSource {
                     password: p.clone(),
                 }));

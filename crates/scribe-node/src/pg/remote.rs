@@ -13,7 +13,9 @@ use crate::api::FORWARDED_BY;
 #[derive(Clone)]
 pub struct Primary {
     /// The HTTP client.
-    pub http: reqwest::Client,
+    pub http: crate::node_http::NodeHttp,
+    /// The session's user (with `--users`): the primary applies its role.
+    pub who: Option<crate::auth::Principal>,
     /// The primary's HTTP URL.
     pub url: String,
     /// This replica's name (sent as the forwarding header).
@@ -113,7 +115,11 @@ impl Primary {
     ) -> Result<(bool, bytes::Bytes), PgError> {
         let r = self
             .http
-            .post(format!("{}{path}", self.url))
+            .request_for(
+                reqwest::Method::POST,
+                &format!("{}{path}", self.url),
+                self.who.as_ref(),
+            )
             .header(FORWARDED_BY, self.via.as_str())
             .json(&body)
             .send()

@@ -137,6 +137,8 @@ pub struct Session {
     timeout: Option<Duration>,
     /// The startup packet's `options` have been applied.
     pub started: bool,
+    /// Who logged in (with `--users`).
+    pub principal: Option<crate::auth::Principal>,
 }
 
 /// The settings in a startup packet's `options` (what `PGOPTIONS` sends): `-c name=value` and
@@ -235,10 +237,10 @@ pub struct Runner {
 
 impl Runner {
     /// Where this session's writes go: `None` here (this node is the primary), or the primary.
-    fn primary(&self) -> Result<Option<Primary>, PgError> {
+    fn primary(&self, s: &Session) -> Result<Option<Primary>, PgError> {
         match service::route_write(&self.state, true) {
             Ok(WriteRoute::Local) => Ok(None),
-            Ok(WriteRoute::Forward { url, .. }) => Ok(Some(self.remote(url))),
+            Ok(WriteRoute::Forward { url, .. }) => Ok(Some(self.remote(s, url))),
             Err(e @ ApiError::Witness { .. }) => Err(e.into()),
             Err(_) => Err(PgError::new(
                 "57P03",
@@ -250,9 +252,10 @@ impl Runner {
         }
     }
 
-    fn remote(&self, url: String) -> Primary {
+    fn remote(&self, s: &Session, url: String) -> Primary {
         Primary {
             http: self.state.http.clone(),
+            who: s.principal.clone(),
             url,
             via: self.state.identity.name.clone(),
             statement_timeout: None,
@@ -399,6 +402,7 @@ impl Runner {
                 rows: None,
             }),
             Command::CopyIn(copy) => {
+                self.may_write(s)?;
                 let columns = match &copy.columns {
                     Some(c) => c.len(),
                     None => self.table_columns(&copy.table).await?.len(),
@@ -610,7 +614,7 @@ impl Runner {
         let limits = self.limits(s)?;
         if let ReadRoute::Forward { url, .. } = service::plan_read(&self.state, ask).await? {
             let (columns, rows) = self
-                .remote(url)
+                .remote(s, url)
                 .with_timeout(self.asked_timeout(s))
                 .query(st)
                 .await?;
@@ -636,6 +640,7 @@ impl Runner {
         s: &mut Session,
         statements: Vec<Statement>,
     ) -> Result<Vec<StatementResult>, PgError> {
+        self.may_write(s)?;
         let limits = self.limits(s)?;
         if s.txn.is_some() {
             self.ensure_lease(s).await?;
@@ -677,7 +682,7 @@ impl Runner {
             return Ok(out);
         }
         let mode = self.effective_commit(s, None);
-        match self.primary()? {
+        match self.primary(s)? {
             None => {
                 let committed = self.state.engine.execute_with(statements, limits).await?;
                 self.confirmed(s, mode, committed).await
@@ -694,11 +699,31 @@ impl Runner {
         }
     }
 
+    /// With `--users`: whether the session's user may write (role `write` or `admin`); 42501
+    /// otherwise, before anything runs.
+    fn may_write(&self, s: &Session) -> Result<(), PgError> {
+        if self.state.config.users.is_none() {
+            return Ok(());
+        }
+        let refused = |who: String| {
+            PgError::new(
+                super::sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!("permission denied: {who}; writes need role write"),
+            )
+        };
+        match &s.principal {
+            Some(p) => crate::auth::authorize(p, crate::auth::Role::Write)
+                .map_err(|_| refused(format!("user \"{}\" has role {}", p.name, p.role.as_str()))),
+            None => Err(refused("the session has no user".into())),
+        }
+    }
+
     async fn ensure_lease(&self, s: &mut Session) -> Result<(), PgError> {
+        self.may_write(s)?;
         if s.txn.as_ref().is_some_and(|t| t.lease.is_some()) {
             return Ok(());
         }
-        let lease = match self.primary()? {
+        let lease = match self.primary(s)? {
             None if s.txn.as_ref().is_some_and(|t| t.pessimistic) => Lease::Local(
                 self.state
                     .engine

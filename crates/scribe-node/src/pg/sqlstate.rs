@@ -30,6 +30,8 @@ pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 pub const INVALID_PARAMETER_VALUE: &str = "22023";
 /// `57014`: query_canceled.
 pub const QUERY_CANCELED: &str = "57014";
+/// The user's role does not allow the statement.
+pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 
 impl PgError {
     /// An error with this SQLSTATE.
@@ -112,6 +114,10 @@ fn from_code(code: &str, message: &str) -> &'static str {
         // program_limit_exceeded.
         "too_large" => "54000",
         "payload_too_large" => "54000",
+        // The primary did not accept this node's assertion of the session's user (their users
+        // files differ), or the user's role does not allow it.
+        "unauthorized" => "28000",
+        "forbidden" => INSUFFICIENT_PRIVILEGE,
         _ => "XX000",
     }
 }

@@ -1,8 +1,9 @@
 //! [`Error`]: why a call failed, in variants shaped by what the caller does next — fix the request,
 //! wait for a primary, check whether a write landed, or report a bug.
 
-/// Why a call failed.
+/// Why a call failed. New kinds may be added: match with a catch-all arm.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A node answered with an error: the request was handled and refused (bad SQL, a constraint,
     /// a node that cannot take it now...). Nothing of a refused write was kept — except for the
@@ -43,6 +44,14 @@ pub enum Error {
         /// What was wrong with it.
         reason: String,
     },
+    /// The nodes check credentials (`--users`) and refused these: none given, an unknown user, a
+    /// wrong password, an expired or forged token (HTTP 401). Nothing was done; not retried.
+    #[error("authentication failed: {0}")]
+    Unauthenticated(String),
+    /// The user is known and its role may not do this — a `read` user's write, a `write` user's
+    /// switchover (HTTP 403). Nothing was done; not retried.
+    #[error("permission denied: {0}")]
+    Forbidden(String),
     /// The call itself is wrong (no URL given, a URL that does not parse, a statement with both
     /// positional and named parameters); nothing was sent.
     #[error("invalid use of the client: {0}")]
@@ -50,10 +59,13 @@ pub enum Error {
 }
 
 impl Error {
-    /// The node's error code, when a node refused the request.
+    /// The node's error code, when a node refused the request (`unauthorized` and `forbidden`
+    /// for [`Error::Unauthenticated`] and [`Error::Forbidden`]).
     pub fn code(&self) -> Option<&str> {
         match self {
             Error::Server { code, .. } => Some(code),
+            Error::Unauthenticated(_) => Some("unauthorized"),
+            Error::Forbidden(_) => Some("forbidden"),
             _ => None,
         }
     }

@@ -24,6 +24,50 @@ pub struct Options {
     pub(crate) failover_wait: Duration,
     pub(crate) session_wait: Option<Duration>,
     pub(crate) ca: Vec<Ca>,
+    pub(crate) credentials: Option<Credentials>,
+}
+
+/// What the client proves who it is with, on every request (a node started with `--users`).
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum Credentials {
+    /// HTTP Basic: a user of the nodes' users file and its password.
+    Basic { user: String, password: String },
+    /// A bearer token from `scribe user token`.
+    Bearer(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password or the token: options end up in logs.
+        match self {
+            Credentials::Basic { user, .. } => write!(f, "Basic({user:?}, <password>)"),
+            Credentials::Bearer(_) => write!(f, "Bearer(<token>)"),
+        }
+    }
+}
+
+impl Credentials {
+    /// The `Authorization` header value, marked sensitive (kept out of reqwest's debug output).
+    pub(crate) fn header(&self) -> Result<reqwest::header::HeaderValue, String> {
+        use base64::Engine as _;
+        let text = match self {
+            Credentials::Basic { user, password } => {
+                if user.contains(':') {
+                    return Err(format!(
+                        "user name {user:?} contains ':', which HTTP Basic cannot carry"
+                    ));
+                }
+                let pair =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                format!("Basic {pair}")
+            }
+            Credentials::Bearer(token) => format!("Bearer {token}"),
+        };
+        let mut value = reqwest::header::HeaderValue::from_str(&text)
+            .map_err(|_| "credentials with characters an HTTP header cannot carry".to_string())?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
 }
 
 /// Where trusted CA certificates come from.
@@ -47,6 +91,7 @@ impl Default for Options {
             failover_wait: Duration::from_secs(5),
             session_wait: None,
             ca: Vec::new(),
+            credentials: None,
         }
     }
 }
@@ -122,6 +167,27 @@ impl Options {
     /// [`Options::ca_file`].
     pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Options {
         self.ca.push(Ca::Pem(pem.into()));
+        self
+    }
+
+    /// Logs in as `user` with `password` (HTTP Basic) on every request, discovery included — for
+    /// nodes started with `--users`. The user's role decides what it may do: a `read` user's
+    /// write fails with [`Error::Forbidden`](crate::Error::Forbidden), a wrong password with
+    /// [`Error::Unauthenticated`](crate::Error::Unauthenticated); neither is retried. Replaces
+    /// an earlier [`Options::bearer_token`].
+    pub fn basic_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Options {
+        self.credentials = Some(Credentials::Basic {
+            user: user.into(),
+            password: password.into(),
+        });
+        self
+    }
+
+    /// Sends this bearer token (from `scribe user token`) on every request, as
+    /// [`Options::basic_auth`] does a password: it stands for its user and role without the
+    /// node hashing a password on each request. Replaces an earlier [`Options::basic_auth`].
+    pub fn bearer_token(mut self, token: impl Into<String>) -> Options {
+        self.credentials = Some(Credentials::Bearer(token.into()));
         self
     }
 }

@@ -131,6 +131,21 @@ pub(crate) fn query_body(
 fn refused(sent: &Delivery) -> Error {
     match sent {
         Delivery::Answer {
+            status: status @ (401 | 403),
+            error,
+            body,
+        } => {
+            let message = match error {
+                Some(e) => e.message.clone(),
+                None => String::from_utf8_lossy(body).chars().take(500).collect(),
+            };
+            if *status == 401 {
+                Error::Unauthenticated(message)
+            } else {
+                Error::Forbidden(message)
+            }
+        }
+        Delivery::Answer {
             status,
             error: Some(e),
             ..
@@ -188,6 +203,14 @@ impl Router {
                 http = http.add_root_certificate(cert);
             }
         }
+        if let Some(credentials) = &options.credentials {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                credentials.header().map_err(Error::Usage)?,
+            );
+            http = http.default_headers(headers);
+        }
         let http = http
             .build()
             .map_err(|e| Error::Usage(format!("build the HTTP client: {e}")))?;
@@ -243,6 +266,7 @@ impl Router {
         }
         let mut answers: Vec<Answer> = Vec::new();
         let mut failures: Vec<String> = Vec::new();
+        let mut refusals: Vec<Error> = Vec::new();
         for _ in 0..DISCOVERY_ROUNDS {
             if to_ask.is_empty() {
                 break;
@@ -269,8 +293,16 @@ impl Router {
                 match r {
                     Ok(view) => answers.push((url, Some(view))),
                     Err(e) => {
-                        tracing::debug!(%url, error = %e, "a node did not answer its status");
-                        failures.push(format!("{url}: {e}"));
+                        tracing::debug!(%url, error = %e.reason, "a node did not answer its status");
+                        failures.push(format!("{url}: {}", e.reason));
+                        match e.status {
+                            Some(401) => refusals
+                                .push(Error::Unauthenticated(format!("{url}: {}", e.reason))),
+                            Some(403) => {
+                                refusals.push(Error::Forbidden(format!("{url}: {}", e.reason)))
+                            }
+                            _ => {}
+                        }
                         answers.push((url, None));
                     }
                 }
@@ -278,6 +310,10 @@ impl Router {
             to_ask = Topology::referenced_urls(&answers);
         }
         if answers.iter().all(|(_, v)| v.is_none()) {
+            // Refused credentials are no network trouble: say so, and do not keep trying.
+            if let Some(refusal) = refusals.into_iter().next() {
+                return Err(refusal);
+            }
             return Err(Error::Unreachable(failures.join("; ")));
         }
         Ok(Topology::build(&answers, self.options.max_replica_lag))

@@ -87,26 +87,41 @@ pub(crate) async fn post(
     }
 }
 
+/// Why a node gave no status: its HTTP status when it answered one.
+#[derive(Debug)]
+pub(crate) struct StatusFailure {
+    pub status: Option<u16>,
+    pub reason: String,
+}
+
 /// GETs a node's `/v1/status` within `timeout`; an error says why there is none.
 pub(crate) async fn status(
     http: &reqwest::Client,
     url: &str,
     timeout: Duration,
-) -> Result<StatusView, String> {
+) -> Result<StatusView, StatusFailure> {
+    let failure = |status: Option<u16>, reason: String| StatusFailure { status, reason };
     let response = http
         .get(format!("{url}/v1/status"))
         .timeout(timeout)
         .send()
         .await
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| failure(None, describe(&e)))?;
     let status = response.status();
-    let body = response.bytes().await.map_err(|e| describe(&e))?;
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| failure(None, describe(&e)))?;
     if !status.is_success() {
-        return Err(format!(
-            "status answered HTTP {}: {}",
-            status.as_u16(),
-            String::from_utf8_lossy(&body)
+        let said = match answer::error_body(&body) {
+            Some(e) => e.message,
+            None => String::from_utf8_lossy(&body).chars().take(500).collect(),
+        };
+        return Err(failure(
+            Some(status.as_u16()),
+            format!("status answered HTTP {}: {said}", status.as_u16()),
         ));
     }
-    serde_json::from_slice(&body).map_err(|e| format!("status is not a node's status: {e}"))
+    serde_json::from_slice(&body)
+        .map_err(|e| failure(None, format!("status is not a node's status: {e}")))
 }

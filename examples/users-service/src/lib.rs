@@ -83,8 +83,14 @@ impl AppError {
             // The user may or may not exist now; the client must look before trying again.
             AppError::Scribe(E::OutcomeUnknown { .. }) => StatusCode::GATEWAY_TIMEOUT,
             AppError::Scribe(E::BadAnswer { .. }) | AppError::BadRow(_) => StatusCode::BAD_GATEWAY,
-            // The SQL here is fixed: anything else the database refuses is this service's bug.
-            AppError::Scribe(E::Server { .. } | E::Usage(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            // The SQL here is fixed, and so are the service's database credentials: anything else
+            // the database refuses (a bad statement, a wrong password, a role too weak) is this
+            // service's bug or misconfiguration.
+            AppError::Scribe(
+                E::Server { .. } | E::Usage(_) | E::Unauthenticated(_) | E::Forbidden(_),
+            ) => StatusCode::INTERNAL_SERVER_ERROR,
+            // A kind of failure newer than this service.
+            AppError::Scribe(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

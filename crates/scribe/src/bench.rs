@@ -28,9 +28,8 @@ pub struct BenchArgs {
     /// URL of the node's HTTP API (the primary)
     #[arg(long, env = "SCRIBE_URL", default_value = "http://127.0.0.1:5480")]
     pub url: String,
-    /// PEM file of CA certificates to trust for an https:// URL (the node's --tls-cert signer) [default: none]
-    #[arg(long, env = "SCRIBE_CA")]
-    pub ca: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub access: crate::access::Access,
     /// Concurrency levels to measure, comma-separated
     #[arg(
         long,
@@ -707,7 +706,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         .context("start the async runtime")?;
     rt.block_on(async {
         let max = args.clients.iter().copied().max().unwrap_or(1);
-        let client = Client::connect(&args.url, max, args.ca.as_deref())?;
+        let client = args.access.client(&args.url, max)?;
         let create = format!(
             "CREATE TABLE IF NOT EXISTS {} (id INTEGER PRIMARY KEY, client INTEGER, seq INTEGER, payload TEXT)",
             quote_ident(&args.table)

@@ -166,12 +166,18 @@ impl Client {
 
     /// A client keeping up to `idle` idle connections to the node, for `idle` concurrent users.
     pub fn with_pool(url: &str, idle: usize) -> anyhow::Result<Client> {
-        Client::connect(url, idle, None)
+        Client::connect(url, idle, None, None)
     }
 
     /// A client keeping up to `idle` idle connections to the node, trusting the CA certificates
-    /// of the PEM file `ca` (`--ca`) for an `https://` URL.
-    pub fn connect(url: &str, idle: usize, ca: Option<&std::path::Path>) -> anyhow::Result<Client> {
+    /// of the PEM file `ca` (`--ca`) for an `https://` URL, and sending `authorization` (the
+    /// `Authorization` header, [`crate::access::Access`]) with every request.
+    pub fn connect(
+        url: &str,
+        idle: usize,
+        ca: Option<&std::path::Path>,
+        authorization: Option<reqwest::header::HeaderValue>,
+    ) -> anyhow::Result<Client> {
         let url = url.trim_end_matches('/').to_string();
         let execute_url = reqwest::Url::parse(&format!("{url}/v1/execute"))
             .map_err(|e| anyhow::anyhow!("invalid node URL {url:?}: {e}"))?;
@@ -183,6 +189,11 @@ impl Client {
             for cert in scribe_node::tls::ca_certificates(ca).map_err(|e| anyhow::anyhow!(e))? {
                 http = http.add_root_certificate(cert);
             }
+        }
+        if let Some(value) = authorization {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            http = http.default_headers(headers);
         }
         let http = http
             .build()
@@ -365,10 +376,18 @@ impl Client {
 /// The error of a non-2xx answer: the node's `{"error": {...}}` body, or its raw text.
 fn server_error(status: reqwest::StatusCode, body: &[u8]) -> ClientError {
     if let Ok(ErrorBody { error }) = serde_json::from_slice::<ErrorBody>(body) {
+        let message = if status == reqwest::StatusCode::UNAUTHORIZED {
+            format!(
+                "{} (log in with --user NAME, its password from SCRIBE_PASSWORD, --password-stdin or the terminal; or --token TOKEN)",
+                error.message
+            )
+        } else {
+            error.message
+        };
         return ClientError::Server {
             status: status.as_u16(),
             code: error.code,
-            message: error.message,
+            message,
             position: error.position,
         };
     }

@@ -13,6 +13,7 @@
 //! - `bench`: `scribe bench`, the insert benchmark.
 //! - `bench_reads`: `scribe bench --workload point-select`, the read benchmark.
 
+mod access;
 mod bench;
 mod bench_reads;
 mod client;

@@ -6,8 +6,6 @@
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
 
-use crate::client::Client;
-
 /// Flags of `scribe members`.
 #[derive(Args, Debug)]
 pub struct MembersArgs {
@@ -21,9 +19,8 @@ pub struct MembersArgs {
         global = true
     )]
     pub url: String,
-    /// PEM file of CA certificates to trust for an https:// URL (the node's --tls-cert signer) [default: none]
-    #[arg(long, env = "SCRIBE_CA", global = true)]
-    pub ca: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub access: crate::access::Access,
 }
 
 /// What to change.
@@ -58,7 +55,7 @@ pub fn run(args: MembersArgs) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let client = Client::connect(&args.url, 8, args.ca.as_deref())?;
+    let client = args.access.client(&args.url, 8)?;
     match rt.block_on(client.members(&body)) {
         Ok(done) => {
             let members: Vec<&str> = done["members"]

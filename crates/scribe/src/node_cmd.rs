@@ -252,11 +252,10 @@ pub fn parse_cluster(list: &str) -> anyhow::Result<ClusterList> {
 /// the cluster's id.
 fn joined_list(
     url: &str,
-    name: &str,
-    peer: Option<SocketAddr>,
+    config: &scribe_node::NodeConfig,
     witness: bool,
-    ca: Option<&std::path::Path>,
 ) -> anyhow::Result<(String, String)> {
+    let (name, peer) = (config.name.as_str(), config.peer_addr);
     let peer =
         peer.ok_or_else(|| anyhow!("--join needs --peer: the members reach this node there"))?;
     if peer.ip().is_unspecified() || peer.port() == 0 {
@@ -268,16 +267,11 @@ fn joined_list(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut http = reqwest::Client::builder();
-    if let Some(ca) = ca {
-        for cert in scribe_node::tls::ca_certificates(ca).map_err(|e| anyhow!(e))? {
-            http = http.add_root_certificate(cert);
-        }
-    }
-    let http = http.build().context("build an HTTP client")?;
+    // The node's own client: it trusts --tls-ca and, with --users, signs the call as the node.
+    let http = scribe_node::node_http::NodeHttp::new(config).map_err(|e| anyhow!(e))?;
     let status: serde_json::Value = rt
         .block_on(async {
-            http.get(format!("{url}/v1/status"))
+            http.request(reqwest::Method::GET, &format!("{url}/v1/status"))
                 .timeout(std::time::Duration::from_secs(10))
                 .send()
                 .await?
@@ -493,13 +487,7 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, String)> {
             ))
         }
         (Some(url), None) => {
-            let (list, id) = joined_list(
-                url,
-                &config.name,
-                config.peer_addr,
-                witness,
-                config.tls_ca.as_deref(),
-            )?;
+            let (list, id) = joined_list(url, &config, witness)?;
             joined_cluster_id = Some(id);
             Some(list)
         }

@@ -25,9 +25,8 @@ pub struct SqlArgs {
     /// URL of the node's HTTP API: the primary or a replica (a replica forwards writes to the primary, and the shell's reads carry its own writes' position token, so it reads them back on the replica)
     #[arg(long, env = "SCRIBE_URL", default_value = "http://127.0.0.1:5480")]
     pub url: String,
-    /// PEM file of CA certificates to trust for an https:// URL (the node's --tls-cert signer) [default: none]
-    #[arg(long, env = "SCRIBE_CA")]
-    pub ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub access: crate::access::Access,
     /// Run this SQL (one or more statements separated by ';') and exit; exit code 1 on the first error
     #[arg(short = 'c', long = "command", env = "SCRIBE_SQL_COMMAND")]
     pub command: Option<String>,
@@ -230,14 +229,14 @@ pub struct Shell {
 }
 
 impl Shell {
-    /// A session with the node at `url`.
-    pub fn new(url: &str, ca: Option<&std::path::Path>) -> anyhow::Result<Shell> {
+    /// A session with the node at `url`, reached as `access` says.
+    pub fn new(url: &str, access: &crate::access::Access) -> anyhow::Result<Shell> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("start the async runtime")?;
         Ok(Shell {
-            client: Client::connect(url, 8, ca)?,
+            client: access.client(url, 8)?,
             rt,
             last_write: None,
             last_read: None,
@@ -450,7 +449,7 @@ fn interactive(shell: &mut Shell, history: PathBuf) -> anyhow::Result<i32> {
 
 /// Runs `scribe sql`.
 pub fn run(args: SqlArgs) -> anyhow::Result<i32> {
-    let mut shell = Shell::new(&args.url, args.ca.as_deref())?;
+    let mut shell = Shell::new(&args.url, &args.access)?;
     if let Some(sql) = args.command {
         return Ok(run_script(&mut shell, &sql));
     }

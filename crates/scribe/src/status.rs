@@ -20,9 +20,8 @@ pub struct StatusArgs {
     /// URL of the node's HTTP API
     #[arg(long, env = "SCRIBE_URL", default_value = "http://127.0.0.1:5480")]
     pub url: String,
-    /// PEM file of CA certificates to trust for an https:// URL (the node's --tls-cert signer) [default: none]
-    #[arg(long, env = "SCRIBE_CA")]
-    pub ca: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub access: crate::access::Access,
     /// Print the status as JSON instead of lines and tables
     #[arg(long, env = "SCRIBE_STATUS_JSON", value_parser = clap::builder::BoolishValueParser::new())]
     pub json: bool,
@@ -308,7 +307,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let client = Client::connect(&args.url, 8, args.ca.as_deref())?;
+    let client = args.access.client(&args.url, 8)?;
     let result = rt.block_on(async {
         let status: Json = client.status().await?;
         Ok::<_, ClientError>(status)

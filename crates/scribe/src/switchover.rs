@@ -8,8 +8,6 @@
 
 use clap::Args;
 
-use crate::client::Client;
-
 /// Flags of `scribe switchover`.
 #[derive(Args, Debug)]
 pub struct SwitchoverArgs {
@@ -19,9 +17,8 @@ pub struct SwitchoverArgs {
     /// URL of any node's HTTP API (a replica forwards the request to the primary)
     #[arg(long, env = "SCRIBE_URL", default_value = "http://127.0.0.1:5480")]
     pub url: String,
-    /// PEM file of CA certificates to trust for an https:// URL (the node's --tls-cert signer) [default: none]
-    #[arg(long, env = "SCRIBE_CA")]
-    pub ca: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub access: crate::access::Access,
 }
 
 /// Runs `scribe switchover`; exit code 1 when it was refused.
@@ -29,7 +26,7 @@ pub fn run(args: SwitchoverArgs) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let client = Client::connect(&args.url, 8, args.ca.as_deref())?;
+    let client = args.access.client(&args.url, 8)?;
     match rt.block_on(client.switchover(&args.to)) {
         Ok(done) => {
             println!(
@@ -61,9 +58,8 @@ pub struct PromoteArgs {
     /// URL of any node's HTTP API in the cluster's majority
     #[arg(long, env = "SCRIBE_URL", default_value = "http://127.0.0.1:5480")]
     pub url: String,
-    /// PEM file of CA certificates to trust for an https:// URL (the node's --tls-cert signer) [default: none]
-    #[arg(long, env = "SCRIBE_CA")]
-    pub ca: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub access: crate::access::Access,
 }
 
 /// Runs `scribe promote`; exit code 1 when it was refused.
@@ -83,7 +79,7 @@ pub fn run_promote(args: PromoteArgs) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let client = Client::connect(&args.url, 8, args.ca.as_deref())?;
+    let client = args.access.client(&args.url, 8)?;
     match rt.block_on(client.promote(&args.to)) {
         Ok(done) => {
             println!(

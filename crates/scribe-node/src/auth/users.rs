@@ -2,7 +2,9 @@
 //! `role`, `password` as a SCRAM-SHA-256 verifier) and the `token_key` bearer tokens are signed
 //! with.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::PoisonError;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -67,7 +69,13 @@ pub struct UserStore {
     pub token_key: Vec<u8>,
     /// SHA-256 of the file's contents, from which the forwarding key is derived.
     digest: [u8; 32],
+    /// Logins that checked out: see [`UserStore::check_password`].
+    verified: std::sync::Arc<std::sync::Mutex<HashMap<[u8; 32], Role>>>,
 }
+
+/// How many verified logins [`UserStore::check_password`] remembers; past it, it forgets them
+/// all and starts again (a burst of distinct users costs one derivation each again, no more).
+const VERIFIED_CAPACITY: usize = 4096;
 
 impl UserStore {
     /// A store with no users and a fresh token key.
@@ -77,6 +85,7 @@ impl UserStore {
             users: Vec::new(),
             token_key: key.to_vec(),
             digest: [0; 32],
+            verified: Default::default(),
         }
     }
 
@@ -134,6 +143,7 @@ impl UserStore {
             users,
             token_key,
             digest,
+            verified: Default::default(),
         })
     }
 
@@ -188,6 +198,7 @@ impl UserStore {
             Some(u) => *u = entry,
             None => self.users.push(entry),
         }
+        self.forget_logins();
         if self.token_key.is_empty() {
             self.token_key = super::random_bytes::<32>().to_vec();
         }
@@ -197,7 +208,13 @@ impl UserStore {
     pub fn remove(&mut self, name: &str) -> bool {
         let before = self.users.len();
         self.users.retain(|u| u.name != name);
+        self.forget_logins();
         self.users.len() != before
+    }
+
+    /// Forgets the verified logins (the users changed). A clone made before keeps its own.
+    fn forget_logins(&mut self) {
+        self.verified = Default::default();
     }
 
     /// The entry of `name`.
@@ -212,9 +229,26 @@ impl UserStore {
 
     /// The role of `name` if `password` is its password. An unknown user costs the same
     /// derivation as a known one, so timing does not tell which names exist.
+    ///
+    /// A login that checked out is remembered (as an HMAC of name and password under the
+    /// token key, never the password), so a client sending the same Basic credentials on every
+    /// request pays the derivation once, not per request. Failures are never remembered.
     pub fn check_password(&self, name: &str, password: &str) -> Option<Role> {
+        let key = self.login_key(name, password);
+        let verified = || self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(role) = verified().get(&key) {
+            return Some(*role);
+        }
         match self.get(name) {
-            Some(u) => u.verifier.check(password).then_some(u.role),
+            Some(u) => {
+                let role = u.verifier.check(password).then_some(u.role)?;
+                let mut cache = verified();
+                if cache.len() >= VERIFIED_CAPACITY {
+                    cache.clear();
+                }
+                cache.insert(key, role);
+                Some(role)
+            }
             None => {
                 let _ = Verifier::derive(
                     password,
@@ -224,6 +258,19 @@ impl UserStore {
                 None
             }
         }
+    }
+
+    /// What a verified login is remembered by: HMAC-SHA-256 under the token key of the name's
+    /// length, the name and the password.
+    fn login_key(&self, name: &str, password: &str) -> [u8; 32] {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.token_key);
+        let mut ctx = ring::hmac::Context::with_key(&key);
+        ctx.update(&(name.len() as u64).to_be_bytes());
+        ctx.update(name.as_bytes());
+        ctx.update(password.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
     }
 
     /// The key nodes sign user assertions with, derived from the file's contents.
@@ -258,6 +305,34 @@ mod tests {
         assert_eq!(back.check_password("bob", "pw2"), Some(Role::Read));
         assert_eq!(back.check_password("carol", "pw2"), None);
         assert_eq!(back.token_key, s.token_key);
+    }
+
+    #[test]
+    fn a_remembered_login_answers_only_its_own_password() {
+        let mut s = UserStore::empty();
+        s.set("alice", Role::Write, "pw");
+        s.set("bob", Role::Read, "pw");
+        for _ in 0..3 {
+            assert_eq!(s.check_password("alice", "pw"), Some(Role::Write));
+            assert_eq!(s.check_password("bob", "pw"), Some(Role::Read));
+            assert_eq!(s.check_password("alice", "pw2"), None);
+            assert_eq!(
+                s.check_password("alicep", "w"),
+                None,
+                "name and password are kept apart"
+            );
+        }
+        assert_eq!(
+            s.verified.lock().expect("lock").len(),
+            2,
+            "failures are not remembered"
+        );
+        // A changed user forgets what was verified.
+        s.set("alice", Role::Read, "new");
+        assert_eq!(s.check_password("alice", "pw"), None);
+        assert_eq!(s.check_password("alice", "new"), Some(Role::Read));
+        assert!(s.remove("bob"));
+        assert_eq!(s.check_password("bob", "pw"), None);
     }
 
     #[test]

@@ -6,10 +6,12 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::Json;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use scribe_core::{CommitMode, Position};
 use serde::Serialize;
 
+use crate::auth::{Principal, Role};
 use crate::leadership::NodeRole;
 use crate::replication::follower::FollowView;
 use crate::replication::registry::ReplicaView;
@@ -290,7 +292,120 @@ impl ClusterStatus {
     }
 }
 
-pub(crate) async fn status(State(state): State<Arc<NodeState>>) -> Json<Status> {
+/// `GET /v1/status`: the whole status for an admin (and on a node without `--users`), the
+/// [`Summary`] for a `read` or `write` user.
+pub(crate) async fn status(
+    State(state): State<Arc<NodeState>>,
+    principal: Option<Extension<Principal>>,
+) -> Response {
+    let full = full_status(&state);
+    match principal {
+        Some(Extension(p)) if !p.role.allows(Role::Admin) => {
+            Json(Summary::of(&full)).into_response()
+        }
+        _ => Json(full).into_response(),
+    }
+}
+
+/// What a client needs to route (roles, positions, lag, the nodes' HTTP URLs), shown to users
+/// below `admin`: no peer addresses, settings, errors or control-plane state.
+#[derive(Debug, Serialize)]
+pub struct Summary<'a> {
+    /// Node name.
+    pub node: &'a str,
+    /// `primary`, `replica` or `witness`.
+    pub role: &'static str,
+    /// Current term.
+    pub term: u64,
+    /// The primary's name as this node knows it.
+    pub primary: Option<&'a str>,
+    /// Position token of the last durable record.
+    pub position: Position,
+    /// Last record fsynced in the log.
+    pub flushed_lsn: u64,
+    /// Last record applied to SQLite.
+    pub applied_lsn: u64,
+    /// Whether the node takes writes.
+    pub accepting_writes: bool,
+    /// Scribe's version.
+    pub version: &'static str,
+    /// Always `summary`: the rest of the status needs role `admin`.
+    pub detail: &'static str,
+    /// On a replica: its stream from the primary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication: Option<FollowSummary<'a>>,
+    /// On a primary: its replicas.
+    pub replicas: Vec<ReplicaSummary<'a>>,
+}
+
+/// A replica's stream, in a [`Summary`].
+#[derive(Debug, Serialize)]
+pub struct FollowSummary<'a> {
+    /// As in [`FollowView`].
+    pub state: crate::replication::follower::FollowState,
+    /// The primary's name, once reached.
+    pub primary: Option<&'a str>,
+    /// The primary's HTTP API, once reached.
+    pub primary_url: Option<&'a str>,
+    /// Records the primary has and this replica has not applied.
+    pub lag_records: u64,
+    /// Age of the oldest record not applied.
+    pub lag_ms: Option<f64>,
+}
+
+/// A primary's replica, in a [`Summary`].
+#[derive(Debug, Serialize)]
+pub struct ReplicaSummary<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// As in [`ReplicaView`].
+    pub state: crate::replication::registry::ReplicaState,
+    /// Its HTTP API.
+    pub http_url: &'a str,
+    /// Records it has not applied.
+    pub lag_records: u64,
+    /// Age of the oldest record it has not applied.
+    pub apply_lag_ms: Option<f64>,
+}
+
+impl<'a> Summary<'a> {
+    /// The summary of `s`.
+    pub fn of(s: &'a Status) -> Summary<'a> {
+        Summary {
+            node: &s.node,
+            role: s.role,
+            term: s.term,
+            primary: s.primary.as_deref(),
+            position: s.position,
+            flushed_lsn: s.flushed_lsn,
+            applied_lsn: s.applied_lsn,
+            accepting_writes: s.accepting_writes,
+            version: s.version,
+            detail: "summary",
+            replication: s.replication.as_ref().map(|f| FollowSummary {
+                state: f.state,
+                primary: f.primary.as_deref(),
+                primary_url: f.primary_url.as_deref(),
+                lag_records: f.lag_records,
+                lag_ms: f.lag_ms,
+            }),
+            replicas: s
+                .replicas
+                .iter()
+                .map(|r| ReplicaSummary {
+                    name: &r.name,
+                    state: r.state,
+                    http_url: &r.http_url,
+                    lag_records: r.lag_records,
+                    apply_lag_ms: r.apply_lag_ms,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The node's whole status.
+fn full_status(state: &NodeState) -> Status {
     let p = state.engine.progress();
     let failure = state.engine.write_failure();
     let view = state.leadership.view();
@@ -318,7 +433,7 @@ pub(crate) async fn status(State(state): State<Arc<NodeState>>) -> Json<Status> 
         };
         ClusterStatus::of(plane, me, vantage)
     });
-    Json(Status {
+    Status {
         node: state.identity.name.clone(),
         cluster_id: state.cluster_id(),
         role: if witness { "witness" } else { view.role.name() },
@@ -353,7 +468,7 @@ pub(crate) async fn status(State(state): State<Arc<NodeState>>) -> Json<Status> 
         replication,
         replicas,
         cluster,
-    })
+    }
 }
 
 #[cfg(test)]

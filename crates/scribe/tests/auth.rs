@@ -2,11 +2,13 @@
 //! driven over HTTP with Basic credentials and bearer tokens; and the loopback-only default of
 //! a node without users.
 
+mod cluster;
 mod common;
 
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::{scribe_bin, scribe_cli, NodeProc};
 use serde_json::{json, Value};
@@ -144,14 +146,37 @@ async fn roles_decide_what_each_user_may_do_over_http() {
             .await;
         assert_eq!(s, 403, "{path}: {body}");
     }
-    let (s, body, _) = c
-        .call("/v1/status", Value::Null, Cred::Basic("writer", "w-pass"))
-        .await;
-    assert_eq!(s, 403, "{body}");
+    // Below admin the status is a summary (what a client routes by), an admin sees it all.
+    for (user, password) in [("reader", "r-pass"), ("writer", "w-pass")] {
+        let (s, body, _) = c
+            .call("/v1/status", Value::Null, Cred::Basic(user, password))
+            .await;
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(body["detail"], "summary", "{body}");
+        assert_eq!(body["role"], "primary", "{body}");
+        assert!(
+            body.get("commit").is_none() && body.get("log_bytes").is_none(),
+            "{body}"
+        );
+    }
+    let (s, body, _) = c.call("/v1/status", Value::Null, Cred::None).await;
+    assert_eq!(s, 401, "{body}");
     let (s, body, _) = c
         .call("/v1/status", Value::Null, Cred::Basic("boss", "a-pass"))
         .await;
     assert_eq!(s, 200, "{body}");
+    assert!(
+        body.get("detail").is_none() && body["commit"].is_object(),
+        "{body}"
+    );
+    let metrics = c
+        .http
+        .get(format!("{}/metrics", c.url))
+        .basic_auth("writer", Some("w-pass"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(metrics.status().as_u16(), 403, "metrics need admin");
 
     // A bearer token from `scribe user token` stands for its user and role.
     let (code, token, err) = scribe_cli(&[
@@ -234,4 +259,427 @@ fn without_users_only_loopback_unless_insecure() {
     .expect("--insecure allows it");
     let (_, stderr) = node.terminate();
     assert!(stderr.contains("no --users"), "{stderr}");
+}
+
+/// `psql -c SQL` as `user` (verbose errors, so the SQLSTATE shows): success, stdout, stderr.
+fn psql_user(port: u16, user: &str, password: Option<&str>, sql: &str) -> (bool, String, String) {
+    common::psql_as(
+        port,
+        user,
+        password,
+        &["-v", "VERBOSITY=verbose", "-At", "-c", sql],
+    )
+}
+
+/// Polls `sql` on the node as `cred` until its first cell is `want`.
+async fn wait_rows(c: &Caller, sql: &str, cred: (&str, &str), want: Value) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (s, body, _) = c
+            .call(
+                "/v1/query",
+                json!({ "sql": sql }),
+                Cred::Basic(cred.0, cred.1),
+            )
+            .await;
+        if s == 200 && body["rows"] == json!([[want.clone()]]) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sql} on {} did not reach {want}: {s} {body}",
+            c.url
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn roles_hold_on_postgres_and_through_a_replica() {
+    if !common::have_tool("psql", &["--version"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let users = dir.path().join("users.toml");
+    add_user(&users, "reader", "read", "r-pass");
+    add_user(&users, "writer", "write", "w-pass");
+    add_user(&users, "boss", "admin", "a-pass");
+    let users = users.to_str().expect("utf8");
+    let peer = format!("127.0.0.1:{}", common::free_port());
+    let (pg_p, pg_r) = (common::free_port(), common::free_port());
+    let (pg_p_addr, pg_r_addr) = (format!("127.0.0.1:{pg_p}"), format!("127.0.0.1:{pg_r}"));
+    let primary = common::start_primary(
+        "p",
+        &dir.path().join("p"),
+        &peer,
+        &["--users", users, "--pg", &pg_p_addr],
+    );
+    let replica = common::start_replica(
+        "r",
+        &dir.path().join("r"),
+        &peer,
+        &["--users", users, "--pg", &pg_r_addr],
+    );
+    let http = reqwest::Client::new();
+    let p = Caller {
+        http: http.clone(),
+        url: primary.url.clone(),
+    };
+    let r = Caller {
+        http,
+        url: replica.url.clone(),
+    };
+
+    // PostgreSQL on the primary: SCRAM-SHA-256 per user.
+    let (ok, _, err) = psql_user(pg_p, "writer", None, "SELECT 1");
+    assert!(!ok && err.contains("no password supplied"), "{err}");
+    for (user, password) in [("writer", "nope"), ("nobody", "w-pass")] {
+        let (ok, _, err) = psql_user(pg_p, user, Some(password), "SELECT 1");
+        assert!(
+            !ok && err.contains(&format!(
+                "password authentication failed for user \"{user}\""
+            )),
+            "{user}: {err}"
+        );
+    }
+    let (ok, out, err) = psql_user(
+        pg_p,
+        "writer",
+        Some("w-pass"),
+        "CREATE TABLE t (v INTEGER); INSERT INTO t (v) VALUES (1); SELECT count(*) FROM t",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().last(), Some("1"), "{out}");
+    let (ok, _, err) = psql_user(
+        pg_p,
+        "reader",
+        Some("r-pass"),
+        "INSERT INTO t (v) VALUES (2)",
+    );
+    assert!(!ok && err.contains("42501"), "{err}");
+    let (ok, _, err) = psql_user(
+        pg_p,
+        "reader",
+        Some("r-pass"),
+        "BEGIN; INSERT INTO t (v) VALUES (2); COMMIT",
+    );
+    assert!(!ok && err.contains("42501"), "{err}");
+    let (ok, out, err) = psql_user(pg_p, "reader", Some("r-pass"), "SELECT count(*) FROM t");
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "1", "the reader's inserts did not land");
+
+    // Through the replica: HTTP writes are forwarded with the client's role.
+    wait_rows(&r, "SELECT count(*) FROM t", ("reader", "r-pass"), json!(1)).await;
+    let (s, body, _) = r.call("/v1/execute", insert(3), Cred::None).await;
+    assert_eq!(s, 401, "{body}");
+    let (s, body, _) = r
+        .call("/v1/execute", insert(3), Cred::Basic("reader", "r-pass"))
+        .await;
+    assert_eq!(s, 403, "{body}");
+    let (s, body, _) = r
+        .call("/v1/execute", insert(4), Cred::Basic("writer", "w-pass"))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["forwarded_to"], "p", "{body}");
+    for path in ["/v1/switchover", "/v1/members"] {
+        let (s, body, _) = r
+            .call(path, json!({}), Cred::Basic("writer", "w-pass"))
+            .await;
+        assert_eq!(s, 403, "{path} through the replica: {body}");
+    }
+    // PostgreSQL on the replica: its writes are forwarded too, with the same checks.
+    let (ok, _, err) = psql_user(pg_r, "writer", Some("nope"), "SELECT 1");
+    assert!(
+        !ok && err.contains("password authentication failed"),
+        "{err}"
+    );
+    let (ok, _, err) = psql_user(
+        pg_r,
+        "reader",
+        Some("r-pass"),
+        "INSERT INTO t (v) VALUES (5)",
+    );
+    assert!(!ok && err.contains("42501"), "{err}");
+    let (ok, _, err) = psql_user(
+        pg_r,
+        "writer",
+        Some("w-pass"),
+        "INSERT INTO t (v) VALUES (6)",
+    );
+    assert!(ok, "{err}");
+
+    // Exactly the writer's three rows, on both nodes.
+    let (s, body, _) = p
+        .call(
+            "/v1/query",
+            json!({ "sql": "SELECT group_concat(v) FROM (SELECT v FROM t ORDER BY v)" }),
+            Cred::Basic("reader", "r-pass"),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["rows"], json!([["1,4,6"]]), "{body}");
+    wait_rows(&r, "SELECT count(*) FROM t", ("boss", "a-pass"), json!(3)).await;
+    // An admin may ask the replica for its status.
+    let (s, body, _) = r
+        .call("/v1/status", Value::Null, Cred::Basic("boss", "a-pass"))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["role"], "replica", "{body}");
+}
+
+/// A cluster whose members all have `--users`: the nodes' own calls to each other (positions,
+/// switchover, failover) carry their signed assertions, a client's call keeps its role through
+/// forwarding, and a failover loses no acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_with_users_switches_over_and_fails_over() {
+    let _serial = cluster::SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let users = dir.path().join("users.toml");
+    add_user(&users, "reader", "read", "r-pass");
+    add_user(&users, "writer", "write", "w-pass");
+    add_user(&users, "boss", "admin", "a-pass");
+    let mut c = cluster::Cluster::start(&["--users", users.to_str().expect("utf8")]);
+    c.admin = Some(("boss".into(), "a-pass".into()));
+    let (mut c, p) = c.create_table().await;
+    c.caught_up(p, Duration::from_secs(20)).await;
+    let as_user = |c: &cluster::Cluster, i: usize, user: &str, password: &str| {
+        let url = c.nodes[i].as_ref().expect("running").url.clone();
+        common::Api::with_basic_auth(&url, user, password)
+    };
+    let via = (p + 1) % 3;
+    let target = (p + 2) % 3;
+    let key =
+        |k: &str| json!({"statements": [{"sql": "INSERT INTO t (k) VALUES (?)", "params": [k]}]});
+    let mut acked = Vec::new();
+
+    let (code, body) = as_user(&c, via, "reader", "r-pass")
+        .post("/v1/execute", &key("reader"))
+        .await
+        .expect("send");
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = as_user(&c, via, "writer", "w-pass")
+        .post("/v1/execute", &key("w1"))
+        .await
+        .expect("send");
+    assert_eq!(code, 200, "{body}");
+    acked.push("w1");
+    let switch = json!({ "to": c.names[target] });
+    let (code, body) = as_user(&c, via, "writer", "w-pass")
+        .post("/v1/switchover", &switch)
+        .await
+        .expect("send");
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(
+        c.primary(Duration::from_secs(1)).await.0,
+        p,
+        "nothing changed"
+    );
+    let (code, body) = as_user(&c, via, "boss", "a-pass")
+        .post("/v1/switchover", &switch)
+        .await
+        .expect("send");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(c.primary(Duration::from_secs(5)).await.0, target);
+    let (code, body) = as_user(&c, p, "writer", "w-pass")
+        .post("/v1/execute", &key("w2"))
+        .await
+        .expect("send");
+    assert_eq!(code, 200, "forwarded from the old primary: {body}");
+    acked.push("w2");
+
+    // The primary dies; the others elect a new one among themselves, with --users throughout.
+    c.caught_up(target, Duration::from_secs(20)).await;
+    c.kill(target);
+    let (now, _) = c.primary(Duration::from_secs(30)).await;
+    assert_ne!(now, target);
+    let (code, body) = as_user(&c, now, "writer", "w-pass")
+        .post("/v1/execute", &key("w3"))
+        .await
+        .expect("send");
+    assert_eq!(code, 200, "{body}");
+    acked.push("w3");
+    c.restart(target);
+    c.caught_up(now, Duration::from_secs(30)).await;
+    for i in 0..3 {
+        let rows = c
+            .api(i)
+            .expect("running")
+            .rows("SELECT k FROM t ORDER BY k")
+            .await;
+        let keys: Vec<&str> = rows.iter().filter_map(|r| r[0].as_str()).collect();
+        assert_eq!(keys, acked, "on {}", c.names[i]);
+    }
+}
+
+/// The Rust client library and the CLI against nodes with `--users`: credentials on every
+/// request (discovery included), refusals as their own errors, never retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_library_and_the_cli_log_in() {
+    use scribe_client::{Cluster, Consistency, Error, Options};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let users = dir.path().join("users.toml");
+    add_user(&users, "reader", "read", "r-pass");
+    add_user(&users, "writer", "write", "w-pass");
+    add_user(&users, "boss", "admin", "a-pass");
+    let users = users.to_str().expect("utf8");
+    let peer = format!("127.0.0.1:{}", common::free_port());
+    let primary = common::start_primary("p", &dir.path().join("p"), &peer, &["--users", users]);
+    let replica = common::start_replica("r", &dir.path().join("r"), &peer, &["--users", users]);
+    let seeds = [replica.url.clone()];
+
+    // No credentials, a wrong password: discovery itself is refused, as such.
+    let e = Cluster::connect(seeds.clone())
+        .await
+        .expect_err("no credentials");
+    assert!(matches!(e, Error::Unauthenticated(_)), "{e:?}");
+    let bad = Options::default().basic_auth("writer", "nope");
+    let e = Cluster::connect_with(seeds.clone(), bad)
+        .await
+        .expect_err("wrong password");
+    assert!(matches!(e, Error::Unauthenticated(_)), "{e:?}");
+
+    let writer = Cluster::connect_with(
+        seeds.clone(),
+        Options::default().basic_auth("writer", "w-pass"),
+    )
+    .await
+    .expect("the writer connects through the replica");
+    assert_eq!(writer.primary_url().as_deref(), Some(primary.url.as_str()));
+    writer
+        .execute(["CREATE TABLE t (v INTEGER)", "INSERT INTO t (v) VALUES (1)"])
+        .await
+        .expect("the writer writes");
+    let session = writer.session();
+    session
+        .execute(["INSERT INTO t (v) VALUES (2)"])
+        .await
+        .expect("write");
+    let rows = session
+        .query("SELECT count(*) FROM t", ())
+        .await
+        .expect("read your writes");
+    assert_eq!(rows.rows, vec![vec![scribe_client::Value::Integer(2)]]);
+
+    let reader = Cluster::connect_with(
+        seeds.clone(),
+        Options::default().basic_auth("reader", "r-pass"),
+    )
+    .await
+    .expect("the reader connects");
+    let started = std::time::Instant::now();
+    let e = reader
+        .execute(["INSERT INTO t (v) VALUES (3)"])
+        .await
+        .expect_err("a reader may not write");
+    assert!(
+        matches!(&e, Error::Forbidden(m) if m.contains("reader")),
+        "{e:?}"
+    );
+    assert_eq!(e.code(), Some("forbidden"));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "refused at once, not retried"
+    );
+    let rows = reader
+        .query_with("SELECT count(*) FROM t", (), Consistency::Strong)
+        .await
+        .expect("the reader reads");
+    assert_eq!(
+        rows.rows,
+        vec![vec![scribe_client::Value::Integer(2)]],
+        "nothing of the reader's write"
+    );
+
+    let (code, token, err) = scribe_cli(&["user", "token", "writer", "--users", users]);
+    assert_eq!(code, 0, "{err}");
+    let by_token =
+        Cluster::connect_with(seeds.clone(), Options::default().bearer_token(token.trim()))
+            .await
+            .expect("a token connects");
+    by_token
+        .execute(["INSERT INTO t (v) VALUES (4)"])
+        .await
+        .expect("the token's user writes");
+
+    // The CLI: --user with SCRIBE_PASSWORD or --password-stdin, --token.
+    let cli = |args: &[&str], env: &[(&str, &str)], stdin: &str| {
+        let mut child = Command::new(scribe_bin())
+            .args(args)
+            .env_remove("SCRIBE_PASSWORD")
+            .env_remove("SCRIBE_USER")
+            .env_remove("SCRIBE_TOKEN")
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run scribe");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("stdin");
+        let out = child.wait_with_output().expect("wait");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let url = replica.url.as_str();
+    let (code, _, err) = cli(&["status", "--url", url], &[], "");
+    assert_ne!(code, 0);
+    assert!(err.contains("authentication"), "{err}");
+    let (code, out, err) = cli(
+        &["status", "--url", url, "--user", "boss", "--json"],
+        &[("SCRIBE_PASSWORD", "a-pass")],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"replication\""), "{out}");
+    let (code, _, err) = cli(
+        &[
+            "sql",
+            "--url",
+            url,
+            "--user",
+            "reader",
+            "--password-stdin",
+            "-c",
+            "INSERT INTO t (v) VALUES (5)",
+        ],
+        &[],
+        "r-pass\n",
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("reader") && err.contains("write"), "{err}");
+    let (code, out, err) = cli(
+        &[
+            "sql",
+            "--url",
+            url,
+            "--token",
+            token.trim(),
+            "-c",
+            "INSERT INTO t (v) VALUES (6); SELECT count(*) FROM t",
+        ],
+        &[],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains('4'), "{out}");
+    let (code, _, err) = cli(
+        &["switchover", "--to", "r", "--url", url, "--user", "writer"],
+        &[("SCRIBE_PASSWORD", "w-pass")],
+        "",
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("admin"), "a writer may not switch over: {err}");
+    let (code, _, err) = cli(&["status", "--url", url, "--user", "boss"], &[], "");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("SCRIBE_PASSWORD"),
+        "no password and no terminal: {err}"
+    );
 }

@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Api, NodeProc};
+use common::{have_tool, psql_command, Api, NodeProc};
 use serde_json::{json, Value};
 
 const RUNAWAY_WRITE: &str = "INSERT INTO t (v) SELECT x FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT x FROM c)";
@@ -280,17 +279,7 @@ async fn eight_runaway_reads_time_out_and_a_normal_read_is_served_meanwhile() {
 }
 
 fn have_psql() -> bool {
-    let found = Command::new("psql")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        if std::env::var("SCRIBE_REQUIRE_PG_TOOLS").as_deref() == Ok("1") {
-            panic!("psql is required (SCRIBE_REQUIRE_PG_TOOLS=1)");
-        }
-        eprintln!("SKIPPED: psql is not installed (see .ci/run for what to install)");
-    }
-    found
+    have_tool("psql", &["--version"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -318,18 +307,7 @@ async fn a_runaway_inside_a_postgresql_block_is_canceled_while_writers_go_on() {
     // BEGIN; a first write (the block takes the writer); the runaway. Then what a client does
     // after an error in a block: it is aborted, so ROLLBACK.
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &pg.to_string(),
-                "-U",
-                "scribe",
-                "-d",
-                "scribe",
-                "-X",
-            ])
+        psql_command(pg, "scribe", None)
             .args(["-v", "VERBOSITY=verbose"])
             .args(["-c", "BEGIN"])
             .args(["-c", "INSERT INTO t (v) VALUES ('in the block')"])
@@ -385,8 +363,7 @@ async fn a_runaway_inside_a_postgresql_block_is_canceled_while_writers_go_on() {
     // `SET statement_timeout` is the session's own: a block with a longer one commits a
     // statement the default would stop.
     let (ok, stdout, stderr) = {
-        let out = Command::new("psql")
-            .args(["-h", "127.0.0.1", "-p", &pg.to_string(), "-U", "scribe", "-d", "scribe", "-X"])
+        let out = psql_command(pg, "scribe", None)
             .args(["-v", "ON_ERROR_STOP=1", "-Atq"])
             .args(["-c", "SET statement_timeout = 1"])
             .args(["-c", "SHOW statement_timeout"])
@@ -455,18 +432,7 @@ async fn a_write_whose_client_disconnects_is_abandoned() {
 /// answered a first query).
 fn open_psql(pg: u16) -> std::process::Child {
     use std::io::{BufRead, Write};
-    let mut child = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.to_string(),
-            "-U",
-            "scribe",
-            "-d",
-            "scribe",
-            "-X",
-        ])
+    let mut child = psql_command(pg, "scribe", None)
         .arg("-At")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -484,18 +450,7 @@ fn open_psql(pg: u16) -> std::process::Child {
 }
 
 fn psql_once(pg: u16) -> (bool, String) {
-    let out = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.to_string(),
-            "-U",
-            "scribe",
-            "-d",
-            "scribe",
-            "-X",
-        ])
+    let out = psql_command(pg, "scribe", None)
         .args(["-At", "-c", "SELECT 41 + 1"])
         .output()
         .expect("run psql");
@@ -617,18 +572,7 @@ async fn held_transactions_past_the_idle_timeout_are_rolled_back_on_every_path()
 
     // PostgreSQL: a block that writes, then its client goes quiet.
     if have_psql() {
-        let mut psql = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &pg.to_string(),
-                "-U",
-                "scribe",
-                "-d",
-                "scribe",
-                "-X",
-            ])
+        let mut psql = psql_command(pg, "scribe", None)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

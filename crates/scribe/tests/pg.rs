@@ -15,25 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::NodeProc;
+use common::{have_tool as have, psql_as, NodeProc};
 use scribe_testkit::{free_port, wait_status};
-
-fn have(tool: &str, args: &[&str]) -> bool {
-    let found = Command::new(tool)
-        .args(args)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        if std::env::var("SCRIBE_REQUIRE_PG_TOOLS").as_deref() == Ok("1") {
-            panic!(
-                "{tool} is required (SCRIBE_REQUIRE_PG_TOOLS=1) but `{tool} {}` failed",
-                args.join(" ")
-            );
-        }
-        eprintln!("SKIPPED: {tool} is not installed (see .ci/run for what to install)");
-    }
-    found
-}
 
 struct PgNode {
     node: NodeProc,
@@ -51,30 +34,9 @@ fn start(name: &str, dir: &Path, extra: &[&str]) -> PgNode {
     }
 }
 
+/// psql as the default user, no password.
 fn psql(port: u16, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "scribe",
-            "-d",
-            "scribe",
-            "-X",
-            "-v",
-            "ON_ERROR_STOP=1",
-        ])
-        .args(args)
-        .env_remove("PGPASSWORD")
-        .output()
-        .expect("run psql");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    psql_as(port, "scribe", None, args)
 }
 
 fn pgbench(port: u16, args: &[&str]) -> String {

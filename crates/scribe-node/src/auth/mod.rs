@@ -65,6 +65,8 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
         (_, "/v1/query") => Some(Role::Read),
         (_, "/v1/execute") => Some(Role::Write),
         (_, p) if p == "/v1/tx" || p.starts_with("/v1/tx/") => Some(Role::Write),
+        // A summary below admin (what a client needs to route); the whole status for an admin.
+        ("GET", "/v1/status") => Some(Role::Read),
         (_, "/v1/status" | "/v1/switchover" | "/v1/promote" | "/v1/members" | "/metrics") => {
             Some(Role::Admin)
         }
@@ -293,6 +295,7 @@ mod tests {
         assert_eq!(r(Method::POST, "/v1/tx/abc/commit"), Some(Role::Write));
         assert_eq!(r(Method::POST, "/v1/switchover"), Some(Role::Admin));
         assert_eq!(r(Method::POST, "/v1/members"), Some(Role::Admin));
+        assert_eq!(r(Method::GET, "/v1/status"), Some(Role::Read));
         assert_eq!(r(Method::GET, "/metrics"), Some(Role::Admin));
         assert_eq!(r(Method::GET, "/v1/anything-new"), Some(Role::Admin));
     }

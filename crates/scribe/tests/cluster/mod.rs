@@ -35,6 +35,8 @@ pub struct Cluster {
     pub net: Option<Net>,
     /// Each node's PostgreSQL port, when they serve it.
     pub pg: Option<Vec<u16>>,
+    /// The user and password [`Cluster::api`] calls with (nodes started with `--users`).
+    pub admin: Option<(String, String)>,
     pub dir: tempfile::TempDir,
 }
 
@@ -80,6 +82,7 @@ impl Cluster {
             pg: extra
                 .contains(&"--pg")
                 .then(|| (0..3).map(|_| scribe_testkit::free_port()).collect()),
+            admin: None,
             net,
         };
         for i in 0..3 {
@@ -172,7 +175,10 @@ impl Cluster {
     }
 
     pub fn api(&self, i: usize) -> Option<Api> {
-        self.nodes[i].as_ref().map(|n| Api::new(&n.url))
+        self.nodes[i].as_ref().map(|n| match &self.admin {
+            Some((user, password)) => Api::with_basic_auth(&n.url, user, password),
+            None => Api::new(&n.url),
+        })
     }
 
     /// The node that is primary and takes writes, among the running ones, within `within`.

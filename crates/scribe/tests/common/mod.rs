@@ -124,8 +124,25 @@ pub struct Api {
 
 impl Api {
     pub fn new(url: &str) -> Api {
+        Self::with_headers(url, reqwest::header::HeaderMap::new())
+    }
+
+    /// An `Api` whose every request carries HTTP Basic credentials (a node with `--users`).
+    pub fn with_basic_auth(url: &str, user: &str, password: &str) -> Api {
+        use base64::Engine as _;
+        let value = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Basic {value}").parse().expect("header value"),
+        );
+        Self::with_headers(url, headers)
+    }
+
+    fn with_headers(url: &str, headers: reqwest::header::HeaderMap) -> Api {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            .default_headers(headers)
             .build()
             .expect("client");
         Api {
@@ -326,4 +343,55 @@ impl Drop for Mount {
             .arg(&self.0)
             .status();
     }
+}
+
+/// Whether `tool ARGS` runs; says SKIPPED when it does not, and panics instead when
+/// `SCRIBE_REQUIRE_PG_TOOLS=1` (set by CI, which installs the PostgreSQL tools).
+pub fn have_tool(tool: &str, args: &[&str]) -> bool {
+    let found = std::process::Command::new(tool)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        if std::env::var("SCRIBE_REQUIRE_PG_TOOLS").as_deref() == Ok("1") {
+            panic!(
+                "{tool} is required (SCRIBE_REQUIRE_PG_TOOLS=1) but `{tool} {}` failed",
+                args.join(" ")
+            );
+        }
+        eprintln!("SKIPPED: {tool} is not installed (see .ci/run for what to install)");
+    }
+    found
+}
+
+/// `psql` to 127.0.0.1:`port` as `user`, database `scribe`, no psqlrc; with `password` in
+/// `PGPASSWORD`, or none at all.
+pub fn psql_command(port: u16, user: &str, password: Option<&str>) -> std::process::Command {
+    let mut cmd = std::process::Command::new("psql");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user])
+        .args(["-d", "scribe", "-X", "-w"]);
+    match password {
+        Some(p) => cmd.env("PGPASSWORD", p),
+        None => cmd.env_remove("PGPASSWORD"),
+    };
+    cmd
+}
+
+/// Runs `psql ARGS` (stopping at the first error) as `user`: success, stdout, stderr.
+pub fn psql_as(
+    port: u16,
+    user: &str,
+    password: Option<&str>,
+    args: &[&str],
+) -> (bool, String, String) {
+    let out = psql_command(port, user, password)
+        .args(["-v", "ON_ERROR_STOP=1"])
+        .args(args)
+        .output()
+        .expect("run psql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

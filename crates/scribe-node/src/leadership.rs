@@ -251,8 +251,19 @@ impl Leadership {
     }
 
     /// Replaces the view (a control-plane decision). Subscribers are told only when it changed.
-    pub fn set(&self, view: ControlView) {
+    ///
+    /// The control state learns a member's HTTP URL only once that member has announced it;
+    /// until then a view naming the same primary without a URL keeps the URL this replica
+    /// learned from the primary itself in the handshake, so forwarding does not stop for a new
+    /// control state that knows less.
+    pub fn set(&self, mut view: ControlView) {
         self.tx.send_if_modified(|v| {
+            if view.primary.http_url.is_none()
+                && view.primary.name.is_some()
+                && view.primary.name == v.primary.name
+            {
+                view.primary.http_url = v.primary.http_url.clone();
+            }
             if *v == view {
                 false
             } else {
@@ -297,6 +308,32 @@ mod tests {
         assert_eq!(v.role, NodeRole::Primary);
         assert_eq!(l.primary(), Some(("n1".into(), "http://a".into())));
         assert!(v.is_serving_primary(Instant::now()));
+    }
+
+    #[test]
+    fn a_control_view_without_the_primarys_url_keeps_the_one_learned() {
+        let l = Leadership::configured("n2", "http://b", Some("10.0.0.1:6480"), Term(1));
+        l.learned_primary("10.0.0.1:6480", "n1", "http://a", Term(1));
+        let view = |name: &str, url: Option<&str>, term: u64| ControlView {
+            role: NodeRole::Replica,
+            term: Term(term),
+            primary: PrimaryInfo {
+                name: Some(name.to_string()),
+                peer_addr: Some("10.0.0.1:6480".to_string()),
+                http_url: url.map(str::to_string),
+            },
+            lease_until: None,
+            draining: false,
+        };
+        l.set(view("n1", None, 2));
+        assert_eq!(l.primary(), Some(("n1".into(), "http://a".into())));
+        assert_eq!(l.view().term, Term(2));
+        // The control state's URL wins once it has one.
+        l.set(view("n1", Some("http://a2"), 2));
+        assert_eq!(l.primary(), Some(("n1".into(), "http://a2".into())));
+        // Another primary: nothing carries over.
+        l.set(view("n3", None, 3));
+        assert_eq!(l.primary(), None);
     }
 
     #[test]

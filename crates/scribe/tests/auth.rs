@@ -487,6 +487,36 @@ async fn a_cluster_with_users_switches_over_and_fails_over() {
     assert_eq!(code, 200, "forwarded from the old primary: {body}");
     acked.push("w2");
 
+    // A fourth node joins through a replica: its own calls (the cluster's status, adding
+    // itself) are signed as the node.
+    let peer4 = format!("127.0.0.1:{}", common::free_port());
+    let n4 = common::NodeProc::start(
+        "n4",
+        &dir.path().join("n4"),
+        &[
+            "--peer",
+            &peer4,
+            "--join",
+            &c.nodes[via].as_ref().expect("running").url,
+            "--users",
+            users.to_str().expect("utf8"),
+        ],
+    );
+    let n4_api = common::Api::with_basic_auth(&n4.url, "boss", "a-pass");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = c.api(target).expect("running").status().await;
+        let voters = st["cluster"]["raft"]["voters"].to_string();
+        if voters.contains("n4") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n4 did not become a voter: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // The primary dies; the others elect a new one among themselves, with --users throughout.
     c.caught_up(target, Duration::from_secs(20)).await;
     c.kill(target);
@@ -500,14 +530,21 @@ async fn a_cluster_with_users_switches_over_and_fails_over() {
     acked.push("w3");
     c.restart(target);
     c.caught_up(now, Duration::from_secs(30)).await;
-    for i in 0..3 {
-        let rows = c
-            .api(i)
-            .expect("running")
-            .rows("SELECT k FROM t ORDER BY k")
-            .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while n4_api.status().await["applied_lsn"].as_u64()
+        < c.api(now).expect("running").status().await["flushed_lsn"].as_u64()
+    {
+        assert!(std::time::Instant::now() < deadline, "n4 did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let apis: Vec<common::Api> = (0..3)
+        .map(|i| c.api(i).expect("running"))
+        .chain([n4_api])
+        .collect();
+    for api in &apis {
+        let rows = api.rows("SELECT k FROM t ORDER BY k").await;
         let keys: Vec<&str> = rows.iter().filter_map(|r| r[0].as_str()).collect();
-        assert_eq!(keys, acked, "on {}", c.names[i]);
+        assert_eq!(keys, acked, "on {}", api.url);
     }
 }
 

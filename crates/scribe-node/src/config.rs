@@ -67,6 +67,9 @@ pub struct NodeConfig {
     pub http_header_timeout: Duration,
     /// How long a request body may take to arrive.
     pub http_body_timeout: Duration,
+    /// How long a PostgreSQL connection may take from its first byte to the end of its login
+    /// (TLS, startup, authentication); a slower one is closed and its slot freed.
+    pub pg_login_timeout: Duration,
     /// The longest an interactive transaction may stay idle between statements before it is
     /// rolled back (it holds the writer meanwhile).
     pub txn_idle_timeout: Duration,
@@ -164,6 +167,7 @@ impl NodeConfig {
             tls: None,
             tls_ca: None,
             http_header_timeout: Duration::from_secs(10),
+            pg_login_timeout: Duration::from_secs(10),
             http_body_timeout: Duration::from_secs(30),
             txn_idle_timeout: Duration::from_secs(30),
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
@@ -214,6 +218,9 @@ impl NodeConfig {
             return Err(
                 "--http-header-timeout and --http-body-timeout must be more than zero".into(),
             );
+        }
+        if self.pg_login_timeout.is_zero() {
+            return Err("--pg-login-timeout must be more than zero".into());
         }
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());

@@ -111,6 +111,9 @@ pub struct NodeArgs {
     /// How long an HTTP request body may take to arrive; a slower one is answered 408 body_timeout [default: 30s]
     #[arg(long, env = "SCRIBE_HTTP_BODY_TIMEOUT", value_parser = humantime::parse_duration)]
     pub http_body_timeout: Option<Duration>,
+    /// How long a PostgreSQL client may take to log in (TLS, startup and password exchange); a slower one is disconnected and its --max-connections slot freed, like PostgreSQL's authentication_timeout [default: 10s]
+    #[arg(long, env = "SCRIBE_PG_LOGIN_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub pg_login_timeout: Option<Duration>,
     /// Longest an interactive transaction (BEGIN ... COMMIT over PostgreSQL or /v1/tx) may stay idle between statements; it holds the writer, so it is then rolled back [default: 30s]
     #[arg(long, env = "SCRIBE_TXN_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub txn_idle_timeout: Option<Duration>,
@@ -187,6 +190,7 @@ struct FileConfig {
     tls_ca: Option<PathBuf>,
     http_header_timeout: Option<String>,
     http_body_timeout: Option<String>,
+    pg_login_timeout: Option<String>,
     txn_idle_timeout: Option<String>,
     statement_timeout: Option<String>,
     max_statement_timeout: Option<String>,
@@ -412,6 +416,12 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, String)> {
     } else if let Some(v) = &file.http_header_timeout {
         config.http_header_timeout = humantime::parse_duration(v)
             .with_context(|| "config file key http_header_timeout".to_string())?;
+    }
+    if let Some(v) = args.pg_login_timeout {
+        config.pg_login_timeout = v;
+    } else if let Some(v) = &file.pg_login_timeout {
+        config.pg_login_timeout = humantime::parse_duration(v)
+            .with_context(|| "config file key pg_login_timeout".to_string())?;
     }
     if let Some(v) = args.http_body_timeout {
         config.http_body_timeout = v;

@@ -513,6 +513,85 @@ async fn postgresql_clients_past_max_connections_are_told_too_many_clients() {
     }
 }
 
+/// How long until the server closes `stream` (EOF or reset), reading what it sends; and whether
+/// it asked for a password (an `R` message) first.
+fn until_closed(mut stream: std::net::TcpStream, since: Instant) -> (Duration, bool) {
+    use std::io::Read;
+    stream.set_read_timeout(Some(Duration::from_secs(20))).ok();
+    let (mut sink, mut asked) = ([0u8; 1024], false);
+    loop {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => return (since.elapsed(), asked),
+            Ok(n) => asked |= sink[..n].first() == Some(&b'R'),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_client_that_does_not_log_in_is_closed_and_its_slot_freed() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let pg = scribe_testkit::free_port();
+    let pg_addr = format!("127.0.0.1:{pg}");
+    let _node = NodeProc::start(
+        "n1",
+        &dir.path().join("n1"),
+        &[
+            "--max-connections",
+            "1",
+            "--pg",
+            &pg_addr,
+            "--pg-login-timeout",
+            "1s",
+            "--pg-password",
+            "secret",
+        ],
+    );
+    // One connects and says nothing; one sends its startup and never answers the password
+    // request. Each holds the only slot until the login timeout closes it.
+    let silent = std::net::TcpStream::connect(&pg_addr).expect("connect");
+    let (took, _) = until_closed(silent, Instant::now());
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "a silent client was closed after {took:?}"
+    );
+    let mut stalled = std::net::TcpStream::connect(&pg_addr).expect("connect");
+    let mut body = 196_608u32.to_be_bytes().to_vec();
+    body.extend_from_slice(b"user\0scribe\0database\0scribe\0\0");
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    stalled.write_all(&packet).expect("startup");
+    let (took, asked) = until_closed(stalled, Instant::now());
+    assert!(asked, "the node asked for the password");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "a client stalled in its login was closed after {took:?}"
+    );
+    // The slot is free again: a client that logs in is served, and stays past the timeout.
+    if have_psql() {
+        let mut psql = psql_command(pg, "scribe", Some("secret"))
+            .args(["-At", "-v", "ON_ERROR_STOP=1"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("psql");
+        let mut stdin = psql.stdin.take().expect("stdin");
+        stdin.write_all(b"SELECT 41;\n").expect("write");
+        std::thread::sleep(Duration::from_millis(1500));
+        stdin.write_all(b"SELECT 42;\n").expect("write");
+        drop(stdin);
+        let out = psql.wait_with_output().expect("psql");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(text.trim(), "41\n42");
+    }
+}
+
 /// Answers a normal write and how long it took.
 async fn timed_write(api: &Api, v: &str) -> Duration {
     let started = Instant::now();

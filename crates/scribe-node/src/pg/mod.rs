@@ -153,6 +153,37 @@ struct Shared {
 struct Handlers {
     shared: Arc<Shared>,
     conn: Arc<Conn>,
+    startup: Arc<ConnStartup>,
+}
+
+/// The shared startup handler, telling this connection's task when the login is done (so the
+/// login timeout stops applying).
+struct ConnStartup {
+    inner: Arc<Startup>,
+    logged_in: Arc<tokio::sync::Notify>,
+}
+
+#[async_trait]
+impl StartupHandler for ConnStartup {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: std::fmt::Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.inner.on_startup(client, message).await?;
+        if matches!(
+            client.state(),
+            pgwire::api::PgWireConnectionState::ReadyForQuery
+        ) {
+            self.logged_in.notify_one();
+        }
+        Ok(())
+    }
 }
 
 impl PgWireServerHandlers for Handlers {
@@ -165,7 +196,7 @@ impl PgWireServerHandlers for Handlers {
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        self.shared.startup.clone()
+        self.startup.clone()
     }
 
     fn copy_handler(&self) -> Arc<impl pgwire::api::copy::CopyHandler> {
@@ -252,13 +283,37 @@ impl PgServer {
                 tokio::spawn(too_many_clients(socket));
                 continue;
             };
+            let logged_in = Arc::new(tokio::sync::Notify::new());
             let handlers = Handlers {
                 shared: shared.clone(),
                 conn: Arc::new(Conn::new(shared.runner.clone(), shared.manager.clone())),
+                startup: Arc::new(ConnStartup {
+                    inner: shared.startup.clone(),
+                    logged_in: logged_in.clone(),
+                }),
             };
             let tls = self.tls.clone();
+            let login_timeout = shared.runner.state.config.pg_login_timeout;
             tokio::spawn(async move {
-                if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
+                let serve = pgwire::tokio::process_socket(socket, tls, handlers);
+                tokio::pin!(serve);
+                // Until the login is done the connection holds a slot for nobody: bounded.
+                let early = tokio::time::timeout(login_timeout, async {
+                    tokio::select! {
+                        ended = &mut serve => Some(ended),
+                        () = logged_in.notified() => None,
+                    }
+                })
+                .await;
+                let ended = match early {
+                    Err(_) => {
+                        tracing::warn!(%peer, timeout = ?login_timeout, "closed a PostgreSQL connection that did not log in in time (--pg-login-timeout)");
+                        Ok(())
+                    }
+                    Ok(Some(ended)) => ended,
+                    Ok(None) => serve.await,
+                };
+                if let Err(e) = ended {
                     tracing::debug!(%peer, error = %e, "PostgreSQL connection ended");
                 }
                 drop(slot);

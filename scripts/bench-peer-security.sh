@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Replication throughput with and without peer security, on one machine: a primary and one
 # semi-sync replica, `scribe bench --commit semi-sync` against the primary, with no peer
-# security, with --peer-secret, and with mutual TLS (--peer-tls-*), each RUNS times (default 2).
+# security, with --peer-secret, and with mutual TLS (--peer-tls-*), each RUNS times (default 2),
+# with the primary's and the replica's CPU per committed transaction (user + system, /proc).
 # Usage: scripts/bench-peer-security.sh [DIR]. Needs openssl for the test certificates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,8 +42,21 @@ run() { # label, security flags...
       for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v1/status" >/dev/null && break; sleep 0.1; done
     done
     sleep 1
-    echo "== $label, run $i: semi-sync, one replica"
-    "$BIN" bench --url http://127.0.0.1:5590 --clients "$CLIENTS" --duration "$DURATION" --commit semi-sync
+    local pp=${pids[-2]} rp=${pids[-1]} before after out
+    before="$(awk '{print $14 + $15}' "/proc/$pp/stat") $(awk '{print $14 + $15}' "/proc/$rp/stat")"
+    out=$("$BIN" bench --url http://127.0.0.1:5590 --clients "$CLIENTS" --warmup 0s \
+      --duration "$DURATION" --commit semi-sync --json 2>>"$DIR/bench.err")
+    after="$(awk '{print $14 + $15}' "/proc/$pp/stat") $(awk '{print $14 + $15}' "/proc/$rp/stat")"
+    python3 - "$label" "$i" "$before" "$after" "$(getconf CLK_TCK)" "${DURATION%s}" "$out" <<'PY'
+import json, sys
+label, run, before, after, hz, secs, out = sys.argv[1:8]
+b, a = [int(x) for x in before.split()], [int(x) for x in after.split()]
+lvl = json.loads(out)["levels"][0]
+tx = max(lvl["tps"] * float(secs), 1)
+p, r = (a[0] - b[0]) / int(hz), (a[1] - b[1]) / int(hz)
+print(f'{label:<18} run {run}: {lvl["tps"]:>7.0f} tx/s  p50 {lvl["p50_ms"]:.2f} ms  p99 {lvl["p99_ms"]:.2f} ms  '
+      f'errors {lvl.get("errors", 0)}  CPU/tx primary {p / tx * 1e6:.0f} us, replica {r / tx * 1e6:.0f} us')
+PY
     cleanup
   done
 }

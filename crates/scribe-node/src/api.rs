@@ -136,6 +136,9 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .with_state(state)
 }
 
+/// Password derivations (PBKDF2) running at once for HTTP Basic logins not remembered yet.
+static DERIVATIONS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// With `--users`: checks the request's credentials and the role its route needs
 /// ([`crate::auth::required_role`]); 401 or 403 otherwise.
 async fn require_credentials(
@@ -151,14 +154,52 @@ async fn require_credentials(
     };
     let result = {
         let headers = req.headers();
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        crate::auth::authenticate(
-            store,
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (authorization, assertion) = (
             header("authorization"),
             header(crate::auth::ASSERTION_HEADER),
-            crate::auth::now_unix(),
-        )
-        .and_then(|p| crate::auth::authorize(&p, needed).map(|()| p))
+        );
+        let (method, path) = (
+            req.method().as_str().to_string(),
+            req.uri().path().to_string(),
+        );
+        let check = {
+            let store = store.clone();
+            let authorization = authorization.clone();
+            move || {
+                let asked = crate::auth::Asked {
+                    method: &method,
+                    path: &path,
+                };
+                crate::auth::authenticate(
+                    &store,
+                    authorization.as_deref(),
+                    assertion.as_deref(),
+                    asked,
+                    crate::auth::now_unix(),
+                )
+            }
+        };
+        let checked = if crate::auth::needs_derivation(store, authorization.as_deref()) {
+            // A password derivation (a first login, or a wrong password): off the async
+            // threads, a few at a time, so a flood of bad passwords slows only itself.
+            let _one = DERIVATIONS.acquire().await;
+            tokio::task::spawn_blocking(check)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(crate::auth::AuthError::Unauthenticated(
+                        "the credentials check failed".into(),
+                    ))
+                })
+        } else {
+            check()
+        };
+        checked.and_then(|p| crate::auth::authorize(&p, needed).map(|()| p))
     };
     match result {
         Ok(p) => {
@@ -166,7 +207,23 @@ async fn require_credentials(
             req.extensions_mut().insert(p);
             next.run(req).await
         }
-        Err(e) => ApiError::Auth(e).into_response(),
+        Err(e) => {
+            if let crate::auth::AuthError::Unauthenticated(why) = &e {
+                let peer = req
+                    .extensions()
+                    .get::<crate::http_server::ClientAddr>()
+                    .map(|a| a.0.to_string())
+                    .unwrap_or_default();
+                let user = crate::auth::basic_user(
+                    req.headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok()),
+                );
+                // `?user`: quoted and escaped, so a name cannot forge a log line.
+                tracing::warn!(%peer, user = ?user, reason = %why, path = %req.uri().path(), "HTTP authentication failed");
+            }
+            ApiError::Auth(e).into_response()
+        }
     }
 }
 

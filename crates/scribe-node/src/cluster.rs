@@ -216,7 +216,11 @@ pub async fn ask_to_join(
             return;
         }
         let r = http
-            .request(Method::POST, &format!("{}/v1/members", join.url))
+            .request(
+                Method::POST,
+                &format!("{}/v1/members", join.url),
+                crate::auth::Role::Admin,
+            )
             .timeout(Duration::from_secs(30))
             .json(&body)
             .send()
@@ -387,15 +391,23 @@ pub(crate) async fn candidates(http: &NodeHttp, st: &ControlState, old: &str) ->
 
 /// A member's flushed and applied positions, from its status page (`None`: unreachable).
 async fn positions(http: &NodeHttp, url: &str) -> Option<(Position, Position)> {
-    let status: serde_json::Value = http
-        .request(Method::GET, &format!("{url}/v1/status"))
+    // The summary has the positions: the node asks as `read`, no more.
+    let answer = http
+        .request(
+            Method::GET,
+            &format!("{url}/v1/status"),
+            crate::auth::Role::Read,
+        )
         .timeout(Duration::from_millis(500))
         .send()
         .await
-        .ok()?
-        .json()
-        .await
         .ok()?;
+    if !answer.status().is_success() {
+        // A member whose users file has another token_key answers 401: say so, it is not down.
+        tracing::warn!(%url, status = answer.status().as_u16(), "a member refused this node's status request (do all members have the same --users file?)");
+        return None;
+    }
+    let status: serde_json::Value = answer.json().await.ok()?;
     let flushed: Position = status.get("position")?.as_str()?.parse().ok()?;
     let applied = Lsn(status.get("applied_lsn")?.as_u64()?);
     Some((

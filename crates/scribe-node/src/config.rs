@@ -241,6 +241,9 @@ impl NodeConfig {
                 ));
             }
         }
+        if let Some(users) = &self.users {
+            users.check_serving()?;
+        }
         if self.users.is_some() && self.pg_password.is_some() {
             return Err("--pg-password and --users do not go together: with --users, PostgreSQL clients log in as the file's users".into());
         }

@@ -37,6 +37,10 @@ use crate::state::NodeState;
 use crate::ApiError;
 
 /// The limits of the HTTP port.
+/// The address an HTTP request's connection came from, in the request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
     /// Most connections served at once.
@@ -76,7 +80,14 @@ pub async fn serve(
         let tls = tls.clone();
         match slots.clone().try_acquire_owned() {
             Ok(slot) => {
-                let service = TowerToHyperService::new(app.clone());
+                let inner = TowerToHyperService::new(app.clone());
+                // Every request knows the address it came from (for logs of refused logins).
+                let service = hyper::service::service_fn(
+                    move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(ClientAddr(peer));
+                        hyper::service::Service::call(&inner, req)
+                    },
+                );
                 tokio::spawn(async move {
                     accept(socket, peer, tls, service, true, limits, stop).await;
                     drop(slot);

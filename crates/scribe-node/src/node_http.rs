@@ -20,7 +20,10 @@ pub struct NodeHttp {
 impl NodeHttp {
     /// The client, trusting the `--tls-ca` certificates for `https://` nodes.
     pub fn new(config: &NodeConfig) -> Result<NodeHttp, String> {
-        let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+        // No redirects: an assertion header would follow one to wherever it points.
+        let mut builder = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = &config.tls_ca {
             for cert in crate::tls::ca_certificates(ca)? {
                 builder = builder.add_root_certificate(cert);
@@ -35,11 +38,12 @@ impl NodeHttp {
         })
     }
 
-    /// A request the node makes for itself.
-    pub fn request(&self, method: Method, url: &str) -> RequestBuilder {
+    /// A request the node makes for itself, needing `role` at most (a read of another node's
+    /// status summary asks for `read`, adding itself to a cluster `admin`).
+    pub fn request(&self, method: Method, url: &str, role: Role) -> RequestBuilder {
         let node = Principal {
             name: INTERNAL_USER.to_string(),
-            role: Role::Admin,
+            role,
         };
         self.request_for(method, url, Some(&node))
     }
@@ -52,13 +56,30 @@ impl NodeHttp {
         url: &str,
         who: Option<&Principal>,
     ) -> RequestBuilder {
+        let assertion = match (&self.key, who) {
+            (Some(key), Some(p)) => {
+                // Made for this one request: its method and path.
+                let path = reqwest::Url::parse(url)
+                    .map(|u| u.path().to_string())
+                    .unwrap_or_default();
+                let asked = crate::auth::Asked {
+                    method: method.as_str(),
+                    path: &path,
+                };
+                Some(crate::auth::make_assertion(
+                    key,
+                    &p.name,
+                    p.role,
+                    asked,
+                    crate::auth::now_unix(),
+                ))
+            }
+            _ => None,
+        };
         let r = self.client.request(method, url);
-        match (&self.key, who) {
-            (Some(key), Some(p)) => r.header(
-                crate::auth::ASSERTION_HEADER,
-                crate::auth::make_assertion(key, &p.name, p.role, crate::auth::now_unix()),
-            ),
-            _ => r,
+        match assertion {
+            Some(a) => r.header(crate::auth::ASSERTION_HEADER, a),
+            None => r,
         }
     }
 }

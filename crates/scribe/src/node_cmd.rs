@@ -275,13 +275,17 @@ fn joined_list(
     let http = scribe_node::node_http::NodeHttp::new(config).map_err(|e| anyhow!(e))?;
     let status: serde_json::Value = rt
         .block_on(async {
-            http.request(reqwest::Method::GET, &format!("{url}/v1/status"))
-                .timeout(std::time::Duration::from_secs(10))
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await
+            http.request(
+                reqwest::Method::GET,
+                &format!("{url}/v1/status"),
+                scribe_node::auth::Role::Admin,
+            )
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await
         })
         .with_context(|| format!("--join {url}: ask the member for the cluster's status"))?;
     let cluster_id = status["cluster_id"]

@@ -108,18 +108,32 @@ pub enum AuthError {
 pub const ASSERTION_HEADER: &str = "x-scribe-assert-user";
 
 /// Checks credentials from an `Authorization` header value (and an optional signed
-/// assertion header from another node) against `store`; `Ok` with the principal.
+/// assertion header from another node, for the request `asked`) against `store`; `Ok` with the
+/// principal.
 pub fn authenticate(
     store: &UserStore,
     authorization: Option<&str>,
     assertion: Option<&str>,
+    asked: Asked<'_>,
     now_unix: u64,
 ) -> Result<Principal, AuthError> {
     let unauth = |m: &str| AuthError::Unauthenticated(m.to_string());
     if let Some(a) = assertion {
-        let (name, role) = verify_assertion(&store.forward_key(), a, now_unix)
-            .ok_or_else(|| unauth("bad node assertion"))?;
-        return Ok(Principal { name, role });
+        let (name, role) = verify_assertion(&store.forward_key(), a, asked, now_unix)
+            .ok_or_else(|| unauth("bad, expired or misdirected node assertion"))?;
+        if name == INTERNAL_USER {
+            return Ok(Principal { name, role });
+        }
+        // The other node's file may be older than this one's: the role is never more than
+        // this node's own file grants the user.
+        let local = store
+            .get(&name)
+            .map(|u| u.role)
+            .ok_or_else(|| unauth("the asserted user is not in this node's users file"))?;
+        return Ok(Principal {
+            name,
+            role: role.min(local),
+        });
     }
     let header = authorization.ok_or_else(|| unauth("no credentials"))?;
     if let Some(b) = strip_scheme(header, "basic") {
@@ -148,6 +162,32 @@ pub fn authenticate(
         return Ok(Principal { name, role });
     }
     Err(unauth("unsupported Authorization scheme (Basic or Bearer)"))
+}
+
+/// Whether checking `authorization` costs a password derivation (Basic credentials not
+/// remembered from an earlier success): the caller runs those off the async threads.
+pub fn needs_derivation(store: &UserStore, authorization: Option<&str>) -> bool {
+    let Some(b) = authorization.and_then(|h| strip_scheme(h, "basic")) else {
+        return false;
+    };
+    let Some(raw) = B64
+        .decode(b.trim())
+        .ok()
+        .and_then(|r| String::from_utf8(r).ok())
+    else {
+        return false;
+    };
+    match raw.split_once(':') {
+        Some((user, password)) => store.remembered(user, password).is_none(),
+        None => false,
+    }
+}
+
+/// The user name of HTTP Basic credentials, for logs; `None` for none or another scheme.
+pub fn basic_user(authorization: Option<&str>) -> Option<String> {
+    let b = strip_scheme(authorization?, "basic")?;
+    let raw = String::from_utf8(B64.decode(b.trim()).ok()?).ok()?;
+    Some(raw.split_once(':')?.0.to_string())
 }
 
 /// Whether `p` may do what `needed` guards.
@@ -229,36 +269,80 @@ pub fn verify_token(token_key: &[u8], token: &str, now_unix: u64) -> Option<Stri
     String::from_utf8(B64URL.decode(name).ok()?).ok()
 }
 
-/// A node's signed assertion that it acts for `user` with `role` (until 60 s from now), for
-/// the header [`ASSERTION_HEADER`] on a forwarded or node-to-node request.
-pub fn make_assertion(key: &[u8], user: &str, role: Role, now_unix: u64) -> String {
+/// How long an assertion is good for: one hop, made just before it is sent.
+pub const ASSERTION_TTL_SECS: u64 = 10;
+
+/// How far ahead of this node's clock an assertion's expiry may be (the sender's clock running
+/// fast): beyond that it is refused, so no clock can mint a long-lived one.
+pub const ASSERTION_MAX_SKEW_SECS: u64 = 30;
+
+/// The request an assertion is made for: it is good for this method and path only.
+#[derive(Debug, Clone, Copy)]
+pub struct Asked<'a> {
+    /// The HTTP method.
+    pub method: &'a str,
+    /// The path, without the query.
+    pub path: &'a str,
+}
+
+/// A node's signed assertion that it acts for `user` with `role`, for the header
+/// [`ASSERTION_HEADER`] on the one request `asked` (a forwarded one, or the node's own): good
+/// for [`ASSERTION_TTL_SECS`] and that method and path only.
+pub fn make_assertion(
+    key: &[u8],
+    user: &str,
+    role: Role,
+    asked: Asked<'_>,
+    now_unix: u64,
+) -> String {
     let msg = format!(
-        "fwd1.{}.{}.{}",
+        "fwd2.{}.{}.{}.{}.{}",
         B64URL.encode(user),
         role.as_str(),
-        now_unix + 60
+        asked.method,
+        B64URL.encode(asked.path),
+        now_unix + ASSERTION_TTL_SECS
     );
     let sig = sign(key, &msg);
     format!("{msg}.{sig}")
 }
 
-/// The user and role of a good, unexpired assertion.
-pub fn verify_assertion(key: &[u8], a: &str, now_unix: u64) -> Option<(String, Role)> {
+/// The user and role of a good assertion for `asked`: signed with `key`, made for this method
+/// and path, not expired and not expiring implausibly late.
+pub fn verify_assertion(
+    key: &[u8],
+    a: &str,
+    asked: Asked<'_>,
+    now_unix: u64,
+) -> Option<(String, Role)> {
     let (msg, sig) = a.rsplit_once('.')?;
     if !verify_sig(key, msg, sig) {
         return None;
     }
     let mut parts = msg.split('.');
-    let (v, name, role, exp) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if v != "fwd1" || parts.next().is_some() || exp.parse::<u64>().ok()? < now_unix {
+    let v = parts.next()?;
+    let (name, role, method, path, exp) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    let exp: u64 = exp.parse().ok()?;
+    let fresh = exp >= now_unix && exp <= now_unix + ASSERTION_TTL_SECS + ASSERTION_MAX_SKEW_SECS;
+    if v != "fwd2" || parts.next().is_some() || !fresh {
+        return None;
+    }
+    if method != asked.method || B64URL.decode(path).ok()? != asked.path.as_bytes() {
         return None;
     }
     let name = String::from_utf8(B64URL.decode(name).ok()?).ok()?;
     Some((name, role.parse().ok()?))
 }
 
-/// The key nodes sign assertions with: the one place it is chosen. For now derived from the
-/// users file's contents (every node has the same file); `None` without `--users`.
+/// The key nodes sign assertions with: the one place it is chosen, derived from the users
+/// file's `token_key` alone (so files that differ in comments, order or a user added first on
+/// one node still agree); `None` without `--users`.
 pub fn forward_key(config: &crate::NodeConfig) -> Option<[u8; 32]> {
     config.users.as_ref().map(|u| u.forward_key())
 }
@@ -266,6 +350,11 @@ pub fn forward_key(config: &crate::NodeConfig) -> Option<[u8; 32]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ASK: Asked<'static> = Asked {
+        method: "POST",
+        path: "/v1/execute",
+    };
 
     fn store() -> UserStore {
         let mut s = UserStore::empty();
@@ -303,7 +392,7 @@ mod tests {
     #[test]
     fn basic_credentials_are_checked() {
         let s = store();
-        let p = authenticate(&s, Some(&basic("w", "wpw")), None, 0).expect("good");
+        let p = authenticate(&s, Some(&basic("w", "wpw")), None, ASK, 0).expect("good");
         assert_eq!(p.role, Role::Write);
         for bad in [
             basic("w", "nope"),
@@ -312,11 +401,11 @@ mod tests {
             "Digest x".into(),
         ] {
             assert!(matches!(
-                authenticate(&s, Some(&bad), None, 0),
+                authenticate(&s, Some(&bad), None, ASK, 0),
                 Err(AuthError::Unauthenticated(_))
             ));
         }
-        assert!(authenticate(&s, None, None, 0).is_err());
+        assert!(authenticate(&s, None, None, ASK, 0).is_err());
         assert!(authorize(&p, Role::Admin).is_err());
         assert!(authorize(&p, Role::Write).is_ok());
     }
@@ -325,7 +414,7 @@ mod tests {
     fn tokens_verify_until_they_expire_or_are_tampered_with() {
         let s = store();
         let t = make_token(&s.token_key, "r", 1000);
-        let p = authenticate(&s, Some(&format!("Bearer {t}")), None, 999).expect("good");
+        let p = authenticate(&s, Some(&format!("Bearer {t}")), None, ASK, 999).expect("good");
         assert_eq!(
             p,
             Principal {
@@ -333,19 +422,78 @@ mod tests {
                 role: Role::Read
             }
         );
-        assert!(authenticate(&s, Some(&format!("Bearer {t}")), None, 1001).is_err());
+        assert!(authenticate(&s, Some(&format!("Bearer {t}")), None, ASK, 1001).is_err());
         let forged = t.replacen(&B64URL.encode("r"), &B64URL.encode("a"), 1);
-        assert!(authenticate(&s, Some(&format!("Bearer {forged}")), None, 0).is_err());
+        assert!(authenticate(&s, Some(&format!("Bearer {forged}")), None, ASK, 0).is_err());
     }
 
     #[test]
-    fn assertions_carry_the_original_role() {
+    fn assertions_carry_the_original_role_for_one_request_only() {
         let s = store();
-        let a = make_assertion(&s.forward_key(), "r", Role::Read, 100);
-        let p = authenticate(&s, None, Some(&a), 120).expect("good");
+        let post = Asked {
+            method: "POST",
+            path: "/v1/execute",
+        };
+        let a = make_assertion(&s.forward_key(), "r", Role::Read, post, 100);
+        let p = authenticate(&s, None, Some(&a), post, 105).expect("good");
         assert_eq!(p.role, Role::Read);
-        let other = make_assertion(&[7u8; 32], "r", Role::Admin, 100);
-        assert!(authenticate(&s, None, Some(&other), 120).is_err());
-        assert!(authenticate(&s, None, Some(&a), 500).is_err());
+        // Another key, another request, too late, too far ahead: refused.
+        let other = make_assertion(&[7u8; 32], "r", Role::Admin, post, 100);
+        assert!(authenticate(&s, None, Some(&other), post, 105).is_err());
+        for asked in [
+            Asked {
+                method: "POST",
+                path: "/v1/switchover",
+            },
+            Asked {
+                method: "GET",
+                path: "/v1/execute",
+            },
+        ] {
+            assert!(authenticate(&s, None, Some(&a), asked, 105).is_err());
+        }
+        assert!(authenticate(&s, None, Some(&a), post, 100 + ASSERTION_TTL_SECS + 1).is_err());
+        let far = make_assertion(&s.forward_key(), "r", Role::Read, post, 1000);
+        assert!(authenticate(&s, None, Some(&far), post, 100).is_err());
+        let tampered = a.replacen(".read.", ".admin.", 1);
+        assert!(authenticate(&s, None, Some(&tampered), post, 105).is_err());
+    }
+
+    #[test]
+    fn an_asserted_role_is_capped_by_this_nodes_file() {
+        let s = store();
+        let post = Asked {
+            method: "POST",
+            path: "/v1/execute",
+        };
+        // An older file on the sending node still says "r" is admin.
+        let a = make_assertion(&s.forward_key(), "r", Role::Admin, post, 100);
+        assert_eq!(
+            authenticate(&s, None, Some(&a), post, 101)
+                .expect("ok")
+                .role,
+            Role::Read
+        );
+        let gone = make_assertion(&s.forward_key(), "removed", Role::Write, post, 100);
+        assert!(authenticate(&s, None, Some(&gone), post, 101).is_err());
+        let node = make_assertion(&s.forward_key(), INTERNAL_USER, Role::Admin, post, 100);
+        assert_eq!(
+            authenticate(&s, None, Some(&node), post, 101)
+                .expect("ok")
+                .role,
+            Role::Admin
+        );
+    }
+
+    #[test]
+    fn the_forward_key_depends_on_the_token_key_alone() {
+        let mut a = store();
+        let before = a.forward_key();
+        a.set("late", Role::Read, "pw");
+        assert_eq!(a.forward_key(), before, "a user added on one node first");
+        let text = a.to_toml();
+        let b = UserStore::parse(&format!("# a comment\n{text}")).expect("parse");
+        assert_eq!(b.forward_key(), before);
+        assert_ne!(UserStore::empty().forward_key(), before);
     }
 }

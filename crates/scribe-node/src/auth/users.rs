@@ -67,8 +67,6 @@ pub struct UserStore {
     users: Vec<UserEntry>,
     /// The key bearer tokens are signed with.
     pub token_key: Vec<u8>,
-    /// SHA-256 of the file's contents, from which the forwarding key is derived.
-    digest: [u8; 32],
     /// Logins that checked out: see [`UserStore::check_password`].
     verified: std::sync::Arc<std::sync::Mutex<HashMap<[u8; 32], Role>>>,
 }
@@ -84,7 +82,6 @@ impl UserStore {
         UserStore {
             users: Vec::new(),
             token_key: key.to_vec(),
-            digest: [0; 32],
             verified: Default::default(),
         }
     }
@@ -137,14 +134,21 @@ impl UserStore {
                 verifier,
             });
         }
-        let mut digest = [0u8; 32];
-        digest.copy_from_slice(digest::digest(&digest::SHA256, text.as_bytes()).as_ref());
         Ok(UserStore {
             users,
             token_key,
-            digest,
             verified: Default::default(),
         })
+    }
+
+    /// Whether a node may serve with this file: it needs a `token_key` (bearer tokens, node
+    /// assertions and the answers to unknown users are keyed by it; an empty key would let
+    /// anyone make them). `scribe user add` writes one.
+    pub fn check_serving(&self) -> Result<(), String> {
+        if self.token_key.is_empty() {
+            return Err("the users file has no token_key: run `scribe user add` on it once (it writes a random one), or add `token_key = \"<32 random bytes, base64>\"`".into());
+        }
+        Ok(())
     }
 
     /// The file's text.
@@ -234,11 +238,24 @@ impl UserStore {
     /// token key, never the password), so a client sending the same Basic credentials on every
     /// request pays the derivation once, not per request. Failures are never remembered.
     pub fn check_password(&self, name: &str, password: &str) -> Option<Role> {
+        self.remembered(name, password)
+            .or_else(|| self.derive_and_check(name, password))
+    }
+
+    /// The role of a login that checked out before, without deriving anything.
+    pub fn remembered(&self, name: &str, password: &str) -> Option<Role> {
+        let key = self.login_key(name, password);
+        self.verified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .copied()
+    }
+
+    /// [`UserStore::check_password`] the slow way: the derivation, remembering a success.
+    fn derive_and_check(&self, name: &str, password: &str) -> Option<Role> {
         let key = self.login_key(name, password);
         let verified = || self.verified.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(role) = verified().get(&key) {
-            return Some(*role);
-        }
         match self.get(name) {
             Some(u) => {
                 let role = u.verifier.check(password).then_some(u.role)?;
@@ -273,11 +290,10 @@ impl UserStore {
         out
     }
 
-    /// The key nodes sign user assertions with, derived from the file's contents.
+    /// The key nodes sign user assertions with, derived from the token key alone.
     pub fn forward_key(&self) -> [u8; 32] {
         let mut ctx = digest::Context::new(&digest::SHA256);
-        ctx.update(b"scribe forward key v1\0");
-        ctx.update(&self.digest);
+        ctx.update(b"scribe forward key v2\0");
         ctx.update(&self.token_key);
         let mut out = [0u8; 32];
         out.copy_from_slice(ctx.finish().as_ref());

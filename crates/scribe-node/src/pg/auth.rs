@@ -74,7 +74,8 @@ impl<P: pgwire::api::auth::ServerParameterProvider> StartupHandler for UsersStar
                 match self.driver.advance_authentication(client, m).await {
                     Ok(o) => o,
                     Err(e) => {
-                        tracing::warn!(%peer, %user, error = %e, "PostgreSQL authentication failed");
+                        // `?user`: quoted and escaped, so a name cannot forge a log line.
+                        tracing::warn!(%peer, user = ?user, error = %e, "PostgreSQL authentication failed");
                         return Err(e);
                     }
                 }

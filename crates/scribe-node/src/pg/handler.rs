@@ -143,6 +143,19 @@ impl Conn {
         h
     }
 
+    /// The session, knowing who logged in (pg/auth.rs left it in the connection's extensions)
+    /// from whichever message comes first — a query, or a Describe that runs a read.
+    async fn session_for<C: ClientInfo>(&self, client: &C) -> tokio::sync::MutexGuard<'_, Session> {
+        let mut s = self.session.lock().await;
+        if s.principal.is_none() {
+            s.principal = client
+                .session_extensions()
+                .get::<crate::auth::Principal>()
+                .map(|p| (*p).clone());
+        }
+        s
+    }
+
     /// Runs a parsed command, or fails the session's block when it could not even be parsed or
     /// its parameters decoded.
     async fn run_or_fail<C: ClientInfo>(
@@ -152,11 +165,6 @@ impl Conn {
         input: Result<(Arc<Command>, Vec<scribe_sqlite::Value>, Hints), PgError>,
     ) -> Result<Outcome, PgError> {
         if !s.started {
-            // Who logged in (pg/auth.rs left it there), for the session's role checks.
-            s.principal = client
-                .session_extensions()
-                .get::<crate::auth::Principal>()
-                .map(|p| (*p).clone());
             // The startup packet's `options` (`PGOPTIONS='-c statement_timeout=60s'`): settings
             // as if SET first; a bad one fails every statement (PostgreSQL refuses the
             // connection).
@@ -289,7 +297,7 @@ impl SimpleQueryHandler for Conn {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let mut out = Vec::new();
-        let mut s = self.session.lock().await;
+        let mut s = self.session_for(client).await;
         let statements = scribe_pgsql::split(query);
         let parsed: Vec<Result<Parsed, PgError>> = statements.iter().map(|q| parse(q)).collect();
         // Several statements in one message outside a block run as one implicit transaction,
@@ -385,7 +393,7 @@ impl ExtendedQueryHandler for Conn {
                 _ => None,
             }
         };
-        let mut s = self.session.lock().await;
+        let mut s = self.session_for(client).await;
         let result = match early {
             Some(o) => Ok(o),
             None => {
@@ -437,7 +445,7 @@ impl ExtendedQueryHandler for Conn {
 
     async fn do_describe_portal<C>(
         &self,
-        _client: &mut C,
+        client: &mut C,
         portal: &Portal<Parsed>,
     ) -> PgWireResult<DescribePortalResponse>
     where
@@ -459,7 +467,7 @@ impl ExtendedQueryHandler for Conn {
             return Ok(DescribePortalResponse::new(fields));
         }
         // Run the read now: its values give the types of computed columns; Execute sends them.
-        let mut s = self.session.lock().await;
+        let mut s = self.session_for(client).await;
         let params = match types::decode_params(
             &portal.parameters,
             &portal.statement.parameter_types,

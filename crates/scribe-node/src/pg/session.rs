@@ -66,6 +66,9 @@ struct TxnState {
     started: std::time::SystemTime,
     /// `SET LOCAL statement_timeout`, for the rest of the block.
     local_timeout: Option<Duration>,
+    /// The savepoints of a block that holds no writer side (a `read` user's): names only, as
+    /// its statements change nothing there is nothing to roll back to.
+    read_savepoints: Vec<String>,
 }
 
 impl TxnState {
@@ -367,6 +370,7 @@ impl Runner {
                         pessimistic: hints.serializable,
                         started: std::time::SystemTime::now(),
                         local_timeout: None,
+                        read_savepoints: Vec::new(),
                     });
                 }
                 Ok(Outcome::Begin)
@@ -423,13 +427,15 @@ impl Runner {
                     return self.savepoint(s, sp).await;
                 }
                 let mut sql = sql.clone();
+                let can_write = self.may_write(s).is_ok();
                 if let Some(t) = &mut s.txn {
                     // PostgreSQL's now() is the transaction's start: the same in every statement
                     // of it (and in every run of an optimistic transaction's statements).
                     sql = freeze_time(&sql, t.started);
                     // A locking read, or a statement whose result cannot be run twice alike:
-                    // run it (and the rest) on the writer, held.
-                    if hints.locking || t.pessimistic || nondeterministic(&sql) {
+                    // run it (and the rest) on the writer, held. A session that may not write
+                    // never replays anything, so its nondeterministic reads stay reads.
+                    if hints.locking || t.pessimistic || (can_write && nondeterministic(&sql)) {
                         t.pessimistic = true;
                     }
                 }
@@ -719,7 +725,17 @@ impl Runner {
     }
 
     async fn ensure_lease(&self, s: &mut Session) -> Result<(), PgError> {
-        self.may_write(s)?;
+        self.may_write(s).map_err(|e| {
+            if s.txn.as_ref().is_some_and(|t| t.pessimistic) {
+                // Not a write, maybe, but it would hold the writer.
+                PgError::new(
+                    e.sqlstate,
+                    format!("{} (SELECT ... FOR UPDATE, REPEATABLE READ and SERIALIZABLE hold the writer; a read user's block runs at READ COMMITTED)", e.message),
+                )
+            } else {
+                e
+            }
+        })?;
         if s.txn.as_ref().is_some_and(|t| t.lease.is_some()) {
             return Ok(());
         }
@@ -814,6 +830,12 @@ impl Runner {
                 "25P01",
                 format!("{} can only be used in transaction blocks", op_sql(op)),
             ));
+        }
+        let unleased = s.txn.as_ref().is_some_and(|t| t.lease.is_none());
+        if unleased && self.may_write(s).is_err() {
+            // A read user's block: it never holds the writer, its savepoints are names.
+            let t = s.txn.as_mut().expect("in a transaction");
+            return read_savepoint(&mut t.read_savepoints, op, name);
         }
         self.ensure_lease(s).await?;
         let lease = s
@@ -1010,6 +1032,39 @@ fn op_sql(op: SavepointOp) -> &'static str {
         SavepointOp::Release => "RELEASE SAVEPOINT",
         SavepointOp::RollbackTo => "ROLLBACK TO SAVEPOINT",
     }
+}
+
+/// A savepoint operation in a block without a writer side: kept as names, in order.
+fn read_savepoint(
+    names: &mut Vec<String>,
+    op: SavepointOp,
+    name: String,
+) -> Result<Outcome, PgError> {
+    let tag = match op {
+        SavepointOp::Create => {
+            names.push(name);
+            "SAVEPOINT"
+        }
+        SavepointOp::Release | SavepointOp::RollbackTo => {
+            let Some(at) = names.iter().rposition(|n| n.eq_ignore_ascii_case(&name)) else {
+                return Err(PgError::new(
+                    INVALID_SAVEPOINT,
+                    format!("savepoint \"{name}\" does not exist"),
+                ));
+            };
+            if op == SavepointOp::Release {
+                names.truncate(at);
+                "RELEASE"
+            } else {
+                names.truncate(at + 1);
+                "ROLLBACK"
+            }
+        }
+    };
+    Ok(Outcome::Done {
+        tag: tag.into(),
+        rows: None,
+    })
 }
 
 /// `SAVEPOINT x`, `RELEASE [SAVEPOINT] x`, `ROLLBACK [WORK|TRANSACTION] TO [SAVEPOINT] x`.

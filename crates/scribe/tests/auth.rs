@@ -154,9 +154,29 @@ async fn roles_decide_what_each_user_may_do_over_http() {
         assert_eq!(s, 200, "{body}");
         assert_eq!(body["detail"], "summary", "{body}");
         assert_eq!(body["role"], "primary", "{body}");
-        assert!(
-            body.get("commit").is_none() && body.get("log_bytes").is_none(),
-            "{body}"
+        let mut keys: Vec<&str> = body
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "accepting_writes",
+                "applied_lsn",
+                "detail",
+                "flushed_lsn",
+                "node",
+                "position",
+                "primary",
+                "replicas",
+                "role",
+                "term",
+                "version"
+            ],
+            "nothing but what a client routes by"
         );
     }
     let (s, body, _) = c.call("/v1/status", Value::Null, Cred::None).await;
@@ -177,6 +197,22 @@ async fn roles_decide_what_each_user_may_do_over_http() {
         .await
         .expect("send");
     assert_eq!(metrics.status().as_u16(), 403, "metrics need admin");
+
+    // A client cannot pass for another node: a made-up assertion is refused.
+    for forged in [
+        "fwd2.Ym9zcw.admin.POST.L3YxL2V4ZWN1dGU.99999999999.AAAA",
+        "garbage",
+    ] {
+        let r = c
+            .http
+            .post(format!("{}/v1/execute", c.url))
+            .header("x-scribe-assert-user", forged)
+            .json(&insert(9))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status().as_u16(), 401, "{forged}");
+    }
 
     // A bearer token from `scribe user token` stands for its user and role.
     let (code, token, err) = scribe_cli(&[
@@ -227,6 +263,27 @@ fn a_malformed_users_file_stops_the_node() {
     .err()
     .expect("must not start");
     assert!(err.contains("users file") && err.contains("root"), "{err}");
+    // A file without a token_key would let anyone make tokens: refused.
+    let good = dir.path().join("good.toml");
+    add_user(&good, "a", "read", "pw");
+    let text = std::fs::read_to_string(&good).expect("read");
+    let verifier = text
+        .lines()
+        .find(|l| l.starts_with("password"))
+        .expect("a password line");
+    std::fs::write(
+        &users,
+        format!("[[user]]\nname = \"a\"\nrole = \"read\"\n{verifier}\n"),
+    )
+    .expect("write");
+    let err = NodeProc::try_start(
+        "n1",
+        &dir.path().join("n1"),
+        &["--users", users.to_str().expect("utf8")],
+    )
+    .err()
+    .expect("must not start without a token_key");
+    assert!(err.contains("token_key"), "{err}");
     let missing = dir.path().join("nope.toml");
     let err = NodeProc::try_start(
         "n1",
@@ -407,8 +464,51 @@ async fn roles_hold_on_postgres_and_through_a_replica() {
         "INSERT INTO t (v) VALUES (6)",
     );
     assert!(ok, "{err}");
+    // A block on the replica's port runs on the primary (a remote lease, with the assertion).
+    let (ok, _, err) = psql_user(
+        pg_r,
+        "writer",
+        Some("w-pass"),
+        "BEGIN; INSERT INTO t (v) VALUES (7); INSERT INTO t (v) VALUES (8); COMMIT",
+    );
+    assert!(ok, "{err}");
 
-    // Exactly the writer's three rows, on both nodes.
+    // A reader's read-only blocks work as in PostgreSQL (savepoints, nondeterministic reads)
+    // without holding the writer; what would hold it is refused, and so is COPY FROM.
+    for port in [pg_p, pg_r] {
+        let (ok, out, err) = psql_user(
+            port,
+            "reader",
+            Some("r-pass"),
+            "BEGIN; SELECT random() < 2; SAVEPOINT a; SELECT count(*) FROM t; ROLLBACK TO SAVEPOINT a; RELEASE a; COMMIT",
+        );
+        assert!(ok, "{err}");
+        assert!(
+            out.contains("SAVEPOINT") && out.contains("RELEASE"),
+            "{out}"
+        );
+        let (ok, _, err) = psql_user(
+            port,
+            "reader",
+            Some("r-pass"),
+            "BEGIN; RELEASE nope; COMMIT",
+        );
+        assert!(!ok && err.contains("3B001"), "{err}");
+        let (ok, _, err) = psql_user(
+            port,
+            "reader",
+            Some("r-pass"),
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1; COMMIT",
+        );
+        assert!(
+            !ok && err.contains("42501") && err.contains("READ COMMITTED"),
+            "{err}"
+        );
+        let (ok, _, err) = psql_user(port, "reader", Some("r-pass"), "COPY t (v) FROM STDIN");
+        assert!(!ok && err.contains("42501"), "{err}");
+    }
+
+    // Exactly the writer's rows, on both nodes.
     let (s, body, _) = p
         .call(
             "/v1/query",
@@ -417,8 +517,8 @@ async fn roles_hold_on_postgres_and_through_a_replica() {
         )
         .await;
     assert_eq!(s, 200, "{body}");
-    assert_eq!(body["rows"], json!([["1,4,6"]]), "{body}");
-    wait_rows(&r, "SELECT count(*) FROM t", ("boss", "a-pass"), json!(3)).await;
+    assert_eq!(body["rows"], json!([["1,4,6,7,8"]]), "{body}");
+    wait_rows(&r, "SELECT count(*) FROM t", ("boss", "a-pass"), json!(5)).await;
     // An admin may ask the replica for its status.
     let (s, body, _) = r
         .call("/v1/status", Value::Null, Cred::Basic("boss", "a-pass"))
@@ -719,4 +819,49 @@ async fn the_client_library_and_the_cli_log_in() {
         err.contains("SCRIBE_PASSWORD"),
         "no password and no terminal: {err}"
     );
+}
+
+/// Nodes whose users files have different token keys cannot vouch for each other's clients:
+/// a write forwarded by such a replica is refused (401), never run with a role the primary's file
+/// does not give; the replica's reads go on.
+#[tokio::test]
+async fn a_replica_with_another_users_file_cannot_forward_for_its_clients() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pu, ru) = (dir.path().join("p.toml"), dir.path().join("r.toml"));
+    add_user(&pu, "writer", "write", "w-pass");
+    add_user(&ru, "writer", "admin", "w-pass");
+    let peer = format!("127.0.0.1:{}", common::free_port());
+    let primary = common::start_primary(
+        "p",
+        &dir.path().join("p"),
+        &peer,
+        &["--users", pu.to_str().expect("utf8")],
+    );
+    let replica = common::start_replica(
+        "r",
+        &dir.path().join("r"),
+        &peer,
+        &["--users", ru.to_str().expect("utf8")],
+    );
+    let p = common::Api::with_basic_auth(&primary.url, "writer", "w-pass");
+    let r = common::Api::with_basic_auth(&replica.url, "writer", "w-pass");
+    let (code, body) = p
+        .execute(&["CREATE TABLE t (v INTEGER)"])
+        .await
+        .expect("send");
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = r
+        .execute(&["INSERT INTO t (v) VALUES (1)"])
+        .await
+        .expect("send");
+    assert_eq!(code, 401, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("assertion"),
+        "{body}"
+    );
+    let rows = p.rows("SELECT count(*) FROM t").await;
+    assert_eq!(rows, vec![vec![json!(0)]]);
 }

@@ -153,6 +153,9 @@ impl ServerExchange {
             .split_once(',')
             .ok_or(ScramError::Malformed("no GS2 header"))?;
         match flag {
+            // `y`: the client could bind to the channel but thinks the server cannot. True:
+            // SCRAM-SHA-256-PLUS is never offered (were it offered over TLS, `y` would then be
+            // a downgrade and must be refused).
             "n" | "y" => {}
             f if f.starts_with("p=") => return Err(ScramError::ChannelBinding),
             _ => return Err(ScramError::Malformed("bad channel binding flag")),
@@ -160,12 +163,27 @@ impl ServerExchange {
         let (authzid, bare) = rest
             .split_once(',')
             .ok_or(ScramError::Malformed("no GS2 header"))?;
-        if !authzid.is_empty() && !authzid.starts_with("a=") {
-            return Err(ScramError::Malformed("bad authorization identity"));
+        if !authzid.is_empty() {
+            // As PostgreSQL: the user logs in as itself.
+            return Err(ScramError::Malformed(
+                "an authorization identity is not supported",
+            ));
         }
-        let client_nonce = attributes(bare)
-            .find_map(|(k, v)| (k == 'r').then_some(v))
-            .ok_or(ScramError::Malformed("no client nonce"))?;
+        // client-first-message-bare: [reserved-mext ","] username "," nonce ["," extensions]
+        let mut attrs = attributes(bare);
+        match attrs.next() {
+            Some(('n', _)) => {}
+            Some(('m', _)) => {
+                return Err(ScramError::Malformed(
+                    "mandatory extensions are not supported",
+                ))
+            }
+            _ => return Err(ScramError::Malformed("no user name attribute")),
+        }
+        let client_nonce = match attrs.next() {
+            Some(('r', v)) => v,
+            _ => return Err(ScramError::Malformed("no client nonce")),
+        };
         if client_nonce.is_empty() || !printable(client_nonce) || !printable(server_nonce) {
             return Err(ScramError::Malformed("bad nonce"));
         }
@@ -358,7 +376,17 @@ mod tests {
             ServerExchange::start(v(), "p=tls-server-end-point,,n=,r=abc", nonce).err(),
             Some(ScramError::ChannelBinding)
         );
-        for bad in ["", "n", "n,,n=user", "x,,n=user,r=abc", "n,,n=user,r="] {
+        for bad in [
+            "",
+            "n",
+            "n,,n=user",
+            "x,,n=user,r=abc",
+            "n,,n=user,r=",
+            "n,a=admin,n=user,r=abc",
+            "n,,m=ext,n=user,r=abc",
+            "n,,r=abc,n=user",
+            "n,,r=abc",
+        ] {
             assert!(ServerExchange::start(v(), bad, nonce).is_err(), "{bad:?}");
         }
     }

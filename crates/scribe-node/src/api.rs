@@ -164,6 +164,7 @@ async fn require_credentials(
             header("authorization"),
             header(crate::auth::ASSERTION_HEADER),
         );
+        let has_assertion = assertion.is_some();
         let (method, path) = (
             req.method().as_str().to_string(),
             req.uri().path().to_string(),
@@ -185,17 +186,26 @@ async fn require_credentials(
                 )
             }
         };
-        let checked = if crate::auth::needs_derivation(store, authorization.as_deref()) {
+        // With an assertion no password is checked.
+        let slow = !has_assertion && crate::auth::needs_derivation(store, authorization.as_deref());
+        let checked = if slow {
             // A password derivation (a first login, or a wrong password): off the async
-            // threads, a few at a time, so a flood of bad passwords slows only itself.
-            let _one = DERIVATIONS.acquire().await;
-            tokio::task::spawn_blocking(check)
+            // threads, two at a time. The permit goes with the derivation, not with this
+            // request: a client that hangs up does not free it while the derivation runs.
+            let permit = DERIVATIONS
+                .acquire()
                 .await
-                .unwrap_or_else(|_| {
-                    Err(crate::auth::AuthError::Unauthenticated(
-                        "the credentials check failed".into(),
-                    ))
-                })
+                .expect("the semaphore is never closed");
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                check()
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::auth::AuthError::Unauthenticated(
+                    "the credentials check failed".into(),
+                ))
+            })
         } else {
             check()
         };

@@ -402,10 +402,17 @@ async fn positions(http: &NodeHttp, url: &str) -> Option<(Position, Position)> {
         .send()
         .await
         .ok()?;
-    if !answer.status().is_success() {
+    match answer.status().as_u16() {
+        200..=299 => {}
         // A member whose users file has another token_key answers 401: say so, it is not down.
-        tracing::warn!(%url, status = answer.status().as_u16(), "a member refused this node's status request (do all members have the same --users file?)");
-        return None;
+        code @ (401 | 403) => {
+            tracing::warn!(%url, status = code, "a member refused this node's status request: do all members have the same token_key in their --users file?");
+            return None;
+        }
+        code => {
+            tracing::debug!(%url, status = code, "a member answered its status with an error");
+            return None;
+        }
     }
     let status: serde_json::Value = answer.json().await.ok()?;
     let flushed: Position = status.get("position")?.as_str()?.parse().ok()?;

@@ -36,11 +36,11 @@ use tokio_rustls::TlsAcceptor;
 use crate::state::NodeState;
 use crate::ApiError;
 
-/// The limits of the HTTP port.
 /// The address an HTTP request's connection came from, in the request's extensions.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
+/// The limits of the HTTP port.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
     /// Most connections served at once.

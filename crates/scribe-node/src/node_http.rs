@@ -20,10 +20,12 @@ pub struct NodeHttp {
 impl NodeHttp {
     /// The client, trusting the `--tls-ca` certificates for `https://` nodes.
     pub fn new(config: &NodeConfig) -> Result<NodeHttp, String> {
-        // No redirects: an assertion header would follow one to wherever it points.
+        // No redirects and no proxy from the environment: an assertion goes to the node
+        // addressed, nowhere else.
         let mut builder = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
-            .redirect(reqwest::redirect::Policy::none());
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy();
         if let Some(ca) = &config.tls_ca {
             for cert in crate::tls::ca_certificates(ca)? {
                 builder = builder.add_root_certificate(cert);

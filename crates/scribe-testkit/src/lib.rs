@@ -165,7 +165,9 @@ impl Drop for NodeProc {
 pub fn free_port() -> u16 {
     use std::sync::Mutex;
     static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     for _ in 0..1000 {
         let port = fastrand::u16(20_000..32_000);
         if given.contains(&port) {

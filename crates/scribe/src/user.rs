@@ -105,7 +105,8 @@ pub fn run(args: UserArgs) -> anyhow::Result<i32> {
             users,
             password_stdin,
         } => {
-            scribe_core::check_node_name(&name).map_err(|e| anyhow!("user name {name:?}: {e}"))?;
+            scribe_node::auth::users::check_user_name(&name)
+                .map_err(|e| anyhow!("user name {name:?}: {e}"))?;
             let mut store = UserStore::load_or_empty(&users)?;
             let password = read_password(password_stdin)?;
             if password.is_empty() {

@@ -506,6 +506,42 @@ async fn roles_hold_on_postgres_and_through_a_replica() {
         );
         let (ok, _, err) = psql_user(port, "reader", Some("r-pass"), "COPY t (v) FROM STDIN");
         assert!(!ok && err.contains("42501"), "{err}");
+        // A refused FOR UPDATE aborts the block like any error, and ROLLBACK TO recovers it;
+        // a savepoint that does not exist is 3B001, also in an aborted block.
+        let out = common::psql_command(port, "reader", Some("r-pass"))
+            .args(["-At", "-v", "VERBOSITY=verbose"])
+            .args([
+                "-c",
+                "BEGIN",
+                "-c",
+                "SAVEPOINT a",
+                "-c",
+                "SELECT v FROM t FOR UPDATE",
+            ])
+            .args(["-c", "ROLLBACK TO SAVEPOINT a", "-c", "SELECT 42"])
+            .args([
+                "-c",
+                "SELECT nope",
+                "-c",
+                "ROLLBACK TO SAVEPOINT b",
+                "-c",
+                "COMMIT",
+            ])
+            .output()
+            .expect("psql");
+        let (out, err) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(
+            out.contains("42"),
+            "the block went on after ROLLBACK TO: {out} {err}"
+        );
+        assert!(err.contains("42501") && err.contains("3B001"), "{err}");
+        assert!(
+            out.trim_end().ends_with("ROLLBACK"),
+            "COMMIT of an aborted block: {out}"
+        );
     }
 
     // Exactly the writer's rows, on both nodes.

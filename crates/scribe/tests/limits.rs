@@ -513,6 +513,50 @@ async fn postgresql_clients_past_max_connections_are_told_too_many_clients() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_request_is_served_past_max_connections() {
+    if !have_psql() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pg = scribe_testkit::free_port();
+    let pg_addr = format!("127.0.0.1:{pg}");
+    let _node = NodeProc::start(
+        "n1",
+        &dir.path().join("n1"),
+        &["--max-connections", "1", "--pg", &pg_addr],
+    );
+    // The only slot runs a runaway read with a long timeout; Ctrl-C makes psql send a cancel
+    // request on a second connection, past the limit: it must still be carried out.
+    let psql = psql_command(pg, "scribe", None)
+        .args([
+            "-At",
+            "-c",
+            "SET statement_timeout = '60s'",
+            "-c",
+            // Counting forever: no rows, so no result limit ends it first.
+            &format!("SELECT count(*) FROM ({RUNAWAY_READ})"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("psql");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let sent = Instant::now();
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(psql.id() as i32, libc::SIGINT);
+    }
+    let out = psql.wait_with_output().expect("psql");
+    let took = sent.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("canceling statement due to user request"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(5), "the cancel took {took:?}");
+}
+
 /// How long until the server closes `stream` (EOF or reset), reading what it sends; and whether
 /// it asked for a password (an `R` message) first.
 fn until_closed(mut stream: std::net::TcpStream, since: Instant) -> (Duration, bool) {

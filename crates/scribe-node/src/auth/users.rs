@@ -71,6 +71,16 @@ pub struct UserStore {
     verified: std::sync::Arc<std::sync::Mutex<HashMap<[u8; 32], Role>>>,
 }
 
+/// Whether `name` may name a user: a node name's rules, and not the name nodes use for
+/// themselves on calls to each other ([`super::INTERNAL_USER`]).
+pub fn check_user_name(name: &str) -> Result<(), String> {
+    scribe_core::check_node_name(name).map_err(|e| e.to_string())?;
+    if name == super::INTERNAL_USER {
+        return Err("this name is reserved for the nodes themselves".into());
+    }
+    Ok(())
+}
+
 /// How many verified logins [`UserStore::check_password`] remembers; past it, it forgets them
 /// all and starts again (a burst of distinct users costs one derivation each again, no more).
 const VERIFIED_CAPACITY: usize = 4096;
@@ -121,8 +131,7 @@ impl UserStore {
         }
         let mut users: Vec<UserEntry> = Vec::new();
         for e in form.user {
-            scribe_core::check_node_name(&e.name)
-                .map_err(|m| format!("user name {:?}: {m}", e.name))?;
+            check_user_name(&e.name).map_err(|m| format!("user name {:?}: {m}", e.name))?;
             if users.iter().any(|u| u.name == e.name) {
                 return Err(format!("user {:?} appears twice", e.name));
             }

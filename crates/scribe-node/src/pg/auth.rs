@@ -75,7 +75,7 @@ impl<P: pgwire::api::auth::ServerParameterProvider> StartupHandler for UsersStar
                     Ok(o) => o,
                     Err(e) => {
                         // `?user`: quoted and escaped, so a name cannot forge a log line.
-                        tracing::warn!(%peer, user = ?user, error = %e, "PostgreSQL authentication failed");
+                        tracing::warn!(%peer, user = ?user, error = ?e, "PostgreSQL authentication failed");
                         return Err(e);
                     }
                 }

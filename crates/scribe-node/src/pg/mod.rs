@@ -280,7 +280,7 @@ impl PgServer {
             let _ = socket.set_nodelay(true);
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 tracing::warn!(%peer, limit = shared.runner.state.config.max_connections, "refused a PostgreSQL connection: --max-connections reached");
-                tokio::spawn(too_many_clients(socket));
+                tokio::spawn(too_many_clients(socket, shared.manager.clone()));
                 continue;
             };
             let logged_in = Arc::new(tokio::sync::Notify::new());
@@ -314,7 +314,7 @@ impl PgServer {
                     Ok(None) => serve.await,
                 };
                 if let Err(e) = ended {
-                    tracing::debug!(%peer, error = %e, "PostgreSQL connection ended");
+                    tracing::debug!(%peer, error = ?e, "PostgreSQL connection ended");
                 }
                 drop(slot);
             });
@@ -324,18 +324,26 @@ impl PgServer {
 
 /// Answers a client over `--max-connections` as PostgreSQL does: reads its startup packet (after
 /// declining TLS, if it asks first), sends `FATAL 53300 sorry, too many clients already` and
-/// closes. A client that sends nothing within a second is just closed.
-async fn too_many_clients(mut socket: tokio::net::TcpStream) {
+/// closes. A cancel request is carried out instead (it is how a client stops a runaway statement
+/// on a full node), with no answer, as PostgreSQL. A client that sends nothing within a second
+/// is just closed.
+async fn too_many_clients(mut socket: tokio::net::TcpStream, manager: Arc<ConnectionManager>) {
     use tokio::io::AsyncWriteExt;
     const SSL_REQUEST: u32 = 80877103;
     const GSSENC_REQUEST: u32 = 80877104;
+    const CANCEL_REQUEST: u32 = 80877102;
     let answered = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-        let mut code = read_startup_packet(&mut socket).await?;
+        let (mut code, mut rest) = read_startup_packet(&mut socket).await?;
         if code == SSL_REQUEST || code == GSSENC_REQUEST {
             socket.write_all(b"N").await?;
-            code = read_startup_packet(&mut socket).await?;
+            (code, rest) = read_startup_packet(&mut socket).await?;
         }
-        let _ = code;
+        if code == CANCEL_REQUEST && rest.len() >= 8 {
+            let pid = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+            let key = pgwire::messages::startup::SecretKey::Bytes(rest[4..].to_vec().into());
+            manager.cancel(pid, &key).await;
+            return socket.shutdown().await;
+        }
         let mut fields = Vec::new();
         for (tag, value) in [
             (b'S', "FATAL"),
@@ -360,9 +368,11 @@ async fn too_many_clients(mut socket: tokio::net::TcpStream) {
     }
 }
 
-/// Reads one startup-phase packet (length, code, body) and returns its code; the body is only
-/// read to be dropped, so at most 10 kB of it is taken.
-async fn read_startup_packet(socket: &mut tokio::net::TcpStream) -> std::io::Result<u32> {
+/// Reads one startup-phase packet (length, code, body): its code and body (at most 10 kB of it
+/// is kept).
+async fn read_startup_packet(
+    socket: &mut tokio::net::TcpStream,
+) -> std::io::Result<(u32, Vec<u8>)> {
     use tokio::io::AsyncReadExt;
     let mut head = [0u8; 8];
     socket.read_exact(&mut head).await?;
@@ -370,5 +380,5 @@ async fn read_startup_packet(socket: &mut tokio::net::TcpStream) -> std::io::Res
     let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
     let mut rest = vec![0u8; len.saturating_sub(8).min(10_000)];
     socket.read_exact(&mut rest).await?;
-    Ok(code)
+    Ok((code, rest))
 }

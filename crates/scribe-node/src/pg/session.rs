@@ -312,6 +312,11 @@ impl Runner {
         hints: Hints,
     ) -> Result<Outcome, PgError> {
         if hints.serializable {
+            // REPEATABLE READ / SERIALIZABLE hold the writer from the first statement: not for a
+            // session that may not write (refused as asked, so its block is not marked).
+            if self.may_write(s).is_err() {
+                return Err(self.holds_the_writer(s));
+            }
             if let Some(t) = &mut s.txn {
                 t.pessimistic = true;
             }
@@ -428,6 +433,10 @@ impl Runner {
                 }
                 let mut sql = sql.clone();
                 let can_write = self.may_write(s).is_ok();
+                if !can_write && s.txn.is_some() && hints.locking {
+                    // Refused before it marks the block: after a ROLLBACK TO the block goes on.
+                    return Err(self.holds_the_writer(s));
+                }
                 if let Some(t) = &mut s.txn {
                     // PostgreSQL's now() is the transaction's start: the same in every statement
                     // of it (and in every run of an optimistic transaction's statements).
@@ -724,18 +733,25 @@ impl Runner {
         }
     }
 
+    /// The 42501 of a statement or block that may not write and would hold the writer.
+    fn holds_the_writer(&self, s: &Session) -> PgError {
+        let e = self.may_write(s).err().unwrap_or_else(|| {
+            PgError::new(super::sqlstate::INSUFFICIENT_PRIVILEGE, "permission denied")
+        });
+        PgError::new(
+            e.sqlstate,
+            format!("{} (SELECT ... FOR UPDATE, REPEATABLE READ and SERIALIZABLE hold the writer; a read user's block runs at READ COMMITTED)", e.message),
+        )
+    }
+
     async fn ensure_lease(&self, s: &mut Session) -> Result<(), PgError> {
-        self.may_write(s).map_err(|e| {
-            if s.txn.as_ref().is_some_and(|t| t.pessimistic) {
-                // Not a write, maybe, but it would hold the writer.
-                PgError::new(
-                    e.sqlstate,
-                    format!("{} (SELECT ... FOR UPDATE, REPEATABLE READ and SERIALIZABLE hold the writer; a read user's block runs at READ COMMITTED)", e.message),
-                )
+        if self.may_write(s).is_err() {
+            return Err(if s.txn.as_ref().is_some_and(|t| t.pessimistic) {
+                self.holds_the_writer(s)
             } else {
-                e
-            }
-        })?;
+                self.may_write(s).expect_err("refused above")
+            });
+        }
         if s.txn.as_ref().is_some_and(|t| t.lease.is_some()) {
             return Ok(());
         }
@@ -888,7 +904,17 @@ impl Runner {
             return Some(Err(PgError::aborted()));
         }
         if t.lease.is_none() && t.aborted {
-            // The failure was before any write: nothing to undo.
+            // The failure was before any write: nothing to undo, but the savepoint must exist
+            // (a read user's block keeps their names).
+            if self.may_write(s).is_err() {
+                let t = s.txn.as_mut()?;
+                let r = read_savepoint(&mut t.read_savepoints, op, name);
+                if r.is_ok() {
+                    t.aborted = false;
+                }
+                return Some(r);
+            }
+            let t = s.txn.as_mut()?;
             t.aborted = false;
             return Some(Ok(Outcome::Done {
                 tag: "ROLLBACK".into(),

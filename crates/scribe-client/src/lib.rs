@@ -21,6 +21,11 @@
 //! includes a write sent on a kept-alive connection at the moment the primary crashes: the client
 //! cannot tell a crash just before the request from one while it was being handled.
 //!
+//! Credentials. Against nodes started with `--users`, give [`Options::basic_auth`] or
+//! [`Options::bearer_token`]: they go with every request, discovery included, and the user's
+//! role decides what it may do. A refusal is [`Error::Unauthenticated`] or
+//! [`Error::Forbidden`], never retried.
+//!
 //! ```no_run
 //! use scribe_client::{Cluster, Statement};
 //!

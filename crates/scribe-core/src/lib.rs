@@ -14,6 +14,7 @@
 //! - [`histogram`]: a lock-free fixed-bucket histogram for metrics.
 //! - [`history`]: a node's history of terms: where two logs diverge, whether a position is held.
 //! - [`lease`]: lease arithmetic: how long a primary may write, when others may take over.
+//! - [`multi_master`]: multi-master's clock, version vectors and row merge.
 //! - [`peer_auth`]: the proofs two nodes exchange to show each other they hold the peer secret.
 //! - [`promotion`]: who may be promoted when the primary is gone, and forced promotions.
 
@@ -24,6 +25,7 @@ pub mod handshake;
 pub mod histogram;
 pub mod history;
 pub mod lease;
+pub mod multi_master;
 pub mod peer_auth;
 pub mod position;
 pub mod promotion;

@@ -1,0 +1,339 @@
+//! [`Versions`]: one row of a `versioned` table — every write that no other write has seen and
+//! replaced (its *siblings*), kept until the application resolves them. The winner, the row the
+//! table shows, is the sibling with the greatest [`Stamp`]; the others are the row's conflicts,
+//! which the application reads and resolves with a write that has seen them all.
+//!
+//! Which writes are concurrent is decided by causality, not by clocks: each write has a *dot*
+//! (its node and that node's count of writes to this row) and the row's version vector at the
+//! writer when it wrote (what it had seen). A write replaces exactly the siblings it had seen. This
+//! is a dotted version vector set (Preguiça et al.): merging two states is a join, so every node
+//! that has seen the same writes holds the same siblings — and so the same conflicts, each exactly
+//! once — whatever the order of delivery.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::row::Stamp;
+
+/// A write's identity within one row: its node and that node's count of writes to the row.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Dot {
+    /// The node that wrote.
+    pub node: String,
+    /// 1 for its first write of this row, 2 for the next...
+    pub n: u64,
+}
+
+/// Per node, how many of its writes to one row are known: a row's causal context.
+pub type Context = BTreeMap<String, u64>;
+
+/// One write that nothing has replaced yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version<V> {
+    /// Which write.
+    pub dot: Dot,
+    /// When, for choosing the winner.
+    pub stamp: Stamp,
+    /// The row it wrote; `None` for a delete.
+    pub value: Option<V>,
+}
+
+/// One row's versions.
+///
+/// Invariants: every sibling's dot is covered by `context`; no sibling's dot is covered by the
+/// context another sibling was written with (it would have been replaced); siblings are sorted by
+/// dot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versions<V> {
+    siblings: Vec<Version<V>>,
+    context: Context,
+}
+
+impl<V> Default for Versions<V> {
+    fn default() -> Self {
+        Versions {
+            siblings: Vec::new(),
+            context: Context::new(),
+        }
+    }
+}
+
+fn covers(context: &Context, dot: &Dot) -> bool {
+    context.get(&dot.node).is_some_and(|n| *n >= dot.n)
+}
+
+fn join(a: &Context, b: &Context) -> Context {
+    let mut out = a.clone();
+    for (node, n) in b {
+        let e = out.entry(node.clone()).or_insert(0);
+        *e = (*e).max(*n);
+    }
+    out
+}
+
+impl<V: Clone + PartialEq> Versions<V> {
+    /// What a writer on this node has seen of the row: the context a write made now carries.
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// The siblings, sorted by dot.
+    pub fn siblings(&self) -> &[Version<V>] {
+        &self.siblings
+    }
+
+    /// The version the table shows: the sibling with the greatest stamp (`None`: never written).
+    pub fn winner(&self) -> Option<&Version<V>> {
+        self.siblings.iter().max_by(|a, b| a.stamp.cmp(&b.stamp))
+    }
+
+    /// The siblings that lost to the winner: the row's conflicts, in dot order.
+    pub fn conflicts(&self) -> Vec<&Version<V>> {
+        let winner = self.winner().map(|w| &w.dot);
+        self.siblings
+            .iter()
+            .filter(|v| Some(&v.dot) != winner)
+            .collect()
+    }
+
+    /// A write on `node` at `stamp` that has seen `seen` (the row's context when the write was
+    /// made: [`Versions::context`] for an ordinary write, the conflicts' context for a
+    /// resolution). Answers the write's dot and context, which replicate with it.
+    pub fn write(
+        &mut self,
+        node: &str,
+        stamp: Stamp,
+        value: Option<V>,
+        seen: &Context,
+    ) -> (Dot, Context) {
+        let n = self.context.get(node).copied().unwrap_or(0) + 1;
+        let dot = Dot {
+            node: node.to_string(),
+            n,
+        };
+        let seen = seen.clone();
+        self.apply(
+            Version {
+                dot: dot.clone(),
+                stamp,
+                value,
+            },
+            &seen,
+        );
+        (dot, seen)
+    }
+
+    /// Takes in a write (local or from another node) that had seen `seen`: it replaces the
+    /// siblings it had seen, and is dropped if this row has seen it already (a duplicate, or
+    /// replaced by a later write that arrived first).
+    pub fn apply(&mut self, version: Version<V>, seen: &Context) {
+        let mut incoming = Versions {
+            siblings: vec![version.clone()],
+            context: seen.clone(),
+        };
+        incoming
+            .context
+            .entry(version.dot.node.clone())
+            .and_modify(|n| *n = (*n).max(version.dot.n))
+            .or_insert(version.dot.n);
+        *self = self.merge(&incoming);
+    }
+
+    /// The join of two states of the row: a sibling survives unless the other side has seen it
+    /// and does not hold it (then something replaced it).
+    pub fn merge(&self, other: &Versions<V>) -> Versions<V> {
+        let keep = |mine: &Versions<V>, theirs: &Versions<V>| -> Vec<Version<V>> {
+            mine.siblings
+                .iter()
+                .filter(|v| {
+                    theirs.siblings.iter().any(|t| t.dot == v.dot)
+                        || !covers(&theirs.context, &v.dot)
+                })
+                .cloned()
+                .collect()
+        };
+        let mut siblings = keep(self, other);
+        for v in keep(other, self) {
+            if !siblings.iter().any(|s| s.dot == v.dot) {
+                siblings.push(v);
+            }
+        }
+        siblings.sort_by(|a, b| a.dot.cmp(&b.dot));
+        Versions {
+            siblings,
+            context: join(&self.context, &other.context),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::multi_master::hlc::Hlc;
+    use proptest::prelude::*;
+
+    fn at(wall_ms: u64, node: &str) -> Stamp {
+        Stamp {
+            hlc: Hlc {
+                wall_ms,
+                logical: 0,
+            },
+            node: node.to_string(),
+        }
+    }
+
+    #[test]
+    fn sequential_writes_replace_each_other() {
+        let mut r: Versions<&str> = Versions::default();
+        let seen = r.context().clone();
+        r.write("n1", at(1, "n1"), Some("a"), &seen);
+        let seen = r.context().clone();
+        r.write("n1", at(2, "n1"), Some("b"), &seen);
+        assert_eq!(r.siblings().len(), 1);
+        assert!(r.conflicts().is_empty());
+        assert_eq!(r.winner().and_then(|v| v.value), Some("b"));
+    }
+
+    #[test]
+    fn concurrent_writes_are_kept_the_later_wins_and_a_resolution_replicates() {
+        let base: Versions<&str> = Versions::default();
+        let (mut x, mut y) = (base.clone(), base);
+        let (dx, cx) = x.write("n1", at(5, "n1"), Some("x"), &Context::new());
+        let (dy, cy) = y.write("n2", at(7, "n2"), Some("y"), &Context::new());
+        // Each takes in the other's write, in its own order.
+        let vx = x.siblings()[0].clone();
+        let vy = y.siblings()[0].clone();
+        x.apply(vy.clone(), &cy);
+        y.apply(vx.clone(), &cx);
+        assert_eq!(x, y);
+        assert_eq!(x.winner().map(|v| v.dot.clone()), Some(dy));
+        assert_eq!(
+            x.conflicts()
+                .iter()
+                .map(|v| v.dot.clone())
+                .collect::<Vec<_>>(),
+            vec![dx]
+        );
+        // The application resolves on n1 with a merged row, having seen both.
+        let seen = x.context().clone();
+        let (dr, cr) = x.write("n1", at(9, "n1"), Some("xy"), &seen);
+        let vr = x.siblings()[0].clone();
+        assert_eq!(vr.dot, dr);
+        y.apply(vr, &cr);
+        assert_eq!(x, y);
+        assert!(y.conflicts().is_empty());
+        assert_eq!(y.winner().and_then(|v| v.value), Some("xy"));
+        // A duplicate of an old write changes nothing.
+        y.apply(vx, &cx);
+        assert_eq!(x, y);
+    }
+
+    #[test]
+    fn a_write_replaced_before_it_arrives_stays_replaced() {
+        let mut a: Versions<u8> = Versions::default();
+        let (d1, c1) = a.write("n1", at(1, "n1"), Some(1), &Context::new());
+        let v1 = a.siblings()[0].clone();
+        let seen = a.context().clone();
+        let (_, c2) = a.write("n1", at(2, "n1"), Some(2), &seen);
+        let v2 = a.siblings()[0].clone();
+        // Another node gets the second write first, then the first.
+        let mut b: Versions<u8> = Versions::default();
+        b.apply(v2, &c2);
+        b.apply(v1, &c1);
+        assert_eq!(a, b);
+        assert!(b.siblings().iter().all(|v| v.dot != d1));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Write(u8),
+        Delete,
+        /// Resolve: write having seen everything this node has.
+        Resolve(u8),
+        Sync(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..10).prop_map(Op::Write),
+            Just(Op::Delete),
+            (0u8..10).prop_map(Op::Resolve),
+            (0usize..3).prop_map(Op::Sync),
+        ]
+    }
+
+    const NODES: [&str; 3] = ["n1", "n2", "n3"];
+
+    fn run(schedule: &[(usize, Op)]) -> Vec<Versions<u8>> {
+        let mut rows: Vec<Versions<u8>> = vec![Versions::default(); 3];
+        for (t, (n, op)) in schedule.iter().enumerate() {
+            let stamp = at(t as u64 + 1, NODES[*n]);
+            match op {
+                Op::Write(v) | Op::Resolve(v) => {
+                    let seen = rows[*n].context().clone();
+                    rows[*n].write(NODES[*n], stamp, Some(*v), &seen);
+                }
+                Op::Delete => {
+                    let seen = rows[*n].context().clone();
+                    rows[*n].write(NODES[*n], stamp, None, &seen);
+                }
+                Op::Sync(from) => {
+                    let other = rows[*from].clone();
+                    rows[*n] = rows[*n].merge(&other);
+                }
+            }
+        }
+        rows
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn merge_is_commutative_associative_and_idempotent(
+            schedule in proptest::collection::vec((0usize..3, op()), 0..40)
+        ) {
+            let rows = run(&schedule);
+            let (a, b, c) = (&rows[0], &rows[1], &rows[2]);
+            prop_assert_eq!(a.merge(b), b.merge(a));
+            prop_assert_eq!(a.merge(b).merge(c), a.merge(&b.merge(c)));
+            prop_assert_eq!(a.merge(a), a.clone());
+        }
+
+        /// Once every node has taken in the others', they hold the same siblings: the same
+        /// winner, each conflict exactly once; and a resolution made then leaves none anywhere.
+        #[test]
+        fn nodes_agree_on_the_winner_and_every_conflict_once(
+            schedule in proptest::collection::vec((0usize..3, op()), 0..40),
+            resolver in 0usize..3,
+        ) {
+            let mut rows = run(&schedule);
+            for _ in 0..2 {
+                for i in 0..3 {
+                    let other = rows[(i + 1) % 3].clone();
+                    rows[i] = rows[i].merge(&other);
+                }
+            }
+            prop_assert_eq!(&rows[0], &rows[1]);
+            prop_assert_eq!(&rows[1], &rows[2]);
+            let conflicts: Vec<&Dot> = rows[0].conflicts().iter().map(|v| &v.dot).collect();
+            let mut unique = conflicts.clone();
+            unique.dedup();
+            prop_assert_eq!(conflicts.len(), unique.len());
+            // Resolve on one node; the resolution reaches the others.
+            let seen = rows[resolver].context().clone();
+            rows[resolver].write(NODES[resolver], at(1_000, NODES[resolver]), Some(99), &seen);
+            for _ in 0..2 {
+                for i in 0..3 {
+                    let other = rows[(i + 1) % 3].clone();
+                    rows[i] = rows[i].merge(&other);
+                }
+            }
+            for r in &rows {
+                prop_assert!(r.conflicts().is_empty());
+                prop_assert_eq!(r.winner().and_then(|v| v.value), Some(99));
+            }
+        }
+    }
+}

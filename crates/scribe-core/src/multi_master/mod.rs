@@ -1,16 +1,21 @@
 //! Multi-master's decisions (DESIGN.md §6), without I/O: the hybrid logical clock every record
 //! is stamped with ([`hlc`]), what a node has applied from each origin and what to send a peer
 //! ([`version_vector`]), how concurrent writes of one row merge ([`row`], the `lww` and `merge`
-//! policies) or are kept side by side until the application resolves them ([`versioned`]). The
-//! runtime that
-//! streams records between masters and applies them to SQLite performs what these decide.
+//! policies) or are kept side by side until the application resolves them ([`versioned`]), a
+//! table's policy as written ([`policy`]), and which schema changes are safe ([`ddl`]). The
+//! runtime that streams records between masters and applies them to SQLite performs what these
+//! decide.
 
+pub mod ddl;
 pub mod hlc;
+pub mod policy;
 pub mod row;
 pub mod version_vector;
 pub mod versioned;
 
+pub use ddl::{check_ddl, DdlVerdict};
 pub use hlc::{Clock, ClockError, Hlc};
+pub use policy::{ParsePolicyError, TablePolicy};
 pub use row::{Cell, ColumnRule, Row, RowError, Stamp, Write};
 pub use version_vector::{Delivery, Missing, Seq, VersionVector};
 pub use versioned::{Context, Dot, Version, Versions};

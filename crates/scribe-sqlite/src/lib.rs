@@ -22,6 +22,8 @@
 //! - [`payload`]: what a record's payload holds.
 //! - [`policy`]: what clients' SQL may do (SQLite authorizer).
 //! - [`meta`]: the `_scribe_meta` table.
+//! - [`multi_master`]: multi-master rows: their replicated state beside them, and applying a
+//!   change to it (not wired into the writer yet).
 //! - [`value`]: SQL values and parameters in JSON.
 //! - [`metrics`]: write-path metrics.
 //! - [`error`]: the engine's error type, [`EngineError`].
@@ -35,6 +37,7 @@ pub mod exec;
 pub mod gate;
 pub mod meta;
 pub mod metrics;
+pub mod multi_master;
 pub mod occ;
 pub mod payload;
 pub mod policy;

@@ -1,0 +1,450 @@
+//! Multi-master rows in SQLite (issue 12, DESIGN.md §6): each row of a multi-master table has its
+//! replicated state — its life and its columns' cells, [`scribe_core::multi_master::Row`] — in
+//! the `_scribe_mm_rows` table beside it, and the table itself holds what that state shows.
+//! [`apply_delta`] is the one way a change reaches such a row, local or remote: merge the change
+//! into the stored state, store it, and write the row the merged state shows (insert, update or
+//! delete). Because the merge is a join, two databases given the same changes in any order end
+//! identical. Not wired into the writer yet: the node has no multi-master mode.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use scribe_core::multi_master::{Cell, Row};
+use serde::{Deserialize, Serialize};
+
+use crate::value::Value;
+
+/// The table of replicated row states.
+pub const ROWS_TABLE: &str = "_scribe_mm_rows";
+
+/// A SQL value with SQLite's total order (NULL, then numbers, then text, then blobs), so that the
+/// `max` and `min` rules and the last-writer tie-break order values the same on every node.
+/// An integer and a real of the same magnitude are different values: the integer sorts first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "Stored", into = "Stored")]
+pub struct Ordered(pub Value);
+
+/// How an [`Ordered`] is stored: exactly (a real keeps its bits, a blob its bytes).
+#[derive(Serialize, Deserialize)]
+enum Stored {
+    N,
+    I(i64),
+    R(u64),
+    T(String),
+    B(Vec<u8>),
+}
+
+impl From<Stored> for Ordered {
+    fn from(s: Stored) -> Ordered {
+        Ordered(match s {
+            Stored::N => Value::Null,
+            Stored::I(i) => Value::Integer(i),
+            Stored::R(bits) => Value::Real(f64::from_bits(bits)),
+            Stored::T(t) => Value::Text(t),
+            Stored::B(b) => Value::Blob(b),
+        })
+    }
+}
+
+impl From<Ordered> for Stored {
+    fn from(o: Ordered) -> Stored {
+        match o.0 {
+            Value::Null => Stored::N,
+            Value::Integer(i) => Stored::I(i),
+            Value::Real(f) => Stored::R(f.to_bits()),
+            Value::Text(t) => Stored::T(t),
+            Value::Blob(b) => Stored::B(b),
+        }
+    }
+}
+
+impl Ord for Ordered {
+    fn cmp(&self, other: &Ordered) -> std::cmp::Ordering {
+        use std::cmp::Ordering;
+        use Value::*;
+        let rank = |v: &Value| match v {
+            Null => 0,
+            Integer(_) | Real(_) => 1,
+            Text(_) => 2,
+            Blob(_) => 3,
+        };
+        match (&self.0, &other.0) {
+            (Integer(a), Integer(b)) => a.cmp(b),
+            (Real(a), Real(b)) => a.total_cmp(b),
+            (Integer(a), Real(b)) => (*a as f64).total_cmp(b).then(Ordering::Less),
+            (Real(a), Integer(b)) => a.total_cmp(&(*b as f64)).then(Ordering::Greater),
+            (Text(a), Text(b)) => a.cmp(b),
+            (Blob(a), Blob(b)) => a.cmp(b),
+            (a, b) => rank(a).cmp(&rank(b)),
+        }
+    }
+}
+
+impl PartialOrd for Ordered {
+    fn partial_cmp(&self, other: &Ordered) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Ordered {
+    fn eq(&self, other: &Ordered) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Ordered {}
+
+/// A multi-master table: its name and its primary key's columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MmTable {
+    /// The table's name.
+    pub name: String,
+    /// Its primary key's columns, in key order.
+    pub key: Vec<String>,
+}
+
+/// Why a multi-master change could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum MmError {
+    /// SQLite refused.
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored row state that does not decode: the database is damaged.
+    #[error("the replicated state of a row of {table} does not decode: {why}")]
+    Damaged {
+        /// The table.
+        table: String,
+        /// What was wrong.
+        why: String,
+    },
+    /// A change that does not fit the table.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// Creates the table of replicated row states if it is not there.
+pub fn ensure_tables(conn: &Connection) -> Result<(), MmError> {
+    conn.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS {ROWS_TABLE} (
+            tbl TEXT NOT NULL,
+            pk TEXT NOT NULL,
+            life INTEGER NOT NULL,
+            cells TEXT NOT NULL,
+            PRIMARY KEY (tbl, pk)
+        ) WITHOUT ROWID"
+    ))?;
+    Ok(())
+}
+
+/// The primary key of `table`, from SQLite's schema.
+pub fn table(conn: &Connection, name: &str) -> Result<MmTable, MmError> {
+    let mut stmt =
+        conn.prepare("SELECT name, pk FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk")?;
+    let key = stmt
+        .query_map([name], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    if key.is_empty() {
+        return Err(MmError::Invalid(format!(
+            "table {name:?} has no PRIMARY KEY (or does not exist): a multi-master table needs one"
+        )));
+    }
+    Ok(MmTable {
+        name: name.to_string(),
+        key,
+    })
+}
+
+fn key_text(key: &[Value]) -> String {
+    let stored: Vec<Stored> = key.iter().cloned().map(|v| Ordered(v).into()).collect();
+    serde_json::to_string(&stored).unwrap_or_default()
+}
+
+/// The stored state of the row with primary key `key` (a default row if it has none).
+pub fn load(conn: &Connection, t: &MmTable, key: &[Value]) -> Result<Row<Ordered>, MmError> {
+    let found: Option<(i64, String)> = conn
+        .query_row(
+            &format!("SELECT life, cells FROM {ROWS_TABLE} WHERE tbl = ?1 AND pk = ?2"),
+            params![t.name, key_text(key)],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((life, cells)) = found else {
+        return Ok(Row::default());
+    };
+    let cells = serde_json::from_str(&cells).map_err(|e| MmError::Damaged {
+        table: t.name.clone(),
+        why: e.to_string(),
+    })?;
+    Ok(Row {
+        life: life as u64,
+        cells,
+    })
+}
+
+/// What a cell shows in its column.
+fn shown(cell: &Cell<Ordered>) -> Value {
+    match cell {
+        Cell::Counter(_) => {
+            let n = cell.count().unwrap_or(0);
+            Value::Integer(n.clamp(i64::MIN as i128, i64::MAX as i128) as i64)
+        }
+        other => other.value().map(|v| v.0.clone()).unwrap_or(Value::Null),
+    }
+}
+
+/// Merges `delta` (a change made here or on another node) into the row with primary key `key`,
+/// stores the merged state and writes the row it shows. Answers the merged state.
+pub fn apply_delta(
+    conn: &Connection,
+    t: &MmTable,
+    key: &[Value],
+    delta: &Row<Ordered>,
+) -> Result<Row<Ordered>, MmError> {
+    if key.len() != t.key.len() {
+        return Err(MmError::Invalid(format!(
+            "a key of {} values for table {:?}, whose primary key has {}",
+            key.len(),
+            t.name,
+            t.key.len()
+        )));
+    }
+    let merged = load(conn, t, key)?.merge(delta);
+    let cells =
+        serde_json::to_string(&merged.cells).map_err(|e| MmError::Invalid(e.to_string()))?;
+    conn.execute(
+        &format!(
+            "INSERT INTO {ROWS_TABLE} (tbl, pk, life, cells) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (tbl, pk) DO UPDATE SET life = excluded.life, cells = excluded.cells"
+        ),
+        params![t.name, key_text(key), merged.life as i64, cells],
+    )?;
+    let table = quote(&t.name);
+    let key_match = t
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} IS ?{}", quote(c), i + 1))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    if !merged.exists() {
+        conn.execute(
+            &format!("DELETE FROM {table} WHERE {key_match}"),
+            rusqlite::params_from_iter(key.iter()),
+        )?;
+        return Ok(merged);
+    }
+    // The key's columns, then every column the state has a cell for.
+    let mut columns: Vec<String> = t.key.clone();
+    let mut values: Vec<Value> = key.to_vec();
+    for (col, cell) in &merged.cells {
+        if t.key.iter().any(|k| k.eq_ignore_ascii_case(col)) {
+            continue;
+        }
+        columns.push(col.clone());
+        values.push(shown(cell));
+    }
+    let names = columns
+        .iter()
+        .map(|c| quote(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let marks = (1..=columns.len())
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let conflict = t
+        .key
+        .iter()
+        .map(|c| quote(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let set = columns[t.key.len()..]
+        .iter()
+        .map(|c| format!("{0} = excluded.{0}", quote(c)))
+        .collect::<Vec<_>>();
+    let upsert = if set.is_empty() {
+        "DO NOTHING".to_string()
+    } else {
+        format!("DO UPDATE SET {}", set.join(", "))
+    };
+    conn.execute(
+        &format!(
+            "INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT ({conflict}) {upsert}"
+        ),
+        rusqlite::params_from_iter(values.iter()),
+    )?;
+    Ok(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scribe_core::multi_master::{ColumnRule, Hlc, Stamp, Write};
+
+    fn db() -> Connection {
+        let c = Connection::open_in_memory().expect("open");
+        c.execute_batch(
+            "CREATE TABLE item (id TEXT PRIMARY KEY, name TEXT, views INTEGER, best REAL)",
+        )
+        .expect("schema");
+        ensure_tables(&c).expect("mm tables");
+        c
+    }
+
+    fn at(ms: u64, node: &str) -> Stamp {
+        Stamp {
+            hlc: Hlc {
+                wall_ms: ms,
+                logical: 0,
+            },
+            node: node.into(),
+        }
+    }
+
+    fn text(s: &str) -> Ordered {
+        Ordered(Value::Text(s.into()))
+    }
+
+    fn real(f: f64) -> Ordered {
+        Ordered(Value::Real(f))
+    }
+
+    /// `(id, name, views, best)`.
+    type ItemRow = (String, Option<String>, Option<i64>, Option<f64>);
+
+    fn rows(c: &Connection) -> Vec<ItemRow> {
+        let mut s = c
+            .prepare("SELECT id, name, views, best FROM item ORDER BY id")
+            .unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// Deltas as two nodes would make them: an insert on n1, then concurrent writes.
+    fn deltas() -> Vec<Row<Ordered>> {
+        let mut base = Row::default();
+        base.insert(
+            vec![
+                ("name".into(), ColumnRule::Lww, Write::Set(text("lamp"))),
+                ("views".into(), ColumnRule::Sum, Write::Add(1)),
+                ("best".into(), ColumnRule::Max, Write::Set(real(2.5))),
+            ],
+            &at(1, "n1"),
+        )
+        .unwrap();
+        let (mut x, mut y) = (base.clone(), base.clone());
+        x.update(
+            "name",
+            ColumnRule::Lww,
+            Write::Set(text("desk lamp")),
+            &at(5, "n1"),
+        )
+        .unwrap();
+        x.update("views", ColumnRule::Sum, Write::Add(2), &at(5, "n1"))
+            .unwrap();
+        y.update("views", ColumnRule::Sum, Write::Add(10), &at(6, "n2"))
+            .unwrap();
+        y.update("best", ColumnRule::Max, Write::Set(real(9.0)), &at(6, "n2"))
+            .unwrap();
+        vec![base, x, y]
+    }
+
+    #[test]
+    fn two_databases_given_the_same_changes_in_any_order_end_identical() {
+        let key = [Value::Text("i1".into())];
+        let (a, b) = (db(), db());
+        let t = table(&a, "item").unwrap();
+        let d = deltas();
+        for delta in &d {
+            apply_delta(&a, &t, &key, delta).unwrap();
+        }
+        for delta in d.iter().rev().chain(d.iter()) {
+            apply_delta(&b, &t, &key, delta).unwrap();
+        }
+        let want = vec![(
+            "i1".to_string(),
+            Some("desk lamp".to_string()),
+            Some(13),
+            Some(9.0),
+        )];
+        assert_eq!(rows(&a), want);
+        assert_eq!(rows(&b), want, "another order, and every change twice");
+        assert_eq!(load(&a, &t, &key).unwrap(), load(&b, &t, &key).unwrap());
+    }
+
+    #[test]
+    fn a_delete_removes_the_row_and_a_later_insert_brings_it_back() {
+        let key = [Value::Text("i1".into())];
+        let c = db();
+        let t = table(&c, "item").unwrap();
+        let d = deltas();
+        apply_delta(&c, &t, &key, &d[0]).unwrap();
+        let mut gone = d[0].clone();
+        gone.delete().unwrap();
+        apply_delta(&c, &t, &key, &gone).unwrap();
+        // A concurrent update of the deleted life arrives late: the row stays deleted.
+        apply_delta(&c, &t, &key, &d[2]).unwrap();
+        assert!(rows(&c).is_empty());
+        let mut again = gone.clone();
+        again
+            .insert(
+                vec![("name".into(), ColumnRule::Lww, Write::Set(text("chair")))],
+                &at(9, "n2"),
+            )
+            .unwrap();
+        apply_delta(&c, &t, &key, &again).unwrap();
+        assert_eq!(
+            rows(&c),
+            vec![("i1".to_string(), Some("chair".to_string()), None, None)]
+        );
+    }
+
+    #[test]
+    fn values_order_as_sqlite_orders_them_and_store_exactly() {
+        let mut all = vec![
+            Ordered(Value::Blob(vec![1])),
+            text("b"),
+            real(2.5),
+            Ordered(Value::Integer(2)),
+            Ordered(Value::Null),
+            real(-1.0),
+            real(2.0),
+        ];
+        all.sort();
+        let shown: Vec<Value> = all.iter().map(|o| o.0.clone()).collect();
+        assert_eq!(
+            shown,
+            vec![
+                Value::Null,
+                Value::Real(-1.0),
+                Value::Integer(2),
+                Value::Real(2.0),
+                Value::Real(2.5),
+                Value::Text("b".into()),
+                Value::Blob(vec![1]),
+            ]
+        );
+        let text = serde_json::to_string(&all).unwrap();
+        let back: Vec<Ordered> = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, all);
+        assert!(matches!(back[3].0, Value::Real(_)), "a real stays a real");
+    }
+
+    #[test]
+    fn a_table_without_a_primary_key_is_refused() {
+        let c = db();
+        c.execute_batch("CREATE TABLE loose (a, b)").unwrap();
+        assert!(table(&c, "loose")
+            .unwrap_err()
+            .to_string()
+            .contains("PRIMARY KEY"));
+        let t = table(&c, "item").unwrap();
+        assert_eq!(t.key, vec!["id".to_string()]);
+        let e = apply_delta(&c, &t, &[], &Row::default()).unwrap_err();
+        assert!(e.to_string().contains("key of 0 values"), "{e}");
+    }
+}

@@ -6,10 +6,13 @@
 //! delete). Because the merge is a join, two databases given the same changes in any order end
 //! identical. Not wired into the writer yet: the node has no multi-master mode.
 
+use std::collections::BTreeMap;
+
 use rusqlite::{params, Connection, OptionalExtension};
-use scribe_core::multi_master::{Cell, Row};
+use scribe_core::multi_master::{Cell, ColumnRule, Row, Stamp, TablePolicy, Write};
 use serde::{Deserialize, Serialize};
 
+use crate::changeset::{Changes, Op};
 use crate::value::Value;
 
 /// The table of replicated row states.
@@ -278,6 +281,154 @@ pub fn apply_delta(
     Ok(merged)
 }
 
+/// A multi-master table's columns, in the order SQLite stores them, and its policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MmSchema {
+    /// The table and its key.
+    pub table: MmTable,
+    /// Every column, in declared order (the order of a changeset's values).
+    pub columns: Vec<String>,
+    /// How its concurrent writes merge (`lww` or `merge`; `versioned` rows are not rows here).
+    pub policy: TablePolicy,
+}
+
+/// The schema of table `name` under `policy`.
+pub fn schema(conn: &Connection, name: &str, policy: TablePolicy) -> Result<MmSchema, MmError> {
+    if policy == TablePolicy::Versioned {
+        return Err(MmError::Invalid(format!(
+            "table {name:?} is versioned: its rows are kept as versions, not merged"
+        )));
+    }
+    let table = table(conn, name)?;
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info(?1) ORDER BY cid")?;
+    let columns = stmt
+        .query_map([name], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    policy
+        .check_columns(columns.iter().map(String::as_str))
+        .map_err(MmError::Invalid)?;
+    Ok(MmSchema {
+        table,
+        columns,
+        policy,
+    })
+}
+
+/// One changed row of a multi-master table, as it replicates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowChange {
+    /// The table.
+    pub table: String,
+    /// The row's primary key.
+    pub key: Vec<Value>,
+    /// What the change did to the row's replicated state (the merge takes it in).
+    pub delta: Row<Ordered>,
+}
+
+fn integer(v: &Value, col: &str) -> Result<i64, MmError> {
+    match v {
+        Value::Integer(i) => Ok(*i),
+        Value::Null => Ok(0),
+        _ => Err(MmError::Invalid(format!(
+            "column {col:?} is a sum counter: its values must be integers"
+        ))),
+    }
+}
+
+/// Turns the changeset of a local transaction into the row changes it replicates as, stamped
+/// `stamp`, and takes each into the rows' stored states ([`apply_delta`]). Changes of tables not
+/// in `schemas` are left out (they are not multi-master tables).
+pub fn capture_local(
+    conn: &Connection,
+    schemas: &BTreeMap<String, MmSchema>,
+    changeset: &[u8],
+    stamp: &Stamp,
+) -> Result<Vec<RowChange>, MmError> {
+    let mut out = Vec::new();
+    let mut changes = Changes::new(changeset).map_err(|e| MmError::Invalid(e.to_string()))?;
+    while let Some(c) = changes
+        .next_change()
+        .map_err(|e| MmError::Invalid(e.to_string()))?
+    {
+        let Some(sc) = schemas.get(c.table()) else {
+            continue;
+        };
+        let side = |i: usize, after: bool| {
+            let v = if after { c.after(i) } else { c.before(i) };
+            v.map(Value::from_ref)
+        };
+        let key_after = c.op() == Op::Insert;
+        let key: Vec<Value> = sc
+            .table
+            .key
+            .iter()
+            .map(|k| {
+                let i = sc.columns.iter().position(|c| c == k).unwrap_or(0);
+                side(i, key_after).unwrap_or(Value::Null)
+            })
+            .collect();
+        let mut state = load(conn, &sc.table, &key)?;
+        let rule = |col: &str| sc.policy.rule(&col.to_ascii_lowercase());
+        let delta = match c.op() {
+            Op::Insert => {
+                let mut values = Vec::new();
+                for (i, col) in sc.columns.iter().enumerate() {
+                    if sc.table.key.contains(col) {
+                        continue;
+                    }
+                    let v = side(i, true).unwrap_or(Value::Null);
+                    let w = match rule(col) {
+                        ColumnRule::Sum => Write::Add(integer(&v, col)?),
+                        _ => Write::Set(Ordered(v)),
+                    };
+                    values.push((col.clone(), rule(col), w));
+                }
+                state
+                    .insert(values, stamp)
+                    .map_err(|e| MmError::Invalid(e.to_string()))?;
+                state.clone()
+            }
+            Op::Update => {
+                let mut delta = Row {
+                    life: state.life,
+                    cells: BTreeMap::new(),
+                };
+                for (i, col) in sc.columns.iter().enumerate() {
+                    let Some(new) = side(i, true) else { continue };
+                    if sc.table.key.contains(col) {
+                        continue;
+                    }
+                    let w = match rule(col) {
+                        ColumnRule::Sum => {
+                            let old = side(i, false).unwrap_or(Value::Null);
+                            Write::Add(integer(&new, col)? - integer(&old, col)?)
+                        }
+                        _ => Write::Set(Ordered(new)),
+                    };
+                    state
+                        .update(col, rule(col), w, stamp)
+                        .map_err(|e| MmError::Invalid(e.to_string()))?;
+                    delta.cells.insert(col.clone(), state.cells[col].clone());
+                }
+                delta
+            }
+            Op::Delete => {
+                state
+                    .delete()
+                    .map_err(|e| MmError::Invalid(e.to_string()))?;
+                state.clone()
+            }
+        };
+        apply_delta(conn, &sc.table, &key, &delta)?;
+        out.push(RowChange {
+            table: sc.table.name.clone(),
+            key,
+            delta,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,6 +583,89 @@ mod tests {
         let back: Vec<Ordered> = serde_json::from_str(&text).unwrap();
         assert_eq!(back, all);
         assert!(matches!(back[3].0, Value::Real(_)), "a real stays a real");
+    }
+
+    /// Runs `sql` on `c` as a local transaction at `stamp`: its changes, captured.
+    fn local(c: &Connection, sql: &str, stamp: &Stamp) -> Vec<RowChange> {
+        let mut schemas = BTreeMap::new();
+        let policy: TablePolicy = "merge(views = sum, best = max)".parse().unwrap();
+        schemas.insert("item".to_string(), schema(c, "item", policy).unwrap());
+        let bytes = {
+            let capture = crate::capture::Capture::start(c).unwrap();
+            c.execute_batch(sql).unwrap();
+            capture.changeset().unwrap()
+        };
+        capture_local(c, &schemas, &bytes, stamp).unwrap()
+    }
+
+    fn apply_all(c: &Connection, changes: &[RowChange]) {
+        let t = table(c, "item").unwrap();
+        for ch in changes {
+            apply_delta(c, &t, &ch.key, &ch.delta).unwrap();
+        }
+    }
+
+    #[test]
+    fn local_writes_replicate_as_row_changes_and_concurrent_ones_merge() {
+        let (a, b) = (db(), db());
+        let first = local(
+            &a,
+            "INSERT INTO item VALUES ('i1', 'lamp', 1, 2.5)",
+            &at(1, "n1"),
+        );
+        apply_all(&b, &first);
+        assert_eq!(rows(&a), rows(&b));
+        // Concurrently: n1 renames and counts 2 views; n2 counts 10 and sets a better score.
+        let on_a = local(
+            &a,
+            "UPDATE item SET name = 'desk lamp', views = views + 2",
+            &at(5, "n1"),
+        );
+        let on_b = local(
+            &b,
+            "UPDATE item SET views = views + 10, best = 9.0",
+            &at(6, "n2"),
+        );
+        assert_eq!(on_a.len(), 1);
+        assert_eq!(
+            on_a[0].delta.cells.len(),
+            2,
+            "only the columns the update changed"
+        );
+        apply_all(&a, &on_b);
+        apply_all(&b, &on_a);
+        let want = vec![(
+            "i1".to_string(),
+            Some("desk lamp".to_string()),
+            Some(13),
+            Some(9.0),
+        )];
+        assert_eq!(rows(&a), want);
+        assert_eq!(rows(&b), want);
+        // A delete on one side wins over a concurrent update on the other.
+        let del = local(&a, "DELETE FROM item WHERE id = 'i1'", &at(7, "n1"));
+        let upd = local(&b, "UPDATE item SET name = 'lost'", &at(8, "n2"));
+        apply_all(&a, &upd);
+        apply_all(&b, &del);
+        assert!(rows(&a).is_empty() && rows(&b).is_empty());
+    }
+
+    #[test]
+    fn a_counter_column_must_hold_integers() {
+        let c = db();
+        let mut schemas = BTreeMap::new();
+        let policy: TablePolicy = "merge(views = sum)".parse().unwrap();
+        schemas.insert("item".to_string(), schema(&c, "item", policy).unwrap());
+        let bytes = {
+            let capture = crate::capture::Capture::start(&c).unwrap();
+            c.execute_batch("INSERT INTO item VALUES ('i1', 'x', 'many', 1.0)")
+                .unwrap();
+            capture.changeset().unwrap()
+        };
+        let e = capture_local(&c, &schemas, &bytes, &at(1, "n1")).unwrap_err();
+        assert!(e.to_string().contains("integers"), "{e}");
+        assert!(schema(&c, "item", "merge(nope = sum)".parse().unwrap()).is_err());
+        assert!(schema(&c, "item", TablePolicy::Versioned).is_err());
     }
 
     #[test]

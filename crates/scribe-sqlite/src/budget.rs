@@ -247,7 +247,7 @@ pub(crate) fn txn_too_large(used: u64, limit: u64) -> EngineError {
 
 pub(crate) fn result_too_large(limit: u64) -> EngineError {
     EngineError::TooLarge(format!(
-        "the statement's result grew past {limit} bytes (--max-result-bytes); nothing of it was sent — add a LIMIT, select fewer columns, or page through it"
+        "the result grew past {limit} bytes (--max-result-bytes, for all the statements of a request together); nothing of it was sent — add a LIMIT, select fewer columns, or page through it"
     ))
 }
 

@@ -167,16 +167,18 @@ pub(crate) fn bind(stmt: &mut Prepared<'_>, params: &Params) -> Result<(), Engin
 
 /// Runs a bound statement to completion, collecting its rows when it returns any.
 pub(crate) fn run(stmt: &mut Prepared<'_>, policy: &Policy) -> Result<Option<Rows>, EngineError> {
-    run_limited(stmt, policy, None)
+    run_limited(stmt, policy, None, &mut 0)
 }
 
-/// [`run`], failing with [`EngineError::TooLarge`] once the rows collected take more than
-/// `max_bytes` of memory (counted as held: each value, a string's or blob's bytes, and each
-/// row's own vector).
+/// [`run`], failing with [`EngineError::TooLarge`] once the rows collected — these and the
+/// `used` bytes of the statements before them in the same request — take more than `max_bytes`
+/// of memory (counted as held: each value, a string's or blob's bytes, and each row's own
+/// vector). Adds what these rows take to `used`.
 pub(crate) fn run_limited(
     stmt: &mut Prepared<'_>,
     policy: &Policy,
     max_bytes: Option<u64>,
+    used: &mut u64,
 ) -> Result<Option<Rows>, EngineError> {
     let ncols = stmt.column_count();
     if ncols == 0 {
@@ -190,7 +192,7 @@ pub(crate) fn run_limited(
         .map(|c| c.decl_type().map(str::to_string))
         .collect();
     let mut out = Vec::new();
-    let mut bytes = 0u64;
+    let mut bytes = *used;
     let mut rows = stmt.raw_query();
     while let Some(row) = rows
         .next()
@@ -211,6 +213,7 @@ pub(crate) fn run_limited(
         }
         out.push(r);
     }
+    *used = bytes;
     Ok(Some(Rows {
         columns,
         rows: out,

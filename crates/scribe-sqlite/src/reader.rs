@@ -148,9 +148,14 @@ fn run_query(rc: &ReadConn, stmt: &Statement, bounds: &Bounds) -> Result<QueryRe
         }
         exec::bind(&mut prepared, &stmt.params)?;
         let armed = rc.meter.arm(bounds, None, 0);
-        let rows = exec::run_limited(&mut prepared, &rc.policy, bounds.limits.max_result_bytes)
-            .map_err(|e| armed.explain(e, "the query"))?
-            .unwrap_or_default();
+        let rows = exec::run_limited(
+            &mut prepared,
+            &rc.policy,
+            bounds.limits.max_result_bytes,
+            &mut 0,
+        )
+        .map_err(|e| armed.explain(e, "the query"))?
+        .unwrap_or_default();
         drop(armed);
         Ok(QueryResult { rows, position })
     })();

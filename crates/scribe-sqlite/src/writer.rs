@@ -819,6 +819,8 @@ impl Writer {
         let mut results = Vec::with_capacity(statements.len());
         let mut steps = Vec::new();
         let mut captured = bytes_before;
+        // The results of all the request's statements count toward --max-result-bytes together.
+        let mut result_bytes = 0u64;
         // Only statements run here change the schema, so the version read after one statement is
         // the version before the next.
         let mut before = self.schema_version()?;
@@ -830,8 +832,13 @@ impl Writer {
             let capture = self.policy.internal(|| Capture::start(&self.conn))?;
             let rows: Option<Rows> = {
                 let armed = self.meter.arm(bounds, Some(&capture), captured);
-                exec::run_limited(&mut prepared, &self.policy, bounds.limits.max_result_bytes)
-                    .map_err(|e| armed.explain(e, what))?
+                exec::run_limited(
+                    &mut prepared,
+                    &self.policy,
+                    bounds.limits.max_result_bytes,
+                    &mut result_bytes,
+                )
+                .map_err(|e| armed.explain(e, what))?
             };
             let after = self.schema_version()?;
             let ddl = after != before;

@@ -240,6 +240,33 @@ async fn a_result_past_the_limit_is_refused_not_collected() {
 }
 
 #[tokio::test]
+async fn the_results_of_a_requests_statements_count_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(
+        dir.path(),
+        Limits {
+            max_result_bytes: Some(1 << 20),
+            ..Limits::NONE
+        },
+    );
+    e.execute(vec![st("CREATE TABLE t (v)")]).await.unwrap();
+    // Each statement's rows take ~0.4 MiB: one is under the limit, eight together are not.
+    let half = "SELECT randomblob(400) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 1000) SELECT x FROM c)";
+    e.execute(vec![st(half)])
+        .await
+        .expect("one is under the limit");
+    let mut statements = vec![st("INSERT INTO t (v) VALUES (1)")];
+    statements.extend((0..8).map(|_| st(half)));
+    let err = e.execute(statements).await.unwrap_err();
+    assert!(matches!(err, EngineError::TooLarge(_)), "{err}");
+    assert!(
+        err.to_string().contains("all the statements of a request"),
+        "{err}"
+    );
+    assert_eq!(count(&e).await, 0, "the transaction was rolled back");
+}
+
+#[tokio::test]
 async fn a_runaway_in_the_middle_of_a_batch_leaves_the_batch_s_other_transactions_committed() {
     let dir = tempfile::tempdir().unwrap();
     let e = open(dir.path(), timeout(300));

@@ -18,4 +18,4 @@ pub use hlc::{Clock, ClockError, Hlc};
 pub use policy::{ParsePolicyError, TablePolicy};
 pub use row::{Cell, ColumnRule, Row, RowError, Stamp, Write};
 pub use version_vector::{Delivery, Missing, Seq, VersionVector};
-pub use versioned::{Context, Dot, Version, Versions};
+pub use versioned::{Context, Dot, StaleContext, Version, Versions};

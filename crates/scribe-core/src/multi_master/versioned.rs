@@ -28,6 +28,12 @@ pub struct Dot {
 /// Per node, how many of its writes to one row are known: a row's causal context.
 pub type Context = BTreeMap<String, u64>;
 
+/// A write whose context is older than this node's own writes of the row (see
+/// [`Versions::write`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the row was written on this node since its versions were read: read them again and resolve with that context")]
+pub struct StaleContext;
+
 /// One write that nothing has replaced yet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Version<V> {
@@ -98,16 +104,25 @@ impl<V: Clone + PartialEq> Versions<V> {
     }
 
     /// A write on `node` at `stamp` that has seen `seen` (the row's context when the write was
-    /// made: [`Versions::context`] for an ordinary write, the conflicts' context for a
-    /// resolution). Answers the write's dot and context, which replicate with it.
+    /// made: [`Versions::context`] for an ordinary write, the context the application read the
+    /// conflicts with for a resolution). Answers the write's dot and context, which replicate
+    /// with it.
+    ///
+    /// Refused with [`StaleContext`] when this node has written the row since `seen` was read:
+    /// the new dot would claim those writes as seen and drop them unseen. The application reads
+    /// the row again (its conflicts now include them) and writes with that context.
     pub fn write(
         &mut self,
         node: &str,
         stamp: Stamp,
         value: Option<V>,
         seen: &Context,
-    ) -> (Dot, Context) {
-        let n = self.context.get(node).copied().unwrap_or(0) + 1;
+    ) -> Result<(Dot, Context), StaleContext> {
+        let mine = self.context.get(node).copied().unwrap_or(0);
+        if seen.get(node).copied().unwrap_or(0) < mine {
+            return Err(StaleContext);
+        }
+        let n = mine + 1;
         let dot = Dot {
             node: node.to_string(),
             n,
@@ -121,12 +136,14 @@ impl<V: Clone + PartialEq> Versions<V> {
             },
             &seen,
         );
-        (dot, seen)
+        Ok((dot, seen))
     }
 
     /// Takes in a write (local or from another node) that had seen `seen`: it replaces the
     /// siblings it had seen, and is dropped if this row has seen it already (a duplicate, or
-    /// replaced by a later write that arrived first).
+    /// replaced by a later write that arrived first). `seen` holds every earlier write of the
+    /// write's own node ([`Versions::write`] refuses it otherwise), so adding the write's dot to
+    /// it claims nothing unseen.
     pub fn apply(&mut self, version: Version<V>, seen: &Context) {
         let mut incoming = Versions {
             siblings: vec![version.clone()],
@@ -187,9 +204,9 @@ mod tests {
     fn sequential_writes_replace_each_other() {
         let mut r: Versions<&str> = Versions::default();
         let seen = r.context().clone();
-        r.write("n1", at(1, "n1"), Some("a"), &seen);
+        r.write("n1", at(1, "n1"), Some("a"), &seen).unwrap();
         let seen = r.context().clone();
-        r.write("n1", at(2, "n1"), Some("b"), &seen);
+        r.write("n1", at(2, "n1"), Some("b"), &seen).unwrap();
         assert_eq!(r.siblings().len(), 1);
         assert!(r.conflicts().is_empty());
         assert_eq!(r.winner().and_then(|v| v.value), Some("b"));
@@ -199,8 +216,12 @@ mod tests {
     fn concurrent_writes_are_kept_the_later_wins_and_a_resolution_replicates() {
         let base: Versions<&str> = Versions::default();
         let (mut x, mut y) = (base.clone(), base);
-        let (dx, cx) = x.write("n1", at(5, "n1"), Some("x"), &Context::new());
-        let (dy, cy) = y.write("n2", at(7, "n2"), Some("y"), &Context::new());
+        let (dx, cx) = x
+            .write("n1", at(5, "n1"), Some("x"), &Context::new())
+            .unwrap();
+        let (dy, cy) = y
+            .write("n2", at(7, "n2"), Some("y"), &Context::new())
+            .unwrap();
         // Each takes in the other's write, in its own order.
         let vx = x.siblings()[0].clone();
         let vy = y.siblings()[0].clone();
@@ -217,7 +238,7 @@ mod tests {
         );
         // The application resolves on n1 with a merged row, having seen both.
         let seen = x.context().clone();
-        let (dr, cr) = x.write("n1", at(9, "n1"), Some("xy"), &seen);
+        let (dr, cr) = x.write("n1", at(9, "n1"), Some("xy"), &seen).unwrap();
         let vr = x.siblings()[0].clone();
         assert_eq!(vr.dot, dr);
         y.apply(vr, &cr);
@@ -232,10 +253,12 @@ mod tests {
     #[test]
     fn a_write_replaced_before_it_arrives_stays_replaced() {
         let mut a: Versions<u8> = Versions::default();
-        let (d1, c1) = a.write("n1", at(1, "n1"), Some(1), &Context::new());
+        let (d1, c1) = a
+            .write("n1", at(1, "n1"), Some(1), &Context::new())
+            .unwrap();
         let v1 = a.siblings()[0].clone();
         let seen = a.context().clone();
-        let (_, c2) = a.write("n1", at(2, "n1"), Some(2), &seen);
+        let (_, c2) = a.write("n1", at(2, "n1"), Some(2), &seen).unwrap();
         let v2 = a.siblings()[0].clone();
         // Another node gets the second write first, then the first.
         let mut b: Versions<u8> = Versions::default();
@@ -243,6 +266,33 @@ mod tests {
         b.apply(v1, &c1);
         assert_eq!(a, b);
         assert!(b.siblings().iter().all(|v| v.dot != d1));
+    }
+
+    #[test]
+    fn a_resolution_with_a_context_older_than_this_nodes_writes_is_refused() {
+        let (mut x, mut y): (Versions<u8>, Versions<u8>) = Default::default();
+        let (_, cx) = x
+            .write("n1", at(1, "n1"), Some(1), &Context::new())
+            .unwrap();
+        let (_, cy) = y
+            .write("n2", at(2, "n2"), Some(2), &Context::new())
+            .unwrap();
+        x.apply(y.siblings()[0].clone(), &cy);
+        y.apply(x.siblings()[0].clone(), &cx);
+        // The application reads the conflicts on n1 ...
+        let read = x.context().clone();
+        // ... another client writes z there meanwhile ...
+        let now = x.context().clone();
+        x.write("n1", at(3, "n1"), Some(3), &now).unwrap();
+        // ... and the resolution made with the old context would drop z unseen: refused.
+        assert_eq!(
+            x.write("n1", at(4, "n1"), Some(9), &read),
+            Err(StaleContext)
+        );
+        assert!(x.siblings().iter().any(|v| v.value == Some(3)));
+        let again = x.context().clone();
+        x.write("n1", at(5, "n1"), Some(9), &again).unwrap();
+        assert!(x.conflicts().is_empty());
     }
 
     #[derive(Debug, Clone)]
@@ -272,11 +322,15 @@ mod tests {
             match op {
                 Op::Write(v) | Op::Resolve(v) => {
                     let seen = rows[*n].context().clone();
-                    rows[*n].write(NODES[*n], stamp, Some(*v), &seen);
+                    rows[*n]
+                        .write(NODES[*n], stamp, Some(*v), &seen)
+                        .expect("current context");
                 }
                 Op::Delete => {
                     let seen = rows[*n].context().clone();
-                    rows[*n].write(NODES[*n], stamp, None, &seen);
+                    rows[*n]
+                        .write(NODES[*n], stamp, None, &seen)
+                        .expect("current context");
                 }
                 Op::Sync(from) => {
                     let other = rows[*from].clone();
@@ -323,7 +377,9 @@ mod tests {
             prop_assert_eq!(conflicts.len(), unique.len());
             // Resolve on one node; the resolution reaches the others.
             let seen = rows[resolver].context().clone();
-            rows[resolver].write(NODES[resolver], at(1_000, NODES[resolver]), Some(99), &seen);
+            rows[resolver]
+                .write(NODES[resolver], at(1_000, NODES[resolver]), Some(99), &seen)
+                .expect("current context");
             for _ in 0..2 {
                 for i in 0..3 {
                     let other = rows[(i + 1) % 3].clone();

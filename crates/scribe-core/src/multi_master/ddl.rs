@@ -16,7 +16,7 @@ pub enum DdlVerdict {
 }
 
 /// Words and punctuation of `sql`, upper-cased, without comments and string literals (a literal
-/// becomes `'`); quoted identifiers keep their text.
+/// becomes `'`); a quoted identifier becomes `"` and its text, so it never reads as a keyword.
 fn tokens(sql: &str) -> Vec<String> {
     let mut out = Vec::new();
     let b: Vec<char> = sql.chars().collect();
@@ -55,12 +55,8 @@ fn tokens(sql: &str) -> Vec<String> {
             while i < b.len() && b[i] != close {
                 i += 1;
             }
-            out.push(
-                b[start..i.min(b.len())]
-                    .iter()
-                    .collect::<String>()
-                    .to_uppercase(),
-            );
+            let text: String = b[start..i.min(b.len())].iter().collect();
+            out.push(format!("\"{}", text.to_uppercase()));
             i += 1;
         } else if c.is_alphanumeric() || c == '_' {
             let start = i;
@@ -85,11 +81,50 @@ fn refused(why: &str) -> DdlVerdict {
     DdlVerdict::Refused(format!("not allowed in multi-master mode: {why}"))
 }
 
-/// Whether `sql` (one statement) may run on a multi-master cluster.
+/// Whether `sql` — one statement or several separated by `;` — may run on a multi-master
+/// cluster: refused if any of them is, a schema change if any of them is one.
 pub fn check_ddl(sql: &str) -> DdlVerdict {
     let t = tokens(sql);
+    let mut verdict = DdlVerdict::NotDdl;
+    for statement in t.split(|x| x == ";") {
+        match check_statement(statement) {
+            DdlVerdict::Refused(why) => return DdlVerdict::Refused(why),
+            DdlVerdict::Allowed => verdict = DdlVerdict::Allowed,
+            DdlVerdict::NotDdl => {}
+        }
+    }
+    verdict
+}
+
+/// Column constraints a multi-master table may not have yet: each node checks them against its
+/// own rows only, so a remote change that breaks one would stop replication.
+fn cross_node_constraint(t: &[String]) -> Option<&'static str> {
+    if t.iter().any(|x| x == "UNIQUE") {
+        Some("UNIQUE is checked by each node against its own rows: two nodes can each accept a value, and the change from the other node could then not apply; let the primary key carry what must be unique")
+    } else if t.iter().any(|x| x == "REFERENCES") {
+        Some("a foreign key may name a row another node deleted meanwhile, and the change could then not apply")
+    } else if t.iter().any(|x| x == "CHECK") {
+        Some("a CHECK constraint may be broken by a merged row (a counter's sum, columns from different writes)")
+    } else {
+        None
+    }
+}
+
+fn check_statement(t: &[String]) -> DdlVerdict {
     let w = |i: usize| t.get(i).map(String::as_str).unwrap_or("");
     match w(0) {
+        "PRAGMA" => {
+            // Reading a pragma is a query; setting one changes this node only, or the schema.
+            if t.iter().any(|x| x == "=") {
+                refused("a PRAGMA that sets something changes one node only (or the schema behind the cluster's back)")
+            } else {
+                DdlVerdict::NotDdl
+            }
+        }
+        "ATTACH" | "DETACH" => refused("an attached database is not replicated"),
+        "VACUUM" if t.iter().any(|x| x == "INTO") => {
+            refused("VACUUM INTO writes a copy outside the replicated database")
+        }
         "CREATE" => {
             // CREATE [TEMP|TEMPORARY] [UNIQUE|VIRTUAL] <kind>
             let mut i = 1;
@@ -107,15 +142,24 @@ pub fn check_ddl(sql: &str) -> DdlVerdict {
                 ),
                 ("VIRTUAL", _) => refused("virtual tables hold data outside the replicated tables"),
                 (_, "TABLE") => {
-                    if has_seq(&t, &["AS", "SELECT"]) || has_seq(&t, &["AS", "WITH"]) {
+                    if has_seq(t, &["AS", "SELECT"]) || has_seq(t, &["AS", "WITH"]) {
                         refused("CREATE TABLE ... AS SELECT copies this node's rows, which other nodes may not have yet; create the table, then INSERT ... SELECT")
-                    } else if !has_seq(&t, &["PRIMARY", "KEY"]) {
+                    } else if !has_seq(t, &["PRIMARY", "KEY"]) {
                         refused("a multi-master table needs a PRIMARY KEY chosen by the application (a UUID, or a key that includes the node): rowids handed out by each node would collide")
+                    } else if t.iter().any(|x| x == "AUTOINCREMENT")
+                        || has_seq(t, &["INTEGER", "PRIMARY", "KEY"])
+                    {
+                        refused("an INTEGER PRIMARY KEY is SQLite's rowid, which each node hands out on its own when an insert leaves it out, so two nodes would give two rows one key; use a TEXT key (a UUID) or a composite key that includes the node")
+                    } else if let Some(why) = cross_node_constraint(t) {
+                        refused(why)
                     } else {
                         DdlVerdict::Allowed
                     }
                 }
-                (_, "INDEX" | "VIEW" | "TRIGGER") => DdlVerdict::Allowed,
+                (_, "TRIGGER") => refused(
+                    "a trigger would run again on every node for the changes it causes there, counting them once per node",
+                ),
+                (_, "INDEX" | "VIEW") => DdlVerdict::Allowed,
                 _ => refused("an unknown kind of CREATE"),
             }
         }
@@ -133,17 +177,20 @@ pub fn check_ddl(sql: &str) -> DdlVerdict {
             if t.iter().any(|x| x == "RENAME") {
                 return refused("records written before the rename, still on their way from other nodes, name the old table or column");
             }
-            if has_seq(&t, &["DROP"]) {
+            if has_seq(t, &["DROP"]) {
                 return refused("records written before the drop, still on their way from other nodes, carry the column");
             }
             if t.iter().any(|x| x == "ADD") {
-                let not_null = has_seq(&t, &["NOT", "NULL"]);
+                let not_null = has_seq(t, &["NOT", "NULL"]);
                 let default = t.iter().any(|x| x == "DEFAULT");
                 if not_null && !default {
                     return refused("a NOT NULL column needs a DEFAULT: records from nodes that do not have the column yet arrive without it");
                 }
-                if t.iter().any(|x| x == "UNIQUE" || x == "PRIMARY") {
-                    return refused("a UNIQUE or PRIMARY KEY column added later may be broken by rows written on another node meanwhile");
+                if t.iter().any(|x| x == "PRIMARY") {
+                    return refused("a PRIMARY KEY column cannot be added");
+                }
+                if let Some(why) = cross_node_constraint(t) {
+                    return refused(why);
                 }
                 return DdlVerdict::Allowed;
             }
@@ -168,11 +215,12 @@ mod tests {
     fn creating_things_and_adding_nullable_columns_is_allowed() {
         for sql in [
             "CREATE TABLE t (id TEXT PRIMARY KEY, v INTEGER)",
+            "CREATE TABLE \"primary key\" (id TEXT NOT NULL PRIMARY KEY, primary_key INT)",
             "create table if not exists \"T\" (a, b, PRIMARY KEY (a, b)) WITHOUT ROWID",
             "CREATE INDEX t_v ON t (v)",
             "CREATE VIEW big AS SELECT * FROM t WHERE v > 10",
-            "CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END",
             "DROP INDEX t_v",
+            "DROP TRIGGER old_one",
             "DROP VIEW big",
             "ALTER TABLE t ADD COLUMN note TEXT",
             "ALTER TABLE t ADD n INTEGER NOT NULL DEFAULT 0",
@@ -188,6 +236,8 @@ mod tests {
             "SELECT 'DROP TABLE t'",
             "CREATE TEMP TABLE scratch (a)",
             "UPDATE t SET v = 1 -- DROP TABLE t",
+            "PRAGMA table_info(t)",
+            "INSERT INTO t VALUES ('a', 1); UPDATE t SET v = 2",
         ] {
             assert_eq!(check_ddl(sql), DdlVerdict::NotDdl, "{sql}");
         }
@@ -198,12 +248,29 @@ mod tests {
         assert!(why("CREATE TABLE t (a INTEGER, b TEXT)").contains("PRIMARY KEY"));
         assert!(why("CREATE TABLE c AS SELECT * FROM t").contains("INSERT ... SELECT"));
         assert!(why("CREATE UNIQUE INDEX u ON t (v)").contains("UNIQUE"));
+        assert!(why("CREATE TABLE t (id INTEGER PRIMARY KEY, v)").contains("rowid"));
+        assert!(why("CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT)").contains("rowid"));
+        assert!(why("CREATE TABLE t (id TEXT PRIMARY KEY, e TEXT UNIQUE)").contains("UNIQUE"));
+        assert!(
+            why("CREATE TABLE c (id TEXT PRIMARY KEY, p TEXT REFERENCES t)")
+                .contains("foreign key")
+        );
+        assert!(why("CREATE TABLE c (id TEXT PRIMARY KEY, n INT CHECK (n > 0))").contains("CHECK"));
+        assert!(why("CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END").contains("trigger"));
+        assert!(why("PRAGMA writable_schema = ON").contains("PRAGMA"));
+        assert!(why("ATTACH 'x.db' AS x").contains("attached"));
+        assert!(why("VACUUM INTO 'copy.db'").contains("VACUUM INTO"));
+        // Every statement of a batch is checked.
+        assert!(why("SELECT 1; DROP TABLE t").contains("still be writing"));
+        // A quoted identifier is never a keyword.
+        assert!(why("CREATE TABLE t (\"PRIMARY\" KEY, v)").contains("PRIMARY KEY chosen"));
         assert!(why("DROP TABLE t").contains("still be writing"));
         assert!(why("ALTER TABLE t RENAME TO u").contains("rename"));
         assert!(why("ALTER TABLE t RENAME COLUMN v TO w").contains("rename"));
         assert!(why("ALTER TABLE t DROP COLUMN v").contains("drop"));
         assert!(why("ALTER TABLE t ADD COLUMN n INTEGER NOT NULL").contains("DEFAULT"));
         assert!(why("ALTER TABLE t ADD COLUMN e TEXT UNIQUE").contains("UNIQUE"));
+        assert!(why("ALTER TABLE t ADD COLUMN p TEXT REFERENCES u").contains("foreign key"));
         assert!(why("CREATE VIRTUAL TABLE f USING fts5(body)").contains("virtual"));
         // A comment or a literal that looks like a key does not count.
         assert!(

@@ -18,9 +18,10 @@ use crate::value::Value;
 /// The table of replicated row states.
 pub const ROWS_TABLE: &str = "_scribe_mm_rows";
 
-/// A SQL value with SQLite's total order (NULL, then numbers, then text, then blobs), so that the
-/// `max` and `min` rules and the last-writer tie-break order values the same on every node.
-/// An integer and a real of the same magnitude are different values: the integer sorts first.
+/// A SQL value in a total order close to SQLite's (NULL, then numbers, then text, then blobs),
+/// so that the `max` and `min` rules and the last-writer tie-break order values the same on
+/// every node. Unlike SQLite, an integer and a real of the same magnitude are different values
+/// (the integer sorts first), and text compares by bytes whatever the column's collation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(from = "Stored", into = "Stored")]
 pub struct Ordered(pub Value);
@@ -95,13 +96,15 @@ impl PartialEq for Ordered {
 
 impl Eq for Ordered {}
 
-/// A multi-master table: its name and its primary key's columns.
+/// A multi-master table: its name, its primary key's columns and all its columns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MmTable {
     /// The table's name.
     pub name: String,
     /// Its primary key's columns, in key order.
     pub key: Vec<String>,
+    /// Every column, in declared order (the order of a changeset's values).
+    pub columns: Vec<String>,
 }
 
 /// Why a multi-master change could not be applied.
@@ -141,21 +144,48 @@ pub fn ensure_tables(conn: &Connection) -> Result<(), MmError> {
     Ok(())
 }
 
-/// The primary key of `table`, from SQLite's schema.
+/// The primary key and the columns of `table`, from SQLite's schema. Its key must not admit
+/// NULL: SQLite lets a rowid table's key column hold NULL unless it is declared NOT NULL, and
+/// rows keyed by NULL are never the same row, so a change could not find its row again.
 pub fn table(conn: &Connection, name: &str) -> Result<MmTable, MmError> {
     let mut stmt =
-        conn.prepare("SELECT name, pk FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk")?;
-    let key = stmt
-        .query_map([name], |r| r.get::<_, String>(0))?
+        conn.prepare("SELECT name, pk, \"notnull\" FROM pragma_table_info(?1) ORDER BY cid")?;
+    let info = stmt
+        .query_map([name], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, bool>(2)?,
+            ))
+        })?
         .collect::<Result<Vec<_>, _>>()?;
-    if key.is_empty() {
+    let mut keyed: Vec<&(String, i64, bool)> = info.iter().filter(|c| c.1 > 0).collect();
+    keyed.sort_by_key(|c| c.1);
+    if keyed.is_empty() {
         return Err(MmError::Invalid(format!(
             "table {name:?} has no PRIMARY KEY (or does not exist): a multi-master table needs one"
         )));
     }
+    let without_rowid: bool = conn
+        .query_row(
+            "SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(false);
+    if !without_rowid {
+        if let Some(c) = keyed.iter().find(|c| !c.2) {
+            return Err(MmError::Invalid(format!(
+                "table {name:?}: its key column {:?} admits NULL; declare the key columns NOT NULL (or the table WITHOUT ROWID)",
+                c.0
+            )));
+        }
+    }
     Ok(MmTable {
         name: name.to_string(),
-        key,
+        key: keyed.iter().map(|c| c.0.clone()).collect(),
+        columns: info.iter().map(|c| c.0.clone()).collect(),
     })
 }
 
@@ -213,7 +243,8 @@ pub fn apply_delta(
             t.key.len()
         )));
     }
-    let merged = load(conn, t, key)?.merge(delta);
+    let before = load(conn, t, key)?;
+    let merged = before.merge(delta);
     let cells =
         serde_json::to_string(&merged.cells).map_err(|e| MmError::Invalid(e.to_string()))?;
     conn.execute(
@@ -238,15 +269,21 @@ pub fn apply_delta(
         )?;
         return Ok(merged);
     }
-    // The key's columns, then every column the state has a cell for.
+    // The key's columns, then every column the state has a cell for — and, in a new life, every
+    // other column too (NULL): nothing of the life before may stay in the row.
+    let new_life = merged.life != before.life;
     let mut columns: Vec<String> = t.key.clone();
     let mut values: Vec<Value> = key.to_vec();
-    for (col, cell) in &merged.cells {
+    for col in &t.columns {
         if t.key.iter().any(|k| k.eq_ignore_ascii_case(col)) {
             continue;
         }
+        match merged.cells.get(col) {
+            Some(cell) => values.push(shown(cell)),
+            None if new_life => values.push(Value::Null),
+            None => continue,
+        }
         columns.push(col.clone());
-        values.push(shown(cell));
     }
     let names = columns
         .iter()
@@ -281,13 +318,11 @@ pub fn apply_delta(
     Ok(merged)
 }
 
-/// A multi-master table's columns, in the order SQLite stores them, and its policy.
+/// A multi-master table and its policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MmSchema {
-    /// The table and its key.
+    /// The table, its key and its columns.
     pub table: MmTable,
-    /// Every column, in declared order (the order of a changeset's values).
-    pub columns: Vec<String>,
     /// How its concurrent writes merge (`lww` or `merge`; `versioned` rows are not rows here).
     pub policy: TablePolicy,
 }
@@ -300,18 +335,10 @@ pub fn schema(conn: &Connection, name: &str, policy: TablePolicy) -> Result<MmSc
         )));
     }
     let table = table(conn, name)?;
-    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info(?1) ORDER BY cid")?;
-    let columns = stmt
-        .query_map([name], |r| r.get::<_, String>(0))?
-        .collect::<Result<Vec<_>, _>>()?;
     policy
-        .check_columns(columns.iter().map(String::as_str))
+        .check_columns(table.columns.iter().map(String::as_str))
         .map_err(MmError::Invalid)?;
-    Ok(MmSchema {
-        table,
-        columns,
-        policy,
-    })
+    Ok(MmSchema { table, policy })
 }
 
 /// One changed row of a multi-master table, as it replicates.
@@ -333,6 +360,79 @@ fn integer(v: &Value, col: &str) -> Result<i64, MmError> {
             "column {col:?} is a sum counter: its values must be integers"
         ))),
     }
+}
+
+/// The state of a row that exists in `sc`'s table without a stored state (it was written before
+/// the table was multi-master): each column's value — `before`'s for the columns it names,
+/// the table's for the others — with the zero stamp, in life 1.
+fn backfill(
+    conn: &Connection,
+    sc: &MmSchema,
+    key: &[Value],
+    before: &BTreeMap<String, Value>,
+) -> Result<Row<Ordered>, MmError> {
+    let t = &sc.table;
+    let others: Vec<&String> = t
+        .columns
+        .iter()
+        .filter(|c| !t.key.contains(c) && !before.contains_key(*c))
+        .collect();
+    let mut current: BTreeMap<String, Value> = BTreeMap::new();
+    if !others.is_empty() {
+        let names = others
+            .iter()
+            .map(|c| quote(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let key_match = t
+            .key
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{} IS ?{}", quote(c), i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let sql = format!("SELECT {names} FROM {} WHERE {key_match}", quote(&t.name));
+        let found: Option<Vec<Value>> = conn
+            .query_row(&sql, rusqlite::params_from_iter(key.iter()), |r| {
+                (0..others.len())
+                    .map(|i| r.get_ref(i).map(Value::from_ref))
+                    .collect()
+            })
+            .optional()?;
+        for (c, v) in others.iter().zip(found.unwrap_or_default()) {
+            current.insert((*c).clone(), v);
+        }
+    }
+    let zero = Stamp {
+        hlc: scribe_core::multi_master::Hlc::default(),
+        node: String::new(),
+    };
+    let mut row = Row {
+        life: 1,
+        cells: BTreeMap::new(),
+    };
+    for col in t.columns.iter().filter(|c| !t.key.contains(c)) {
+        let Some(v) = before.get(col).or_else(|| current.get(col)).cloned() else {
+            continue;
+        };
+        let cell = match sc.policy.rule(&col.to_ascii_lowercase()) {
+            ColumnRule::Lww => Cell::Register {
+                value: Ordered(v),
+                stamp: zero.clone(),
+            },
+            ColumnRule::Max | ColumnRule::Min if v == Value::Null => continue,
+            ColumnRule::Max => Cell::Max(Ordered(v)),
+            ColumnRule::Min => Cell::Min(Ordered(v)),
+            ColumnRule::Sum => {
+                let n = integer(&v, col)?;
+                let mut m = BTreeMap::new();
+                m.insert(String::new(), (n.max(0) as u64, n.min(0).unsigned_abs()));
+                Cell::Counter(m)
+            }
+        };
+        row.cells.insert(col.clone(), cell);
+    }
+    Ok(row)
 }
 
 /// Turns the changeset of a local transaction into the row changes it replicates as, stamped
@@ -363,22 +463,37 @@ pub fn capture_local(
             .key
             .iter()
             .map(|k| {
-                let i = sc.columns.iter().position(|c| c == k).unwrap_or(0);
+                let i = sc.table.columns.iter().position(|c| c == k).unwrap_or(0);
                 side(i, key_after).unwrap_or(Value::Null)
             })
             .collect();
         let mut state = load(conn, &sc.table, &key)?;
+        if state.life == 0 && c.op() != Op::Insert {
+            // A row from before the table was multi-master: its state is what it held before
+            // this change, stamped with the zero stamp (every node that has the row from the
+            // same snapshot makes the same one), stored before the change goes on top.
+            let mut before = BTreeMap::new();
+            for (i, col) in sc.table.columns.iter().enumerate() {
+                if let Some(v) = side(i, false) {
+                    before.insert(col.clone(), v);
+                }
+            }
+            state = backfill(conn, sc, &key, &before)?;
+            apply_delta(conn, &sc.table, &key, &state)?;
+        }
         let rule = |col: &str| sc.policy.rule(&col.to_ascii_lowercase());
         let delta = match c.op() {
             Op::Insert => {
                 let mut values = Vec::new();
-                for (i, col) in sc.columns.iter().enumerate() {
+                for (i, col) in sc.table.columns.iter().enumerate() {
                     if sc.table.key.contains(col) {
                         continue;
                     }
                     let v = side(i, true).unwrap_or(Value::Null);
                     let w = match rule(col) {
                         ColumnRule::Sum => Write::Add(integer(&v, col)?),
+                        // NULL is no value for `max` and `min`: it does not take part.
+                        ColumnRule::Max | ColumnRule::Min if v == Value::Null => continue,
                         _ => Write::Set(Ordered(v)),
                     };
                     values.push((col.clone(), rule(col), w));
@@ -393,7 +508,7 @@ pub fn capture_local(
                     life: state.life,
                     cells: BTreeMap::new(),
                 };
-                for (i, col) in sc.columns.iter().enumerate() {
+                for (i, col) in sc.table.columns.iter().enumerate() {
                     let Some(new) = side(i, true) else { continue };
                     if sc.table.key.contains(col) {
                         continue;
@@ -401,8 +516,16 @@ pub fn capture_local(
                     let w = match rule(col) {
                         ColumnRule::Sum => {
                             let old = side(i, false).unwrap_or(Value::Null);
-                            Write::Add(integer(&new, col)? - integer(&old, col)?)
+                            let delta = integer(&new, col)?
+                                .checked_sub(integer(&old, col)?)
+                                .ok_or_else(|| {
+                                    MmError::Invalid(format!(
+                                        "column {col:?}: the counter's change does not fit 64 bits"
+                                    ))
+                                })?;
+                            Write::Add(delta)
                         }
+                        ColumnRule::Max | ColumnRule::Min if new == Value::Null => continue,
                         _ => Write::Set(Ordered(new)),
                     };
                     state
@@ -437,7 +560,7 @@ mod tests {
     fn db() -> Connection {
         let c = Connection::open_in_memory().expect("open");
         c.execute_batch(
-            "CREATE TABLE item (id TEXT PRIMARY KEY, name TEXT, views INTEGER, best REAL)",
+            "CREATE TABLE item (id TEXT NOT NULL PRIMARY KEY, name TEXT, views INTEGER, best REAL)",
         )
         .expect("schema");
         ensure_tables(&c).expect("mm tables");
@@ -666,6 +789,98 @@ mod tests {
         assert!(e.to_string().contains("integers"), "{e}");
         assert!(schema(&c, "item", "merge(nope = sum)".parse().unwrap()).is_err());
         assert!(schema(&c, "item", TablePolicy::Versioned).is_err());
+    }
+
+    #[test]
+    fn rows_from_before_overflowing_counters_and_null_bounds() {
+        let c = db();
+        c.execute_batch("INSERT INTO item VALUES ('old', 'kept', 1, NULL)")
+            .unwrap();
+        // A row written before the table was multi-master updates and deletes.
+        let ch = local(
+            &c,
+            "UPDATE item SET name = 'renamed', best = 3.0 WHERE id = 'old'",
+            &at(1, "n1"),
+        );
+        assert_eq!(ch[0].delta.life, 1);
+        assert_eq!(
+            rows(&c),
+            vec![(
+                "old".to_string(),
+                Some("renamed".to_string()),
+                Some(1),
+                Some(3.0)
+            )]
+        );
+        // NULL is no value for max: a later NULL does not lower it.
+        local(
+            &c,
+            "UPDATE item SET best = NULL WHERE id = 'old'",
+            &at(2, "n1"),
+        );
+        assert_eq!(rows(&c)[0].3, Some(3.0));
+        // A counter change that does not fit 64 bits is refused, not wrapped.
+        let mut schemas = BTreeMap::new();
+        schemas.insert(
+            "item".to_string(),
+            schema(&c, "item", "merge(views = sum)".parse().unwrap()).unwrap(),
+        );
+        c.execute_batch(&format!(
+            "UPDATE item SET views = {} WHERE id = 'old'",
+            i64::MAX
+        ))
+        .unwrap();
+        let bytes = {
+            let capture = crate::capture::Capture::start(&c).unwrap();
+            c.execute_batch(&format!(
+                "UPDATE item SET views = {} WHERE id = 'old'",
+                i64::MIN
+            ))
+            .unwrap();
+            capture.changeset().unwrap()
+        };
+        let e = capture_local(&c, &schemas, &bytes, &at(3, "n1")).unwrap_err();
+        assert!(e.to_string().contains("64 bits"), "{e}");
+    }
+
+    #[test]
+    fn a_new_life_leaves_nothing_of_the_old_one() {
+        let key = [Value::Text("i1".into())];
+        let c = db();
+        let t = table(&c, "item").unwrap();
+        apply_delta(&c, &t, &key, &deltas()[0]).unwrap();
+        // Life 3, as a change carrying only `name` (a merge of whole states could bring one):
+        // the old life's columns go.
+        let mut life3 = Row {
+            life: 3,
+            cells: BTreeMap::new(),
+        };
+        life3.cells.insert(
+            "name".into(),
+            Cell::Register {
+                value: text("new"),
+                stamp: at(9, "n2"),
+            },
+        );
+        apply_delta(&c, &t, &key, &life3).unwrap();
+        assert_eq!(
+            rows(&c),
+            vec![("i1".to_string(), Some("new".to_string()), None, None)]
+        );
+    }
+
+    #[test]
+    fn a_key_that_admits_null_is_refused() {
+        let c = db();
+        c.execute_batch("CREATE TABLE nullable (k TEXT PRIMARY KEY, v)")
+            .unwrap();
+        assert!(table(&c, "nullable")
+            .unwrap_err()
+            .to_string()
+            .contains("NOT NULL"));
+        c.execute_batch("CREATE TABLE wr (k TEXT PRIMARY KEY, v) WITHOUT ROWID")
+            .unwrap();
+        assert!(table(&c, "wr").is_ok(), "a WITHOUT ROWID key is never NULL");
     }
 
     #[test]

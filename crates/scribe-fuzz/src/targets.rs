@@ -5,6 +5,7 @@
 mod http;
 mod log;
 mod log_dir;
+mod multi_master;
 mod pg_session;
 mod pgsql;
 mod wire;
@@ -103,6 +104,14 @@ pub fn all() -> Vec<Target> {
             run: http::tokens,
             seeds: http::token_seeds,
             dict: http::DICT,
+        },
+        Target {
+            name: "mm_schema",
+            about:
+                "multi-master: SQL through the schema-change rules, conflict policies as written",
+            run: multi_master::schema,
+            seeds: multi_master::seeds,
+            dict: multi_master::DICT,
         },
     ]
 }

@@ -117,6 +117,11 @@ fn core_tokens() {
 }
 
 #[test]
+fn mm_schema() {
+    run("mm_schema");
+}
+
+#[test]
 fn every_target_is_run_by_a_test() {
     let tested = [
         "wire_frame",
@@ -130,6 +135,7 @@ fn every_target_is_run_by_a_test() {
         "pg_session",
         "http_body",
         "core_tokens",
+        "mm_schema",
     ];
     let names: Vec<&str> = targets::all().iter().map(|t| t.name).collect();
     assert_eq!(names, tested);

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use scribe_core::multi_master::{Cell, ColumnRule, Row, Stamp, TablePolicy, Write};
+use scribe_core::multi_master::{Cell, ColumnRule, Hlc, Row, Stamp, TablePolicy, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::changeset::{Changes, Op};
@@ -214,6 +214,29 @@ pub fn load(conn: &Connection, t: &MmTable, key: &[Value]) -> Result<Row<Ordered
         life: life as u64,
         cells,
     })
+}
+
+/// The greatest HLC among the stamps stored in every row state: a node's clock starts past it
+/// ([`scribe_core::multi_master::Clock::new`]), so that no local write after a restart is
+/// stamped before a write it already holds, from itself or from another node.
+pub fn max_stamp(conn: &Connection) -> Result<Hlc, MmError> {
+    let mut stmt = conn.prepare(&format!("SELECT tbl, cells FROM {ROWS_TABLE}"))?;
+    let mut rows = stmt.query([])?;
+    let mut max = Hlc::default();
+    while let Some(r) = rows.next()? {
+        let (tbl, cells): (String, String) = (r.get(0)?, r.get(1)?);
+        let cells: BTreeMap<String, Cell<Ordered>> =
+            serde_json::from_str(&cells).map_err(|e| MmError::Damaged {
+                table: tbl,
+                why: e.to_string(),
+            })?;
+        for cell in cells.values() {
+            if let Cell::Register { stamp, .. } = cell {
+                max = max.max(stamp.hlc);
+            }
+        }
+    }
+    Ok(max)
 }
 
 /// What a cell shows in its column.
@@ -555,7 +578,7 @@ pub fn capture_local(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use scribe_core::multi_master::{ColumnRule, Hlc, Stamp, Write};
+    use scribe_core::multi_master::{ColumnRule, Stamp, Write};
 
     fn db() -> Connection {
         let c = Connection::open_in_memory().expect("open");
@@ -867,6 +890,24 @@ mod tests {
             rows(&c),
             vec![("i1".to_string(), Some("new".to_string()), None, None)]
         );
+    }
+
+    #[test]
+    fn the_clock_starts_past_every_stored_stamp() {
+        let (a, b) = (db(), db());
+        assert_eq!(max_stamp(&a).unwrap(), Hlc::default());
+        let on_b = local(
+            &b,
+            "INSERT INTO item VALUES ('i1', 'far', 1, 1.0)",
+            &at(90_000, "n2"),
+        );
+        local(
+            &a,
+            "INSERT INTO item VALUES ('i2', 'near', 1, 1.0)",
+            &at(5, "n1"),
+        );
+        apply_all(&a, &on_b);
+        assert_eq!(max_stamp(&a).unwrap().wall_ms, 90_000);
     }
 
     #[test]

@@ -154,60 +154,55 @@ async fn require_credentials(
     };
     let result = {
         let headers = req.headers();
-        let header = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let (authorization, assertion) = (
             header("authorization"),
             header(crate::auth::ASSERTION_HEADER),
         );
-        let has_assertion = assertion.is_some();
-        let (method, path) = (
-            req.method().as_str().to_string(),
-            req.uri().path().to_string(),
-        );
-        let check = {
-            let store = store.clone();
-            let authorization = authorization.clone();
-            move || {
-                let asked = crate::auth::Asked {
-                    method: &method,
-                    path: &path,
-                };
-                crate::auth::authenticate(
-                    &store,
-                    authorization.as_deref(),
-                    assertion.as_deref(),
-                    asked,
-                    crate::auth::now_unix(),
-                )
-            }
+        let asked = crate::auth::Asked {
+            method: req.method().as_str(),
+            path: req.uri().path(),
         };
         // With an assertion no password is checked.
-        let slow = !has_assertion && crate::auth::needs_derivation(store, authorization.as_deref());
-        let checked = if slow {
-            // A password derivation (a first login, or a wrong password): off the async
-            // threads, two at a time. The permit goes with the derivation, not with this
-            // request: a client that hangs up does not free it while the derivation runs.
-            let permit = DERIVATIONS
-                .acquire()
+        let remembered = assertion
+            .is_none()
+            .then(|| crate::auth::remembered_basic(store, authorization))
+            .flatten();
+        let checked = match remembered {
+            Some(p) => Ok(p),
+            None if assertion.is_none() && crate::auth::is_basic(authorization) => {
+                // A password derivation (a first login, or a wrong password): off the async
+                // threads, two at a time. The permit goes with the derivation, not with this
+                // request: a client that hangs up does not free it while the derivation runs.
+                let (store, authorization) = (store.clone(), authorization.map(str::to_string));
+                let (method, path) = (asked.method.to_string(), asked.path.to_string());
+                let permit = DERIVATIONS
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed");
+                tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    let asked = crate::auth::Asked {
+                        method: &method,
+                        path: &path,
+                    };
+                    let now = crate::auth::now_unix();
+                    crate::auth::authenticate(&store, authorization.as_deref(), None, asked, now)
+                })
                 .await
-                .expect("the semaphore is never closed");
-            tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                check()
-            })
-            .await
-            .unwrap_or_else(|_| {
-                Err(crate::auth::AuthError::Unauthenticated(
-                    "the credentials check failed".into(),
-                ))
-            })
-        } else {
-            check()
+                .unwrap_or_else(|_| {
+                    Err(crate::auth::AuthError::Unauthenticated(
+                        "the credentials check failed".into(),
+                    ))
+                })
+            }
+            None => crate::auth::authenticate(
+                store,
+                authorization,
+                assertion,
+                asked,
+                crate::auth::now_unix(),
+            ),
         };
         checked.and_then(|p| crate::auth::authorize(&p, needed).map(|()| p))
     };

@@ -136,20 +136,11 @@ pub fn authenticate(
         });
     }
     let header = authorization.ok_or_else(|| unauth("no credentials"))?;
-    if let Some(b) = strip_scheme(header, "basic") {
-        let raw = B64
-            .decode(b.trim())
-            .map_err(|_| unauth("Basic credentials are not base64"))?;
-        let raw = String::from_utf8(raw).map_err(|_| unauth("Basic credentials are not UTF-8"))?;
-        let (user, password) = raw
-            .split_once(':')
-            .ok_or_else(|| unauth("Basic credentials have no ':'"))?;
+    if let Some(pair) = basic_pair(header) {
+        let (user, password) = pair.map_err(unauth)?;
         return store
-            .check_password(user, password)
-            .map(|role| Principal {
-                name: user.to_string(),
-                role,
-            })
+            .check_password(&user, &password)
+            .map(|role| Principal { name: user, role })
             .ok_or_else(|| unauth("unknown user or wrong password"));
     }
     if let Some(t) = strip_scheme(header, "bearer") {
@@ -164,30 +155,39 @@ pub fn authenticate(
     Err(unauth("unsupported Authorization scheme (Basic or Bearer)"))
 }
 
-/// Whether checking `authorization` costs a password derivation (Basic credentials not
-/// remembered from an earlier success): the caller runs those off the async threads.
-pub fn needs_derivation(store: &UserStore, authorization: Option<&str>) -> bool {
-    let Some(b) = authorization.and_then(|h| strip_scheme(h, "basic")) else {
-        return false;
-    };
-    let Some(raw) = B64
+/// The user and password of an `Authorization: Basic` header value: `None` for another scheme,
+/// the reason when the credentials do not decode.
+fn basic_pair(header: &str) -> Option<Result<(String, String), &'static str>> {
+    let b = strip_scheme(header, "basic")?;
+    let pair = B64
         .decode(b.trim())
-        .ok()
-        .and_then(|r| String::from_utf8(r).ok())
-    else {
-        return false;
-    };
-    match raw.split_once(':') {
-        Some((user, password)) => store.remembered(user, password).is_none(),
-        None => false,
-    }
+        .map_err(|_| "Basic credentials are not base64")
+        .and_then(|raw| String::from_utf8(raw).map_err(|_| "Basic credentials are not UTF-8"))
+        .and_then(|raw| {
+            raw.split_once(':')
+                .map(|(u, p)| (u.to_string(), p.to_string()))
+                .ok_or("Basic credentials have no ':'")
+        });
+    Some(pair)
+}
+
+/// Whether `authorization` holds HTTP Basic credentials (checking them may cost a password
+/// derivation: the caller runs that off the async threads).
+pub fn is_basic(authorization: Option<&str>) -> bool {
+    authorization.is_some_and(|h| strip_scheme(h, "basic").is_some())
+}
+
+/// The principal of Basic credentials that checked out before ([`UserStore::remembered`]):
+/// no derivation. `None` for anything else.
+pub fn remembered_basic(store: &UserStore, authorization: Option<&str>) -> Option<Principal> {
+    let (user, password) = basic_pair(authorization?)?.ok()?;
+    let role = store.remembered(&user, &password)?;
+    Some(Principal { name: user, role })
 }
 
 /// The user name of HTTP Basic credentials, for logs; `None` for none or another scheme.
 pub fn basic_user(authorization: Option<&str>) -> Option<String> {
-    let b = strip_scheme(authorization?, "basic")?;
-    let raw = String::from_utf8(B64.decode(b.trim()).ok()?).ok()?;
-    Some(raw.split_once(':')?.0.to_string())
+    Some(basic_pair(authorization?)?.ok()?.0)
 }
 
 /// Whether `p` may do what `needed` guards.

@@ -115,30 +115,11 @@ impl AuthSource for PasswordSource {
     }
 }
 
+/// How the port authenticates: trust, the one `--pg-password`, or the users file.
 enum Startup {
     Trust(Trust),
     Scram(SASLAuthStartupHandler<Params>),
     Users(auth::UsersStartup<Params>),
-}
-
-#[async_trait]
-impl StartupHandler for Startup {
-    async fn on_startup<C>(
-        &self,
-        client: &mut C,
-        message: PgWireFrontendMessage,
-    ) -> PgWireResult<()>
-    where
-        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
-        C::Error: std::fmt::Debug,
-        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
-    {
-        match self {
-            Startup::Trust(t) => t.on_startup(client, message).await,
-            Startup::Scram(s) => s.on_startup(client, message).await,
-            Startup::Users(u) => u.on_startup(client, message).await,
-        }
-    }
 }
 
 /// What all connections share.
@@ -156,8 +137,8 @@ struct Handlers {
     startup: Arc<ConnStartup>,
 }
 
-/// The shared startup handler, telling this connection's task when the login is done (so the
-/// login timeout stops applying).
+/// One connection's startup: the port's authentication, and telling the connection's task when
+/// the login is done (so the login timeout stops applying).
 struct ConnStartup {
     inner: Arc<Startup>,
     logged_in: Arc<tokio::sync::Notify>,
@@ -175,7 +156,11 @@ impl StartupHandler for ConnStartup {
         C::Error: std::fmt::Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        self.inner.on_startup(client, message).await?;
+        match self.inner.as_ref() {
+            Startup::Trust(t) => t.on_startup(client, message).await?,
+            Startup::Scram(s) => s.on_startup(client, message).await?,
+            Startup::Users(u) => u.on_startup(client, message).await?,
+        }
         if matches!(
             client.state(),
             pgwire::api::PgWireConnectionState::ReadyForQuery

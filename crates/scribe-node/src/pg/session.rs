@@ -314,8 +314,8 @@ impl Runner {
         if hints.serializable {
             // REPEATABLE READ / SERIALIZABLE hold the writer from the first statement: not for a
             // session that may not write (refused as asked, so its block is not marked).
-            if self.may_write(s).is_err() {
-                return Err(self.holds_the_writer(s));
+            if let Err(e) = self.may_write(s) {
+                return Err(holds_the_writer(e));
             }
             if let Some(t) = &mut s.txn {
                 t.pessimistic = true;
@@ -432,10 +432,11 @@ impl Runner {
                     return self.savepoint(s, sp).await;
                 }
                 let mut sql = sql.clone();
-                let can_write = self.may_write(s).is_ok();
-                if !can_write && s.txn.is_some() && hints.locking {
+                let refused = self.may_write(s).err();
+                let can_write = refused.is_none();
+                if let Some(e) = refused.filter(|_| s.txn.is_some() && hints.locking) {
                     // Refused before it marks the block: after a ROLLBACK TO the block goes on.
-                    return Err(self.holds_the_writer(s));
+                    return Err(holds_the_writer(e));
                 }
                 if let Some(t) = &mut s.txn {
                     // PostgreSQL's now() is the transaction's start: the same in every statement
@@ -733,23 +734,12 @@ impl Runner {
         }
     }
 
-    /// The 42501 of a statement or block that may not write and would hold the writer.
-    fn holds_the_writer(&self, s: &Session) -> PgError {
-        let e = self.may_write(s).err().unwrap_or_else(|| {
-            PgError::new(super::sqlstate::INSUFFICIENT_PRIVILEGE, "permission denied")
-        });
-        PgError::new(
-            e.sqlstate,
-            format!("{} (SELECT ... FOR UPDATE, REPEATABLE READ and SERIALIZABLE hold the writer; a read user's block runs at READ COMMITTED)", e.message),
-        )
-    }
-
     async fn ensure_lease(&self, s: &mut Session) -> Result<(), PgError> {
-        if self.may_write(s).is_err() {
+        if let Err(e) = self.may_write(s) {
             return Err(if s.txn.as_ref().is_some_and(|t| t.pessimistic) {
-                self.holds_the_writer(s)
+                holds_the_writer(e)
             } else {
-                self.may_write(s).expect_err("refused above")
+                e
             });
         }
         if s.txn.as_ref().is_some_and(|t| t.lease.is_some()) {
@@ -1058,6 +1048,14 @@ fn op_sql(op: SavepointOp) -> &'static str {
         SavepointOp::Release => "RELEASE SAVEPOINT",
         SavepointOp::RollbackTo => "ROLLBACK TO SAVEPOINT",
     }
+}
+
+/// [`Runner::may_write`]'s 42501 for a statement or block that would hold the writer, saying so.
+fn holds_the_writer(e: PgError) -> PgError {
+    PgError::new(
+        e.sqlstate,
+        format!("{} (SELECT ... FOR UPDATE, REPEATABLE READ and SERIALIZABLE hold the writer; a read user's block runs at READ COMMITTED)", e.message),
+    )
 }
 
 /// A savepoint operation in a block without a writer side: kept as names, in order.

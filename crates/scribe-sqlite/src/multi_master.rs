@@ -189,6 +189,16 @@ pub fn table(conn: &Connection, name: &str) -> Result<MmTable, MmError> {
     })
 }
 
+/// `"k1" IS ?1 AND "k2" IS ?2 ...`: the row of `t` whose key is bound as parameters 1, 2...
+fn key_match(t: &MmTable) -> String {
+    t.key
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} IS ?{}", quote(c), i + 1))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
 fn key_text(key: &[Value]) -> String {
     let stored: Vec<Stored> = key.iter().cloned().map(|v| Ordered(v).into()).collect();
     serde_json::to_string(&stored).unwrap_or_default()
@@ -278,13 +288,7 @@ pub fn apply_delta(
         params![t.name, key_text(key), merged.life as i64, cells],
     )?;
     let table = quote(&t.name);
-    let key_match = t
-        .key
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("{} IS ?{}", quote(c), i + 1))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let key_match = key_match(t);
     if !merged.exists() {
         conn.execute(
             &format!("DELETE FROM {table} WHERE {key_match}"),
@@ -407,14 +411,11 @@ fn backfill(
             .map(|c| quote(c))
             .collect::<Vec<_>>()
             .join(", ");
-        let key_match = t
-            .key
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{} IS ?{}", quote(c), i + 1))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        let sql = format!("SELECT {names} FROM {} WHERE {key_match}", quote(&t.name));
+        let sql = format!(
+            "SELECT {names} FROM {} WHERE {}",
+            quote(&t.name),
+            key_match(t)
+        );
         let found: Option<Vec<Value>> = conn
             .query_row(&sql, rusqlite::params_from_iter(key.iter()), |r| {
                 (0..others.len())
@@ -731,17 +732,30 @@ mod tests {
         assert!(matches!(back[3].0, Value::Real(_)), "a real stays a real");
     }
 
-    /// Runs `sql` on `c` as a local transaction at `stamp`: its changes, captured.
-    fn local(c: &Connection, sql: &str, stamp: &Stamp) -> Vec<RowChange> {
+    /// Runs `sql` on `c` as a local transaction at `stamp`, `item` under `policy`: the changes
+    /// it replicates as, or why they could not be captured.
+    fn capture(
+        c: &Connection,
+        policy: &str,
+        sql: &str,
+        stamp: &Stamp,
+    ) -> Result<Vec<RowChange>, MmError> {
         let mut schemas = BTreeMap::new();
-        let policy: TablePolicy = "merge(views = sum, best = max)".parse().unwrap();
-        schemas.insert("item".to_string(), schema(c, "item", policy).unwrap());
+        schemas.insert(
+            "item".to_string(),
+            schema(c, "item", policy.parse().unwrap()).unwrap(),
+        );
         let bytes = {
             let capture = crate::capture::Capture::start(c).unwrap();
             c.execute_batch(sql).unwrap();
             capture.changeset().unwrap()
         };
-        capture_local(c, &schemas, &bytes, stamp).unwrap()
+        capture_local(c, &schemas, &bytes, stamp)
+    }
+
+    /// [`capture`] with `views` a counter and `best` a maximum.
+    fn local(c: &Connection, sql: &str, stamp: &Stamp) -> Vec<RowChange> {
+        capture(c, "merge(views = sum, best = max)", sql, stamp).unwrap()
     }
 
     fn apply_all(c: &Connection, changes: &[RowChange]) {
@@ -799,16 +813,8 @@ mod tests {
     #[test]
     fn a_counter_column_must_hold_integers() {
         let c = db();
-        let mut schemas = BTreeMap::new();
-        let policy: TablePolicy = "merge(views = sum)".parse().unwrap();
-        schemas.insert("item".to_string(), schema(&c, "item", policy).unwrap());
-        let bytes = {
-            let capture = crate::capture::Capture::start(&c).unwrap();
-            c.execute_batch("INSERT INTO item VALUES ('i1', 'x', 'many', 1.0)")
-                .unwrap();
-            capture.changeset().unwrap()
-        };
-        let e = capture_local(&c, &schemas, &bytes, &at(1, "n1")).unwrap_err();
+        let insert = "INSERT INTO item VALUES ('i1', 'x', 'many', 1.0)";
+        let e = capture(&c, "merge(views = sum)", insert, &at(1, "n1")).unwrap_err();
         assert!(e.to_string().contains("integers"), "{e}");
         assert!(schema(&c, "item", "merge(nope = sum)".parse().unwrap()).is_err());
         assert!(schema(&c, "item", TablePolicy::Versioned).is_err());
@@ -843,26 +849,9 @@ mod tests {
         );
         assert_eq!(rows(&c)[0].3, Some(3.0));
         // A counter change that does not fit 64 bits is refused, not wrapped.
-        let mut schemas = BTreeMap::new();
-        schemas.insert(
-            "item".to_string(),
-            schema(&c, "item", "merge(views = sum)".parse().unwrap()).unwrap(),
-        );
-        c.execute_batch(&format!(
-            "UPDATE item SET views = {} WHERE id = 'old'",
-            i64::MAX
-        ))
-        .unwrap();
-        let bytes = {
-            let capture = crate::capture::Capture::start(&c).unwrap();
-            c.execute_batch(&format!(
-                "UPDATE item SET views = {} WHERE id = 'old'",
-                i64::MIN
-            ))
-            .unwrap();
-            capture.changeset().unwrap()
-        };
-        let e = capture_local(&c, &schemas, &bytes, &at(3, "n1")).unwrap_err();
+        let set = |v: i64| format!("UPDATE item SET views = {v} WHERE id = 'old'");
+        c.execute_batch(&set(i64::MAX)).unwrap();
+        let e = capture(&c, "merge(views = sum)", &set(i64::MIN), &at(3, "n1")).unwrap_err();
         assert!(e.to_string().contains("64 bits"), "{e}");
     }
 

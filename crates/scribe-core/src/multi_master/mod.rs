@@ -19,3 +19,34 @@ pub use policy::{ParsePolicyError, TablePolicy};
 pub use row::{Cell, ColumnRule, Row, RowError, Stamp, Write};
 pub use version_vector::{Delivery, Missing, Seq, VersionVector};
 pub use versioned::{Context, Dot, StaleContext, Version, Versions};
+
+/// What the tests of these modules share: stamps, and the laws every merge obeys.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Hlc, Stamp};
+    use proptest::prelude::*;
+
+    /// A stamp at `wall_ms` (logical 0) on `node`.
+    pub(crate) fn at(wall_ms: u64, node: &str) -> Stamp {
+        Stamp {
+            hlc: Hlc {
+                wall_ms,
+                logical: 0,
+            },
+            node: node.to_string(),
+        }
+    }
+
+    /// `merge` is a join on these states: commutative, associative, idempotent, and taking in
+    /// the same state twice changes nothing.
+    pub(crate) fn join_laws<T: Clone + PartialEq + std::fmt::Debug>(
+        (a, b, c): (&T, &T, &T),
+        merge: impl Fn(&T, &T) -> T,
+    ) -> Result<(), TestCaseError> {
+        prop_assert_eq!(merge(a, b), merge(b, a));
+        prop_assert_eq!(merge(&merge(a, b), c), merge(a, &merge(b, c)));
+        prop_assert_eq!(&merge(a, a), a);
+        prop_assert_eq!(merge(&merge(a, b), b), merge(a, b));
+        Ok(())
+    }
+}

@@ -285,17 +285,8 @@ impl<V: Clone + Ord> Row<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::multi_master::testing::{at, join_laws};
     use proptest::prelude::*;
-
-    fn at(wall_ms: u64, node: &str) -> Stamp {
-        Stamp {
-            hlc: Hlc {
-                wall_ms,
-                logical: 0,
-            },
-            node: node.to_string(),
-        }
-    }
 
     fn set(col: &str, v: i64) -> (String, ColumnRule, Write<i64>) {
         (col.to_string(), ColumnRule::Lww, Write::Set(v))
@@ -494,11 +485,7 @@ mod tests {
             schedule in proptest::collection::vec((0usize..3, op()), 0..40)
         ) {
             let rows = run(&schedule);
-            let (a, b, c) = (&rows[0], &rows[1], &rows[2]);
-            prop_assert_eq!(a.merge(b), b.merge(a));
-            prop_assert_eq!(a.merge(b).merge(c), a.merge(&b.merge(c)));
-            prop_assert_eq!(a.merge(a), a.clone());
-            prop_assert_eq!(a.merge(b).merge(b), a.merge(b));
+            join_laws((&rows[0], &rows[1], &rows[2]), |x, y| x.merge(y))?;
         }
 
         /// Convergence: however the nodes' states reach each other — any order, any repeats —

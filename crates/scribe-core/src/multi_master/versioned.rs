@@ -187,18 +187,8 @@ impl<V: Clone + PartialEq> Versions<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::multi_master::hlc::Hlc;
+    use crate::multi_master::testing::{at, join_laws};
     use proptest::prelude::*;
-
-    fn at(wall_ms: u64, node: &str) -> Stamp {
-        Stamp {
-            hlc: Hlc {
-                wall_ms,
-                logical: 0,
-            },
-            node: node.to_string(),
-        }
-    }
 
     #[test]
     fn sequential_writes_replace_each_other() {
@@ -349,10 +339,7 @@ mod tests {
             schedule in proptest::collection::vec((0usize..3, op()), 0..40)
         ) {
             let rows = run(&schedule);
-            let (a, b, c) = (&rows[0], &rows[1], &rows[2]);
-            prop_assert_eq!(a.merge(b), b.merge(a));
-            prop_assert_eq!(a.merge(b).merge(c), a.merge(&b.merge(c)));
-            prop_assert_eq!(a.merge(a), a.clone());
+            join_laws((&rows[0], &rows[1], &rows[2]), |x, y| x.merge(y))?;
         }
 
         /// Once every node has taken in the others', they hold the same siblings: the same

@@ -36,24 +36,11 @@ const COLUMNS: [(&str, ColumnRule); 3] = [
     ("d", ColumnRule::Max),
 ];
 
-/// SplitMix64, so a seed replays its schedule exactly.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
+/// The failover simulation's seeded generator: a seed replays its schedule exactly.
+#[path = "../simulation/rng.rs"]
+#[allow(dead_code)]
+mod rng;
+use rng::Rng;
 
 /// What one record changes.
 #[derive(Debug, Clone)]
@@ -249,10 +236,10 @@ impl Sim {
                 let Some(r) = self.nodes[from].log.get(&(origin, Seq(s))).cloned() else {
                     continue;
                 };
-                if !reliable && self.rng.chance(10) {
+                if !reliable && self.rng.chance(0.1) {
                     continue; // lost
                 }
-                let copies = if !reliable && self.rng.chance(10) {
+                let copies = if !reliable && self.rng.chance(0.1) {
                     2
                 } else {
                     1

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{have_tool, psql_command, Api, NodeProc};
+use common::{have_tool, psql_command, Api, NodeProc, PgNode};
 use serde_json::{json, Value};
 
 const RUNAWAY_WRITE: &str = "INSERT INTO t (v) SELECT x FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT x FROM c)";
@@ -288,13 +288,7 @@ async fn a_runaway_inside_a_postgresql_block_is_canceled_while_writers_go_on() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let pg = scribe_testkit::free_port();
-    let pg_addr = format!("127.0.0.1:{pg}");
-    let node = NodeProc::start(
-        "n1",
-        &dir.path().join("n1"),
-        &["--statement-timeout", "2s", "--pg", &pg_addr],
-    );
+    let PgNode { node, pg } = PgNode::start("n1", dir.path(), &["--statement-timeout", "2s"]);
     let api = Api::new(&node.url);
     let (s, b) = api.execute(&["CREATE TABLE t (v)"]).await.unwrap();
     assert_eq!(s, 200, "{b}");
@@ -468,13 +462,8 @@ async fn postgresql_clients_past_max_connections_are_told_too_many_clients() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let pg = scribe_testkit::free_port();
-    let pg_addr = format!("127.0.0.1:{pg}");
-    let _node = NodeProc::start(
-        "n1",
-        &dir.path().join("n1"),
-        &["--max-connections", "2", "--pg", &pg_addr],
-    );
+    let server = PgNode::start("n1", dir.path(), &["--max-connections", "2"]);
+    let pg = server.pg;
     let mut held: Vec<_> = (0..2).map(|_| open_psql(pg)).collect();
     // Both are in: a third client is refused as PostgreSQL refuses it.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -519,13 +508,8 @@ async fn a_cancel_request_is_served_past_max_connections() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let pg = scribe_testkit::free_port();
-    let pg_addr = format!("127.0.0.1:{pg}");
-    let _node = NodeProc::start(
-        "n1",
-        &dir.path().join("n1"),
-        &["--max-connections", "1", "--pg", &pg_addr],
-    );
+    let server = PgNode::start("n1", dir.path(), &["--max-connections", "1"]);
+    let pg = server.pg;
     // The only slot runs a runaway read with a long timeout; Ctrl-C makes psql send a cancel
     // request on a second connection, past the limit: it must still be carried out.
     let psql = psql_command(pg, "scribe", None)
@@ -575,22 +559,19 @@ fn until_closed(mut stream: std::net::TcpStream, since: Instant) -> (Duration, b
 async fn a_postgresql_client_that_does_not_log_in_is_closed_and_its_slot_freed() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
-    let pg = scribe_testkit::free_port();
-    let pg_addr = format!("127.0.0.1:{pg}");
-    let _node = NodeProc::start(
+    let server = PgNode::start(
         "n1",
-        &dir.path().join("n1"),
+        dir.path(),
         &[
             "--max-connections",
             "1",
-            "--pg",
-            &pg_addr,
             "--pg-login-timeout",
             "1s",
             "--pg-password",
             "secret",
         ],
     );
+    let (pg, pg_addr) = (server.pg, server.addr());
     // One connects and says nothing; one sends its startup and never answers the password
     // request. Each holds the only slot until the login timeout closes it.
     let silent = std::net::TcpStream::connect(&pg_addr).expect("connect");
@@ -654,14 +635,8 @@ async fn timed_write(api: &Api, v: &str) -> Duration {
 async fn held_transactions_past_the_idle_timeout_are_rolled_back_on_every_path() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
-    let pg = scribe_testkit::free_port();
-    let pg_addr = format!("127.0.0.1:{pg}");
     let idle = Duration::from_secs(1);
-    let node = NodeProc::start(
-        "n1",
-        &dir.path().join("n1"),
-        &["--txn-idle-timeout", "1s", "--pg", &pg_addr],
-    );
+    let PgNode { node, pg } = PgNode::start("n1", dir.path(), &["--txn-idle-timeout", "1s"]);
     let api = Api::new(&node.url);
     let (s, b) = api.execute(&["CREATE TABLE t (v)"]).await.unwrap();
     assert_eq!(s, 200, "{b}");

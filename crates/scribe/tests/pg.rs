@@ -15,23 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{have_tool as have, psql_as, NodeProc};
+use common::{have_tool as have, psql_as, PgNode};
 use scribe_testkit::{free_port, wait_status};
 
-struct PgNode {
-    node: NodeProc,
-    pg: u16,
-}
-
 fn start(name: &str, dir: &Path, extra: &[&str]) -> PgNode {
-    let pg = free_port();
-    let addr = format!("127.0.0.1:{pg}");
-    let mut args = vec!["--pg", addr.as_str()];
-    args.extend_from_slice(extra);
-    PgNode {
-        node: NodeProc::start(name, &dir.join(name), &args),
-        pg,
-    }
+    PgNode::start(name, dir, extra)
 }
 
 /// psql as the default user, no password.

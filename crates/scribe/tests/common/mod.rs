@@ -115,6 +115,32 @@ impl Drop for NodeProc {
     }
 }
 
+/// A `scribe node` that serves PostgreSQL too, on a port of its own.
+pub struct PgNode {
+    pub node: NodeProc,
+    /// Its PostgreSQL port on 127.0.0.1.
+    pub pg: u16,
+}
+
+impl PgNode {
+    /// Starts node `name` in `dir/name` with `--pg 127.0.0.1:<a free port>` and `extra`.
+    pub fn start(name: &str, dir: &Path, extra: &[&str]) -> PgNode {
+        let pg = scribe_testkit::free_port();
+        let addr = format!("127.0.0.1:{pg}");
+        let mut args = vec!["--pg", addr.as_str()];
+        args.extend_from_slice(extra);
+        PgNode {
+            node: NodeProc::start(name, &dir.join(name), &args),
+            pg,
+        }
+    }
+
+    /// Where its PostgreSQL port listens.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.pg)
+    }
+}
+
 /// A plain HTTP client for the node's API.
 #[derive(Clone)]
 pub struct Api {

@@ -44,6 +44,16 @@ fn add_user(users: &Path, name: &str, role: &str, password: &str) {
     );
 }
 
+/// A users file in `dir` with `reader` (read, `r-pass`), `writer` (write, `w-pass`) and `boss`
+/// (admin, `a-pass`).
+fn three_users(dir: &Path) -> std::path::PathBuf {
+    let users = dir.join("users.toml");
+    add_user(&users, "reader", "read", "r-pass");
+    add_user(&users, "writer", "write", "w-pass");
+    add_user(&users, "boss", "admin", "a-pass");
+    users
+}
+
 struct Caller {
     http: reqwest::Client,
     url: String,
@@ -85,10 +95,7 @@ fn insert(v: i64) -> Value {
 #[tokio::test]
 async fn roles_decide_what_each_user_may_do_over_http() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let users = dir.path().join("users.toml");
-    add_user(&users, "reader", "read", "r-pass");
-    add_user(&users, "writer", "write", "w-pass");
-    add_user(&users, "boss", "admin", "a-pass");
+    let users = three_users(dir.path());
     let (code, list, err) = scribe_cli(&["user", "list", "--users", users.to_str().expect("utf8")]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(list, "reader\tread\nwriter\twrite\nboss\tadmin\n");
@@ -244,6 +251,18 @@ async fn roles_decide_what_each_user_may_do_over_http() {
         json!([[2]]),
         "only the writer's two inserts landed"
     );
+    // Each refused login is logged with the client's address, the user name escaped.
+    let (_, log) = node.terminate();
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("HTTP authentication failed"))
+        .collect();
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains("127.0.0.1:") && l.contains("\"nobody\"")),
+        "{log}"
+    );
 }
 
 #[test]
@@ -328,6 +347,22 @@ fn psql_user(port: u16, user: &str, password: Option<&str>, sql: &str) -> (bool,
     )
 }
 
+/// `psql -c SQL` as `user`, which must succeed: its output.
+fn psql_ok(port: u16, user: &str, password: Option<&str>, sql: &str) -> String {
+    let (ok, out, err) = psql_user(port, user, password, sql);
+    assert!(ok, "{user}: {sql}: {err}");
+    out
+}
+
+/// `psql -c SQL` as `user`, which must fail with SQLSTATE `code`.
+fn psql_refused(port: u16, user: &str, password: Option<&str>, sql: &str, code: &str) {
+    let (ok, _, err) = psql_user(port, user, password, sql);
+    assert!(
+        !ok && err.contains(code),
+        "{user}: {sql}: want {code}: {err}"
+    );
+}
+
 /// Polls `sql` on the node as `cred` until its first cell is `want`.
 async fn wait_rows(c: &Caller, sql: &str, cred: (&str, &str), want: Value) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -357,26 +392,13 @@ async fn roles_hold_on_postgres_and_through_a_replica() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let users = dir.path().join("users.toml");
-    add_user(&users, "reader", "read", "r-pass");
-    add_user(&users, "writer", "write", "w-pass");
-    add_user(&users, "boss", "admin", "a-pass");
+    let users = three_users(dir.path());
     let users = users.to_str().expect("utf8");
     let peer = format!("127.0.0.1:{}", common::free_port());
-    let (pg_p, pg_r) = (common::free_port(), common::free_port());
-    let (pg_p_addr, pg_r_addr) = (format!("127.0.0.1:{pg_p}"), format!("127.0.0.1:{pg_r}"));
-    let primary = common::start_primary(
-        "p",
-        &dir.path().join("p"),
-        &peer,
-        &["--users", users, "--pg", &pg_p_addr],
-    );
-    let replica = common::start_replica(
-        "r",
-        &dir.path().join("r"),
-        &peer,
-        &["--users", users, "--pg", &pg_r_addr],
-    );
+    let pg_primary = common::PgNode::start("p", dir.path(), &["--users", users, "--peer", &peer]);
+    let pg_replica = common::PgNode::start("r", dir.path(), &["--users", users, "--follow", &peer]);
+    let (pg_p, pg_r) = (pg_primary.pg, pg_replica.pg);
+    let (primary, replica) = (&pg_primary.node, &pg_replica.node);
     let http = reqwest::Client::new();
     let p = Caller {
         http: http.clone(),
@@ -399,30 +421,28 @@ async fn roles_hold_on_postgres_and_through_a_replica() {
             "{user}: {err}"
         );
     }
-    let (ok, out, err) = psql_user(
+    let out = psql_ok(
         pg_p,
         "writer",
         Some("w-pass"),
         "CREATE TABLE t (v INTEGER); INSERT INTO t (v) VALUES (1); SELECT count(*) FROM t",
     );
-    assert!(ok, "{err}");
     assert_eq!(out.lines().last(), Some("1"), "{out}");
-    let (ok, _, err) = psql_user(
+    psql_refused(
         pg_p,
         "reader",
         Some("r-pass"),
         "INSERT INTO t (v) VALUES (2)",
+        "42501",
     );
-    assert!(!ok && err.contains("42501"), "{err}");
-    let (ok, _, err) = psql_user(
+    psql_refused(
         pg_p,
         "reader",
         Some("r-pass"),
         "BEGIN; INSERT INTO t (v) VALUES (2); COMMIT",
+        "42501",
     );
-    assert!(!ok && err.contains("42501"), "{err}");
-    let (ok, out, err) = psql_user(pg_p, "reader", Some("r-pass"), "SELECT count(*) FROM t");
-    assert!(ok, "{err}");
+    let out = psql_ok(pg_p, "reader", Some("r-pass"), "SELECT count(*) FROM t");
     assert_eq!(out.trim(), "1", "the reader's inserts did not land");
 
     // Through the replica: HTTP writes are forwarded with the client's role.
@@ -450,50 +470,45 @@ async fn roles_hold_on_postgres_and_through_a_replica() {
         !ok && err.contains("password authentication failed"),
         "{err}"
     );
-    let (ok, _, err) = psql_user(
+    psql_refused(
         pg_r,
         "reader",
         Some("r-pass"),
         "INSERT INTO t (v) VALUES (5)",
+        "42501",
     );
-    assert!(!ok && err.contains("42501"), "{err}");
-    let (ok, _, err) = psql_user(
+    psql_ok(
         pg_r,
         "writer",
         Some("w-pass"),
         "INSERT INTO t (v) VALUES (6)",
     );
-    assert!(ok, "{err}");
     // A block on the replica's port runs on the primary (a remote lease, with the assertion).
-    let (ok, _, err) = psql_user(
+    psql_ok(
         pg_r,
         "writer",
         Some("w-pass"),
         "BEGIN; INSERT INTO t (v) VALUES (7); INSERT INTO t (v) VALUES (8); COMMIT",
     );
-    assert!(ok, "{err}");
 
     // A reader's read-only blocks work as in PostgreSQL (savepoints, nondeterministic reads)
     // without holding the writer; what would hold it is refused, and so is COPY FROM.
     for port in [pg_p, pg_r] {
-        let (ok, out, err) = psql_user(
-            port,
+        let out = psql_ok(port,
             "reader",
             Some("r-pass"),
-            "BEGIN; SELECT random() < 2; SAVEPOINT a; SELECT count(*) FROM t; ROLLBACK TO SAVEPOINT a; RELEASE a; COMMIT",
-        );
-        assert!(ok, "{err}");
+            "BEGIN; SELECT random() < 2; SAVEPOINT a; SELECT count(*) FROM t; ROLLBACK TO SAVEPOINT a; RELEASE a; COMMIT");
         assert!(
             out.contains("SAVEPOINT") && out.contains("RELEASE"),
             "{out}"
         );
-        let (ok, _, err) = psql_user(
+        psql_refused(
             port,
             "reader",
             Some("r-pass"),
             "BEGIN; RELEASE nope; COMMIT",
+            "3B001",
         );
-        assert!(!ok && err.contains("3B001"), "{err}");
         let (ok, _, err) = psql_user(
             port,
             "reader",
@@ -504,8 +519,13 @@ async fn roles_hold_on_postgres_and_through_a_replica() {
             !ok && err.contains("42501") && err.contains("READ COMMITTED"),
             "{err}"
         );
-        let (ok, _, err) = psql_user(port, "reader", Some("r-pass"), "COPY t (v) FROM STDIN");
-        assert!(!ok && err.contains("42501"), "{err}");
+        psql_refused(
+            port,
+            "reader",
+            Some("r-pass"),
+            "COPY t (v) FROM STDIN",
+            "42501",
+        );
         // A refused FOR UPDATE aborts the block like any error, and ROLLBACK TO recovers it;
         // a savepoint that does not exist is 3B001, also in an aborted block.
         let out = common::psql_command(port, "reader", Some("r-pass"))
@@ -561,6 +581,15 @@ async fn roles_hold_on_postgres_and_through_a_replica() {
         .await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["role"], "replica", "{body}");
+    // Each refused PostgreSQL login is logged with the client's address, the name escaped.
+    let (_, log) = pg_primary.node.terminate();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("PostgreSQL authentication failed")
+                && l.contains("127.0.0.1:")
+                && l.contains("\"nobody\"")),
+        "{log}"
+    );
 }
 
 /// A cluster whose members all have `--users`: the nodes' own calls to each other (positions,
@@ -570,10 +599,7 @@ async fn roles_hold_on_postgres_and_through_a_replica() {
 async fn a_cluster_with_users_switches_over_and_fails_over() {
     let _serial = cluster::SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let users = dir.path().join("users.toml");
-    add_user(&users, "reader", "read", "r-pass");
-    add_user(&users, "writer", "write", "w-pass");
-    add_user(&users, "boss", "admin", "a-pass");
+    let users = three_users(dir.path());
     let mut c = cluster::Cluster::start(&["--users", users.to_str().expect("utf8")]);
     c.admin = Some(("boss".into(), "a-pass".into()));
     let (mut c, p) = c.create_table().await;
@@ -690,10 +716,7 @@ async fn a_cluster_with_users_switches_over_and_fails_over() {
 async fn the_client_library_and_the_cli_log_in() {
     use scribe_client::{Cluster, Consistency, Error, Options};
     let dir = tempfile::tempdir().expect("tempdir");
-    let users = dir.path().join("users.toml");
-    add_user(&users, "reader", "read", "r-pass");
-    add_user(&users, "writer", "write", "w-pass");
-    add_user(&users, "boss", "admin", "a-pass");
+    let users = three_users(dir.path());
     let users = users.to_str().expect("utf8");
     let peer = format!("127.0.0.1:{}", common::free_port());
     let primary = common::start_primary("p", &dir.path().join("p"), &peer, &["--users", users]);

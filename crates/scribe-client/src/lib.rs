@@ -67,7 +67,7 @@ mod value;
 pub use answer::{Durability, Executed, Rows, StatementResult};
 pub use cluster::{Cluster, ReplicaInfo};
 pub use error::Error;
-pub use options::Options;
+pub use options::{Credentials, Options};
 pub use scribe_core::Position;
 pub use session::Session;
 pub use statement::{CommitMode, Consistency, Statement};

@@ -27,11 +27,18 @@ pub struct Options {
     pub(crate) credentials: Option<Credentials>,
 }
 
-/// What the client proves who it is with, on every request (a node started with `--users`).
+/// What a client proves who it is with, on every request to a node started with `--users`
+/// ([`Options::basic_auth`], [`Options::bearer_token`]; [`Credentials::header`] for callers that
+/// make their own requests).
 #[derive(Clone, PartialEq, Eq)]
-pub(crate) enum Credentials {
+pub enum Credentials {
     /// HTTP Basic: a user of the nodes' users file and its password.
-    Basic { user: String, password: String },
+    Basic {
+        /// The user's name.
+        user: String,
+        /// Its password.
+        password: String,
+    },
     /// A bearer token from `scribe user token`.
     Bearer(String),
 }
@@ -47,8 +54,9 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    /// The `Authorization` header value, marked sensitive (kept out of reqwest's debug output).
-    pub(crate) fn header(&self) -> Result<reqwest::header::HeaderValue, String> {
+    /// The `Authorization` header value, marked sensitive (kept out of reqwest's debug output);
+    /// why not, for a user name with `:` or characters a header cannot carry.
+    pub fn header(&self) -> Result<reqwest::header::HeaderValue, String> {
         use base64::Engine as _;
         let text = match self {
             Credentials::Basic { user, password } => {
@@ -61,7 +69,7 @@ impl Credentials {
                     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
                 format!("Basic {pair}")
             }
-            Credentials::Bearer(token) => format!("Bearer {token}"),
+            Credentials::Bearer(token) => format!("Bearer {}", token.trim()),
         };
         let mut value = reqwest::header::HeaderValue::from_str(&text)
             .map_err(|_| "credentials with characters an HTTP header cannot carry".to_string())?;

@@ -5,9 +5,9 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
-use base64::Engine as _;
 use clap::Args;
 use reqwest::header::HeaderValue;
+use scribe_client::Credentials;
 
 use crate::client::Client;
 
@@ -32,25 +32,22 @@ impl Access {
     /// The `Authorization` header these flags ask for, if any: reads the password (standard
     /// input, `SCRIBE_PASSWORD` or the terminal) once.
     pub fn authorization(&self) -> anyhow::Result<Option<HeaderValue>> {
-        let text = match (&self.token, &self.user) {
-            (Some(token), _) => format!("Bearer {}", token.trim()),
+        let credentials = match (&self.token, &self.user) {
+            (Some(token), _) => Credentials::Bearer(token.clone()),
             (None, Some(user)) => {
                 if user.contains(':') {
                     return Err(anyhow!(
                         "--user {user:?}: a user name with ':' cannot log in over HTTP Basic"
                     ));
                 }
-                let password = self.password(user)?;
-                let pair =
-                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-                format!("Basic {pair}")
+                Credentials::Basic {
+                    user: user.clone(),
+                    password: self.password(user)?,
+                }
             }
             (None, None) => return Ok(None),
         };
-        let mut value = HeaderValue::from_str(&text)
-            .map_err(|_| anyhow!("the credentials hold characters an HTTP header cannot carry"))?;
-        value.set_sensitive(true);
-        Ok(Some(value))
+        credentials.header().map(Some).map_err(|e| anyhow!(e))
     }
 
     fn password(&self, user: &str) -> anyhow::Result<String> {

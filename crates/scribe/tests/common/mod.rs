@@ -155,12 +155,14 @@ impl Api {
 
     /// An `Api` whose every request carries HTTP Basic credentials (a node with `--users`).
     pub fn with_basic_auth(url: &str, user: &str, password: &str) -> Api {
-        use base64::Engine as _;
-        let value = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let credentials = scribe_client::Credentials::Basic {
+            user: user.into(),
+            password: password.into(),
+        };
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(
             reqwest::header::AUTHORIZATION,
-            format!("Basic {value}").parse().expect("header value"),
+            credentials.header().expect("header value"),
         );
         Self::with_headers(url, headers)
     }

@@ -45,6 +45,10 @@ pub struct EngineOptions {
     pub apply_delay: std::time::Duration,
     /// The limits of a request that gives none of its own (default: none).
     pub limits: Limits,
+    /// Multi-master mode: every local transaction becomes a record stamped with this node's
+    /// name, sequence and clock, and records of other masters are applied beside them (see
+    /// [`crate::mm`]). Default: off. A data directory of one mode cannot be opened in the other.
+    pub multi_master: Option<crate::mm::MultiMaster>,
 }
 
 impl EngineOptions {
@@ -59,6 +63,7 @@ impl EngineOptions {
             gate: WriteGate::default(),
             apply_delay: std::time::Duration::ZERO,
             limits: Limits::NONE,
+            multi_master: None,
         }
     }
 }
@@ -107,6 +112,29 @@ struct Inner {
     db: PathBuf,
     /// The limits of requests that give none.
     limits: Limits,
+    /// A multi-master node's version vector and peers' positions, published by the writer.
+    mm_status: Option<crate::mm::SharedStatus>,
+}
+
+/// Refuses to open a data directory in the other mode than it was written in: a primary/replica
+/// log replayed as multi-master (or the other way) would not be the same database.
+fn check_mode(
+    conn: &Connection,
+    policy: &Policy,
+    log: &Log,
+    mm: Option<&crate::mm::MultiMaster>,
+) -> Result<(), EngineError> {
+    let is_mm = policy.internal(|| crate::mm::is_multi_master(conn));
+    let has_data = log.durable_position().lsn != scribe_core::Lsn::ZERO;
+    match (mm.is_some(), is_mm) {
+        (true, false) if has_data => Err(EngineError::BadRequest(
+            "this data directory holds a primary/replica database: a multi-master node starts from an empty data directory (or a multi-master one)".into(),
+        )),
+        (false, true) => Err(EngineError::BadRequest(
+            "this data directory holds a multi-master database: start the node with --multi-master".into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The SQLite database file inside a data directory.
@@ -162,6 +190,10 @@ pub(crate) fn apply_payloads<'a>(
                         .expect("just created")
                         .add(&cs)
                         .map_err(|e| EngineError::Diverged(e.to_string()))?;
+                }
+                payload::Step::MultiMaster(bytes) => {
+                    flush(&mut group)?;
+                    crate::mm::apply(conn, &crate::mm::Record::decode(&bytes)?)?;
                 }
                 payload::Step::Sql(sql) => {
                     flush(&mut group)?;
@@ -253,6 +285,10 @@ impl Engine {
         let applied_before = policy
             .internal(|| meta::applied(&conn))
             .map_err(|e| EngineError::Internal(format!("read applied position: {e}")))?;
+        check_mode(&conn, &policy, &log, opts.multi_master.as_ref())?;
+        if let Some(mm) = &opts.multi_master {
+            policy.internal(|| crate::mm::prepare(&conn, mm))?;
+        }
         let replayed = replay(&conn, &policy, &log, applied_before)?;
         if replayed > 0 {
             tracing::info!(replayed, from = %applied_before, to = %log.durable_position(), "replayed the change log into SQLite");
@@ -262,6 +298,11 @@ impl Engine {
         if applied_before.lsn == log.durable_position().lsn {
             log.adopt_term(applied_before.term);
         }
+        let mm = match opts.multi_master.clone() {
+            Some(o) => Some(policy.internal(|| crate::mm::MmWriter::open(&conn, o))?),
+            None => None,
+        };
+        let mm_status = mm.as_ref().map(|m| m.status.clone());
         let at = log.durable_position();
         let terms: crate::rewind::SharedTerms = Arc::new(Mutex::new(log.term_history().to_vec()));
         let metrics = Arc::new(EngineMetrics::default());
@@ -306,6 +347,7 @@ impl Engine {
             db_path: db.clone(),
             data_dir: opts.dir.clone(),
             terms: terms.clone(),
+            mm,
         };
         let handle = std::thread::Builder::new()
             .name("scribe-writer".into())
@@ -325,6 +367,7 @@ impl Engine {
                 log_dir: opts.dir.join("log"),
                 db: db.clone(),
                 limits: opts.limits,
+                mm_status,
             }),
         };
         Ok((
@@ -436,6 +479,38 @@ impl Engine {
             .map_err(|_| EngineError::Unavailable("the node is shutting down".into()))?;
         rx.await
             .map_err(|_| EngineError::Unavailable("the writer stopped before answering".into()))?
+    }
+
+    /// Applies records read from `peer`'s log on a multi-master node: `(the peer's LSN, the
+    /// record's payload)`, in the peer's order. Records this node has are skipped; the others
+    /// are applied, made durable in this node's log and committed with where this node has read
+    /// `peer`'s log up to.
+    pub async fn mm_apply(
+        &self,
+        peer: String,
+        records: Vec<(u64, Vec<u8>)>,
+    ) -> Result<crate::mm::Applied, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(WriterMsg::MmApply {
+                peer,
+                records,
+                reply,
+            })
+            .await
+            .map_err(|_| EngineError::Unavailable("the node is shutting down".into()))?;
+        rx.await
+            .map_err(|_| EngineError::Unavailable("the writer stopped before answering".into()))?
+    }
+
+    /// A multi-master node's version vector and where it has read each peer's log up to, as of
+    /// its last commit (`None` on a primary/replica node).
+    pub fn mm_status(&self) -> Option<crate::mm::MmStatus> {
+        self.inner
+            .mm_status
+            .as_ref()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     /// Reads this node's durable log records from `from` up to the flushed position at the time

@@ -22,8 +22,10 @@
 //! - [`payload`]: what a record's payload holds.
 //! - [`policy`]: what clients' SQL may do (SQLite authorizer).
 //! - [`meta`]: the `_scribe_meta` table.
+//! - [`mm`]: the multi-master write path: records stamped with origin, sequence and clock, made
+//!   from local transactions and applied from other masters.
 //! - [`multi_master`]: multi-master rows: their replicated state beside them, and applying a
-//!   change to it (not wired into the writer yet).
+//!   change to it.
 //! - [`value`]: SQL values and parameters in JSON.
 //! - [`metrics`]: write-path metrics.
 //! - [`error`]: the engine's error type, [`EngineError`].
@@ -37,6 +39,7 @@ pub mod exec;
 pub mod gate;
 pub mod meta;
 pub mod metrics;
+pub mod mm;
 pub mod multi_master;
 pub mod occ;
 pub mod payload;

@@ -369,14 +369,33 @@ pub fn schema(conn: &Connection, name: &str, policy: TablePolicy) -> Result<MmSc
 }
 
 /// One changed row of a multi-master table, as it replicates.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RowChange {
     /// The table.
     pub table: String,
-    /// The row's primary key.
+    /// The row's primary key (stored exactly: a real keeps its bits).
+    #[serde(with = "exact_values")]
     pub key: Vec<Value>,
     /// What the change did to the row's replicated state (the merge takes it in).
     pub delta: Row<Ordered>,
+}
+
+/// Values as [`Ordered`] stores them, so that a key crosses the network unchanged.
+mod exact_values {
+    use super::{Ordered, Value};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[Value], s: S) -> Result<S::Ok, S::Error> {
+        let o: Vec<Ordered> = v.iter().cloned().map(Ordered).collect();
+        o.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Value>, D::Error> {
+        Ok(Vec::<Ordered>::deserialize(d)?
+            .into_iter()
+            .map(|o| o.0)
+            .collect())
+    }
 }
 
 fn integer(v: &Value, col: &str) -> Result<i64, MmError> {

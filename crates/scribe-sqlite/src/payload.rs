@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! payload := version u8 (=1) | step_count u32 | step*
-//! step    := kind u8 (1 = changeset, 2 = DDL as SQL text) | len u32 | bytes
+//! step    := kind u8 (1 = changeset, 2 = DDL as SQL text, 3 = multi-master record) | len u32 | bytes
 //! ```
 //!
 //! Row changes travel as session-extension changesets and are replayed at the storage level;
@@ -13,6 +13,7 @@ use crate::EngineError;
 const PAYLOAD_VERSION: u8 = 1;
 const KIND_CHANGESET: u8 = 1;
 const KIND_SQL: u8 = 2;
+const KIND_MULTI_MASTER: u8 = 3;
 
 /// One step of a transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +22,8 @@ pub enum Step {
     Changeset(Vec<u8>),
     /// A schema change, as SQL text to run again.
     Sql(String),
+    /// A multi-master node's whole transaction, as [`crate::mm::Record`] encodes it.
+    MultiMaster(Vec<u8>),
 }
 
 /// Encodes the steps of one transaction.
@@ -33,6 +36,7 @@ pub fn encode(steps: &[Step]) -> Vec<u8> {
         out.push(match s {
             Step::Changeset(_) => KIND_CHANGESET,
             Step::Sql(_) => KIND_SQL,
+            Step::MultiMaster(_) => KIND_MULTI_MASTER,
         });
         let b = step_bytes(s);
         out.extend_from_slice(&(b.len() as u32).to_le_bytes());
@@ -48,7 +52,7 @@ pub(crate) fn steps_bytes(steps: &[Step]) -> u64 {
 
 fn step_bytes(s: &Step) -> &[u8] {
     match s {
-        Step::Changeset(b) => b,
+        Step::Changeset(b) | Step::MultiMaster(b) => b,
         Step::Sql(t) => t.as_bytes(),
     }
 }
@@ -80,6 +84,7 @@ pub fn decode(mut b: &[u8]) -> Result<Vec<Step>, EngineError> {
             KIND_SQL => {
                 Step::Sql(String::from_utf8(bytes).map_err(|_| bad("DDL text is not UTF-8"))?)
             }
+            KIND_MULTI_MASTER => Step::MultiMaster(bytes),
             k => return Err(bad(&format!("unknown step kind {k}"))),
         });
     }
@@ -99,6 +104,7 @@ mod tests {
             Step::Changeset(vec![1, 2, 3]),
             Step::Sql("CREATE TABLE t(x)".into()),
             Step::Changeset(vec![]),
+            Step::MultiMaster(vec![7, 8]),
         ];
         assert_eq!(decode(&encode(&steps)).unwrap(), steps);
         assert_eq!(decode(&encode(&[])).unwrap(), vec![]);

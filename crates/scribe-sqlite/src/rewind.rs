@@ -150,6 +150,12 @@ fn load_tail(log: &Log, to: Position, upto: Lsn) -> Result<Vec<Undo>, EngineErro
         for step in payload::decode(&record.payload)? {
             match step {
                 Step::Changeset(cs) => changesets.push(cs),
+                Step::MultiMaster(_) => {
+                    return Err(EngineError::NeedSnapshot(format!(
+                        "cannot rewind to {to}: the transaction at {} is a multi-master record, which is never undone",
+                        record.position()
+                    )))
+                }
                 Step::Sql(sql) => {
                     return Err(EngineError::NeedSnapshot(format!(
                         "cannot rewind to {to}: the transaction at {} changed the schema ({sql:?}), which cannot be undone; re-seed this node from a snapshot",

@@ -389,10 +389,15 @@ impl Writer {
         let position = if steps.is_empty() {
             None
         } else {
-            match self
-                .log
-                .append(self.term, crate::writer::now_us(), payload::encode(&steps))
-            {
+            let payload = match self.seal(steps) {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = self.internal("ROLLBACK");
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            };
+            match self.log.append(self.term, crate::writer::now_us(), payload) {
                 Ok(pos) => Some(pos),
                 Err(e) => {
                     let _ = self.internal("ROLLBACK");

@@ -132,6 +132,12 @@ pub(crate) enum WriterMsg {
         file: std::path::PathBuf,
         reply: oneshot::Sender<Result<crate::rewind::RewindReport, EngineError>>,
     },
+    /// Apply records read from a peer's log (a multi-master node's path; see [`crate::mm`]).
+    MmApply {
+        peer: String,
+        records: Vec<(u64, Vec<u8>)>,
+        reply: oneshot::Sender<Result<crate::mm::Applied, EngineError>>,
+    },
     /// Finish what is queued before this and stop.
     Stop(oneshot::Sender<()>),
 }
@@ -162,6 +168,8 @@ pub(crate) struct Writer {
     pub data_dir: std::path::PathBuf,
     /// The log's term history as last published (see [`crate::Engine::term_history`]).
     pub terms: crate::rewind::SharedTerms,
+    /// On a multi-master node: its clock, options and published status (see [`crate::mm`]).
+    pub mm: Option<crate::mm::MmWriter>,
 }
 
 pub(crate) struct Done {
@@ -217,6 +225,13 @@ impl Writer {
                 }
                 WriterMsg::Apply { records, reply } => {
                     let _ = reply.send(self.apply_records(records));
+                }
+                WriterMsg::MmApply {
+                    peer,
+                    records,
+                    reply,
+                } => {
+                    let _ = reply.send(self.apply_remote(&peer, records));
                 }
                 WriterMsg::InstallSnapshot { path, reply } => {
                     let _ = reply.send(self.install_snapshot(&path));
@@ -598,6 +613,7 @@ impl Writer {
         }
         EngineMetrics::add(&self.metrics.commits, logged);
         self.metrics.batch_size.observe(logged as f64);
+        self.mm_publish();
         let at = self.log.durable_position();
         self.progress.send_modify(|p| {
             p.last = at;
@@ -773,7 +789,7 @@ impl Writer {
                 if steps.is_empty() {
                     return Ok((results, None));
                 }
-                let payload = payload::encode(&steps);
+                let payload = self.seal(steps)?;
                 let pos = self
                     .log
                     .append(self.term, now_us(), payload)
@@ -794,7 +810,7 @@ impl Writer {
         outcome
     }
 
-    fn schema_version(&self) -> Result<i64, EngineError> {
+    pub(crate) fn schema_version(&self) -> Result<i64, EngineError> {
         self.policy
             .internal(|| {
                 self.conn
@@ -826,6 +842,7 @@ impl Writer {
         let mut before = self.schema_version()?;
         for st in statements {
             bounds.check(what)?;
+            self.mm_check_statement(&st.sql)?;
             let mut prepared = exec::prepare(&self.conn, &self.policy, &st.sql)?;
             exec::bind(&mut prepared, &st.params)?;
             let readonly = prepared.readonly();

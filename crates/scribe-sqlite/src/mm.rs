@@ -1,0 +1,615 @@
+//! The multi-master write path (issue 12, DESIGN.md §6): what a record of a multi-master node
+//! holds, how a local transaction becomes one, and how one (local after a crash, or from another
+//! master) is applied.
+//!
+//! A record is stamped with its origin node, the origin's own sequence number and the hybrid
+//! logical clock of its write; it holds the transaction's steps in order: schema changes as SQL
+//! text, row changes as the deltas of their replicated states ([`crate::multi_master`]). It
+//! travels in the change log as a step of its own kind ([`crate::payload::Step::MultiMaster`]),
+//! so group commit, fsync, replay and streaming are the ones every node has. Each node's log
+//! holds the records it wrote and the ones it applied from others, in the order it applied them,
+//! which is a causal order: a peer that streams it in order from anywhere delivers every record
+//! after the records its writer had seen.
+//!
+//! What a node has applied from each origin is its version vector, kept in `_scribe_mm_vv` in
+//! the same SQLite transaction as the rows; where it has read each peer's log up to is kept in
+//! `_scribe_mm_peers`, so a restart resumes both exactly.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use scribe_core::multi_master::{Hlc, Seq, TablePolicy, VersionVector};
+use serde::{Deserialize, Serialize};
+
+use crate::multi_master::{self as rows, MmSchema, RowChange};
+use crate::EngineError;
+
+/// The version of [`Record`]'s encoding.
+const RECORD_VERSION: u8 = 1;
+/// The version vector: origin → the last sequence number applied from it.
+pub const VV_TABLE: &str = "_scribe_mm_vv";
+/// Where this node has read each peer's log up to (the peer's LSN).
+pub const PEERS_TABLE: &str = "_scribe_mm_peers";
+/// Each table's conflict policy (absent: `lww`).
+pub const POLICY_TABLE: &str = "_scribe_mm_policy";
+
+/// How a node takes part in a multi-master cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultiMaster {
+    /// This node's name: the origin of its records.
+    pub node: String,
+    /// The node that runs schema changes, so every node applies them in one order.
+    pub ddl_node: String,
+    /// Conflict policies by table name (a table not named is `lww`).
+    pub policies: BTreeMap<String, TablePolicy>,
+    /// How far ahead of this node's clock a remote timestamp may be before it is refused.
+    pub max_offset_ms: u64,
+}
+
+/// One step of a multi-master transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Item {
+    /// A schema change, as SQL text.
+    Ddl(String),
+    /// Row changes of multi-master tables.
+    Rows(Vec<RowChange>),
+}
+
+/// A multi-master record: one transaction of `origin`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Encoding version.
+    pub v: u8,
+    /// The node that wrote it.
+    pub origin: String,
+    /// Its sequence number among `origin`'s records (1, 2, ...).
+    pub seq: u64,
+    /// The hybrid logical clock of its write.
+    pub hlc: Hlc,
+    /// What it did, in order.
+    pub items: Vec<Item>,
+}
+
+impl Record {
+    /// Encodes the record (the bytes of its payload step).
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a record serialises")
+    }
+
+    /// Decodes what [`Record::encode`] wrote.
+    pub fn decode(b: &[u8]) -> Result<Record, EngineError> {
+        let r: Record = serde_json::from_slice(b)
+            .map_err(|e| EngineError::Corrupt(format!("multi-master record: {e}")))?;
+        if r.v != RECORD_VERSION {
+            return Err(EngineError::Corrupt(format!(
+                "multi-master record of version {}, this node reads version {RECORD_VERSION}",
+                r.v
+            )));
+        }
+        Ok(r)
+    }
+
+    /// A record of `origin`.
+    pub fn new(origin: &str, seq: u64, hlc: Hlc, items: Vec<Item>) -> Record {
+        Record {
+            v: RECORD_VERSION,
+            origin: origin.to_string(),
+            seq,
+            hlc,
+            items,
+        }
+    }
+}
+
+fn mm_err(e: rows::MmError) -> EngineError {
+    match e {
+        rows::MmError::Sqlite(e) => EngineError::from_sqlite(e, None),
+        rows::MmError::Damaged { .. } => EngineError::Corrupt(e.to_string()),
+        rows::MmError::Invalid(m) => EngineError::BadRequest(m),
+    }
+}
+
+fn sql_err(what: &str) -> impl Fn(rusqlite::Error) -> EngineError + '_ {
+    move |e| EngineError::Internal(format!("{what}: {e}"))
+}
+
+/// Creates the multi-master tables and stores the configured policies (before replay, which
+/// applies records by them).
+pub fn prepare(conn: &Connection, mm: &MultiMaster) -> Result<(), EngineError> {
+    rows::ensure_tables(conn).map_err(mm_err)?;
+    conn.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS {VV_TABLE} (origin TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS {PEERS_TABLE} (peer TEXT PRIMARY KEY, lsn INTEGER NOT NULL) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS {POLICY_TABLE} (tbl TEXT PRIMARY KEY, policy TEXT NOT NULL) WITHOUT ROWID;"
+    ))
+    .map_err(sql_err("create the multi-master tables"))?;
+    conn.execute(&format!("DELETE FROM {POLICY_TABLE}"), [])
+        .map_err(sql_err("store the table policies"))?;
+    for (t, p) in &mm.policies {
+        conn.execute(
+            &format!("INSERT INTO {POLICY_TABLE} (tbl, policy) VALUES (?1, ?2)"),
+            params![t, p.to_string()],
+        )
+        .map_err(sql_err("store the table policies"))?;
+    }
+    Ok(())
+}
+
+/// Whether `conn`'s database is a multi-master one.
+pub fn is_multi_master(conn: &Connection) -> bool {
+    conn.query_row(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [VV_TABLE],
+        |_| Ok(()),
+    )
+    .optional()
+    .ok()
+    .flatten()
+    .is_some()
+}
+
+/// The schemas of every client table under its policy, or why a table cannot be multi-master.
+pub type Schemas = BTreeMap<String, Result<MmSchema, String>>;
+
+/// Reads the schemas of every client table (not `sqlite_*` nor `_scribe_*`).
+pub fn schemas(conn: &Connection) -> Result<Schemas, EngineError> {
+    let mut policies: BTreeMap<String, String> = BTreeMap::new();
+    {
+        let mut st = conn
+            .prepare_cached(&format!("SELECT tbl, policy FROM {POLICY_TABLE}"))
+            .map_err(sql_err("read the table policies"))?;
+        let found = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(sql_err("read the table policies"))?;
+        for f in found {
+            let (t, p) = f.map_err(sql_err("read the table policies"))?;
+            policies.insert(t.to_ascii_lowercase(), p);
+        }
+    }
+    let names: Vec<String> = {
+        let mut st = conn
+            .prepare_cached(
+                "SELECT name FROM sqlite_master WHERE type = 'table'
+                 AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE '\\_scribe\\_%' ESCAPE '\\'",
+            )
+            .map_err(sql_err("read the schema"))?;
+        let found = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(sql_err("read the schema"))?;
+        found
+            .collect::<Result<_, _>>()
+            .map_err(sql_err("read the schema"))?
+    };
+    let mut out = BTreeMap::new();
+    for name in names {
+        let policy = match policies.get(&name.to_ascii_lowercase()) {
+            None => Ok(TablePolicy::default()),
+            Some(p) => p
+                .parse::<TablePolicy>()
+                .map_err(|e| format!("table {name:?}: {e}")),
+        };
+        let schema = policy.and_then(|p| rows::schema(conn, &name, p).map_err(|e| e.to_string()));
+        out.insert(name, schema);
+    }
+    Ok(out)
+}
+
+/// The schema of `table`, or why its changes cannot be taken.
+pub(crate) fn schema_of<'a>(schemas: &'a Schemas, table: &str) -> Result<&'a MmSchema, String> {
+    match schemas.get(table) {
+        Some(Ok(s)) => Ok(s),
+        Some(Err(why)) => Err(why.clone()),
+        None => Err(format!("table {table:?} is not in this node's schema")),
+    }
+}
+
+/// This node's version vector, as stored.
+pub fn version_vector(conn: &Connection) -> Result<VersionVector, EngineError> {
+    let mut vv = VersionVector::new();
+    let mut st = conn
+        .prepare_cached(&format!("SELECT origin, seq FROM {VV_TABLE}"))
+        .map_err(sql_err("read the version vector"))?;
+    let found = st
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(sql_err("read the version vector"))?;
+    for f in found {
+        let (origin, seq) = f.map_err(sql_err("read the version vector"))?;
+        // Recorded in order, so each origin's sequence numbers 1..=seq are all applied.
+        for s in vv.get(&origin).0 + 1..=seq as u64 {
+            let _ = vv.applied(&origin, Seq(s));
+        }
+    }
+    Ok(vv)
+}
+
+/// The last sequence number applied from `origin` (0 for none).
+pub(crate) fn applied_seq(conn: &Connection, origin: &str) -> Result<u64, EngineError> {
+    conn.prepare_cached(&format!("SELECT seq FROM {VV_TABLE} WHERE origin = ?1"))
+        .and_then(|mut st| st.query_row([origin], |r| r.get::<_, i64>(0)).optional())
+        .map(|s| s.unwrap_or(0) as u64)
+        .map_err(sql_err("read the version vector"))
+}
+
+pub(crate) fn set_applied_seq(
+    conn: &Connection,
+    origin: &str,
+    seq: u64,
+) -> Result<(), EngineError> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO {VV_TABLE} (origin, seq) VALUES (?1, ?2)
+         ON CONFLICT (origin) DO UPDATE SET seq = max(seq, excluded.seq)"
+    ))
+    .and_then(|mut st| st.execute(params![origin, seq as i64]))
+    .map(|_| ())
+    .map_err(sql_err("store the version vector"))
+}
+
+/// Where this node has read each peer's log up to.
+pub fn peer_cursors(conn: &Connection) -> Result<BTreeMap<String, u64>, EngineError> {
+    let mut st = conn
+        .prepare_cached(&format!("SELECT peer, lsn FROM {PEERS_TABLE}"))
+        .map_err(sql_err("read the peers' positions"))?;
+    let found = st
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })
+        .map_err(sql_err("read the peers' positions"))?;
+    found
+        .collect::<Result<_, _>>()
+        .map_err(sql_err("read the peers' positions"))
+}
+
+pub(crate) fn set_peer_cursor(conn: &Connection, peer: &str, lsn: u64) -> Result<(), EngineError> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO {PEERS_TABLE} (peer, lsn) VALUES (?1, ?2)
+         ON CONFLICT (peer) DO UPDATE SET lsn = max(lsn, excluded.lsn)"
+    ))
+    .and_then(|mut st| st.execute(params![peer, lsn as i64]))
+    .map(|_| ())
+    .map_err(sql_err("store a peer's position"))
+}
+
+/// Applies `record` to the database inside the caller's transaction: its schema changes and row
+/// deltas in order (merged into the rows' states, which makes a second application change
+/// nothing), and its sequence number into the version vector.
+pub(crate) fn apply(conn: &Connection, record: &Record) -> Result<(), EngineError> {
+    let mut schemas: Option<Schemas> = None;
+    for item in &record.items {
+        match item {
+            Item::Ddl(sql) => {
+                conn.execute_batch(sql).map_err(|e| {
+                    if EngineError::sqlite_full(&e) {
+                        EngineError::DiskFull(format!("apply DDL {sql:?}: {e}"))
+                    } else {
+                        EngineError::Diverged(format!(
+                            "apply DDL {sql:?} of {}'s record {}: {e}",
+                            record.origin, record.seq
+                        ))
+                    }
+                })?;
+                schemas = None;
+            }
+            Item::Rows(changes) => {
+                if schemas.is_none() {
+                    schemas = Some(self::schemas(conn)?);
+                }
+                let s = schemas.as_ref().expect("just read");
+                for c in changes {
+                    let sc = schema_of(s, &c.table).map_err(|why| {
+                        EngineError::Diverged(format!(
+                            "a change of {}'s record {} to {:?}: {why}",
+                            record.origin, record.seq, c.table
+                        ))
+                    })?;
+                    rows::apply_delta(conn, &sc.table, &c.key, &c.delta).map_err(mm_err)?;
+                }
+            }
+        }
+    }
+    set_applied_seq(conn, &record.origin, record.seq)
+}
+
+/// What a multi-master node publishes for its status: its version vector and where it has
+/// read each peer's log up to, as of its last commit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MmStatus {
+    /// What it has applied from each origin.
+    pub vv: VersionVector,
+    /// Each peer's LSN it has read up to.
+    pub cursors: BTreeMap<String, u64>,
+}
+
+/// The status shared between the writer and the engine handle.
+pub(crate) type SharedStatus = std::sync::Arc<std::sync::Mutex<MmStatus>>;
+
+/// What applying a batch of a peer's records did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Records applied (new to this node).
+    pub applied: u64,
+    /// Records skipped: this node had them already (from their origin or another peer).
+    pub duplicates: u64,
+    /// The peer's LSN this node has now read up to.
+    pub cursor: u64,
+}
+
+/// The writer's multi-master state.
+pub(crate) struct MmWriter {
+    pub opts: MultiMaster,
+    pub clock: scribe_core::multi_master::Clock,
+    /// The schemas as of a schema version.
+    pub cache: Option<(i64, Schemas)>,
+    pub status: SharedStatus,
+}
+
+impl MmWriter {
+    /// The writer's state over `conn`'s database: the clock starts past every stamp it holds.
+    pub(crate) fn open(conn: &Connection, opts: MultiMaster) -> Result<MmWriter, EngineError> {
+        let last = rows::max_stamp(conn).map_err(mm_err)?;
+        let status = MmStatus {
+            vv: version_vector(conn)?,
+            cursors: peer_cursors(conn)?,
+        };
+        Ok(MmWriter {
+            clock: scribe_core::multi_master::Clock::new(last, opts.max_offset_ms),
+            opts,
+            cache: None,
+            status: std::sync::Arc::new(std::sync::Mutex::new(status)),
+        })
+    }
+}
+
+fn now_ms() -> u64 {
+    crate::writer::now_us() / 1000
+}
+
+impl crate::writer::Writer {
+    /// Refuses a statement a multi-master node must not run: an unsafe schema change, or any
+    /// schema change on a node other than the one that runs them all.
+    pub(crate) fn mm_check_statement(&self, sql: &str) -> Result<(), EngineError> {
+        let Some(mm) = &self.mm else { return Ok(()) };
+        match scribe_core::multi_master::check_ddl(sql) {
+            scribe_core::multi_master::DdlVerdict::NotDdl => Ok(()),
+            scribe_core::multi_master::DdlVerdict::Refused(why) => Err(EngineError::BadRequest(why)),
+            scribe_core::multi_master::DdlVerdict::Allowed if mm.opts.node != mm.opts.ddl_node => {
+                Err(EngineError::BadRequest(format!(
+                    "schema changes in multi-master mode run on node {:?}, so that every node applies them in one order; run it there (nothing was changed)",
+                    mm.opts.ddl_node
+                )))
+            }
+            scribe_core::multi_master::DdlVerdict::Allowed => Ok(()),
+        }
+    }
+
+    fn mm_schemas(&mut self) -> Result<Schemas, EngineError> {
+        let version = self.schema_version()?;
+        let mm = self.mm.as_mut().expect("multi-master");
+        if let Some((v, s)) = &mm.cache {
+            if *v == version {
+                return Ok(s.clone());
+            }
+        }
+        let s = self.policy.internal(|| schemas(&self.conn))?;
+        self.mm.as_mut().expect("multi-master").cache = Some((version, s.clone()));
+        Ok(s)
+    }
+
+    /// The payload of a local transaction's record, inside its open savepoint. On a
+    /// multi-master node: its changes become deltas of their rows' states, stamped with the next
+    /// clock tick, taken into those states, and the record gets this node's next sequence number.
+    pub(crate) fn seal(
+        &mut self,
+        steps: Vec<crate::payload::Step>,
+    ) -> Result<Vec<u8>, EngineError> {
+        use crate::payload::{self, Step};
+        if self.mm.is_none() {
+            return Ok(payload::encode(&steps));
+        }
+        let (node, hlc) = {
+            let mm = self.mm.as_mut().expect("multi-master");
+            (mm.opts.node.clone(), mm.clock.tick(now_ms()))
+        };
+        let stamp = scribe_core::multi_master::Stamp {
+            hlc,
+            node: node.clone(),
+        };
+        let mut items = Vec::with_capacity(steps.len());
+        let mut ddl = false;
+        for step in steps {
+            match step {
+                Step::Sql(sql) => {
+                    ddl = true;
+                    items.push(Item::Ddl(sql));
+                }
+                Step::Changeset(cs) => {
+                    let all = self.mm_schemas()?;
+                    let mut changes = crate::changeset::Changes::new(&cs)
+                        .map_err(|e| EngineError::Internal(format!("read a changeset: {e}")))?;
+                    while let Some(c) = changes
+                        .next_change()
+                        .map_err(|e| EngineError::Internal(format!("read a changeset: {e}")))?
+                    {
+                        schema_of(&all, c.table()).map_err(|why| {
+                            EngineError::BadRequest(format!(
+                                "not allowed in multi-master mode: {why}; nothing of the transaction was kept"
+                            ))
+                        })?;
+                    }
+                    let ok: BTreeMap<String, MmSchema> = all
+                        .into_iter()
+                        .filter_map(|(t, s)| s.ok().map(|s| (t, s)))
+                        .collect();
+                    let changes = self
+                        .policy
+                        .internal(|| rows::capture_local(&self.conn, &ok, &cs, &stamp))
+                        .map_err(mm_err)?;
+                    if !changes.is_empty() {
+                        items.push(Item::Rows(changes));
+                    }
+                }
+                Step::MultiMaster(_) => {
+                    return Err(EngineError::Internal(
+                        "a local transaction captured a multi-master record".into(),
+                    ))
+                }
+            }
+        }
+        if ddl {
+            // Every table must still be one whose changes can replicate.
+            for (t, s) in self.mm_schemas()? {
+                if let Err(why) = s {
+                    return Err(EngineError::BadRequest(format!(
+                        "not allowed in multi-master mode: table {t:?}: {why}; nothing was changed"
+                    )));
+                }
+            }
+        }
+        let seq = self.policy.internal(|| -> Result<u64, EngineError> {
+            let seq = applied_seq(&self.conn, &node)? + 1;
+            set_applied_seq(&self.conn, &node, seq)?;
+            Ok(seq)
+        })?;
+        let record = Record::new(&node, seq, hlc, items);
+        Ok(payload::encode(&[Step::MultiMaster(record.encode())]))
+    }
+
+    /// Publishes the version vector and the peers' positions as committed.
+    pub(crate) fn mm_publish(&self) {
+        let Some(mm) = &self.mm else { return };
+        let read = self.policy.internal(|| -> Result<MmStatus, EngineError> {
+            Ok(MmStatus {
+                vv: version_vector(&self.conn)?,
+                cursors: peer_cursors(&self.conn)?,
+            })
+        });
+        match read {
+            Ok(s) => *mm.status.lock().unwrap_or_else(|p| p.into_inner()) = s,
+            Err(e) => tracing::warn!(error = %e, "could not read the version vector to publish it"),
+        }
+    }
+
+    /// Applies records read from `peer`'s log — `(the peer's LSN, the record's payload)`, in the
+    /// peer's order — in one transaction: each record new to this node is applied and appended to
+    /// this node's log (so it streams on to others); one it has (from its origin or another
+    /// peer) is skipped. Where this node has read `peer`'s log up to is stored with them.
+    pub(crate) fn apply_remote(
+        &mut self,
+        peer: &str,
+        records: Vec<(u64, Vec<u8>)>,
+    ) -> Result<Applied, EngineError> {
+        use crate::payload::{self, Step};
+        if let Some(why) = self.fatal.get() {
+            return Err(EngineError::Unavailable(why.clone()));
+        }
+        let Some(node) = self.mm.as_ref().map(|m| m.opts.node.clone()) else {
+            return Err(EngineError::BadRequest(
+                "this node is not a multi-master node".into(),
+            ));
+        };
+        if peer == node {
+            return Err(EngineError::BadRequest(format!(
+                "records from {peer:?}, which is this node"
+            )));
+        }
+        self.admit(0)?;
+        self.internal("BEGIN IMMEDIATE")
+            .map_err(|e| EngineError::Internal(format!("begin applying: {e}")))?;
+        let mut done = Applied::default();
+        let result = (|| -> Result<(), EngineError> {
+            for (lsn, bytes) in &records {
+                done.cursor = done.cursor.max(*lsn);
+                for step in payload::decode(bytes)? {
+                    let Step::MultiMaster(b) = step else {
+                        return Err(EngineError::Diverged(format!(
+                            "{peer} sent a record (its lsn {lsn}) that is not a multi-master record: is it started with --multi-master?"
+                        )));
+                    };
+                    let rec = Record::decode(&b)?;
+                    let have = self
+                        .policy
+                        .internal(|| applied_seq(&self.conn, &rec.origin))?;
+                    if rec.seq <= have {
+                        done.duplicates += 1;
+                        continue;
+                    }
+                    if rec.origin == node {
+                        return Err(EngineError::Diverged(format!(
+                            "{peer} holds record {} of this node, which this node never wrote (it has {have}): this node's data is older than the cluster's; re-seed it",
+                            rec.seq
+                        )));
+                    }
+                    if rec.seq != have + 1 {
+                        return Err(EngineError::Diverged(format!(
+                            "{peer} sent record {} of {} but this node has applied up to {have} of it",
+                            rec.seq, rec.origin
+                        )));
+                    }
+                    self.mm
+                        .as_mut()
+                        .expect("multi-master")
+                        .clock
+                        .observe(rec.hlc, now_ms())
+                        .map_err(|e| {
+                            EngineError::Unavailable(format!(
+                                "record {} of {} from {peer}: {e}; it is applied once this node's clock catches up",
+                                rec.seq, rec.origin
+                            ))
+                        })?;
+                    self.policy.internal(|| apply(&self.conn, &rec))?;
+                    self.log
+                        .append(
+                            self.term,
+                            crate::writer::now_us(),
+                            payload::encode(&[Step::MultiMaster(b)]),
+                        )
+                        .map_err(EngineError::from)?;
+                    done.applied += 1;
+                }
+            }
+            self.policy
+                .internal(|| set_peer_cursor(&self.conn, peer, done.cursor))
+        })();
+        if let Err(e) = result {
+            self.log.discard_pending();
+            let _ = self.internal("ROLLBACK");
+            return Err(e);
+        }
+        self.commit_batch()?;
+        let at = self.log.durable_position();
+        self.progress.send_modify(|p| {
+            p.last = at;
+            p.flushed = at;
+            p.applied = at;
+        });
+        crate::EngineMetrics::add(&self.metrics.commits, done.applied);
+        self.mm_publish();
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_damaged_ones_are_refused() {
+        let r = Record::new(
+            "n1",
+            7,
+            Hlc {
+                wall_ms: 5,
+                logical: 2,
+            },
+            vec![Item::Ddl(
+                "CREATE TABLE t (k TEXT NOT NULL PRIMARY KEY)".into(),
+            )],
+        );
+        assert_eq!(Record::decode(&r.encode()).unwrap(), r);
+        let b = r.encode();
+        assert!(Record::decode(&b[..b.len() - 1]).is_err());
+        let mut other = r.clone();
+        other.v = 9;
+        let e = Record::decode(&other.encode()).unwrap_err().to_string();
+        assert!(e.contains("version 9"), "{e}");
+    }
+}

@@ -1,0 +1,303 @@
+//! Multi-master engines against real files: local transactions become stamped records, records
+//! read from another engine's log apply (once, whichever peer they come from), concurrent writes
+//! merge by each table's policy, schema changes run on one node only, and a restart resumes
+//! the version vector and the clock.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use scribe_core::multi_master::{Seq, TablePolicy};
+use scribe_core::Lsn;
+use scribe_sqlite::mm::MultiMaster;
+use scribe_sqlite::{Engine, EngineError, EngineOptions, Statement, Value};
+
+const NODES: [&str; 3] = ["n1", "n2", "n3"];
+
+fn options(dir: &Path, node: &str) -> EngineOptions {
+    let mut o = EngineOptions::new(dir);
+    let mut policies = BTreeMap::new();
+    policies.insert(
+        "counters".to_string(),
+        "merge(hits=sum, best=max)".parse::<TablePolicy>().unwrap(),
+    );
+    o.multi_master = Some(MultiMaster {
+        node: node.to_string(),
+        ddl_node: "n1".to_string(),
+        policies,
+        max_offset_ms: 10_000,
+    });
+    o
+}
+
+fn open(dir: &Path, node: &str) -> Engine {
+    Engine::open(options(dir, node)).unwrap().0
+}
+
+async fn exec(e: &Engine, sql: &str) -> Result<(), EngineError> {
+    e.execute(vec![Statement::new(sql)]).await.map(|_| ())
+}
+
+async fn rows(e: &Engine, sql: &str) -> Vec<Vec<Value>> {
+    e.query(Statement::new(sql)).await.unwrap().rows.rows
+}
+
+/// Streams what `to` has not read of `from`'s log into `to`, as a peer link does.
+async fn pull(to: &Engine, to_name: &str, from: &Engine, from_name: &str) -> u64 {
+    let _ = to_name;
+    let cursor = to
+        .mm_status()
+        .unwrap()
+        .cursors
+        .get(from_name)
+        .copied()
+        .unwrap_or(0);
+    let records: Vec<(u64, Vec<u8>)> = from
+        .read_log(Lsn(cursor + 1))
+        .unwrap()
+        .map(|r| {
+            let r = r.unwrap();
+            (r.lsn.0, r.payload)
+        })
+        .collect();
+    if records.is_empty() {
+        return 0;
+    }
+    to.mm_apply(from_name.to_string(), records)
+        .await
+        .unwrap()
+        .applied
+}
+
+/// Every engine pulls from every other until nothing new moves.
+async fn exchange(engines: &[Engine]) {
+    loop {
+        let mut moved = 0;
+        for (i, to) in engines.iter().enumerate() {
+            for (j, from) in engines.iter().enumerate() {
+                if i != j {
+                    moved += pull(to, NODES[i], from, NODES[j]).await;
+                }
+            }
+        }
+        if moved == 0 {
+            return;
+        }
+    }
+}
+
+async fn contents(e: &Engine) -> Vec<Vec<Vec<Value>>> {
+    vec![
+        rows(e, "SELECT * FROM item ORDER BY id").await,
+        rows(e, "SELECT * FROM counters ORDER BY id").await,
+    ]
+}
+
+async fn schema(e: &Engine) {
+    exec(
+        e,
+        "CREATE TABLE item (id TEXT NOT NULL PRIMARY KEY, name TEXT, price INTEGER)",
+    )
+    .await
+    .unwrap();
+    exec(
+        e,
+        "CREATE TABLE counters (id TEXT NOT NULL PRIMARY KEY, hits INTEGER DEFAULT 0, best INTEGER)",
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn three_engines_merge_concurrent_writes_by_policy_and_converge() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let engines: Vec<Engine> = dirs
+        .iter()
+        .zip(NODES)
+        .map(|(d, n)| open(d.path(), n))
+        .collect();
+    schema(&engines[0]).await;
+    // Schema changes run on the DDL node only; unsafe ones nowhere.
+    let e = exec(
+        &engines[1],
+        "CREATE TABLE other (id TEXT NOT NULL PRIMARY KEY)",
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("run on node \"n1\""), "{e}");
+    let e = exec(
+        &engines[0],
+        "CREATE TABLE bad (id INTEGER PRIMARY KEY, v TEXT)",
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("not allowed in multi-master mode"), "{e}");
+    exchange(&engines).await;
+    exec(&engines[0], "INSERT INTO item VALUES ('a', 'apple', 1)")
+        .await
+        .unwrap();
+    exec(
+        &engines[0],
+        "INSERT INTO counters (id, best) VALUES ('c', 0)",
+    )
+    .await
+    .unwrap();
+    exchange(&engines).await;
+    // Concurrent: n2 renames, n3 reprices the same row; every node adds to the counter.
+    exec(
+        &engines[1],
+        "UPDATE item SET name = 'apricot' WHERE id = 'a'",
+    )
+    .await
+    .unwrap();
+    exec(&engines[2], "UPDATE item SET price = 7 WHERE id = 'a'")
+        .await
+        .unwrap();
+    for (i, e) in engines.iter().enumerate() {
+        for _ in 0..10 {
+            exec(e, "UPDATE counters SET hits = hits + 1 WHERE id = 'c'")
+                .await
+                .unwrap();
+        }
+        exec(
+            e,
+            &format!("UPDATE counters SET best = {} WHERE id = 'c'", 10 * (i + 1)),
+        )
+        .await
+        .unwrap();
+    }
+    exec(&engines[1], "INSERT INTO item VALUES ('b', 'banana', 2)")
+        .await
+        .unwrap();
+    exchange(&engines).await;
+    let want = vec![
+        vec![
+            vec![
+                Value::Text("a".into()),
+                Value::Text("apricot".into()),
+                Value::Integer(7),
+            ],
+            vec![
+                Value::Text("b".into()),
+                Value::Text("banana".into()),
+                Value::Integer(2),
+            ],
+        ],
+        vec![vec![
+            Value::Text("c".into()),
+            Value::Integer(30),
+            Value::Integer(30),
+        ]],
+    ];
+    for e in &engines {
+        assert_eq!(contents(e).await, want);
+        let vv = e.mm_status().unwrap().vv;
+        assert_eq!(vv.get("n1"), Seq(15));
+        assert_eq!(vv.get("n2"), Seq(13));
+        assert_eq!(vv.get("n3"), Seq(12));
+    }
+    // A record that arrives again, from another peer, changes nothing.
+    let again: Vec<(u64, Vec<u8>)> = engines[1]
+        .read_log(Lsn(1))
+        .unwrap()
+        .map(|r| {
+            let r = r.unwrap();
+            (r.lsn.0, r.payload)
+        })
+        .collect();
+    let done = engines[2].mm_apply("n2".into(), again).await.unwrap();
+    assert_eq!(done.applied, 0);
+    assert!(done.duplicates > 20, "{done:?}");
+    assert_eq!(contents(&engines[2]).await, want);
+    for e in engines {
+        e.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_engine_resumes_its_sequence_its_clock_and_its_peers_positions() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut a = open(dirs[0].path(), "n1");
+    let b = open(dirs[1].path(), "n2");
+    schema(&a).await;
+    exec(&a, "INSERT INTO item VALUES ('a', 'one', 1)")
+        .await
+        .unwrap();
+    pull(&b, "n2", &a, "n1").await;
+    exec(&b, "UPDATE item SET name = 'two' WHERE id = 'a'")
+        .await
+        .unwrap();
+    pull(&a, "n1", &b, "n2").await;
+    a.shutdown().await;
+    a = open(dirs[0].path(), "n1");
+    let st = a.mm_status().unwrap();
+    assert_eq!(st.vv.get("n1"), Seq(3));
+    assert_eq!(st.vv.get("n2"), Seq(1));
+    assert!(st.cursors["n2"] > 0);
+    // Its next write is stamped after everything it holds: it wins over n2's earlier one.
+    exec(&a, "UPDATE item SET name = 'three' WHERE id = 'a'")
+        .await
+        .unwrap();
+    assert_eq!(pull(&a, "n1", &b, "n2").await, 0);
+    pull(&b, "n2", &a, "n1").await;
+    for e in [&a, &b] {
+        assert_eq!(
+            rows(e, "SELECT name FROM item").await,
+            vec![vec![Value::Text("three".into())]]
+        );
+        assert_eq!(e.mm_status().unwrap().vv.get("n1"), Seq(4));
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    // The other mode cannot open its data.
+    let e = Engine::open(EngineOptions::new(dirs[0].path()))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("start the node with --multi-master"), "{e}");
+}
+
+#[tokio::test]
+async fn a_record_of_this_node_it_never_wrote_and_a_gap_are_refused() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = open(dirs[0].path(), "n1");
+    let b = open(dirs[1].path(), "n2");
+    schema(&a).await;
+    exec(&a, "INSERT INTO item VALUES ('a', 'one', 1)")
+        .await
+        .unwrap();
+    let log: Vec<(u64, Vec<u8>)> = a
+        .read_log(Lsn(1))
+        .unwrap()
+        .map(|r| {
+            let r = r.unwrap();
+            (r.lsn.0, r.payload)
+        })
+        .collect();
+    // A gap: the third record without the first two.
+    let e = b
+        .mm_apply("n1".into(), log[2..].to_vec())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("applied up to 0"), "{e}");
+    // A fresh n1 (its data lost) is sent n1's own records back: refused, not taken as new.
+    b.mm_apply("n1".into(), log.clone()).await.unwrap();
+    let fresh = open(dirs[2].path(), "n1");
+    let e = fresh
+        .mm_apply("n2".into(), log)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("never wrote"), "{e}");
+    let e = b
+        .mm_apply("n2".into(), Vec::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("which is this node"), "{e}");
+    for e in [a, b, fresh] {
+        e.shutdown().await;
+    }
+}

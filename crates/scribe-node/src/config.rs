@@ -87,6 +87,9 @@ pub struct NodeConfig {
     /// Cluster mode (`--cluster`): the control plane's members and the lease timings; `None`: a
     /// primary by configuration, or a manually managed replica (`--follow`).
     pub cluster: Option<crate::cluster::ClusterSettings>,
+    /// Multi-master mode (`--multi-master --peers`): every node accepts writes and streams its
+    /// log to the others; `None`: primary/replica.
+    pub multi_master: Option<MultiMasterSettings>,
     /// The users (`--users`); `None`: no authentication (and loopback-only unless `insecure`).
     pub users: Option<std::sync::Arc<crate::auth::UserStore>>,
     /// Allow listening on non-loopback addresses without `--users` (`--insecure`).
@@ -94,6 +97,46 @@ pub struct NodeConfig {
     /// Test-only fault injection: a replica pauses this long between making streamed records
     /// durable and applying them (`SCRIBE_TEST_APPLY_DELAY_MS`). Zero in production.
     pub test_apply_delay: Duration,
+}
+
+/// A multi-master node's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultiMasterSettings {
+    /// The other masters: `(name, peer address)`, sorted by name (this node not among them).
+    pub peers: Vec<(String, String)>,
+    /// Conflict policies by table (`--table-policy`); a table not named is `lww`.
+    pub policies: std::collections::BTreeMap<String, scribe_core::multi_master::TablePolicy>,
+    /// How far ahead of this node's clock a peer's timestamp may be (`--max-clock-offset`).
+    pub max_clock_offset: Duration,
+}
+
+impl MultiMasterSettings {
+    /// The node that runs schema changes: the first of all the masters' names, sorted.
+    pub fn ddl_node<'a>(&'a self, me: &'a str) -> &'a str {
+        self.peers
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .chain([me])
+            .min()
+            .expect("at least this node")
+    }
+
+    /// The policies as text, `table=policy` sorted and joined by `;` (peers compare them).
+    pub fn policies_text(&self) -> String {
+        self.policies
+            .iter()
+            .map(|(t, p)| format!("{t}={p}"))
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+
+    /// The cluster id every master derives from the names of all the masters.
+    pub fn cluster_id(&self, me: &str) -> String {
+        let mut names: Vec<&str> = self.peers.iter().map(|(n, _)| n.as_str()).collect();
+        names.push(me);
+        names.sort();
+        format!("mm-{}", names.join("-"))
+    }
 }
 
 /// Checks a node name: 1 to 64 letters, digits, '-' or '_' (it names files and metrics).
@@ -176,6 +219,7 @@ impl NodeConfig {
             max_result_bytes: 64 << 20,
             max_connections: 512,
             cluster: None,
+            multi_master: None,
             users: None,
             insecure: false,
         }
@@ -269,6 +313,36 @@ impl NodeConfig {
             if f.trim().is_empty() || !f.contains(':') {
                 return Err(format!(
                     "--follow {f:?} must be the primary's peer address, HOST:PORT"
+                ));
+            }
+        }
+        if let Some(mm) = &self.multi_master {
+            if self.follow.is_some() || self.cluster.is_some() {
+                return Err("--multi-master excludes --follow and --cluster: every master takes writes, none follows another".into());
+            }
+            if self.peer_addr.is_none() {
+                return Err("--multi-master needs --peer: the other masters stream this node's log from there".into());
+            }
+            if mm.peers.is_empty() {
+                return Err(
+                    "--multi-master needs --peers NAME=PEER_ADDR,...: the other masters".into(),
+                );
+            }
+            if let Some((n, _)) = mm.peers.iter().find(|(n, _)| n == &self.name) {
+                return Err(format!(
+                    "--peers lists this node itself ({n}): list the other masters only"
+                ));
+            }
+            if mm.peers.windows(2).any(|w| w[0].0 == w[1].0) {
+                return Err("--peers names a master twice".into());
+            }
+            if let Some((t, _)) = mm
+                .policies
+                .iter()
+                .find(|(_, p)| **p == scribe_core::multi_master::TablePolicy::Versioned)
+            {
+                return Err(format!(
+                    "--table-policy {t}=versioned: the versioned policy is not available yet; use lww or merge(...)"
                 ));
             }
         }

@@ -37,6 +37,7 @@ pub mod identity;
 pub mod leadership;
 pub mod members;
 pub mod metrics;
+pub mod multi_master;
 pub mod node;
 pub mod node_http;
 pub mod peer_link;

@@ -50,6 +50,48 @@ fn histogram_series(out: &mut String, name: &str, labels: &str, h: &HistogramSna
     );
 }
 
+/// A multi-master node's version vector and its links to its peers' logs.
+fn multi_master(out: &mut String, state: &NodeState) {
+    let Some(mm) = &state.mm else { return };
+    let st = state.engine.mm_status().unwrap_or_default();
+    let header = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    header(
+        out,
+        "scribe_mm_applied_seq",
+        "gauge",
+        "The version vector: the last sequence number applied from each origin.",
+    );
+    for (origin, seq) in st.vv.iter() {
+        let _ = writeln!(
+            out,
+            "scribe_mm_applied_seq{{origin=\"{origin}\"}} {}",
+            seq.0
+        );
+    }
+    let links = mm.links();
+    type Series = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&crate::multi_master::PeerLink) -> u64,
+    );
+    let series: [Series; 5] = [
+        ("scribe_mm_peer_connected", "gauge", "1 while this node streams the peer's log.", |l| l.connected as u64),
+        ("scribe_mm_peer_lag_records", "gauge", "Records of the peer's log this node has not applied.", |l| l.lag_records),
+        ("scribe_mm_peer_lag_ms", "gauge", "How far this node's copy of the peer's log is behind its newest record, in milliseconds (0 when caught up).", |l| l.lag_ms),
+        ("scribe_mm_peer_records_applied_total", "counter", "Records of the peer's log applied here (new to this node), since start.", |l| l.records_applied),
+        ("scribe_mm_peer_records_duplicate_total", "counter", "Records of the peer's log skipped as already applied (from another peer), since start.", |l| l.records_duplicate),
+    ];
+    for (name, kind, help, f) in series {
+        header(out, name, kind, help);
+        for l in &links {
+            let _ = writeln!(out, "{name}{{peer=\"{}\"}} {}", l.name, f(l));
+        }
+    }
+}
+
 /// Per-replica series, on a primary.
 fn replicas(out: &mut String, state: &NodeState) {
     if !state.leadership.is_primary() {
@@ -311,6 +353,7 @@ pub fn render(state: &NodeState) -> String {
     );
     leadership(&mut out, state, &view);
     replicas(&mut out, state);
+    multi_master(&mut out, state);
     let _ = writeln!(out, "# HELP scribe_http_requests_total HTTP requests answered, by route and status.\n# TYPE scribe_http_requests_total counter");
     for ((route, code), n) in state.requests.lock().expect("request counts").iter() {
         let _ = writeln!(

@@ -264,6 +264,14 @@ impl Node {
         opts.max_batch = config.max_batch;
         opts.apply_delay = config.test_apply_delay;
         opts.limits = config.limits(None)?;
+        if let Some(mm) = &config.multi_master {
+            opts.multi_master = Some(scribe_sqlite::mm::MultiMaster {
+                node: config.name.clone(),
+                ddl_node: mm.ddl_node(&config.name).to_string(),
+                policies: mm.policies.clone(),
+                max_offset_ms: mm.max_clock_offset.as_millis() as u64,
+            });
+        }
         if config.follow.is_some() {
             // Fenced from the start; the leadership's gate keeper owns it from then on.
             opts.gate = scribe_sqlite::WriteGate::closed("this node is a replica");
@@ -300,6 +308,31 @@ impl Node {
         let http_url = advertised_url(&config, &listener)?;
         let term = engine.progress().last.term.max(scribe_core::Term::FIRST);
         let mut identity = identity;
+        if let Some(mm) = &config.multi_master {
+            let id = mm.cluster_id(&config.name);
+            if identity.cluster_id != id {
+                if engine.progress().last.lsn != scribe_core::Lsn::ZERO {
+                    return Err(format!(
+                        "data directory {} holds data of cluster {}, but the --peers list makes cluster {id}: \
+                         start this node with the --peers list it was started with, or with an empty data directory",
+                        config.data_dir.display(),
+                        identity.cluster_id
+                    ));
+                }
+                identity::adopt_cluster(&config.data_dir, &config.name, &id)?;
+                identity = identity::Identity {
+                    cluster_id: id,
+                    ..identity
+                };
+            }
+        }
+        let mm = config.multi_master.as_ref().map(|s| {
+            Arc::new(crate::multi_master::MultiMaster::new(
+                &config.name,
+                s.clone(),
+                http_url.clone(),
+            ))
+        });
         let (leadership, control) = match &config.cluster {
             None => (
                 Leadership::configured(&config.name, &http_url, config.follow.as_deref(), term),
@@ -383,6 +416,7 @@ impl Node {
             registry,
             follower,
             peer_addr,
+            mm,
             http,
             txns: crate::txns::TxnTable::default(),
         });
@@ -452,6 +486,7 @@ impl Node {
                 peer_timeout: state.config.peer_timeout,
                 control: state.control.clone(),
                 security: self.security.clone(),
+                mm: state.mm.clone(),
             });
             tasks.push(tokio::spawn(sender::serve(peer, ctx)));
         }
@@ -494,6 +529,18 @@ impl Node {
             state.control.is_some(),
         )));
         tasks.push(tokio::spawn(state.follower.clone().run()));
+        if let Some(mm) = &state.mm {
+            for (peer, addr) in &mm.settings.peers {
+                tasks.push(tokio::spawn(crate::multi_master::run_puller(
+                    state.engine.clone(),
+                    mm.clone(),
+                    self.security.clone(),
+                    peer.clone(),
+                    addr.clone(),
+                    state.config.peer_timeout,
+                )));
+            }
+        }
         if let Some(pg) = self.pg {
             tasks.push(tokio::spawn(pg.serve(state.clone())));
         }

@@ -35,6 +35,8 @@ pub struct NodeState {
     pub registry: Arc<Registry>,
     /// The connection to the primary (active while this node is a replica).
     pub follower: Arc<Follower>,
+    /// On a multi-master node: its runtime (peers, their links).
+    pub mm: Option<Arc<crate::multi_master::MultiMaster>>,
     /// Where the peer protocol listens, if it does.
     pub peer_addr: Option<std::net::SocketAddr>,
     /// HTTP client for calls to other nodes (forwarding to the primary, cluster operations).

@@ -68,6 +68,41 @@ pub struct Status {
     /// The cluster as this node's control plane sees it (cluster mode only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStatus>,
+    /// Multi-master mode only: the version vector, the policies and each peer's link. Its
+    /// peers streaming this node's log are listed in `replicas` too, with their lag.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multi_master: Option<MultiMasterStatus>,
+}
+
+/// A multi-master node's view.
+#[derive(Debug, Serialize)]
+pub struct MultiMasterStatus {
+    /// The node that runs schema changes.
+    pub ddl_node: String,
+    /// Conflict policies by table (a table not listed is `lww`).
+    pub policies: std::collections::BTreeMap<String, String>,
+    /// What this node has applied from each origin: the last sequence number.
+    pub version_vector: std::collections::BTreeMap<String, u64>,
+    /// Each peer's log as this node streams it.
+    pub peers: Vec<crate::multi_master::PeerLink>,
+}
+
+impl MultiMasterStatus {
+    fn of(state: &NodeState) -> Option<MultiMasterStatus> {
+        let mm = state.mm.as_ref()?;
+        let st = state.engine.mm_status().unwrap_or_default();
+        Some(MultiMasterStatus {
+            ddl_node: mm.ddl_node().to_string(),
+            policies: mm
+                .settings
+                .policies
+                .iter()
+                .map(|(t, p)| (t.clone(), p.to_string()))
+                .collect(),
+            version_vector: st.vv.iter().map(|(o, s)| (o.to_string(), s.0)).collect(),
+            peers: mm.links(),
+        })
+    }
 }
 
 /// The commit settings a primary runs with.
@@ -468,6 +503,7 @@ fn full_status(state: &NodeState) -> Status {
         replication,
         replicas,
         cluster,
+        multi_master: MultiMasterStatus::of(state),
     }
 }
 

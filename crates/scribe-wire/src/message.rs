@@ -240,6 +240,32 @@ pub enum Message {
     /// Peer authentication, listener → dialer: the proof was accepted; the peer protocol
     /// (`Hello` or `ControlHello`) follows.
     AuthAccepted,
+    /// Multi-master, first message of a stream: the dialer asks for the listener's log from
+    /// `from_lsn`. Refused unless both are masters of the same cluster with the same table
+    /// policies, and the dialer is not the listener itself.
+    MmHello {
+        /// The cluster the dialer belongs to.
+        cluster_id: String,
+        /// The dialer's node name.
+        from: String,
+        /// The dialer's HTTP API, as clients reach it.
+        http_url: String,
+        /// The dialer's table policies, as text (`table=policy;...`, sorted).
+        policies: String,
+        /// The first LSN of the listener's log the dialer wants.
+        from_lsn: Lsn,
+    },
+    /// Multi-master: the listener accepts; its records from the LSN asked for follow.
+    MmWelcome {
+        /// The listener's node name.
+        name: String,
+    },
+    /// Multi-master, dialer → listener: what the dialer has applied of the listener's log and
+    /// made durable (for semi-sync and sync commits and lag).
+    MmAck {
+        /// The listener's last LSN the dialer has made durable and applied.
+        applied: Lsn,
+    },
 }
 
 const HELLO: u8 = 1;
@@ -259,6 +285,9 @@ const AUTH_HELLO: u8 = 13;
 const AUTH_CHALLENGE: u8 = 14;
 const AUTH_PROOF: u8 = 15;
 const AUTH_ACCEPTED: u8 = 16;
+const MM_HELLO: u8 = 21;
+const MM_WELCOME: u8 = 22;
+const MM_ACK: u8 = 23;
 
 impl Message {
     /// A short name for logs.
@@ -281,6 +310,9 @@ impl Message {
             Message::AuthChallenge { .. } => "auth-challenge",
             Message::AuthProof { .. } => "auth-proof",
             Message::AuthAccepted => "auth-accepted",
+            Message::MmHello { .. } => "mm-hello",
+            Message::MmWelcome { .. } => "mm-welcome",
+            Message::MmAck { .. } => "mm-ack",
         }
     }
 
@@ -399,6 +431,28 @@ impl Message {
                 put_bytes(out, proof);
             }
             Message::AuthAccepted => out.push(AUTH_ACCEPTED),
+            Message::MmHello {
+                cluster_id,
+                from,
+                http_url,
+                policies,
+                from_lsn,
+            } => {
+                out.push(MM_HELLO);
+                put_str(out, cluster_id);
+                put_str(out, from);
+                put_str(out, http_url);
+                put_str(out, policies);
+                put_u64(out, from_lsn.0);
+            }
+            Message::MmWelcome { name } => {
+                out.push(MM_WELCOME);
+                put_str(out, name);
+            }
+            Message::MmAck { applied } => {
+                out.push(MM_ACK);
+                put_u64(out, applied.0);
+            }
         }
         Ok(())
     }
@@ -471,6 +525,17 @@ impl Message {
                 Message::Records(records)
             }
             HEARTBEAT => Message::Heartbeat { flushed: r.pos()? },
+            MM_HELLO => Message::MmHello {
+                cluster_id: r.string()?,
+                from: r.string()?,
+                http_url: r.string()?,
+                policies: r.string()?,
+                from_lsn: Lsn(r.u64()?),
+            },
+            MM_WELCOME => Message::MmWelcome { name: r.string()? },
+            MM_ACK => Message::MmAck {
+                applied: Lsn(r.u64()?),
+            },
             SNAPSHOT_BEGIN => Message::SnapshotBegin {
                 at: r.pos()?,
                 bytes: r.u64()?,

@@ -150,6 +150,22 @@ pub struct NodeArgs {
     /// In a cluster: how long the primary's lease renewals must have stopped before another member is promoted; at least the lease plus 10 % and 100 ms, so the old primary has stopped writing first [default: 1s]
     #[arg(long, env = "SCRIBE_FAILOVER_TIMEOUT", value_parser = humantime::parse_duration)]
     pub failover_timeout: Option<Duration>,
+    /// Run as one master of a multi-master cluster: this node accepts writes, records each transaction stamped with its name, sequence number and hybrid logical clock, streams its log to the other masters and applies theirs, merging concurrent writes by each table's policy (see docs/MULTI_MASTER.md); needs --peer and --peers, excludes --follow, --cluster and --join [default: primary/replica]
+    #[arg(long, env = "SCRIBE_MULTI_MASTER", value_parser = clap::builder::BoolishValueParser::new(), conflicts_with_all = ["cluster", "follow", "join"])]
+    pub multi_master: bool,
+    /// Multi-master: the other masters, NAME=PEER_ADDR separated by commas (for example "n2=10.0.0.2:6480,n3=10.0.0.3:6480"); each node lists all the others [default: none]
+    #[arg(long, env = "SCRIBE_PEERS", requires = "multi_master")]
+    pub peers: Option<String>,
+    /// Multi-master: a table's conflict policy, TABLE=POLICY, repeatable: lww (the default: column-level last-writer-wins) or merge(COLUMN=RULE, ...) with rules sum, max, min and lww (for example "counters=merge(hits=sum,best=max)"); give every master the same policies, before the table has rows [default: every table lww]
+    #[arg(
+        long = "table-policy",
+        value_name = "TABLE=POLICY",
+        requires = "multi_master"
+    )]
+    pub table_policy: Vec<String>,
+    /// Multi-master: how far ahead of this node's clock a peer's timestamp may be; a record stamped further ahead waits until this clock catches up, so keep the masters' clocks in sync (NTP) [default: 10s]
+    #[arg(long, env = "SCRIBE_MAX_CLOCK_OFFSET", value_parser = humantime::parse_duration, requires = "multi_master")]
+    pub max_clock_offset: Option<Duration>,
     /// What to log, in RUST_LOG syntax (for example "info" or "scribe_log=debug") [default: info]
     #[arg(long, env = "SCRIBE_LOG")]
     pub log: Option<String>,
@@ -548,6 +564,13 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, String)> {
             "--witness only means something with --cluster: list every member there, this node's entry marked NAME=HOST:PORT{WITNESS_MARK}"
         ));
     }
+    if args.multi_master {
+        config.multi_master = Some(multi_master_settings(
+            args.peers.as_deref().unwrap_or(""),
+            &args.table_policy,
+            args.max_clock_offset,
+        )?);
+    }
     // Test-only fault injection, deliberately not a flag: a replica that lags on purpose.
     if let Ok(ms) = std::env::var("SCRIBE_TEST_APPLY_DELAY_MS") {
         let ms: u64 = ms
@@ -560,6 +583,52 @@ fn resolve(args: NodeArgs) -> anyhow::Result<(NodeConfig, String)> {
         .map_err(|e| anyhow!("invalid configuration: {e}"))?;
     let log = args.log.or(file.log).unwrap_or_else(|| "info".into());
     Ok((config, log))
+}
+
+/// Parses `--peers` and `--table-policy` for `--multi-master`.
+fn multi_master_settings(
+    peers: &str,
+    policies: &[String],
+    max_clock_offset: Option<Duration>,
+) -> anyhow::Result<scribe_node::config::MultiMasterSettings> {
+    let mut list = Vec::new();
+    for item in peers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some((name, addr)) = item.split_once('=') else {
+            return Err(anyhow!(
+                "--peers item {item:?} must be NAME=HOST:PORT (for example n2=127.0.0.1:6481)"
+            ));
+        };
+        scribe_core::check_node_name(name).map_err(|e| anyhow!("--peers item {item:?}: {e}"))?;
+        if !addr.contains(':') {
+            return Err(anyhow!(
+                "--peers item {item:?}: {addr:?} must be the master's peer address, HOST:PORT"
+            ));
+        }
+        list.push((name.to_string(), addr.to_string()));
+    }
+    list.sort();
+    let mut by_table = std::collections::BTreeMap::new();
+    for p in policies {
+        let Some((table, policy)) = p.split_once('=') else {
+            return Err(anyhow!(
+                "--table-policy {p:?} must be TABLE=POLICY (for example counters=merge(hits=sum))"
+            ));
+        };
+        let policy: scribe_core::multi_master::TablePolicy = policy
+            .parse()
+            .map_err(|e| anyhow!("--table-policy {p:?}: {e}"))?;
+        if by_table
+            .insert(table.trim().to_ascii_lowercase(), policy)
+            .is_some()
+        {
+            return Err(anyhow!("--table-policy names table {table:?} twice"));
+        }
+    }
+    Ok(scribe_node::config::MultiMasterSettings {
+        peers: list,
+        policies: by_table,
+        max_clock_offset: max_clock_offset.unwrap_or(Duration::from_secs(10)),
+    })
 }
 
 /// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).

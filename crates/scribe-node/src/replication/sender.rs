@@ -59,6 +59,8 @@ pub struct PeerContext {
     pub control: Option<crate::control::ControlPlane>,
     /// How peers are authenticated (TLS, the peer secret) before anything else is said.
     pub security: Arc<PeerSecurity>,
+    /// On a multi-master node: its runtime (other masters stream its log).
+    pub mm: Option<Arc<crate::multi_master::MultiMaster>>,
 }
 
 impl PeerContext {
@@ -106,6 +108,7 @@ async fn refuse(wr: &mut BufWriter<PeerWriter>, code: RefusalCode, message: Stri
 }
 
 async fn serve_peer(stream: TcpStream, addr: SocketAddr, ctx: Arc<PeerContext>) {
+    let ctx_mm = ctx.clone();
     // Nothing of the log, a snapshot or the control state goes out before this passes.
     let (rd, wr) = match ctx.security.accept(stream, addr).await {
         Ok(halves) => halves,
@@ -117,6 +120,28 @@ async fn serve_peer(stream: TcpStream, addr: SocketAddr, ctx: Arc<PeerContext>) 
     let mut rd = BufReader::with_capacity(64 << 10, rd);
     let mut wr = BufWriter::with_capacity(256 << 10, wr);
     let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut rd)).await {
+        Ok(Ok(hello @ Message::MmHello { .. })) => {
+            let Some(mm) = ctx.mm.clone() else {
+                let why = format!(
+                    "{} is not a multi-master node (it was started without --multi-master)",
+                    ctx.name
+                );
+                tracing::warn!(peer = %addr, "refused a master: {why}");
+                crate::peer_link::refuse_and_close(rd, wr, RefusalCode::ClusterMismatch, why).await;
+                return;
+            };
+            crate::multi_master::serve_master(ctx_mm, mm, rd, wr, addr, hello).await;
+            return;
+        }
+        Ok(Ok(Message::Hello(h))) if ctx.mm.is_some() => {
+            let why = format!(
+                "{} is a multi-master node: it has no replicas; start {} with --multi-master and list it in --peers",
+                ctx.name, h.name
+            );
+            tracing::warn!(peer = %addr, replica = %h.name, "refused a replica: {why}");
+            refuse(&mut wr, RefusalCode::ClusterMismatch, why).await;
+            return;
+        }
         Ok(Ok(Message::Hello(h))) => h,
         Ok(Ok(Message::ControlHello(h))) => {
             let Some(plane) = ctx.control.clone() else {
@@ -393,7 +418,7 @@ fn read_chunk(reader: &mut scribe_log::LogReader) -> Result<Vec<Record>, String>
     Ok(chunk)
 }
 
-async fn stream_to(
+pub(crate) async fn stream_to(
     wr: &mut BufWriter<PeerWriter>,
     ctx: &PeerContext,
     registry: &Registry,

@@ -113,6 +113,15 @@ fn samples() -> Vec<Message> {
         },
         Message::AuthProof { proof: vec![] },
         Message::AuthAccepted,
+        Message::MmHello {
+            cluster_id: "c".into(),
+            from: "n2".into(),
+            http_url: "http://127.0.0.1:7002".into(),
+            policies: "counters=merge(hits=sum)".into(),
+            from_lsn: Lsn(9),
+        },
+        Message::MmWelcome { name: "n1".into() },
+        Message::MmAck { applied: Lsn(3) },
     ]
 }
 

@@ -1,0 +1,420 @@
+//! Multi-master streaming (issue 12, DESIGN.md §6): every master pulls every other master's
+//! log, and serves its own.
+//!
+//! - **Serving** ([`serve_master`]): a master that dials this node's peer port with an
+//!   `MmHello` of the same cluster and the same table policies gets this node's log from the LSN
+//!   it asks for — the records this node wrote and the ones it applied from others, in the order
+//!   it applied them — exactly as a replica gets a primary's. It is registered like a replica,
+//!   so its acknowledgements drive semi-sync and sync commits and its lag shows in status and
+//!   metrics.
+//! - **Pulling** ([`run_puller`], one task per peer): dial, ask for the peer's log after where
+//!   this node has read it up to (kept in SQLite with the rows), hand each batch of records to the
+//!   engine — which applies what is new and skips what it has from elsewhere — and acknowledge.
+//!   On any failure: back off and dial again; nothing is lost, as the position is durable.
+//!
+//! A node that can reach only one peer still converges: that peer's log holds the third node's
+//! records it applied.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use scribe_core::{Lsn, Position};
+use scribe_sqlite::Engine;
+use scribe_wire::{read_message, write_message, Message, Progress, RefusalCode, Start, WireError};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+
+use crate::config::MultiMasterSettings;
+use crate::peer_link::{PeerReader, PeerSecurity, PeerWriter};
+use crate::replication::sender::PeerContext;
+
+/// What a multi-master node knows of one peer's log, for status.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PeerLink {
+    /// The peer's name.
+    pub name: String,
+    /// Its peer address.
+    pub addr: String,
+    /// Whether this node is streaming the peer's log now.
+    pub connected: bool,
+    /// The peer's LSN this node has applied up to.
+    pub applied_lsn: u64,
+    /// The peer's log end, as it last said.
+    pub peer_flushed_lsn: u64,
+    /// Records of the peer's log this node has not applied yet.
+    pub lag_records: u64,
+    /// How far behind the peer's newest record this node's copy is, in milliseconds (0 when
+    /// caught up).
+    pub lag_ms: u64,
+    /// Records applied from this peer since start (new to this node).
+    pub records_applied: u64,
+    /// Records skipped since start (this node had them from another peer).
+    pub records_duplicate: u64,
+    /// Milliseconds since the peer last sent anything (it heartbeats every 200 ms): a link
+    /// cut off silently shows here before the connection times out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
+    /// The last error, while not connected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip)]
+    heard: Option<Instant>,
+}
+
+/// A multi-master node's runtime: its settings and what its pullers know.
+pub struct MultiMaster {
+    /// This node's name.
+    pub name: String,
+    /// The cluster id all masters derive from their names.
+    pub cluster_id: String,
+    /// The settings (`--peers`, `--table-policy`).
+    pub settings: MultiMasterSettings,
+    /// This node's HTTP URL, sent to peers.
+    pub http_url: String,
+    links: Mutex<BTreeMap<String, PeerLink>>,
+}
+
+impl MultiMaster {
+    /// The runtime of node `name` under `settings`.
+    pub fn new(name: &str, settings: MultiMasterSettings, http_url: String) -> MultiMaster {
+        let links = settings
+            .peers
+            .iter()
+            .map(|(n, a)| {
+                (
+                    n.clone(),
+                    PeerLink {
+                        name: n.clone(),
+                        addr: a.clone(),
+                        ..PeerLink::default()
+                    },
+                )
+            })
+            .collect();
+        MultiMaster {
+            name: name.to_string(),
+            cluster_id: settings.cluster_id(name),
+            settings,
+            http_url,
+            links: Mutex::new(links),
+        }
+    }
+
+    /// The node that runs schema changes.
+    pub fn ddl_node(&self) -> &str {
+        self.settings.ddl_node(&self.name)
+    }
+
+    /// What this node knows of each peer's log.
+    pub fn links(&self) -> Vec<PeerLink> {
+        self.lock()
+            .values()
+            .map(|l| PeerLink {
+                idle_ms: l.heard.map(|t| t.elapsed().as_millis() as u64),
+                ..l.clone()
+            })
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, PeerLink>> {
+        self.links.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn update(&self, peer: &str, f: impl FnOnce(&mut PeerLink)) {
+        if let Some(l) = self.lock().get_mut(peer) {
+            f(l);
+        }
+    }
+
+    /// Why a master's hello is refused, if it is.
+    fn check_hello(&self, cluster_id: &str, from: &str, policies: &str) -> Result<(), String> {
+        if from == self.name {
+            return Err(format!(
+                "a master named {from} dialed {from}: it is this node (two nodes of one name, or --peers lists the node itself)"
+            ));
+        }
+        if cluster_id != self.cluster_id {
+            return Err(format!(
+                "{from} belongs to cluster {cluster_id}, this node ({}) to {}: every master must list all the others in --peers",
+                self.name, self.cluster_id
+            ));
+        }
+        if !self.settings.peers.iter().any(|(n, _)| n == from) {
+            return Err(format!("{from} is not in this node's --peers list"));
+        }
+        let ours = self.settings.policies_text();
+        if policies != ours {
+            return Err(format!(
+                "{from}'s table policies ({policies:?}) differ from this node's ({ours:?}): give every master the same --table-policy flags"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Serves this node's log to the master that sent `hello` (see the module docs).
+pub(crate) async fn serve_master(
+    ctx: Arc<PeerContext>,
+    mm: Arc<MultiMaster>,
+    mut rd: BufReader<PeerReader>,
+    mut wr: BufWriter<PeerWriter>,
+    addr: SocketAddr,
+    hello: Message,
+) {
+    let Message::MmHello {
+        cluster_id,
+        from,
+        http_url,
+        policies,
+        from_lsn,
+    } = hello
+    else {
+        return;
+    };
+    if let Err(why) = mm.check_hello(&cluster_id, &from, &policies) {
+        tracing::warn!(peer = %addr, %from, "refused a master: {why}");
+        crate::peer_link::refuse_and_close(rd, wr, RefusalCode::ClusterMismatch, why).await;
+        return;
+    }
+    let first = ctx.engine.log_first_lsn();
+    let from_lsn = Lsn(from_lsn.0.max(1));
+    if from_lsn < first {
+        let why = format!(
+            "{} no longer holds its log from lsn {from_lsn} (it starts at {first}): {from} must be seeded again from an empty data directory",
+            mm.name
+        );
+        tracing::error!(peer = %addr, %from, "refused a master: {why}");
+        crate::peer_link::refuse_and_close(rd, wr, RefusalCode::Protocol, why).await;
+        return;
+    }
+    let term = ctx
+        .engine
+        .progress()
+        .last
+        .term
+        .max(scribe_core::Term::FIRST);
+    let last = Position {
+        term,
+        lsn: from_lsn.prev(),
+    };
+    let registry = ctx.registry.clone();
+    let (conn, superseded) = match registry.connect(&from, addr, &http_url, last, from_lsn) {
+        Ok(c) => c,
+        Err(in_use) => {
+            let why = format!(
+                "a master named {from} is already connected from {}: node names must be unique",
+                in_use.0
+            );
+            tracing::error!(peer = %addr, "refused a master: {why}");
+            crate::peer_link::refuse_and_close(rd, wr, RefusalCode::NameInUse, why).await;
+            return;
+        }
+    };
+    let welcome = Message::MmWelcome {
+        name: mm.name.clone(),
+    };
+    if write_message(&mut wr, &welcome).await.is_err() || wr.flush().await.is_err() {
+        registry.disconnect(&from, conn, Some("closed during the handshake".into()));
+        return;
+    }
+    tracing::info!(master = %from, peer = %addr, %from_lsn, "a master streams this node's log");
+    let outcome = tokio::select! {
+        r = receive_acks(&mut rd, &ctx, &from, conn, term) => r,
+        r = crate::replication::sender::stream_to(&mut wr, &ctx, &registry, &from, conn, Start::Stream { from: from_lsn }) => r,
+        _ = superseded.notified() => Err("a newer connection of this master replaced it".into()),
+    };
+    let why = outcome
+        .err()
+        .unwrap_or_else(|| "the node is stopping".into());
+    tracing::warn!(master = %from, peer = %addr, "a master stopped streaming this node's log: {why}");
+    registry.disconnect(&from, conn, Some(why));
+}
+
+/// Takes a streaming master's acknowledgements into the registry.
+async fn receive_acks(
+    rd: &mut BufReader<PeerReader>,
+    ctx: &PeerContext,
+    name: &str,
+    conn: u64,
+    term: scribe_core::Term,
+) -> Result<(), String> {
+    loop {
+        let msg = match tokio::time::timeout(ctx.peer_timeout, read_message(rd)).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(WireError::Closed)) => return Err("the master closed the connection".into()),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => {
+                return Err(format!(
+                    "no word from the master for {:?}",
+                    ctx.peer_timeout
+                ))
+            }
+        };
+        match msg {
+            Message::MmAck { applied } => {
+                let at = Position { term, lsn: applied };
+                let p = Progress {
+                    written: at,
+                    flushed: at,
+                    applied: at,
+                };
+                ctx.registry
+                    .progress(name, conn, p, ctx.engine.progress().flushed.lsn)?;
+            }
+            Message::Refused(r) => {
+                return Err(format!("the master refused the stream: {}", r.message))
+            }
+            other => {
+                return Err(format!(
+                    "the master sent an unexpected {} message",
+                    other.kind()
+                ))
+            }
+        }
+    }
+}
+
+/// Pulls `peer`'s log into this node for as long as the node runs (see the module docs).
+pub async fn run_puller(
+    engine: Engine,
+    mm: Arc<MultiMaster>,
+    security: Arc<PeerSecurity>,
+    peer: String,
+    addr: String,
+    peer_timeout: Duration,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = Instant::now();
+        let why = pull_once(&engine, &mm, &security, &peer, &addr, peer_timeout).await;
+        mm.update(&peer, |l| {
+            l.connected = false;
+            l.error = Some(why.clone());
+        });
+        if started.elapsed() > Duration::from_secs(5) {
+            backoff = Duration::from_millis(100);
+        }
+        tracing::warn!(%peer, %addr, retry_in = ?backoff, "streaming from a master stopped: {why}");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// One connection to `peer`: answers why it ended.
+async fn pull_once(
+    engine: &Engine,
+    mm: &MultiMaster,
+    security: &PeerSecurity,
+    peer: &str,
+    addr: &str,
+    peer_timeout: Duration,
+) -> String {
+    let cursor = engine
+        .mm_status()
+        .and_then(|s| s.cursors.get(peer).copied())
+        .unwrap_or(0);
+    let (rd, wr) = match security.dial(addr, peer_timeout).await {
+        Ok(h) => h,
+        Err(e) => return format!("dial: {e:?}"),
+    };
+    let mut rd = BufReader::with_capacity(256 << 10, rd);
+    let mut wr = BufWriter::with_capacity(64 << 10, wr);
+    let hello = Message::MmHello {
+        cluster_id: mm.cluster_id.clone(),
+        from: mm.name.clone(),
+        http_url: mm.http_url.clone(),
+        policies: mm.settings.policies_text(),
+        from_lsn: Lsn(cursor + 1),
+    };
+    if let Err(e) = write_message(&mut wr, &hello).await {
+        return format!("send the hello: {e}");
+    }
+    if let Err(e) = wr.flush().await {
+        return format!("send the hello: {e}");
+    }
+    match tokio::time::timeout(peer_timeout, read_message(&mut rd)).await {
+        Ok(Ok(Message::MmWelcome { name })) if name == peer => {}
+        Ok(Ok(Message::MmWelcome { name })) => {
+            return format!("the node at {addr} is {name}, not {peer}: check --peers")
+        }
+        Ok(Ok(Message::Refused(r))) => return format!("refused: {}", r.message),
+        Ok(Ok(other)) => return format!("answered the hello with a {} message", other.kind()),
+        Ok(Err(e)) => return format!("read the welcome: {e}"),
+        Err(_) => return format!("no welcome within {peer_timeout:?}"),
+    }
+    tracing::info!(%peer, %addr, from_lsn = cursor + 1, "streaming a master's log");
+    mm.update(peer, |l| {
+        l.connected = true;
+        l.error = None;
+        l.applied_lsn = cursor;
+    });
+    let mut applied_lsn = cursor;
+    let mut newest_us = 0u64;
+    loop {
+        let msg = match tokio::time::timeout(peer_timeout, read_message(&mut rd)).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(WireError::Closed)) => return "the peer closed the connection".into(),
+            Ok(Err(e)) => return e.to_string(),
+            Err(_) => return format!("no word from the peer for {peer_timeout:?}"),
+        };
+        mm.update(peer, |l| l.heard = Some(Instant::now()));
+        match msg {
+            Message::Records(records) => {
+                let Some(last) = records.last() else { continue };
+                let (last_lsn, last_us) = (last.lsn.0, last.time_us);
+                let batch: Vec<(u64, Vec<u8>)> =
+                    records.into_iter().map(|r| (r.lsn.0, r.payload)).collect();
+                match engine.mm_apply(peer.to_string(), batch).await {
+                    Ok(done) => {
+                        applied_lsn = done.cursor.max(last_lsn);
+                        newest_us = newest_us.max(last_us);
+                        mm.update(peer, |l| {
+                            l.applied_lsn = applied_lsn;
+                            l.peer_flushed_lsn = l.peer_flushed_lsn.max(applied_lsn);
+                            l.lag_records = l.peer_flushed_lsn - applied_lsn;
+                            l.lag_ms = if l.lag_records == 0 {
+                                0
+                            } else {
+                                now_us().saturating_sub(last_us) / 1000
+                            };
+                            l.records_applied += done.applied;
+                            l.records_duplicate += done.duplicates;
+                        });
+                    }
+                    Err(e) => return format!("apply its records: {e}"),
+                }
+            }
+            Message::Heartbeat { flushed } => {
+                mm.update(peer, |l| {
+                    l.peer_flushed_lsn = flushed.lsn.0.max(applied_lsn);
+                    l.lag_records = l.peer_flushed_lsn - applied_lsn;
+                    if l.lag_records == 0 {
+                        l.lag_ms = 0;
+                    }
+                });
+            }
+            Message::Refused(r) => return format!("refused: {}", r.message),
+            other => return format!("sent an unexpected {} message", other.kind()),
+        }
+        if let Err(e) = write_message(
+            &mut wr,
+            &Message::MmAck {
+                applied: Lsn(applied_lsn),
+            },
+        )
+        .await
+        {
+            return format!("acknowledge: {e}");
+        }
+        if let Err(e) = wr.flush().await {
+            return format!("acknowledge: {e}");
+        }
+    }
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}

@@ -1,0 +1,493 @@
+//! Multi-master with real processes: three `scribe node --multi-master` processes that each take
+//! writes, stream their logs to one another and converge — while one of them is SIGKILLed and
+//! restarted, and across a real network partition (network namespaces) for the counter and
+//! last-writer-wins checks.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use scribe_testkit::netns::Net;
+use serde_json::{json, Value};
+
+/// netns tests of this binary one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const POLICY: &str = "counters=merge(hits=sum, best=max)";
+
+/// Three masters n1, n2, n3.
+struct Masters {
+    dir: tempfile::TempDir,
+    peers: Vec<String>,
+    nodes: Vec<Option<NodeProc>>,
+    net: Option<Net>,
+    extra: Vec<String>,
+}
+
+impl Masters {
+    fn start(net: Option<Net>, extra: &[&str]) -> Masters {
+        let peers = (0..3)
+            .map(|i| match &net {
+                Some(net) => format!("{}:6480", net.addr(i)),
+                None => format!("127.0.0.1:{}", free_port()),
+            })
+            .collect();
+        let mut m = Masters {
+            dir: tempfile::tempdir().unwrap(),
+            peers,
+            nodes: Vec::new(),
+            net,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for i in 0..3 {
+            let n = m.spawn(i);
+            m.nodes.push(Some(n));
+        }
+        m
+    }
+
+    fn name(i: usize) -> String {
+        format!("n{}", i + 1)
+    }
+
+    fn data(&self, i: usize) -> PathBuf {
+        self.dir.path().join(Self::name(i))
+    }
+
+    fn spawn(&self, i: usize) -> NodeProc {
+        let list: Vec<String> = (0..3)
+            .filter(|&j| j != i)
+            .map(|j| format!("{}={}", Self::name(j), self.peers[j]))
+            .collect();
+        let list = list.join(",");
+        let mut args = vec![
+            "--peer",
+            &self.peers[i],
+            "--multi-master",
+            "--peers",
+            &list,
+            "--table-policy",
+            POLICY,
+        ];
+        if self.net.is_some() {
+            args.push("--insecure");
+        }
+        for a in &self.extra {
+            args.push(a);
+        }
+        let name = Self::name(i);
+        match &self.net {
+            None => NodeProc::start(&name, &self.data(i), &args),
+            Some(net) => NodeProc::try_start_with(
+                &net.wrapper(i),
+                &format!("{}:0", net.addr(i)),
+                &name,
+                &self.data(i),
+                &args,
+                &[],
+            )
+            .unwrap_or_else(|e| panic!("node {name} did not start: {e}")),
+        }
+    }
+
+    fn api(&self, i: usize) -> Api {
+        Api::new(&self.nodes[i].as_ref().expect("running").url)
+    }
+
+    fn apis(&self) -> Vec<Api> {
+        (0..3).map(|i| self.api(i)).collect()
+    }
+
+    /// Waits until every node has applied the same records from every origin.
+    async fn converged(&self, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut vvs = Vec::new();
+            for a in self.apis() {
+                vvs.push(a.status().await["multi_master"]["version_vector"].clone());
+            }
+            if vvs.windows(2).all(|w| w[0] == w[1]) {
+                return vvs[0].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the masters did not converge within {within:?}: {vvs:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn contents(api: &Api) -> Vec<Vec<Vec<Value>>> {
+    let mut out = Vec::new();
+    for t in ["item", "acked", "counters"] {
+        out.push(api.rows(&format!("SELECT * FROM {t} ORDER BY id")).await);
+    }
+    out
+}
+
+async fn create_schema(api: &Api) {
+    let (s, b) = api
+        .execute(&[
+            "CREATE TABLE item (id TEXT NOT NULL PRIMARY KEY, name TEXT, price INTEGER, note TEXT)",
+            "CREATE TABLE acked (id TEXT NOT NULL PRIMARY KEY, by TEXT)",
+            "CREATE TABLE counters (id TEXT NOT NULL PRIMARY KEY, hits INTEGER NOT NULL DEFAULT 0, best INTEGER)",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{b}");
+}
+
+/// Writes random inserts, updates and deletes of 20 shared keys to the masters in turn, and an
+/// insert of a key of its own to `acked` each time; answers the `acked` keys acknowledged.
+async fn writer(
+    urls: Arc<Mutex<Vec<Option<String>>>>,
+    id: usize,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<BTreeSet<String>>>,
+    failed: Arc<AtomicU64>,
+) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut rng = (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let target = (next() % 3) as usize;
+        let Some(url) = urls.lock().unwrap()[target].clone() else {
+            continue;
+        };
+        let key = format!("k{}", next() % 20);
+        let shared = match next() % 4 {
+            0 => {
+                json!({"sql": "INSERT INTO item (id, name, price) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name, price = excluded.price", "params": [key, format!("c{id}-{n}"), n]})
+            }
+            1 => {
+                json!({"sql": "UPDATE item SET name = ? WHERE id = ?", "params": [format!("c{id}-{n}"), key]})
+            }
+            2 => json!({"sql": "UPDATE item SET price = ? WHERE id = ?", "params": [n, key]}),
+            _ => json!({"sql": "DELETE FROM item WHERE id = ?", "params": [key]}),
+        };
+        let mine = format!("c{id}-{n}");
+        let body = json!({"statements": [
+            shared,
+            {"sql": "INSERT INTO acked (id, by) VALUES (?, ?)", "params": [mine, Masters::name(target)]},
+            {"sql": "UPDATE counters SET hits = hits + 1, best = max(coalesce(best, 0), ?) WHERE id = 'c'", "params": [n]},
+        ]});
+        match http
+            .post(format!("{url}/v1/execute"))
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => {
+                acked.lock().unwrap().insert(mine);
+            }
+            _ => {
+                failed.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_masters_writing_overlapping_keys_converge_while_one_is_killed_and_restarted() {
+    let mut m = Masters::start(None, &[]);
+    create_schema(&m.api(0)).await;
+    let (s, b) = m
+        .api(0)
+        .execute(&["INSERT INTO counters (id) VALUES ('c')"])
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{b}");
+    m.converged(Duration::from_secs(20)).await;
+
+    let urls: Arc<Mutex<Vec<Option<String>>>> = Arc::new(Mutex::new(
+        (0..3).map(|i| Some(m.api(i).url.clone())).collect(),
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let failed = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            tokio::spawn(writer(
+                urls.clone(),
+                i,
+                stop.clone(),
+                acked.clone(),
+                failed.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // SIGKILL n2 under load, keep writing to the others, restart it.
+    urls.lock().unwrap()[1] = None;
+    m.nodes[1].take().unwrap().kill9();
+    let acked_before_restart = acked.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let n2 = m.spawn(1);
+    urls.lock().unwrap()[1] = Some(n2.url.clone());
+    m.nodes[1] = Some(n2);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let vv = m.converged(Duration::from_secs(30)).await;
+
+    let acked = acked.lock().unwrap().clone();
+    let first = contents(&m.api(0)).await;
+    let metrics = m.api(1).metrics().await;
+    for want in [
+        "scribe_mm_applied_seq{origin=\"n1\"}",
+        "scribe_mm_peer_connected{peer=\"n1\"} 1",
+        "scribe_mm_peer_lag_records{peer=\"n3\"} 0",
+    ] {
+        assert!(metrics.contains(want), "{want} not in n2's metrics");
+    }
+    for i in 1..3 {
+        assert_eq!(
+            contents(&m.api(i)).await,
+            first,
+            "n{} holds other rows than n1",
+            i + 1
+        );
+    }
+    let have: BTreeSet<String> = first[1]
+        .iter()
+        .map(|r| r[0].as_str().unwrap().to_string())
+        .collect();
+    let lost: Vec<&String> = acked.difference(&have).collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    // Every transaction added one to the counter, exactly once everywhere.
+    let hits = first[2][0][1].as_i64().unwrap();
+    assert_eq!(
+        hits as usize,
+        have.len(),
+        "the counter counts every transaction once"
+    );
+    eprintln!(
+        "converged: {} transactions acknowledged ({} before n2's restart), {} refused or lost in the kill, {} rows of shared keys, version vector {vv}",
+        acked.len(),
+        acked_before_restart,
+        failed.load(Ordering::Relaxed),
+        first[0].len()
+    );
+}
+
+fn net_or_skip() -> Option<Net> {
+    match Net::create(3) {
+        Ok(net) => Some(net),
+        Err(e) if std::env::var_os("SCRIBE_REQUIRE_NETNS").is_none() => {
+            eprintln!("skipped: {}", e.0);
+            None
+        }
+        Err(e) => panic!("SCRIBE_REQUIRE_NETNS is set but {}", e.0),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sum_counter_adds_every_increment_across_a_partition_and_lww_keeps_both_columns() {
+    let _serial = SERIAL.lock().await;
+    let Some(net) = net_or_skip() else { return };
+    let mut m = Masters::start(Some(net), &[]);
+    create_schema(&m.api(0)).await;
+    let (s, b) = m
+        .api(0)
+        .execute(&[
+            "INSERT INTO counters (id, hits) VALUES ('c', 0)",
+            "INSERT INTO item (id, name, price, note) VALUES ('r', 'plain', 1, 'kept')",
+            "INSERT INTO item (id, name, price) VALUES ('gone', 'x', 1)",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{b}");
+    m.converged(Duration::from_secs(20)).await;
+
+    // Each node takes 1,000 increments from 4 clients; n3 is cut off from the others halfway.
+    let done = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for node in 0..3 {
+        for _ in 0..4 {
+            let (api, done) = (m.api(node), done.clone());
+            clients.push(tokio::spawn(async move {
+                for _ in 0..250 {
+                    let (s, b) = api
+                        .execute(&["UPDATE counters SET hits = hits + 1 WHERE id = 'c'"])
+                        .await
+                        .unwrap();
+                    assert_eq!(s, 200, "{b}");
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+    }
+    while done.load(Ordering::Relaxed) < 1500 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    m.net.as_mut().unwrap().cut(2);
+    let cut_at = done.load(Ordering::Relaxed);
+    // The cut takes a moment to reach established connections: wait until n1 and n3 have
+    // heard nothing from each other for 600 ms (the statuses show it), so that what follows
+    // is concurrent for sure.
+    let quiet = |of: &'static str| {
+        move |s: &Value| {
+            s["multi_master"]["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["name"] == of && p["idle_ms"].as_u64().unwrap_or(0) >= 600)
+        }
+    };
+    wait_status(
+        &m.api(0),
+        Duration::from_secs(10),
+        "n1 hears nothing from n3",
+        quiet("n3"),
+    )
+    .await;
+    wait_status(
+        &m.api(2),
+        Duration::from_secs(10),
+        "n3 hears nothing from n1",
+        quiet("n1"),
+    )
+    .await;
+    // During the partition: n1 and n3 update different columns of one row; n2 deletes a row n3
+    // updates (a delete and a concurrent update: the delete wins, the row stays deleted).
+    let (s, b) = m
+        .api(0)
+        .execute(&["UPDATE item SET name = 'renamed on n1' WHERE id = 'r'"])
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = m
+        .api(2)
+        .execute(&[
+            "UPDATE item SET price = 333 WHERE id = 'r'",
+            "UPDATE item SET price = 5 WHERE id = 'gone'",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = m
+        .api(1)
+        .execute(&["DELETE FROM item WHERE id = 'gone'"])
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{b}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // n3 knows nothing of the others' writes meanwhile.
+    let on_n3 = m
+        .api(2)
+        .rows("SELECT name, price FROM item WHERE id = 'r'")
+        .await;
+    assert_eq!(on_n3, vec![vec![json!("plain"), json!(333)]]);
+    let st = m.api(0).status().await;
+    let link = st["multi_master"]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "n3")
+        .cloned()
+        .unwrap();
+    m.net.as_mut().unwrap().heal(2);
+    let healed_at = done.load(Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let vv = m.converged(Duration::from_secs(30)).await;
+    for i in 0..3 {
+        let api = m.api(i);
+        assert_eq!(
+            api.rows("SELECT hits FROM counters WHERE id = 'c'").await,
+            vec![vec![json!(3000)]],
+            "n{} does not hold exactly the 3,000 increments",
+            i + 1
+        );
+        assert_eq!(
+            api.rows("SELECT id, name, price, note FROM item ORDER BY id")
+                .await,
+            vec![vec![
+                json!("r"),
+                json!("renamed on n1"),
+                json!(333),
+                json!("kept")
+            ]],
+            "n{}: both column updates survive, and the deleted row stays deleted",
+            i + 1
+        );
+    }
+    eprintln!(
+        "partition: cut after {cut_at} increments, healed after {healed_at}; n1's view of n3 while cut: {link}; version vector after healing {vv}"
+    );
+}
+
+#[tokio::test]
+async fn masters_refuse_a_peer_of_another_cluster_or_other_policies() {
+    let m = Masters::start(None, &[]);
+    // A fourth node that names n1 as its peer but is not in n1's list: another cluster.
+    let dir = tempfile::tempdir().unwrap();
+    let peer = format!("127.0.0.1:{}", free_port());
+    let list = format!("n1={}", m.peers[0]);
+    let stranger = NodeProc::start(
+        "n9",
+        dir.path(),
+        &["--peer", &peer, "--multi-master", "--peers", &list],
+    );
+    let api = Api::new(&stranger.url);
+    let st = wait_status(&api, Duration::from_secs(10), "refused by n1", |s| {
+        s["multi_master"]["peers"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("refused"))
+    })
+    .await;
+    let why = st["multi_master"]["peers"][0]["error"].as_str().unwrap();
+    assert!(why.contains("belongs to cluster"), "{why}");
+    // Records of n1 never reached it.
+    create_schema(&m.api(0)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        api.rows("SELECT count(*) FROM sqlite_master WHERE name = 'item'")
+            .await,
+        vec![vec![json!(0)]]
+    );
+    drop(stranger);
+
+    // n1's data opened with other policies: refused by its peers, which say why.
+    let mut m = m;
+    m.nodes[0].take().unwrap().kill9();
+    m.extra = vec!["--table-policy".into(), "item=merge(price=max)".into()];
+    let n1 = m.spawn(0);
+    m.nodes[0] = Some(n1);
+    let st = wait_status(
+        &m.api(0),
+        Duration::from_secs(10),
+        "refused by its peers",
+        |s| {
+            s["multi_master"]["peers"][0]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("table policies"))
+        },
+    )
+    .await;
+    eprintln!("{}", st["multi_master"]["peers"][0]["error"]);
+    // The primary/replica mode cannot open a master's data.
+    m.nodes[0].take().unwrap().kill9();
+    let e = NodeProc::try_start("n1", &m.data(0), &[]).err().unwrap();
+    assert!(e.contains("--multi-master"), "{e}");
+}

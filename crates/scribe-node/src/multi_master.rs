@@ -360,7 +360,28 @@ async fn pull_once(
         };
         mm.update(peer, |l| l.heard = Some(Instant::now()));
         match msg {
-            Message::Records(records) => {
+            Message::Records(mut records) => {
+                // Whatever else has arrived already joins this batch: one transaction and one
+                // fsync for all of it, so a busy peer's stream does not cost an fsync a message.
+                let mut ended = None;
+                while !rd.buffer().is_empty() && records.len() < 8192 {
+                    match read_message(&mut rd).await {
+                        Ok(Message::Records(more)) => records.extend(more),
+                        Ok(Message::Heartbeat { flushed }) => {
+                            mm.update(peer, |l| {
+                                l.peer_flushed_lsn = l.peer_flushed_lsn.max(flushed.lsn.0)
+                            });
+                        }
+                        Ok(Message::Refused(r)) => ended = Some(format!("refused: {}", r.message)),
+                        Ok(other) => {
+                            ended = Some(format!("sent an unexpected {} message", other.kind()))
+                        }
+                        Err(e) => ended = Some(e.to_string()),
+                    }
+                    if ended.is_some() {
+                        break;
+                    }
+                }
                 let Some(last) = records.last() else { continue };
                 let (last_lsn, last_us) = (last.lsn.0, last.time_us);
                 let batch: Vec<(u64, Vec<u8>)> =
@@ -383,6 +404,9 @@ async fn pull_once(
                         });
                     }
                     Err(e) => return format!("apply its records: {e}"),
+                }
+                if let Some(why) = ended {
+                    return why;
                 }
             }
             Message::Heartbeat { flushed } => {

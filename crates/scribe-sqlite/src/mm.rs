@@ -155,9 +155,9 @@ pub type Schemas = BTreeMap<String, Result<MmSchema, String>>;
 pub fn schemas(conn: &Connection) -> Result<Schemas, EngineError> {
     let mut policies: BTreeMap<String, String> = BTreeMap::new();
     {
-        let mut st = conn
-            .prepare_cached(&format!("SELECT tbl, policy FROM {POLICY_TABLE}"))
-            .map_err(sql_err("read the table policies"))?;
+        let mut st =
+            crate::multi_master::cached(conn, &format!("SELECT tbl, policy FROM {POLICY_TABLE}"))
+                .map_err(sql_err("read the table policies"))?;
         let found = st
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
             .map_err(sql_err("read the table policies"))?;
@@ -167,8 +167,7 @@ pub fn schemas(conn: &Connection) -> Result<Schemas, EngineError> {
         }
     }
     let names: Vec<String> = {
-        let mut st = conn
-            .prepare_cached(
+        let mut st = crate::multi_master::cached(conn,
                 "SELECT name FROM sqlite_master WHERE type = 'table'
                  AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE '\\_scribe\\_%' ESCAPE '\\'",
             )
@@ -205,29 +204,29 @@ pub(crate) fn schema_of<'a>(schemas: &'a Schemas, table: &str) -> Result<&'a MmS
 
 /// This node's version vector, as stored.
 pub fn version_vector(conn: &Connection) -> Result<VersionVector, EngineError> {
-    let mut vv = VersionVector::new();
-    let mut st = conn
-        .prepare_cached(&format!("SELECT origin, seq FROM {VV_TABLE}"))
+    let mut st = crate::multi_master::cached(conn, &format!("SELECT origin, seq FROM {VV_TABLE}"))
         .map_err(sql_err("read the version vector"))?;
     let found = st
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, Seq(r.get::<_, i64>(1)? as u64)))
+        })
         .map_err(sql_err("read the version vector"))?;
-    for f in found {
-        let (origin, seq) = f.map_err(sql_err("read the version vector"))?;
-        // Recorded in order, so each origin's sequence numbers 1..=seq are all applied.
-        for s in vv.get(&origin).0 + 1..=seq as u64 {
-            let _ = vv.applied(&origin, Seq(s));
-        }
-    }
-    Ok(vv)
+    // Recorded in order, so each origin's sequence numbers 1..=seq are all applied.
+    let entries: Vec<(String, Seq)> = found
+        .collect::<Result<_, _>>()
+        .map_err(sql_err("read the version vector"))?;
+    Ok(VersionVector::from_entries(entries))
 }
 
 /// The last sequence number applied from `origin` (0 for none).
 pub(crate) fn applied_seq(conn: &Connection, origin: &str) -> Result<u64, EngineError> {
-    conn.prepare_cached(&format!("SELECT seq FROM {VV_TABLE} WHERE origin = ?1"))
-        .and_then(|mut st| st.query_row([origin], |r| r.get::<_, i64>(0)).optional())
-        .map(|s| s.unwrap_or(0) as u64)
-        .map_err(sql_err("read the version vector"))
+    crate::multi_master::cached(
+        conn,
+        &format!("SELECT seq FROM {VV_TABLE} WHERE origin = ?1"),
+    )
+    .and_then(|mut st| st.query_row([origin], |r| r.get::<_, i64>(0)).optional())
+    .map(|s| s.unwrap_or(0) as u64)
+    .map_err(sql_err("read the version vector"))
 }
 
 pub(crate) fn set_applied_seq(
@@ -235,10 +234,13 @@ pub(crate) fn set_applied_seq(
     origin: &str,
     seq: u64,
 ) -> Result<(), EngineError> {
-    conn.prepare_cached(&format!(
-        "INSERT INTO {VV_TABLE} (origin, seq) VALUES (?1, ?2)
+    crate::multi_master::cached(
+        conn,
+        &format!(
+            "INSERT INTO {VV_TABLE} (origin, seq) VALUES (?1, ?2)
          ON CONFLICT (origin) DO UPDATE SET seq = max(seq, excluded.seq)"
-    ))
+        ),
+    )
     .and_then(|mut st| st.execute(params![origin, seq as i64]))
     .map(|_| ())
     .map_err(sql_err("store the version vector"))
@@ -246,8 +248,7 @@ pub(crate) fn set_applied_seq(
 
 /// Where this node has read each peer's log up to.
 pub fn peer_cursors(conn: &Connection) -> Result<BTreeMap<String, u64>, EngineError> {
-    let mut st = conn
-        .prepare_cached(&format!("SELECT peer, lsn FROM {PEERS_TABLE}"))
+    let mut st = crate::multi_master::cached(conn, &format!("SELECT peer, lsn FROM {PEERS_TABLE}"))
         .map_err(sql_err("read the peers' positions"))?;
     let found = st
         .query_map([], |r| {
@@ -260,10 +261,13 @@ pub fn peer_cursors(conn: &Connection) -> Result<BTreeMap<String, u64>, EngineEr
 }
 
 pub(crate) fn set_peer_cursor(conn: &Connection, peer: &str, lsn: u64) -> Result<(), EngineError> {
-    conn.prepare_cached(&format!(
-        "INSERT INTO {PEERS_TABLE} (peer, lsn) VALUES (?1, ?2)
+    crate::multi_master::cached(
+        conn,
+        &format!(
+            "INSERT INTO {PEERS_TABLE} (peer, lsn) VALUES (?1, ?2)
          ON CONFLICT (peer) DO UPDATE SET lsn = max(lsn, excluded.lsn)"
-    ))
+        ),
+    )
     .and_then(|mut st| st.execute(params![peer, lsn as i64]))
     .map(|_| ())
     .map_err(sql_err("store a peer's position"))

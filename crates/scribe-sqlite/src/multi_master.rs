@@ -126,6 +126,15 @@ pub enum MmError {
     Invalid(String),
 }
 
+/// `sql` prepared once and cached, marked as Scribe's own: a client's statement of the same text
+/// never finds it in the cache (it was prepared without the client's SQL policy).
+pub(crate) fn cached<'c>(
+    conn: &'c Connection,
+    sql: &str,
+) -> rusqlite::Result<rusqlite::CachedStatement<'c>> {
+    conn.prepare_cached(&format!("{}{sql}", crate::exec::INTERNAL_MARK))
+}
+
 fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
@@ -206,13 +215,14 @@ fn key_text(key: &[Value]) -> String {
 
 /// The stored state of the row with primary key `key` (a default row if it has none).
 pub fn load(conn: &Connection, t: &MmTable, key: &[Value]) -> Result<Row<Ordered>, MmError> {
-    let found: Option<(i64, String)> = conn
-        .query_row(
-            &format!("SELECT life, cells FROM {ROWS_TABLE} WHERE tbl = ?1 AND pk = ?2"),
-            params![t.name, key_text(key)],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
+    let found: Option<(i64, String)> = crate::multi_master::cached(
+        conn,
+        &format!("SELECT life, cells FROM {ROWS_TABLE} WHERE tbl = ?1 AND pk = ?2"),
+    )?
+    .query_row(params![t.name, key_text(key)], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
+    .optional()?;
     let Some((life, cells)) = found else {
         return Ok(Row::default());
     };
@@ -280,20 +290,20 @@ pub fn apply_delta(
     let merged = before.merge(delta);
     let cells =
         serde_json::to_string(&merged.cells).map_err(|e| MmError::Invalid(e.to_string()))?;
-    conn.execute(
+    // Prepared once per text: these run for every row of every transaction.
+    crate::multi_master::cached(
+        conn,
         &format!(
             "INSERT INTO {ROWS_TABLE} (tbl, pk, life, cells) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (tbl, pk) DO UPDATE SET life = excluded.life, cells = excluded.cells"
+         ON CONFLICT (tbl, pk) DO UPDATE SET life = excluded.life, cells = excluded.cells"
         ),
-        params![t.name, key_text(key), merged.life as i64, cells],
-    )?;
+    )?
+    .execute(params![t.name, key_text(key), merged.life as i64, cells])?;
     let table = quote(&t.name);
     let key_match = key_match(t);
     if !merged.exists() {
-        conn.execute(
-            &format!("DELETE FROM {table} WHERE {key_match}"),
-            rusqlite::params_from_iter(key.iter()),
-        )?;
+        crate::multi_master::cached(conn, &format!("DELETE FROM {table} WHERE {key_match}"))?
+            .execute(rusqlite::params_from_iter(key.iter()))?;
         return Ok(merged);
     }
     // The key's columns, then every column the state has a cell for — and, in a new life, every
@@ -336,12 +346,13 @@ pub fn apply_delta(
     } else {
         format!("DO UPDATE SET {}", set.join(", "))
     };
-    conn.execute(
+    crate::multi_master::cached(
+        conn,
         &format!(
             "INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT ({conflict}) {upsert}"
         ),
-        rusqlite::params_from_iter(values.iter()),
-    )?;
+    )?
+    .execute(rusqlite::params_from_iter(values.iter()))?;
     Ok(merged)
 }
 

@@ -50,6 +50,9 @@ pub struct BenchArgs {
     /// Bytes of text payload per row
     #[arg(long, env = "SCRIBE_BENCH_PAYLOAD_BYTES", default_value_t = 100)]
     pub payload_bytes: usize,
+    /// Give the table a TEXT primary key made of the level, client and sequence number instead of an INTEGER one (what a multi-master node needs; against one it is chosen by itself): compares primary/replica and multi-master on the same table
+    #[arg(long, env = "SCRIBE_BENCH_TEXT_KEY", value_parser = clap::builder::BoolishValueParser::new())]
+    pub text_key: bool,
     /// Commit mode every insert asks for: async (the primary's own log flush), semi-sync (replicas
     /// have it in their logs) or sync (replicas have applied it); without it the node's default
     /// mode applies
@@ -467,23 +470,34 @@ pub struct BodyTemplate {
 
 impl BodyTemplate {
     /// The template for client `client` inserting `payload` into `table`, asking for the
-    /// commit mode `commit` (the node's default when `None`).
+    /// commit mode `commit` (the node's default when `None`). With `text_key` the table's key
+    /// is text made of it, the client and the sequence number (a multi-master table's key).
     pub fn new(
         table: &str,
         client: u64,
         payload: &str,
         commit: Option<CommitMode>,
+        text_key: Option<&str>,
     ) -> BodyTemplate {
-        let sql = format!(
-            "INSERT INTO {} (client, seq, payload) VALUES (?, ?, ?)",
-            quote_ident(table)
-        );
+        let sql = match text_key {
+            None => format!(
+                "INSERT INTO {} (client, seq, payload) VALUES (?, ?, ?)",
+                quote_ident(table)
+            ),
+            Some(_) => format!(
+                "INSERT INTO {} (id, client, seq, payload) VALUES (?4 || ':' || ?1 || ':' || ?2, ?1, ?2, ?3)",
+                quote_ident(table)
+            ),
+        };
         let sql = serde_json::to_string(&sql).unwrap_or_default();
         let payload = serde_json::to_string(payload).unwrap_or_default();
+        let key = text_key.map_or_else(String::new, |k| {
+            format!(",{}", serde_json::to_string(k).unwrap_or_default())
+        });
         let commit = commit.map_or_else(String::new, |m| format!(r#","commit":"{m}""#));
         BodyTemplate {
             prefix: format!(r#"{{"statements":[{{"sql":{sql},"params":[{client},"#).into_bytes(),
-            suffix: format!(r#",{payload}]}}]{commit}}}"#).into_bytes(),
+            suffix: format!(r#",{payload}{key}]}}]{commit}}}"#).into_bytes(),
         }
     }
 
@@ -578,8 +592,16 @@ async fn level(
     args: &BenchArgs,
     clients: usize,
     run_id: u64,
+    text_key: bool,
 ) -> anyhow::Result<(LevelResult, Option<String>)> {
     let payload = "x".repeat(args.payload_bytes);
+    // Keys of this level's rows: no other level's or benchmark process's.
+    let nonce = text_key.then(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{}-{t}", std::process::id())
+    });
     let start = Instant::now();
     let window = Window {
         start,
@@ -593,6 +615,7 @@ async fn level(
                 run_id * 1_000_000 + c as u64,
                 &payload,
                 args.commit,
+                nonce.as_deref(),
             );
             let pace = args.rate.map(|rate| Pacer {
                 client: c,
@@ -711,9 +734,35 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
             "CREATE TABLE IF NOT EXISTS {} (id INTEGER PRIMARY KEY, client INTEGER, seq INTEGER, payload TEXT)",
             quote_ident(&args.table)
         );
-        if let Err(e) = client.execute(&[Statement::new(&create)]).await {
-            eprintln!("error: create the benchmark table: {e}");
-            return Ok(1);
+        let mut text_key = args.text_key;
+        let tried = if text_key {
+            Err("a text key asked for".to_string())
+        } else {
+            client
+                .execute(&[Statement::new(&create)])
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        if let Err(e) = tried {
+            // A multi-master node refuses INTEGER PRIMARY KEY (two masters would hand out the
+            // same rowids): its table gets a text key made of the level, client and sequence.
+            if !text_key && !e.contains("multi-master") {
+                eprintln!("error: create the benchmark table: {e}");
+                return Ok(1);
+            }
+            let create = format!(
+                "CREATE TABLE IF NOT EXISTS {} (id TEXT NOT NULL PRIMARY KEY, client INTEGER, seq INTEGER, payload TEXT)",
+                quote_ident(&args.table)
+            );
+            if let Err(e) = client.execute(&[Statement::new(&create)]).await {
+                // Another master runs schema changes; the table may be there already.
+                if !e.to_string().contains("schema changes in multi-master mode run on node") {
+                    eprintln!("error: create the benchmark table: {e}");
+                    return Ok(1);
+                }
+            }
+            text_key = true;
         }
         // With --json the table is for the person watching; the JSON is the output.
         let say = |line: &str| {
@@ -744,7 +793,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         let run_id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() % 1_000_000);
         let mut results = Vec::with_capacity(args.clients.len());
         for &c in &args.clients {
-            let (r, first_error) = level(&client, &args, c, run_id).await?;
+            let (r, first_error) = level(&client, &args, c, run_id, text_key).await?;
             say(&row(&r));
             if let Some(e) = first_error {
                 eprintln!("  first error at {c} clients: {e}");
@@ -813,7 +862,7 @@ mod tests {
 
     #[test]
     fn the_body_template_is_the_json_of_the_insert() {
-        let t = BodyTemplate::new("my \"t\"", 7, "a\"b", None);
+        let t = BodyTemplate::new("my \"t\"", 7, "a\"b", None, None);
         let body: serde_json::Value = serde_json::from_slice(&t.body(42)).unwrap();
         assert_eq!(
             body,
@@ -825,13 +874,26 @@ mod tests {
     }
 
     #[test]
+    fn a_text_key_is_made_of_the_nonce_the_client_and_the_sequence() {
+        let t = BodyTemplate::new("t", 7, "p", None, Some("n-1"));
+        let body: serde_json::Value = serde_json::from_slice(&t.body(42)).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"statements": [{
+                "sql": "INSERT INTO \"t\" (id, client, seq, payload) VALUES (?4 || ':' || ?1 || ':' || ?2, ?1, ?2, ?3)",
+                "params": [7, 42, "p", "n-1"],
+            }]})
+        );
+    }
+
+    #[test]
     fn the_body_carries_the_commit_mode_beside_the_statements() {
         for (mode, text) in [
             (CommitMode::Async, "async"),
             (CommitMode::SemiSync, "semi-sync"),
             (CommitMode::Sync, "sync"),
         ] {
-            let t = BodyTemplate::new("t", 1, "p", Some(mode));
+            let t = BodyTemplate::new("t", 1, "p", Some(mode), None);
             let body: serde_json::Value = serde_json::from_slice(&t.body(3)).unwrap();
             assert_eq!(
                 body,

@@ -50,6 +50,12 @@ impl VersionVector {
         VersionVector::default()
     }
 
+    /// The vector whose entries are `entries`: each origin's records up to its sequence number
+    /// applied (as a node stores its vector); a zero entry is left out.
+    pub fn from_entries(entries: impl IntoIterator<Item = (String, Seq)>) -> VersionVector {
+        VersionVector(entries.into_iter().filter(|(_, s)| s.0 > 0).collect())
+    }
+
     /// The highest sequence number applied from `origin` (0: none).
     pub fn get(&self, origin: &str) -> Seq {
         self.0.get(origin).copied().unwrap_or_default()
@@ -119,6 +125,21 @@ impl VersionVector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vector_from_its_entries_is_the_one_built_record_by_record() {
+        let mut built = VersionVector::new();
+        for s in 1..=3 {
+            built.applied("a", Seq(s)).unwrap();
+        }
+        built.applied("b", Seq(1)).unwrap();
+        let stored = VersionVector::from_entries([
+            ("a".to_string(), Seq(3)),
+            ("b".to_string(), Seq(1)),
+            ("c".to_string(), Seq(0)),
+        ]);
+        assert_eq!(stored, built);
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -199,7 +199,11 @@ pub(crate) async fn serve_master(
         lsn: from_lsn.prev(),
     };
     let registry = ctx.registry.clone();
-    let (conn, superseded) = match registry.connect(&from, addr, &http_url, last, from_lsn) {
+    // Registered without its HTTP URL: a client library that reaches this master must not
+    // take the other masters for its replicas (their logs are not this one's, so position
+    // tokens mean nothing there), nor wander off to them for its writes.
+    let _ = http_url;
+    let (conn, superseded) = match registry.connect(&from, addr, "", last, from_lsn) {
         Ok(c) => c,
         Err(in_use) => {
             let why = format!(

@@ -385,7 +385,20 @@ impl crate::writer::Writer {
         }
     }
 
-    fn mm_schemas(&mut self) -> Result<Schemas, EngineError> {
+    /// Forgets the cached schemas: a rollback may have undone the schema change they were
+    /// read after, and a later change would then have the same schema version.
+    pub(crate) fn mm_forget_schemas(&mut self) {
+        if let Some(mm) = &mut self.mm {
+            mm.cache = None;
+        }
+    }
+
+    /// The schemas, cached by schema version. A transaction that changes the schema reads them
+    /// afresh and caches nothing: it may still roll back.
+    fn mm_schemas(&mut self, uncached: bool) -> Result<Schemas, EngineError> {
+        if uncached {
+            return self.policy.internal(|| schemas(&self.conn));
+        }
         let version = self.schema_version()?;
         let mm = self.mm.as_mut().expect("multi-master");
         if let Some((v, s)) = &mm.cache {
@@ -418,15 +431,12 @@ impl crate::writer::Writer {
             node: node.clone(),
         };
         let mut items = Vec::with_capacity(steps.len());
-        let mut ddl = false;
+        let ddl = steps.iter().any(|s| matches!(s, Step::Sql(_)));
         for step in steps {
             match step {
-                Step::Sql(sql) => {
-                    ddl = true;
-                    items.push(Item::Ddl(sql));
-                }
+                Step::Sql(sql) => items.push(Item::Ddl(sql)),
                 Step::Changeset(cs) => {
-                    let all = self.mm_schemas()?;
+                    let all = self.mm_schemas(ddl)?;
                     let mut changes = crate::changeset::Changes::new(&cs)
                         .map_err(|e| EngineError::Internal(format!("read a changeset: {e}")))?;
                     while let Some(c) = changes
@@ -460,7 +470,7 @@ impl crate::writer::Writer {
         }
         if ddl {
             // Every table must still be one whose changes can replicate.
-            for (t, s) in self.mm_schemas()? {
+            for (t, s) in self.mm_schemas(true)? {
                 if let Err(why) = s {
                     return Err(EngineError::BadRequest(format!(
                         "not allowed in multi-master mode: table {t:?}: {why}; nothing was changed"

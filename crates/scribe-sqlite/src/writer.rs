@@ -633,6 +633,7 @@ impl Writer {
     /// the records of the batch's transactions run so far (still pending in the log), so the
     /// database is as they left it: their changes, exactly, with their answers unchanged.
     fn restore_batch(&mut self) -> Result<(), EngineError> {
+        self.mm_forget_schemas();
         let records = self.log.pending_records()?;
         self.internal("BEGIN IMMEDIATE")
             .map_err(|e| EngineError::Internal(format!("begin write transaction again: {e}")))?;
@@ -655,6 +656,15 @@ impl Writer {
     /// last word right before the fsync: if it no longer takes writes in the batch's term (closed,
     /// lease run out, new term), the batch is rolled back and refused with `NotPrimary`.
     pub(crate) fn commit_batch(&mut self) -> Result<(), EngineError> {
+        let done = self.commit_batch_once();
+        if done.is_err() {
+            // A schema change of the batch may be rolled back with it.
+            self.mm_forget_schemas();
+        }
+        done
+    }
+
+    fn commit_batch_once(&mut self) -> Result<(), EngineError> {
         let last = self.log.last_position();
         if let Err(e) = self.policy.internal(|| meta::set_applied(&self.conn, last)) {
             self.log.discard_pending();

@@ -491,3 +491,67 @@ async fn masters_refuse_a_peer_of_another_cluster_or_other_policies() {
     let e = NodeProc::try_start("n1", &m.data(0), &[]).err().unwrap();
     assert!(e.contains("--multi-master"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_port_and_the_client_library_write_on_every_master() {
+    let pg: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut m = Masters::start(None, &[]);
+    // Restart each with its own --pg port (the harness gives extra flags to all alike).
+    for (i, port) in pg.iter().enumerate() {
+        m.nodes[i].take().unwrap().kill9();
+        m.extra = vec!["--pg".into(), format!("127.0.0.1:{port}")];
+        let n = m.spawn(i);
+        m.nodes[i] = Some(n);
+    }
+    create_schema(&m.api(0)).await;
+    m.converged(Duration::from_secs(20)).await;
+    if have_tool("psql", &["--version"]) {
+        for (i, port) in pg.iter().enumerate() {
+            let (ok, _, err) = psql_as(
+                *port,
+                "scribe",
+                None,
+                &[
+                    "-c",
+                    &format!("INSERT INTO acked (id, by) VALUES ('pg-{i}', 'n{}')", i + 1),
+                ],
+            );
+            assert!(ok, "psql on n{}: {err}", i + 1);
+        }
+    }
+    // The client library, given one master, writes there and reads its own writes there.
+    for i in 0..3 {
+        let url = m.api(i).url.clone();
+        let c = scribe_client::Cluster::connect([url.as_str()])
+            .await
+            .unwrap();
+        c.execute([format!(
+            "INSERT INTO acked (id, by) VALUES ('lib-{i}', 'n{}')",
+            i + 1
+        )])
+        .await
+        .unwrap();
+        let rows = c
+            .query(&format!("SELECT by FROM acked WHERE id = 'lib-{i}'"), ())
+            .await
+            .unwrap();
+        assert_eq!(
+            rows.rows,
+            vec![vec![scribe_client::Value::Text(format!("n{}", i + 1))]]
+        );
+        assert_eq!(
+            c.primary_url(),
+            Some(url.clone()),
+            "the client stays on the master it was given"
+        );
+    }
+    m.converged(Duration::from_secs(20)).await;
+    let want = m.api(0).rows("SELECT id, by FROM acked ORDER BY id").await;
+    assert!(want.len() >= 3, "{want:?}");
+    for i in 1..3 {
+        assert_eq!(
+            m.api(i).rows("SELECT id, by FROM acked ORDER BY id").await,
+            want
+        );
+    }
+}

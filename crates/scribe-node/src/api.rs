@@ -113,6 +113,11 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/v1/tx/{id}/rollback", post(crate::tx_api::rollback))
         .route("/v1/tx/{id}/savepoint", post(crate::tx_api::savepoint))
         .route("/v1/status", get(crate::status::status))
+        .route("/v1/conflicts", get(crate::conflicts::list))
+        .route(
+            "/v1/conflicts/{id}/resolve",
+            post(crate::conflicts::resolve),
+        )
         .route("/v1/switchover", post(switchover))
         .route("/v1/promote", post(promote))
         .route("/v1/members", post(members))

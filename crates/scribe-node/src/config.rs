@@ -336,15 +336,6 @@ impl NodeConfig {
             if mm.peers.windows(2).any(|w| w[0].0 == w[1].0) {
                 return Err("--peers names a master twice".into());
             }
-            if let Some((t, _)) = mm
-                .policies
-                .iter()
-                .find(|(_, p)| **p == scribe_core::multi_master::TablePolicy::Versioned)
-            {
-                return Err(format!(
-                    "--table-policy {t}=versioned: the versioned policy is not available yet; use lww or merge(...)"
-                ));
-            }
         }
         if let Some(cluster) = &self.cluster {
             if self.follow.is_some() {

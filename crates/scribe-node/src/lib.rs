@@ -30,6 +30,7 @@ pub mod api;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod conflicts;
 pub mod control;
 pub mod error;
 pub mod http_server;

@@ -70,6 +70,19 @@ fn multi_master(out: &mut String, state: &NodeState) {
             seq.0
         );
     }
+    header(
+        out,
+        "scribe_mm_conflicts",
+        "gauge",
+        "Unresolved conflicts of versioned tables, by table.",
+    );
+    for (table, n) in &st.conflicts {
+        let _ = writeln!(
+            out,
+            "scribe_mm_conflicts{{table=\"{}\"}} {n}",
+            table.replace('"', "'")
+        );
+    }
     let links = mm.links();
     type Series = (
         &'static str,

@@ -85,6 +85,8 @@ pub struct MultiMasterStatus {
     pub version_vector: std::collections::BTreeMap<String, u64>,
     /// Each peer's log as this node streams it.
     pub peers: Vec<crate::multi_master::PeerLink>,
+    /// Unresolved conflicts of `versioned` tables, by table (`GET /v1/conflicts` lists them).
+    pub conflicts: std::collections::BTreeMap<String, u64>,
 }
 
 impl MultiMasterStatus {
@@ -101,6 +103,7 @@ impl MultiMasterStatus {
                 .collect(),
             version_vector: st.vv.iter().map(|(o, s)| (o.to_string(), s.0)).collect(),
             peers: mm.links(),
+            conflicts: st.conflicts,
         })
     }
 }

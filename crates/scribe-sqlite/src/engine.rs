@@ -504,6 +504,23 @@ impl Engine {
             .map_err(|_| EngineError::Unavailable("the writer stopped before answering".into()))?
     }
 
+    /// Resolves the conflicts of a `versioned` row on a multi-master node (see
+    /// [`crate::mm::Resolution`]); answers the position of the resolution's record.
+    pub async fn mm_resolve(
+        &self,
+        resolution: crate::mm::Resolution,
+    ) -> Result<scribe_core::Position, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(WriterMsg::MmResolve { resolution, reply })
+            .await
+            .map_err(|_| EngineError::Unavailable("the node is shutting down".into()))?;
+        rx.await.map_err(|_| {
+            EngineError::OutcomeUnknown("the writer stopped before answering".into())
+        })?
+    }
+
     /// A multi-master node's version vector and where it has read each peer's log up to, as of
     /// its last commit (`None` on a primary/replica node).
     pub fn mm_status(&self) -> Option<crate::mm::MmStatus> {

@@ -49,6 +49,7 @@ pub mod rewind;
 mod session_ffi;
 pub mod txn;
 pub mod value;
+pub mod versioned;
 pub mod writer;
 
 pub use budget::Limits;

@@ -53,6 +53,8 @@ pub enum Item {
     Ddl(String),
     /// Row changes of multi-master tables.
     Rows(Vec<RowChange>),
+    /// Writes of rows of `versioned` tables.
+    Versions(Vec<crate::versioned::VersionChange>),
 }
 
 /// A multi-master record: one transaction of `origin`.
@@ -117,6 +119,7 @@ fn sql_err(what: &str) -> impl Fn(rusqlite::Error) -> EngineError + '_ {
 /// applies records by them).
 pub fn prepare(conn: &Connection, mm: &MultiMaster) -> Result<(), EngineError> {
     rows::ensure_tables(conn).map_err(mm_err)?;
+    crate::versioned::ensure_tables(conn).map_err(mm_err)?;
     conn.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS {VV_TABLE} (origin TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS {PEERS_TABLE} (peer TEXT PRIMARY KEY, lsn INTEGER NOT NULL) WITHOUT ROWID;
@@ -308,9 +311,89 @@ pub(crate) fn apply(conn: &Connection, record: &Record) -> Result<(), EngineErro
                     rows::apply_delta(conn, &sc.table, &c.key, &c.delta).map_err(mm_err)?;
                 }
             }
+            Item::Versions(changes) => {
+                if schemas.is_none() {
+                    schemas = Some(self::schemas(conn)?);
+                }
+                let s = schemas.as_ref().expect("just read");
+                for c in changes {
+                    let sc = schema_of(s, &c.table)
+                        .ok()
+                        .filter(|sc| sc.policy == TablePolicy::Versioned)
+                        .ok_or_else(|| {
+                            EngineError::Diverged(format!(
+                                "a versioned write of {}'s record {} to {:?}, which is not a versioned table here",
+                                record.origin, record.seq, c.table
+                            ))
+                        })?;
+                    crate::versioned::apply(conn, &sc.table, c).map_err(mm_err)?;
+                }
+            }
         }
     }
     set_applied_seq(conn, &record.origin, record.seq)
+}
+
+/// The writes a local changeset makes to rows of `versioned` tables, each taken into its row's
+/// versions as an ordinary write: it replaces the version shown and this node's own, and keeps
+/// the conflicts other nodes wrote.
+fn capture_versioned(
+    conn: &Connection,
+    versioned: &BTreeMap<String, MmSchema>,
+    changeset: &[u8],
+    stamp: &scribe_core::multi_master::Stamp,
+) -> Result<Vec<crate::versioned::VersionChange>, EngineError> {
+    use crate::changeset::{Changes, Op};
+    let bad = |e: String| EngineError::Internal(format!("read a changeset: {e}"));
+    let mut out = Vec::new();
+    let mut changes = Changes::new(changeset).map_err(|e| bad(e.to_string()))?;
+    while let Some(c) = changes.next_change().map_err(|e| bad(e.to_string()))? {
+        let Some(sc) = versioned.get(c.table()) else {
+            continue;
+        };
+        let t = &sc.table;
+        let after = c.op() == Op::Insert;
+        let key: Vec<crate::Value> = t
+            .key
+            .iter()
+            .map(|k| {
+                let i = t.columns.iter().position(|c| c == k).unwrap_or(0);
+                let v = if after { c.after(i) } else { c.before(i) };
+                v.map(crate::Value::from_ref).unwrap_or(crate::Value::Null)
+            })
+            .collect();
+        let value = crate::versioned::current(conn, t, &key).map_err(mm_err)?;
+        let mut versions = crate::versioned::load(conn, t, &key).map_err(mm_err)?;
+        let seen = versions.ordinary_context(&stamp.node);
+        let (dot, seen) = versions
+            .write(&stamp.node, stamp.clone(), value.clone(), &seen)
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        crate::versioned::store(conn, t, &key, &versions, false).map_err(mm_err)?;
+        out.push(crate::versioned::VersionChange {
+            table: t.name.clone(),
+            key: key.into_iter().map(rows::Ordered).collect(),
+            version: scribe_core::multi_master::Version {
+                dot,
+                stamp: stamp.clone(),
+                value,
+            },
+            seen,
+        });
+    }
+    Ok(out)
+}
+
+/// How the application resolves a conflict of a `versioned` row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolution {
+    /// The conflict's id (any conflict of the row: the resolution is the row's).
+    pub id: String,
+    /// The row to keep, column → value (key columns may be left out; they must match if
+    /// given); `None` deletes the row.
+    pub row: Option<BTreeMap<String, crate::Value>>,
+    /// The row's conflicts the application read; when given, they must be the row's conflicts
+    /// now, or the resolution is refused (another version arrived meanwhile: read them again).
+    pub expect: Option<Vec<String>>,
 }
 
 /// What a multi-master node publishes for its status: its version vector and where it has
@@ -321,6 +404,28 @@ pub struct MmStatus {
     pub vv: VersionVector,
     /// Each peer's LSN it has read up to.
     pub cursors: BTreeMap<String, u64>,
+    /// Unresolved conflicts of `versioned` tables, by table.
+    pub conflicts: BTreeMap<String, u64>,
+}
+
+/// Unresolved conflicts by table.
+pub fn conflict_counts(conn: &Connection) -> Result<BTreeMap<String, u64>, EngineError> {
+    let mut st = rows::cached(
+        conn,
+        &format!(
+            "SELECT tbl, count(*) FROM {} GROUP BY tbl",
+            crate::versioned::CONFLICTS_TABLE
+        ),
+    )
+    .map_err(sql_err("count the conflicts"))?;
+    let found = st
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })
+        .map_err(sql_err("count the conflicts"))?;
+    found
+        .collect::<Result<_, _>>()
+        .map_err(sql_err("count the conflicts"))
 }
 
 /// The status shared between the writer and the engine handle.
@@ -353,6 +458,7 @@ impl MmWriter {
         let status = MmStatus {
             vv: version_vector(conn)?,
             cursors: peer_cursors(conn)?,
+            conflicts: conflict_counts(conn)?,
         };
         Ok(MmWriter {
             clock: scribe_core::multi_master::Clock::new(last, opts.max_offset_ms),
@@ -449,16 +555,27 @@ impl crate::writer::Writer {
                             ))
                         })?;
                     }
-                    let ok: BTreeMap<String, MmSchema> = all
+                    let (versioned, merged): (
+                        BTreeMap<String, MmSchema>,
+                        BTreeMap<String, MmSchema>,
+                    ) = all
                         .into_iter()
                         .filter_map(|(t, s)| s.ok().map(|s| (t, s)))
-                        .collect();
+                        .partition(|(_, s)| s.policy == TablePolicy::Versioned);
                     let changes = self
                         .policy
-                        .internal(|| rows::capture_local(&self.conn, &ok, &cs, &stamp))
+                        .internal(|| rows::capture_local(&self.conn, &merged, &cs, &stamp))
                         .map_err(mm_err)?;
                     if !changes.is_empty() {
                         items.push(Item::Rows(changes));
+                    }
+                    if !versioned.is_empty() {
+                        let writes = self
+                            .policy
+                            .internal(|| capture_versioned(&self.conn, &versioned, &cs, &stamp))?;
+                        if !writes.is_empty() {
+                            items.push(Item::Versions(writes));
+                        }
                     }
                 }
                 Step::MultiMaster(_) => {
@@ -487,6 +604,164 @@ impl crate::writer::Writer {
         Ok(payload::encode(&[Step::MultiMaster(record.encode())]))
     }
 
+    /// Resolves the conflicts of one `versioned` row with `r`: a write that has seen every
+    /// version this node holds of the row, which replaces them all here and on every node it
+    /// reaches. Answers the position of its record.
+    pub(crate) fn mm_resolve(
+        &mut self,
+        r: Resolution,
+    ) -> Result<scribe_core::Position, EngineError> {
+        use crate::payload::{self, Step};
+        if let Some(why) = self.fatal.get() {
+            return Err(EngineError::Unavailable(why.clone()));
+        }
+        let Some(node) = self.mm.as_ref().map(|m| m.opts.node.clone()) else {
+            return Err(EngineError::BadRequest(
+                "this node is not a multi-master node".into(),
+            ));
+        };
+        self.admit(1)?;
+        self.internal("BEGIN IMMEDIATE")
+            .map_err(|e| EngineError::Internal(format!("begin the resolution: {e}")))?;
+        let result = (|| -> Result<scribe_core::Position, EngineError> {
+            let found: Option<(String, String)> = self
+                .policy
+                .internal(|| {
+                    rows::cached(
+                        &self.conn,
+                        &format!(
+                            "SELECT tbl, pk FROM {} WHERE id = ?1",
+                            crate::versioned::CONFLICTS_TABLE
+                        ),
+                    )?
+                    .query_row([&r.id], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()
+                })
+                .map_err(sql_err("find the conflict"))?;
+            let Some((table, pk)) = found else {
+                return Err(EngineError::BadRequest(format!(
+                    "no conflict {} on this node: resolved already, or not arrived here yet",
+                    r.id
+                )));
+            };
+            let all = self.mm_schemas(false)?;
+            let sc = schema_of(&all, &table)
+                .map_err(EngineError::Internal)?
+                .clone();
+            let key: Vec<crate::Value> = serde_json::from_str::<Vec<rows::Ordered>>(&pk)
+                .map_err(|e| EngineError::Corrupt(format!("a conflict's key: {e}")))?
+                .into_iter()
+                .map(|o| o.0)
+                .collect();
+            if let Some(expect) = &r.expect {
+                let now: Vec<String> = self
+                    .policy
+                    .internal(|| {
+                        let mut st = rows::cached(
+                            &self.conn,
+                            &format!(
+                                "SELECT id FROM {} WHERE tbl = ?1 AND pk = ?2 ORDER BY id",
+                                crate::versioned::CONFLICTS_TABLE
+                            ),
+                        )?;
+                        let ids = st.query_map([&table, &pk], |row| row.get::<_, String>(0))?;
+                        ids.collect::<Result<Vec<String>, _>>()
+                    })
+                    .map_err(sql_err("read the row's conflicts"))?;
+                let mut want = expect.clone();
+                want.sort();
+                want.dedup();
+                if want != now {
+                    return Err(EngineError::SerializationFailure(format!(
+                        "the row's conflicts are now {now:?}, not the {want:?} the resolution saw: read them again and resolve with what they are now; nothing was changed"
+                    )));
+                }
+            }
+            let value = match &r.row {
+                None => None,
+                Some(cols) => {
+                    let mut out = crate::versioned::Cols::new();
+                    for (c, v) in cols {
+                        let Some(col) = sc.table.columns.iter().find(|x| x.eq_ignore_ascii_case(c))
+                        else {
+                            return Err(EngineError::BadRequest(format!(
+                                "table {table:?} has no column {c:?}"
+                            )));
+                        };
+                        if let Some(i) = sc.table.key.iter().position(|k| k == col) {
+                            if !rows::Ordered(v.clone()).eq(&rows::Ordered(key[i].clone())) {
+                                return Err(EngineError::BadRequest(format!(
+                                    "column {col:?} is the row's key: a resolution cannot change it"
+                                )));
+                            }
+                            continue;
+                        }
+                        out.insert(col.clone(), rows::Ordered(v.clone()));
+                    }
+                    Some(out)
+                }
+            };
+            let hlc = self.mm.as_mut().expect("multi-master").clock.tick(now_ms());
+            let stamp = scribe_core::multi_master::Stamp {
+                hlc,
+                node: node.clone(),
+            };
+            let change = self.policy.internal(
+                || -> Result<crate::versioned::VersionChange, EngineError> {
+                    let mut versions =
+                        crate::versioned::load(&self.conn, &sc.table, &key).map_err(mm_err)?;
+                    let seen = versions.context().clone();
+                    let (dot, seen) = versions
+                        .write(&node, stamp.clone(), value.clone(), &seen)
+                        .map_err(|e| EngineError::SerializationFailure(e.to_string()))?;
+                    crate::versioned::store(&self.conn, &sc.table, &key, &versions, true)
+                        .map_err(mm_err)?;
+                    Ok(crate::versioned::VersionChange {
+                        table: table.clone(),
+                        key: key.iter().cloned().map(rows::Ordered).collect(),
+                        version: scribe_core::multi_master::Version {
+                            dot,
+                            stamp: stamp.clone(),
+                            value,
+                        },
+                        seen,
+                    })
+                },
+            )?;
+            let seq = self.policy.internal(|| -> Result<u64, EngineError> {
+                let seq = applied_seq(&self.conn, &node)? + 1;
+                set_applied_seq(&self.conn, &node, seq)?;
+                Ok(seq)
+            })?;
+            let record = Record::new(&node, seq, hlc, vec![Item::Versions(vec![change])]);
+            self.log
+                .append(
+                    self.term,
+                    crate::writer::now_us(),
+                    payload::encode(&[Step::MultiMaster(record.encode())]),
+                )
+                .map_err(EngineError::from)
+        })();
+        let pos = match result {
+            Ok(p) => p,
+            Err(e) => {
+                self.log.discard_pending();
+                let _ = self.internal("ROLLBACK");
+                return Err(e);
+            }
+        };
+        self.commit_batch()?;
+        let at = self.log.durable_position();
+        self.progress.send_modify(|p| {
+            p.last = at;
+            p.flushed = at;
+            p.applied = at;
+        });
+        crate::EngineMetrics::add(&self.metrics.commits, 1);
+        self.mm_publish();
+        Ok(pos)
+    }
+
     /// Publishes the version vector and the peers' positions as committed.
     pub(crate) fn mm_publish(&self) {
         let Some(mm) = &self.mm else { return };
@@ -494,6 +769,7 @@ impl crate::writer::Writer {
             Ok(MmStatus {
                 vv: version_vector(&self.conn)?,
                 cursors: peer_cursors(&self.conn)?,
+                conflicts: conflict_counts(&self.conn)?,
             })
         });
         match read {

@@ -199,7 +199,7 @@ pub fn table(conn: &Connection, name: &str) -> Result<MmTable, MmError> {
 }
 
 /// `"k1" IS ?1 AND "k2" IS ?2 ...`: the row of `t` whose key is bound as parameters 1, 2...
-fn key_match(t: &MmTable) -> String {
+pub(crate) fn key_match(t: &MmTable) -> String {
     t.key
         .iter()
         .enumerate()
@@ -208,7 +208,7 @@ fn key_match(t: &MmTable) -> String {
         .join(" AND ")
 }
 
-fn key_text(key: &[Value]) -> String {
+pub(crate) fn key_text(key: &[Value]) -> String {
     let stored: Vec<Stored> = key.iter().cloned().map(|v| Ordered(v).into()).collect();
     serde_json::to_string(&stored).unwrap_or_default()
 }
@@ -356,23 +356,71 @@ pub fn apply_delta(
     Ok(merged)
 }
 
+/// Writes the row of `t` keyed `key` as `cols` shows it, every non-key column (NULL for one
+/// `cols` lacks), or deletes it for `None`: what a `versioned` row's winner shows.
+pub(crate) fn show_row(
+    conn: &Connection,
+    t: &MmTable,
+    key: &[Value],
+    cols: Option<&BTreeMap<String, Ordered>>,
+) -> Result<(), MmError> {
+    let table = quote(&t.name);
+    let Some(cols) = cols else {
+        cached(conn, &format!("DELETE FROM {table} WHERE {}", key_match(t)))?
+            .execute(rusqlite::params_from_iter(key.iter()))?;
+        return Ok(());
+    };
+    let mut values: Vec<Value> = key.to_vec();
+    let others: Vec<&String> = t.columns.iter().filter(|c| !t.key.contains(c)).collect();
+    for c in &others {
+        values.push(cols.get(*c).map(|o| o.0.clone()).unwrap_or(Value::Null));
+    }
+    let names: Vec<String> = t
+        .key
+        .iter()
+        .chain(others.iter().copied())
+        .map(|c| quote(c))
+        .collect();
+    let marks: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
+    let conflict: Vec<String> = t.key.iter().map(|c| quote(c)).collect();
+    let upsert = if others.is_empty() {
+        "DO NOTHING".to_string()
+    } else {
+        let set: Vec<String> = others
+            .iter()
+            .map(|c| format!("{0} = excluded.{0}", quote(c)))
+            .collect();
+        format!("DO UPDATE SET {}", set.join(", "))
+    };
+    cached(
+        conn,
+        &format!(
+            "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({}) {upsert}",
+            names.join(", "),
+            marks.join(", "),
+            conflict.join(", ")
+        ),
+    )?
+    .execute(rusqlite::params_from_iter(values.iter()))?;
+    Ok(())
+}
+
 /// A multi-master table and its policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MmSchema {
     /// The table, its key and its columns.
     pub table: MmTable,
-    /// How its concurrent writes merge (`lww` or `merge`; `versioned` rows are not rows here).
+    /// How its concurrent writes merge (`lww`, `merge`), or are kept as versions (`versioned`,
+    /// see [`crate::versioned`]).
     pub policy: TablePolicy,
 }
 
 /// The schema of table `name` under `policy`.
 pub fn schema(conn: &Connection, name: &str, policy: TablePolicy) -> Result<MmSchema, MmError> {
-    if policy == TablePolicy::Versioned {
-        return Err(MmError::Invalid(format!(
-            "table {name:?} is versioned: its rows are kept as versions, not merged"
-        )));
-    }
     let table = table(conn, name)?;
+    if policy == TablePolicy::Versioned {
+        return Ok(MmSchema { table, policy });
+    }
     policy
         .check_columns(table.columns.iter().map(String::as_str))
         .map_err(MmError::Invalid)?;
@@ -847,7 +895,7 @@ mod tests {
         let e = capture(&c, "merge(views = sum)", insert, &at(1, "n1")).unwrap_err();
         assert!(e.to_string().contains("integers"), "{e}");
         assert!(schema(&c, "item", "merge(nope = sum)".parse().unwrap()).is_err());
-        assert!(schema(&c, "item", TablePolicy::Versioned).is_err());
+        assert!(schema(&c, "item", TablePolicy::Versioned).is_ok());
     }
 
     #[test]

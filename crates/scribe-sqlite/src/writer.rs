@@ -138,6 +138,11 @@ pub(crate) enum WriterMsg {
         records: Vec<(u64, Vec<u8>)>,
         reply: oneshot::Sender<Result<crate::mm::Applied, EngineError>>,
     },
+    /// Resolve the conflicts of a `versioned` row (see [`crate::mm::Resolution`]).
+    MmResolve {
+        resolution: crate::mm::Resolution,
+        reply: oneshot::Sender<Result<Position, EngineError>>,
+    },
     /// Finish what is queued before this and stop.
     Stop(oneshot::Sender<()>),
 }
@@ -232,6 +237,9 @@ impl Writer {
                     reply,
                 } => {
                     let _ = reply.send(self.apply_remote(&peer, records));
+                }
+                WriterMsg::MmResolve { resolution, reply } => {
+                    let _ = reply.send(self.mm_resolve(resolution));
                 }
                 WriterMsg::InstallSnapshot { path, reply } => {
                     let _ = reply.send(self.install_snapshot(&path));

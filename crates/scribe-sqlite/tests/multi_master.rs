@@ -20,6 +20,7 @@ fn options(dir: &Path, node: &str) -> EngineOptions {
         "counters".to_string(),
         "merge(hits=sum, best=max)".parse::<TablePolicy>().unwrap(),
     );
+    policies.insert("addr".to_string(), TablePolicy::Versioned);
     o.multi_master = Some(MultiMaster {
         node: node.to_string(),
         ddl_node: "n1".to_string(),
@@ -298,6 +299,134 @@ async fn a_record_of_this_node_it_never_wrote_and_a_gap_are_refused() {
         .to_string();
     assert!(e.contains("which is this node"), "{e}");
     for e in [a, b, fresh] {
+        e.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_versioned_rows_concurrent_write_is_one_conflict_everywhere_until_resolved() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let engines: Vec<Engine> = dirs
+        .iter()
+        .zip(NODES)
+        .map(|(d, n)| open(d.path(), n))
+        .collect();
+    exec(
+        &engines[0],
+        "CREATE TABLE addr (id TEXT NOT NULL PRIMARY KEY, street TEXT, city TEXT)",
+    )
+    .await
+    .unwrap();
+    exec(
+        &engines[0],
+        "INSERT INTO addr VALUES ('u1', 'Main St', 'Springfield')",
+    )
+    .await
+    .unwrap();
+    exchange(&engines).await;
+    // Concurrent: neither has seen the other's write.
+    exec(
+        &engines[0],
+        "UPDATE addr SET street = '1 Main St' WHERE id = 'u1'",
+    )
+    .await
+    .unwrap();
+    exec(
+        &engines[1],
+        "UPDATE addr SET street = '1 Main Street' WHERE id = 'u1'",
+    )
+    .await
+    .unwrap();
+    exchange(&engines).await;
+    let conflicts = |e: &Engine| {
+        let e = e.clone();
+        async move {
+            rows(
+                &e,
+                "SELECT id, node, row, winner_node FROM scribe_conflicts ORDER BY id",
+            )
+            .await
+        }
+    };
+    let first = conflicts(&engines[0]).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    let shown = rows(&engines[0], "SELECT * FROM addr").await;
+    for e in &engines {
+        assert_eq!(
+            conflicts(e).await,
+            first,
+            "the same one conflict everywhere"
+        );
+        assert_eq!(
+            rows(e, "SELECT * FROM addr").await,
+            shown,
+            "the same winner everywhere"
+        );
+    }
+    // The winner's node writes the row again as usual: the other node's version stays a conflict.
+    let winner = match &first[0][3] {
+        Value::Text(n) => n.clone(),
+        other => panic!("{other:?}"),
+    };
+    let w = NODES.iter().position(|n| *n == winner).unwrap();
+    exec(
+        &engines[w],
+        "UPDATE addr SET city = 'Shelbyville' WHERE id = 'u1'",
+    )
+    .await
+    .unwrap();
+    exchange(&engines).await;
+    let still = conflicts(&engines[2]).await;
+    assert_eq!(still.len(), 1, "{still:?}");
+    let id = match &still[0][0] {
+        Value::Text(id) => id.clone(),
+        other => panic!("{other:?}"),
+    };
+    // A resolution that saw other conflicts than the row has is refused.
+    let refused = engines[2]
+        .mm_resolve(scribe_sqlite::mm::Resolution {
+            id: id.clone(),
+            row: None,
+            expect: Some(vec!["0000000000000000".into()]),
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("read them again"), "{refused}");
+    // Resolved on the third node with a merged row: no conflict anywhere, the row everywhere.
+    let mut row = BTreeMap::new();
+    row.insert(
+        "street".to_string(),
+        Value::Text("1 Main Street, Apt 2".into()),
+    );
+    row.insert("city".to_string(), Value::Text("Shelbyville".into()));
+    engines[2]
+        .mm_resolve(scribe_sqlite::mm::Resolution {
+            id: id.clone(),
+            row: Some(row),
+            expect: Some(vec![id.clone()]),
+        })
+        .await
+        .unwrap();
+    exchange(&engines).await;
+    for e in &engines {
+        assert!(conflicts(e).await.is_empty());
+        assert_eq!(
+            rows(e, "SELECT * FROM addr").await,
+            vec![vec![
+                Value::Text("u1".into()),
+                Value::Text("1 Main Street, Apt 2".into()),
+                Value::Text("Shelbyville".into()),
+            ]]
+        );
+    }
+    // A restart keeps the versions: a write after it is ordinary, nothing comes back.
+    let e = engines[0].clone();
+    e.shutdown().await;
+    let e = open(dirs[0].path(), "n1");
+    assert!(rows(&e, "SELECT * FROM scribe_conflicts").await.is_empty());
+    e.shutdown().await;
+    for e in &engines[1..] {
         e.shutdown().await;
     }
 }

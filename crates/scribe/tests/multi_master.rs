@@ -73,6 +73,8 @@ impl Masters {
             &list,
             "--table-policy",
             POLICY,
+            "--table-policy",
+            "addr=versioned",
         ];
         if self.net.is_some() {
             args.push("--insecure");
@@ -137,6 +139,7 @@ async fn create_schema(api: &Api) {
             "CREATE TABLE item (id TEXT NOT NULL PRIMARY KEY, name TEXT, price INTEGER, note TEXT)",
             "CREATE TABLE acked (id TEXT NOT NULL PRIMARY KEY, by TEXT)",
             "CREATE TABLE counters (id TEXT NOT NULL PRIMARY KEY, hits INTEGER NOT NULL DEFAULT 0, best INTEGER)",
+            "CREATE TABLE addr (id TEXT NOT NULL PRIMARY KEY, street TEXT)",
         ])
         .await
         .unwrap();
@@ -312,6 +315,7 @@ async fn a_sum_counter_adds_every_increment_across_a_partition_and_lww_keeps_bot
             "INSERT INTO counters (id, hits) VALUES ('c', 0)",
             "INSERT INTO item (id, name, price, note) VALUES ('r', 'plain', 1, 'kept')",
             "INSERT INTO item (id, name, price) VALUES ('gone', 'x', 1)",
+            "INSERT INTO addr (id, street) VALUES ('u1', 'Main St')",
         ])
         .await
         .unwrap();
@@ -390,6 +394,17 @@ async fn a_sum_counter_adds_every_increment_across_a_partition_and_lww_keeps_bot
         .await
         .unwrap();
     assert_eq!(s, 200, "{b}");
+    // And n1 and n3 write the same row of the versioned table.
+    for (i, street) in [(0, "1 Main St"), (2, "1 Main Street")] {
+        let (s, b) = m
+            .api(i)
+            .execute(&[&format!(
+                "UPDATE addr SET street = '{street}' WHERE id = 'u1'"
+            )])
+            .await
+            .unwrap();
+        assert_eq!(s, 200, "{b}");
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     // n3 knows nothing of the others' writes meanwhile.
     let on_n3 = m
@@ -429,6 +444,59 @@ async fn a_sum_counter_adds_every_increment_across_a_partition_and_lww_keeps_bot
                 json!("kept")
             ]],
             "n{}: both column updates survive, and the deleted row stays deleted",
+            i + 1
+        );
+    }
+    // The versioned row: the write that lost is one conflict, the same on every node.
+    let mut lists = Vec::new();
+    for i in 0..3 {
+        let api = m.api(i);
+        let r = api
+            .http
+            .get(format!("{}/v1/conflicts", api.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        lists.push(body["conflicts"].clone());
+    }
+    assert_eq!(lists[0].as_array().map(Vec::len), Some(1), "{}", lists[0]);
+    assert!(lists.windows(2).all(|w| w[0] == w[1]), "{lists:?}");
+    let conflict = lists[0][0].clone();
+    let shown = m
+        .api(0)
+        .rows("SELECT street FROM addr WHERE id = 'u1'")
+        .await;
+    assert_eq!(json!([conflict["winner_row"]["street"]]), json!(shown[0]));
+    let st = m.api(1).status().await;
+    assert_eq!(
+        st["multi_master"]["conflicts"]["addr"], 1,
+        "{}",
+        st["multi_master"]
+    );
+    // Resolved on n2, which wrote neither version: the resolution reaches every node.
+    let id = conflict["id"].as_str().unwrap().to_string();
+    let (s, b) = m
+        .api(1)
+        .post(
+            &format!("/v1/conflicts/{id}/resolve"),
+            &json!({"row": {"street": "1 Main Street, Apt 2"}, "expect": [id]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{b}");
+    m.converged(Duration::from_secs(30)).await;
+    for i in 0..3 {
+        let api = m.api(i);
+        assert_eq!(
+            api.rows("SELECT street FROM addr WHERE id = 'u1'").await,
+            vec![vec![json!("1 Main Street, Apt 2")]]
+        );
+        assert_eq!(
+            api.rows("SELECT count(*) FROM scribe_conflicts").await,
+            vec![vec![json!(0)]],
+            "n{} still lists a conflict",
             i + 1
         );
     }

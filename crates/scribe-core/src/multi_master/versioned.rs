@@ -103,6 +103,21 @@ impl<V: Clone + PartialEq> Versions<V> {
             .collect()
     }
 
+    /// The context of an ordinary write on `node` (a statement, not a resolution): it replaces
+    /// the version the table shows and `node`'s own versions, but not the conflicts other nodes
+    /// wrote, which stay until the application resolves them. Siblings come from distinct nodes
+    /// (a node's writes each replace its previous one), so lowering a conflict's node to just
+    /// below its dot uncovers that conflict alone.
+    pub fn ordinary_context(&self, node: &str) -> Context {
+        let mut seen = self.context.clone();
+        for c in self.conflicts() {
+            if c.dot.node != node {
+                seen.insert(c.dot.node.clone(), c.dot.n - 1);
+            }
+        }
+        seen
+    }
+
     /// A write on `node` at `stamp` that has seen `seen` (the row's context when the write was
     /// made: [`Versions::context`] for an ordinary write, the context the application read the
     /// conflicts with for a resolution). Answers the write's dot and context, which replicate
@@ -189,6 +204,46 @@ mod tests {
     use super::*;
     use crate::multi_master::testing::{at, join_laws};
     use proptest::prelude::*;
+
+    #[test]
+    fn an_ordinary_write_keeps_other_nodes_conflicts_and_a_resolution_ends_them() {
+        let mut a: Versions<&str> = Versions::default();
+        let mut b: Versions<&str> = Versions::default();
+        let (da, sa) = a
+            .write("n1", at(1, "n1"), Some("x"), &Context::new())
+            .unwrap();
+        let (db, sb) = b
+            .write("n2", at(2, "n2"), Some("y"), &Context::new())
+            .unwrap();
+        a.apply(
+            Version {
+                dot: db,
+                stamp: at(2, "n2"),
+                value: Some("y"),
+            },
+            &sb,
+        );
+        b.apply(
+            Version {
+                dot: da,
+                stamp: at(1, "n1"),
+                value: Some("x"),
+            },
+            &sa,
+        );
+        assert_eq!(a, b);
+        assert_eq!(a.conflicts().len(), 1);
+        // n2 (the winner's node) writes again as usual: n1's losing version stays.
+        let seen = b.ordinary_context("n2");
+        b.write("n2", at(3, "n2"), Some("z"), &seen).unwrap();
+        assert_eq!(b.winner().unwrap().value, Some("z"));
+        assert_eq!(b.conflicts().len(), 1);
+        assert_eq!(b.conflicts()[0].value, Some("x"));
+        // A resolution, with everything seen, leaves one version.
+        let all = b.context().clone();
+        b.write("n2", at(4, "n2"), Some("xz"), &all).unwrap();
+        assert_eq!(b.siblings().len(), 1);
+    }
 
     #[test]
     fn sequential_writes_replace_each_other() {

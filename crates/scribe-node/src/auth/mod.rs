@@ -65,6 +65,10 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
         (_, "/v1/query") => Some(Role::Read),
         (_, "/v1/execute") => Some(Role::Write),
         (_, p) if p == "/v1/tx" || p.starts_with("/v1/tx/") => Some(Role::Write),
+        ("GET", "/v1/conflicts") => Some(Role::Read),
+        ("POST", p) if p.starts_with("/v1/conflicts/") && p.ends_with("/resolve") => {
+            Some(Role::Write)
+        }
         // A summary below admin (what a client needs to route); the whole status for an admin.
         ("GET", "/v1/status") => Some(Role::Read),
         (_, "/v1/status" | "/v1/switchover" | "/v1/promote" | "/v1/members" | "/metrics") => {

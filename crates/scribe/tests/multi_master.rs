@@ -613,6 +613,35 @@ async fn the_postgres_port_and_the_client_library_write_on_every_master() {
             "the client stays on the master it was given"
         );
     }
+    // Semi-sync and sync: the answer names the other masters that have the record applied.
+    for mode in ["semi-sync", "sync"] {
+        let (s, b) = m
+            .api(1)
+            .post(
+                "/v1/execute",
+                &json!({"statements": [{"sql": format!("INSERT INTO acked (id, by) VALUES ('{mode}', 'n2')")}], "commit": mode}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(s, 200, "{b}");
+        let acked_by = b["durability"]["acked_by"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            !acked_by.is_empty() && !acked_by.contains(&json!("n2")),
+            "{b}"
+        );
+        let other = acked_by[0].as_str().unwrap();
+        let j = other[1..].parse::<usize>().unwrap() - 1;
+        assert_eq!(
+            m.api(j)
+                .rows(&format!("SELECT by FROM acked WHERE id = '{mode}'"))
+                .await,
+            vec![vec![json!("n2")]],
+            "{other} acknowledged a {mode} write it does not show"
+        );
+    }
     m.converged(Duration::from_secs(20)).await;
     let want = m.api(0).rows("SELECT id, by FROM acked ORDER BY id").await;
     assert!(want.len() >= 3, "{want:?}");

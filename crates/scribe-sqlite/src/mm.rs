@@ -595,11 +595,7 @@ impl crate::writer::Writer {
                 }
             }
         }
-        let seq = self.policy.internal(|| -> Result<u64, EngineError> {
-            let seq = applied_seq(&self.conn, &node)? + 1;
-            set_applied_seq(&self.conn, &node, seq)?;
-            Ok(seq)
-        })?;
+        let seq = self.mm_next_seq(&node)?;
         let record = Record::new(&node, seq, hlc, items);
         Ok(payload::encode(&[Step::MultiMaster(record.encode())]))
     }
@@ -728,11 +724,7 @@ impl crate::writer::Writer {
                     })
                 },
             )?;
-            let seq = self.policy.internal(|| -> Result<u64, EngineError> {
-                let seq = applied_seq(&self.conn, &node)? + 1;
-                set_applied_seq(&self.conn, &node, seq)?;
-                Ok(seq)
-            })?;
+            let seq = self.mm_next_seq(&node)?;
             let record = Record::new(&node, seq, hlc, vec![Item::Versions(vec![change])]);
             self.log
                 .append(
@@ -742,8 +734,20 @@ impl crate::writer::Writer {
                 )
                 .map_err(EngineError::from)
         })();
-        let pos = match result {
-            Ok(p) => p,
+        let pos = self.mm_finish(result, 1)?;
+        Ok(pos)
+    }
+
+    /// Ends a multi-master write transaction the writer opened: on `result`'s error nothing of it
+    /// is kept; otherwise it is made durable and committed (`records` of them), and the new
+    /// positions and version vector are published.
+    fn mm_finish<T>(
+        &mut self,
+        result: Result<T, EngineError>,
+        records: u64,
+    ) -> Result<T, EngineError> {
+        let value = match result {
+            Ok(v) => v,
             Err(e) => {
                 self.log.discard_pending();
                 let _ = self.internal("ROLLBACK");
@@ -757,9 +761,19 @@ impl crate::writer::Writer {
             p.flushed = at;
             p.applied = at;
         });
-        crate::EngineMetrics::add(&self.metrics.commits, 1);
+        crate::EngineMetrics::add(&self.metrics.commits, records);
         self.mm_publish();
-        Ok(pos)
+        Ok(value)
+    }
+
+    /// This node's next sequence number, taken (stored in the version vector) inside the open
+    /// transaction.
+    fn mm_next_seq(&self, node: &str) -> Result<u64, EngineError> {
+        self.policy.internal(|| {
+            let seq = applied_seq(&self.conn, node)? + 1;
+            set_applied_seq(&self.conn, node, seq)?;
+            Ok(seq)
+        })
     }
 
     /// Publishes the version vector and the peers' positions as committed.
@@ -859,20 +873,7 @@ impl crate::writer::Writer {
             self.policy
                 .internal(|| set_peer_cursor(&self.conn, peer, done.cursor))
         })();
-        if let Err(e) = result {
-            self.log.discard_pending();
-            let _ = self.internal("ROLLBACK");
-            return Err(e);
-        }
-        self.commit_batch()?;
-        let at = self.log.durable_position();
-        self.progress.send_modify(|p| {
-            p.last = at;
-            p.flushed = at;
-            p.applied = at;
-        });
-        crate::EngineMetrics::add(&self.metrics.commits, done.applied);
-        self.mm_publish();
+        self.mm_finish(result, done.applied)?;
         Ok(done)
     }
 }

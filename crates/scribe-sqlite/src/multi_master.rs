@@ -278,14 +278,7 @@ pub fn apply_delta(
     key: &[Value],
     delta: &Row<Ordered>,
 ) -> Result<Row<Ordered>, MmError> {
-    if key.len() != t.key.len() {
-        return Err(MmError::Invalid(format!(
-            "a key of {} values for table {:?}, whose primary key has {}",
-            key.len(),
-            t.name,
-            t.key.len()
-        )));
-    }
+    check_key(t, key)?;
     let before = load(conn, t, key)?;
     let merged = before.merge(delta);
     let cells =
@@ -354,6 +347,19 @@ pub fn apply_delta(
     )?
     .execute(rusqlite::params_from_iter(values.iter()))?;
     Ok(merged)
+}
+
+/// Refuses a key of another length than `t`'s primary key.
+pub(crate) fn check_key(t: &MmTable, key: &[Value]) -> Result<(), MmError> {
+    if key.len() != t.key.len() {
+        return Err(MmError::Invalid(format!(
+            "a key of {} values for table {:?}, whose primary key has {}",
+            key.len(),
+            t.name,
+            t.key.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Writes the row of `t` keyed `key` as `cols` shows it, every non-key column (NULL for one

@@ -162,14 +162,7 @@ pub fn store(
 /// Takes a write of another node (or this node's, replayed) into its row.
 pub fn apply(conn: &Connection, t: &MmTable, change: &VersionChange) -> Result<(), MmError> {
     let key: Vec<Value> = change.key.iter().map(|o| o.0.clone()).collect();
-    if key.len() != t.key.len() {
-        return Err(MmError::Invalid(format!(
-            "a key of {} values for table {:?}, whose primary key has {}",
-            key.len(),
-            t.name,
-            t.key.len()
-        )));
-    }
+    crate::multi_master::check_key(t, &key)?;
     let mut versions = load(conn, t, &key)?;
     versions.apply(change.version.clone(), &change.seen);
     store(conn, t, &key, &versions, true)

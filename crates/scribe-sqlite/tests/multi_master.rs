@@ -42,6 +42,17 @@ async fn rows(e: &Engine, sql: &str) -> Vec<Vec<Value>> {
     e.query(Statement::new(sql)).await.unwrap().rows.rows
 }
 
+/// `e`'s log from `from` on, as a peer link sends it: (LSN, payload).
+fn log_of(e: &Engine, from: u64) -> Vec<(u64, Vec<u8>)> {
+    e.read_log(Lsn(from))
+        .unwrap()
+        .map(|r| {
+            let r = r.unwrap();
+            (r.lsn.0, r.payload)
+        })
+        .collect()
+}
+
 /// Streams what `to` has not read of `from`'s log into `to`, as a peer link does.
 async fn pull(to: &Engine, to_name: &str, from: &Engine, from_name: &str) -> u64 {
     let _ = to_name;
@@ -52,14 +63,7 @@ async fn pull(to: &Engine, to_name: &str, from: &Engine, from_name: &str) -> u64
         .get(from_name)
         .copied()
         .unwrap_or(0);
-    let records: Vec<(u64, Vec<u8>)> = from
-        .read_log(Lsn(cursor + 1))
-        .unwrap()
-        .map(|r| {
-            let r = r.unwrap();
-            (r.lsn.0, r.payload)
-        })
-        .collect();
+    let records: Vec<(u64, Vec<u8>)> = log_of(from, cursor + 1);
     if records.is_empty() {
         return 0;
     }
@@ -199,14 +203,7 @@ async fn three_engines_merge_concurrent_writes_by_policy_and_converge() {
         assert_eq!(vv.get("n3"), Seq(12));
     }
     // A record that arrives again, from another peer, changes nothing.
-    let again: Vec<(u64, Vec<u8>)> = engines[1]
-        .read_log(Lsn(1))
-        .unwrap()
-        .map(|r| {
-            let r = r.unwrap();
-            (r.lsn.0, r.payload)
-        })
-        .collect();
+    let again: Vec<(u64, Vec<u8>)> = log_of(&engines[1], 1);
     let done = engines[2].mm_apply("n2".into(), again).await.unwrap();
     assert_eq!(done.applied, 0);
     assert!(done.duplicates > 20, "{done:?}");
@@ -268,14 +265,7 @@ async fn a_record_of_this_node_it_never_wrote_and_a_gap_are_refused() {
     exec(&a, "INSERT INTO item VALUES ('a', 'one', 1)")
         .await
         .unwrap();
-    let log: Vec<(u64, Vec<u8>)> = a
-        .read_log(Lsn(1))
-        .unwrap()
-        .map(|r| {
-            let r = r.unwrap();
-            (r.lsn.0, r.payload)
-        })
-        .collect();
+    let log: Vec<(u64, Vec<u8>)> = log_of(&a, 1);
     // A gap: the third record without the first two.
     let e = b
         .mm_apply("n1".into(), log[2..].to_vec())

@@ -168,6 +168,7 @@ pub(crate) async fn serve_master(
         http_url,
         policies,
         from_lsn,
+        own_seq,
     } = hello
     else {
         return;
@@ -177,11 +178,31 @@ pub(crate) async fn serve_master(
         crate::peer_link::refuse_and_close(rd, wr, RefusalCode::ClusterMismatch, why).await;
         return;
     }
+    let held = ctx.engine.mm_status().map_or(0, |s| s.vv.get(&from).0);
+    if held > own_seq {
+        let why = format!(
+            "{from} holds {own_seq} of its own records but {} has applied {held} of them: {from} lost data (an emptied or older data directory); its new writes would be taken for the old ones. Start it with its data, or under a new name",
+            mm.name
+        );
+        tracing::error!(peer = %addr, %from, "refused a master: {why}");
+        crate::peer_link::refuse_and_close(rd, wr, RefusalCode::ClusterMismatch, why).await;
+        return;
+    }
+    let end = ctx.engine.progress().flushed.lsn;
+    if from_lsn.0 > end.0 + 1 {
+        let why = format!(
+            "{from} asks for {}'s log from lsn {from_lsn} but it ends at {end}: this node's log was reset or replaced",
+            mm.name
+        );
+        tracing::error!(peer = %addr, %from, "refused a master: {why}");
+        crate::peer_link::refuse_and_close(rd, wr, RefusalCode::Protocol, why).await;
+        return;
+    }
     let first = ctx.engine.log_first_lsn();
     let from_lsn = Lsn(from_lsn.0.max(1));
     if from_lsn < first {
         let why = format!(
-            "{} no longer holds its log from lsn {from_lsn} (it starts at {first}): {from} must be seeded again from an empty data directory",
+            "{} no longer holds its log from lsn {from_lsn} (it starts at {first}): {from} cannot catch up from it; keep more log on the masters (--max-log-size) — seeding a master from a snapshot is not built yet",
             mm.name
         );
         tracing::error!(peer = %addr, %from, "refused a master: {why}");
@@ -217,6 +238,7 @@ pub(crate) async fn serve_master(
     };
     let welcome = Message::MmWelcome {
         name: mm.name.clone(),
+        own_seq: ctx.engine.mm_status().map_or(0, |s| s.vv.get(&mm.name).0),
     };
     if write_message(&mut wr, &welcome).await.is_err() || wr.flush().await.is_err() {
         registry.disconnect(&from, conn, Some("closed during the handshake".into()));
@@ -314,10 +336,9 @@ async fn pull_once(
     addr: &str,
     peer_timeout: Duration,
 ) -> String {
-    let cursor = engine
-        .mm_status()
-        .and_then(|s| s.cursors.get(peer).copied())
-        .unwrap_or(0);
+    let status = engine.mm_status().unwrap_or_default();
+    let cursor = status.cursors.get(peer).copied().unwrap_or(0);
+    let held = status.vv.get(peer).0;
     let (rd, wr) = match security.dial(addr, peer_timeout).await {
         Ok(h) => h,
         Err(e) => return format!("dial: {e:?}"),
@@ -330,6 +351,7 @@ async fn pull_once(
         http_url: mm.http_url.clone(),
         policies: mm.settings.policies_text(),
         from_lsn: Lsn(cursor + 1),
+        own_seq: status.vv.get(&mm.name).0,
     };
     if let Err(e) = write_message(&mut wr, &hello).await {
         return format!("send the hello: {e}");
@@ -338,8 +360,13 @@ async fn pull_once(
         return format!("send the hello: {e}");
     }
     match tokio::time::timeout(peer_timeout, read_message(&mut rd)).await {
-        Ok(Ok(Message::MmWelcome { name })) if name == peer => {}
-        Ok(Ok(Message::MmWelcome { name })) => {
+        Ok(Ok(Message::MmWelcome { name, own_seq })) if name == peer && own_seq < held => {
+            return format!(
+                "{peer} holds {own_seq} of its own records but this node has applied {held} of them: {peer} lost data (an emptied or older data directory); start it with its data, or under a new name"
+            )
+        }
+        Ok(Ok(Message::MmWelcome { name, .. })) if name == peer => {}
+        Ok(Ok(Message::MmWelcome { name, .. })) => {
             return format!("the node at {addr} is {name}, not {peer}: check --peers")
         }
         Ok(Ok(Message::Refused(r))) => return format!("refused: {}", r.message),

@@ -478,7 +478,18 @@ impl crate::writer::Writer {
     /// schema change on a node other than the one that runs them all.
     pub(crate) fn mm_check_statement(&self, sql: &str) -> Result<(), EngineError> {
         let Some(mm) = &self.mm else { return Ok(()) };
-        match scribe_core::multi_master::check_ddl(sql) {
+        // ANALYZE writes sqlite_stat tables, which changes the schema version: it replicates as
+        // a schema change, so it runs where schema changes run.
+        let analyze = sql
+            .trim_start()
+            .get(..7)
+            .is_some_and(|w| w.eq_ignore_ascii_case("analyze"));
+        let verdict = if analyze {
+            scribe_core::multi_master::DdlVerdict::Allowed
+        } else {
+            scribe_core::multi_master::check_ddl(sql)
+        };
+        match verdict {
             scribe_core::multi_master::DdlVerdict::NotDdl => Ok(()),
             scribe_core::multi_master::DdlVerdict::Refused(why) => Err(EngineError::BadRequest(why)),
             scribe_core::multi_master::DdlVerdict::Allowed if mm.opts.node != mm.opts.ddl_node => {
@@ -528,20 +539,34 @@ impl crate::writer::Writer {
         if self.mm.is_none() {
             return Ok(payload::encode(&steps));
         }
-        let (node, hlc) = {
-            let mm = self.mm.as_mut().expect("multi-master");
-            (mm.opts.node.clone(), mm.clock.tick(now_ms()))
-        };
-        let stamp = scribe_core::multi_master::Stamp {
-            hlc,
-            node: node.clone(),
-        };
+        let node = self.mm.as_ref().expect("multi-master").opts.node.clone();
+        let mut hlc = scribe_core::multi_master::Hlc::default();
         let mut items = Vec::with_capacity(steps.len());
         let ddl = steps.iter().any(|s| matches!(s, Step::Sql(_)));
+        // Row changes are captured against the schema as it is after the whole transaction; a
+        // schema change after them would make that another schema than theirs (and than the
+        // one the other nodes apply them with).
+        if let Some(first_rows) = steps.iter().position(|s| matches!(s, Step::Changeset(_))) {
+            if steps[first_rows..]
+                .iter()
+                .any(|s| matches!(s, Step::Sql(_)))
+            {
+                return Err(EngineError::BadRequest(
+                    "not allowed in multi-master mode: a schema change after row changes in one transaction; change the schema first, or in a transaction of its own (nothing of the transaction was kept)".into(),
+                ));
+            }
+        }
         for step in steps {
             match step {
                 Step::Sql(sql) => items.push(Item::Ddl(sql)),
                 Step::Changeset(cs) => {
+                    // Each statement's changes get a stamp of their own, later than the one
+                    // before: a column written twice in one transaction keeps the second value.
+                    hlc = self.mm.as_mut().expect("multi-master").clock.tick(now_ms());
+                    let stamp = scribe_core::multi_master::Stamp {
+                        hlc,
+                        node: node.clone(),
+                    };
                     let all = self.mm_schemas(ddl)?;
                     let mut changes = crate::changeset::Changes::new(&cs)
                         .map_err(|e| EngineError::Internal(format!("read a changeset: {e}")))?;
@@ -584,6 +609,9 @@ impl crate::writer::Writer {
                     ))
                 }
             }
+        }
+        if hlc == scribe_core::multi_master::Hlc::default() {
+            hlc = self.mm.as_mut().expect("multi-master").clock.tick(now_ms());
         }
         if ddl {
             // Every table must still be one whose changes can replicate.
@@ -776,6 +804,30 @@ impl crate::writer::Writer {
         })
     }
 
+    /// Refuses a peer's record that may not have been written: a schema change from a node
+    /// other than the one that runs them all, or one that is not allowed.
+    fn mm_check_remote(&self, peer: &str, rec: &Record) -> Result<(), EngineError> {
+        let ddl_node = &self.mm.as_ref().expect("multi-master").opts.ddl_node;
+        for item in &rec.items {
+            let Item::Ddl(sql) = item else { continue };
+            if &rec.origin != ddl_node {
+                return Err(EngineError::Diverged(format!(
+                    "{peer} sent record {} of {} with a schema change, but schema changes run on {ddl_node} only: is {} started with the same --peers list?",
+                    rec.seq, rec.origin, rec.origin
+                )));
+            }
+            if let scribe_core::multi_master::DdlVerdict::Refused(why) =
+                scribe_core::multi_master::check_ddl(sql)
+            {
+                return Err(EngineError::Diverged(format!(
+                    "{peer} sent record {} of {} with a schema change this node refuses: {why}",
+                    rec.seq, rec.origin
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Publishes the version vector and the peers' positions as committed.
     pub(crate) fn mm_publish(&self) {
         let Some(mm) = &self.mm else { return };
@@ -829,6 +881,7 @@ impl crate::writer::Writer {
                         )));
                     };
                     let rec = Record::decode(&b)?;
+                    self.mm_check_remote(peer, &rec)?;
                     let have = self
                         .policy
                         .internal(|| applied_seq(&self.conn, &rec.origin))?;

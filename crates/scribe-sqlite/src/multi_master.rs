@@ -4,7 +4,7 @@
 //! [`apply_delta`] is the one way a change reaches such a row, local or remote: merge the change
 //! into the stored state, store it, and write the row the merged state shows (insert, update or
 //! delete). Because the merge is a join, two databases given the same changes in any order end
-//! identical. Not wired into the writer yet: the node has no multi-master mode.
+//! identical.
 
 use std::collections::BTreeMap;
 
@@ -105,6 +105,8 @@ pub struct MmTable {
     pub key: Vec<String>,
     /// Every column, in declared order (the order of a changeset's values).
     pub columns: Vec<String>,
+    /// The columns' DEFAULT expressions, as SQL text (a column without one is absent).
+    pub defaults: BTreeMap<String, String>,
 }
 
 /// Why a multi-master change could not be applied.
@@ -157,17 +159,26 @@ pub fn ensure_tables(conn: &Connection) -> Result<(), MmError> {
 /// NULL: SQLite lets a rowid table's key column hold NULL unless it is declared NOT NULL, and
 /// rows keyed by NULL are never the same row, so a change could not find its row again.
 pub fn table(conn: &Connection, name: &str) -> Result<MmTable, MmError> {
-    let mut stmt =
-        conn.prepare("SELECT name, pk, \"notnull\" FROM pragma_table_info(?1) ORDER BY cid")?;
-    let info = stmt
+    let mut stmt = conn.prepare(
+        "SELECT name, pk, \"notnull\", dflt_value FROM pragma_table_info(?1) ORDER BY cid",
+    )?;
+    let rows = stmt
         .query_map([name], |r| {
             Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, bool>(2)?,
+                (
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, bool>(2)?,
+                ),
+                r.get::<_, Option<String>>(3)?,
             ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
+    let defaults: BTreeMap<String, String> = rows
+        .iter()
+        .filter_map(|((c, _, _), d)| d.clone().map(|d| (c.clone(), d)))
+        .collect();
+    let info: Vec<(String, i64, bool)> = rows.into_iter().map(|(i, _)| i).collect();
     let mut keyed: Vec<&(String, i64, bool)> = info.iter().filter(|c| c.1 > 0).collect();
     keyed.sort_by_key(|c| c.1);
     if keyed.is_empty() {
@@ -195,6 +206,7 @@ pub fn table(conn: &Connection, name: &str) -> Result<MmTable, MmError> {
         name: name.to_string(),
         key: keyed.iter().map(|c| c.0.clone()).collect(),
         columns: info.iter().map(|c| c.0.clone()).collect(),
+        defaults,
     })
 }
 
@@ -304,12 +316,20 @@ pub fn apply_delta(
     let new_life = merged.life != before.life;
     let mut columns: Vec<String> = t.key.clone();
     let mut values: Vec<Value> = key.to_vec();
+    // Columns the new life has no cell for (added after its write, on some node) take their
+    // DEFAULT, as ALTER TABLE gives a row that exists when it runs: the same on every node
+    // whichever came first.
+    let mut defaulted: Vec<&String> = Vec::new();
     for col in &t.columns {
         if t.key.iter().any(|k| k.eq_ignore_ascii_case(col)) {
             continue;
         }
         match merged.cells.get(col) {
             Some(cell) => values.push(shown(cell)),
+            None if new_life && t.defaults.contains_key(col) => {
+                defaulted.push(col);
+                continue;
+            }
             None if new_life => values.push(Value::Null),
             None => continue,
         }
@@ -333,6 +353,11 @@ pub fn apply_delta(
     let set = columns[t.key.len()..]
         .iter()
         .map(|c| format!("{0} = excluded.{0}", quote(c)))
+        .chain(
+            defaulted
+                .iter()
+                .map(|c| format!("{} = ({})", quote(c), t.defaults[*c])),
+        )
         .collect::<Vec<_>>();
     let upsert = if set.is_empty() {
         "DO NOTHING".to_string()
@@ -377,25 +402,35 @@ pub(crate) fn show_row(
         return Ok(());
     };
     let mut values: Vec<Value> = key.to_vec();
-    let others: Vec<&String> = t.columns.iter().filter(|c| !t.key.contains(c)).collect();
-    for c in &others {
+    // A column the version has no value for (added after it was written) takes its DEFAULT.
+    let (given, defaulted): (Vec<&String>, Vec<&String>) = t
+        .columns
+        .iter()
+        .filter(|c| !t.key.contains(c))
+        .partition(|c| cols.contains_key(*c) || !t.defaults.contains_key(*c));
+    for c in &given {
         values.push(cols.get(*c).map(|o| o.0.clone()).unwrap_or(Value::Null));
     }
     let names: Vec<String> = t
         .key
         .iter()
-        .chain(others.iter().copied())
+        .chain(given.iter().copied())
         .map(|c| quote(c))
         .collect();
     let marks: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
     let conflict: Vec<String> = t.key.iter().map(|c| quote(c)).collect();
-    let upsert = if others.is_empty() {
+    let set: Vec<String> = given
+        .iter()
+        .map(|c| format!("{0} = excluded.{0}", quote(c)))
+        .chain(
+            defaulted
+                .iter()
+                .map(|c| format!("{} = ({})", quote(c), t.defaults[*c])),
+        )
+        .collect();
+    let upsert = if set.is_empty() {
         "DO NOTHING".to_string()
     } else {
-        let set: Vec<String> = others
-            .iter()
-            .map(|c| format!("{0} = excluded.{0}", quote(c)))
-            .collect();
         format!("DO UPDATE SET {}", set.join(", "))
     };
     cached(

@@ -420,3 +420,84 @@ async fn a_versioned_rows_concurrent_write_is_one_conflict_everywhere_until_reso
         e.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_column_written_twice_a_column_added_meanwhile_and_ddl_after_rows() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let engines: Vec<Engine> = dirs
+        .iter()
+        .zip(NODES)
+        .map(|(d, n)| open(d.path(), n))
+        .collect();
+    schema(&engines[0]).await;
+    exchange(&engines).await;
+    // Insert, then update the same column, in one transaction: the update's value stays.
+    engines[1]
+        .execute(vec![
+            Statement::new("INSERT INTO item VALUES ('k', 'zz', 1)"),
+            Statement::new("UPDATE item SET name = 'aa' WHERE id = 'k'"),
+        ])
+        .await
+        .unwrap();
+    exchange(&engines).await;
+    for e in &engines {
+        assert_eq!(
+            rows(e, "SELECT name FROM item WHERE id = 'k'").await,
+            vec![vec![Value::Text("aa".into())]]
+        );
+    }
+    // n1 adds columns with defaults while n2 inserts a row without them: the row gets the
+    // defaults on both, and the NOT NULL one does not stop the stream.
+    exec(
+        &engines[0],
+        "ALTER TABLE item ADD COLUMN color TEXT DEFAULT 'red'",
+    )
+    .await
+    .unwrap();
+    exec(
+        &engines[0],
+        "ALTER TABLE item ADD COLUMN w INTEGER NOT NULL DEFAULT 0",
+    )
+    .await
+    .unwrap();
+    exec(
+        &engines[1],
+        "INSERT INTO item (id, name, price) VALUES ('new', 'n', 2)",
+    )
+    .await
+    .unwrap();
+    exchange(&engines).await;
+    for e in &engines {
+        assert_eq!(
+            rows(e, "SELECT id, color, w FROM item ORDER BY id").await,
+            vec![
+                vec![
+                    Value::Text("k".into()),
+                    Value::Text("red".into()),
+                    Value::Integer(0)
+                ],
+                vec![
+                    Value::Text("new".into()),
+                    Value::Text("red".into()),
+                    Value::Integer(0)
+                ],
+            ]
+        );
+    }
+    // A schema change after row changes in one transaction is refused, with nothing kept.
+    let e = engines[0]
+        .execute(vec![
+            Statement::new("INSERT INTO item (id) VALUES ('x')"),
+            Statement::new("CREATE INDEX item_name ON item (name)"),
+        ])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("a schema change after row changes"), "{e}");
+    assert!(rows(&engines[0], "SELECT id FROM item WHERE id = 'x'")
+        .await
+        .is_empty());
+    for e in engines {
+        e.shutdown().await;
+    }
+}

@@ -254,11 +254,15 @@ pub enum Message {
         policies: String,
         /// The first LSN of the listener's log the dialer wants.
         from_lsn: Lsn,
+        /// How many of its own records the dialer holds (its version vector's own entry).
+        own_seq: u64,
     },
     /// Multi-master: the listener accepts; its records from the LSN asked for follow.
     MmWelcome {
         /// The listener's node name.
         name: String,
+        /// How many of its own records the listener holds.
+        own_seq: u64,
     },
     /// Multi-master, dialer → listener: what the dialer has applied of the listener's log and
     /// made durable (for semi-sync and sync commits and lag).
@@ -437,6 +441,7 @@ impl Message {
                 http_url,
                 policies,
                 from_lsn,
+                own_seq,
             } => {
                 out.push(MM_HELLO);
                 put_str(out, cluster_id);
@@ -444,10 +449,12 @@ impl Message {
                 put_str(out, http_url);
                 put_str(out, policies);
                 put_u64(out, from_lsn.0);
+                put_u64(out, *own_seq);
             }
-            Message::MmWelcome { name } => {
+            Message::MmWelcome { name, own_seq } => {
                 out.push(MM_WELCOME);
                 put_str(out, name);
+                put_u64(out, *own_seq);
             }
             Message::MmAck { applied } => {
                 out.push(MM_ACK);
@@ -531,8 +538,12 @@ impl Message {
                 http_url: r.string()?,
                 policies: r.string()?,
                 from_lsn: Lsn(r.u64()?),
+                own_seq: r.u64()?,
             },
-            MM_WELCOME => Message::MmWelcome { name: r.string()? },
+            MM_WELCOME => Message::MmWelcome {
+                name: r.string()?,
+                own_seq: r.u64()?,
+            },
             MM_ACK => Message::MmAck {
                 applied: Lsn(r.u64()?),
             },

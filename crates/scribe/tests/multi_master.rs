@@ -554,6 +554,43 @@ async fn masters_refuse_a_peer_of_another_cluster_or_other_policies() {
     )
     .await;
     eprintln!("{}", st["multi_master"]["peers"][0]["error"]);
+    // n2 wrote a record, then comes back with an empty data directory under its old name: its
+    // new records would be taken for the old ones, so its peers refuse it, saying why.
+    let (st2, b) = m
+        .api(1)
+        .execute(&["INSERT INTO acked (id, by) VALUES ('from-n2', 'n2')"])
+        .await
+        .unwrap();
+    assert_eq!(st2, 200, "{b}");
+    wait_status(
+        &m.api(2),
+        Duration::from_secs(10),
+        "n3 has n2's record",
+        |s| s["multi_master"]["version_vector"]["n2"].as_u64() >= Some(1),
+    )
+    .await;
+    m.nodes[1].take().unwrap().kill9();
+    std::fs::remove_dir_all(m.data(1)).unwrap();
+    m.extra.clear();
+    let n2 = m.spawn(1);
+    m.nodes[1] = Some(n2);
+    let st = wait_status(
+        &m.api(1),
+        Duration::from_secs(10),
+        "refused as having lost data",
+        |s| {
+            s["multi_master"]["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| {
+                    p["name"] == "n3"
+                        && p["error"].as_str().is_some_and(|e| e.contains("lost data"))
+                })
+        },
+    )
+    .await;
+    eprintln!("{}", st["multi_master"]["peers"]);
     // The primary/replica mode cannot open a master's data.
     m.nodes[0].take().unwrap().kill9();
     let e = NodeProc::try_start("n1", &m.data(0), &[]).err().unwrap();

@@ -119,8 +119,12 @@ fn samples() -> Vec<Message> {
             http_url: "http://127.0.0.1:7002".into(),
             policies: "counters=merge(hits=sum)".into(),
             from_lsn: Lsn(9),
+            own_seq: 4,
         },
-        Message::MmWelcome { name: "n1".into() },
+        Message::MmWelcome {
+            name: "n1".into(),
+            own_seq: 7,
+        },
         Message::MmAck { applied: Lsn(3) },
     ]
 }

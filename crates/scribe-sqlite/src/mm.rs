@@ -154,6 +154,31 @@ pub fn is_multi_master(conn: &Connection) -> bool {
 /// The schemas of every client table under its policy, or why a table cannot be multi-master.
 pub type Schemas = BTreeMap<String, Result<MmSchema, String>>;
 
+/// The schemas split by how their tables replicate, as the write path uses them.
+#[derive(Debug)]
+pub(crate) struct SchemaSets {
+    /// Every client table, or why it cannot replicate.
+    pub all: Schemas,
+    /// The `lww` and `merge` tables.
+    pub merged: BTreeMap<String, MmSchema>,
+    /// The `versioned` tables.
+    pub versioned: BTreeMap<String, MmSchema>,
+}
+
+impl SchemaSets {
+    fn of(all: Schemas) -> SchemaSets {
+        let (versioned, merged) = all
+            .iter()
+            .filter_map(|(t, s)| s.as_ref().ok().map(|s| (t.clone(), s.clone())))
+            .partition(|(_, s)| s.policy == TablePolicy::Versioned);
+        SchemaSets {
+            all,
+            merged,
+            versioned,
+        }
+    }
+}
+
 /// Reads the schemas of every client table (not `sqlite_*` nor `_scribe_*`).
 pub fn schemas(conn: &Connection) -> Result<Schemas, EngineError> {
     let mut policies: BTreeMap<String, String> = BTreeMap::new();
@@ -447,7 +472,7 @@ pub(crate) struct MmWriter {
     pub opts: MultiMaster,
     pub clock: scribe_core::multi_master::Clock,
     /// The schemas as of a schema version.
-    pub cache: Option<(i64, Schemas)>,
+    pub cache: Option<(i64, std::sync::Arc<SchemaSets>)>,
     pub status: SharedStatus,
 }
 
@@ -512,18 +537,21 @@ impl crate::writer::Writer {
 
     /// The schemas, cached by schema version. A transaction that changes the schema reads them
     /// afresh and caches nothing: it may still roll back.
-    fn mm_schemas(&mut self, uncached: bool) -> Result<Schemas, EngineError> {
+    fn mm_schemas(&mut self, uncached: bool) -> Result<std::sync::Arc<SchemaSets>, EngineError> {
+        let read = |w: &Self| -> Result<std::sync::Arc<SchemaSets>, EngineError> {
+            let all = w.policy.internal(|| schemas(&w.conn))?;
+            Ok(std::sync::Arc::new(SchemaSets::of(all)))
+        };
         if uncached {
-            return self.policy.internal(|| schemas(&self.conn));
+            return read(self);
         }
         let version = self.schema_version()?;
-        let mm = self.mm.as_mut().expect("multi-master");
-        if let Some((v, s)) = &mm.cache {
+        if let Some((v, s)) = &self.mm.as_ref().expect("multi-master").cache {
             if *v == version {
                 return Ok(s.clone());
             }
         }
-        let s = self.policy.internal(|| schemas(&self.conn))?;
+        let s = read(self)?;
         self.mm.as_mut().expect("multi-master").cache = Some((version, s.clone()));
         Ok(s)
     }
@@ -567,37 +595,30 @@ impl crate::writer::Writer {
                         hlc,
                         node: node.clone(),
                     };
-                    let all = self.mm_schemas(ddl)?;
+                    let sets = self.mm_schemas(ddl)?;
                     let mut changes = crate::changeset::Changes::new(&cs)
                         .map_err(|e| EngineError::Internal(format!("read a changeset: {e}")))?;
                     while let Some(c) = changes
                         .next_change()
                         .map_err(|e| EngineError::Internal(format!("read a changeset: {e}")))?
                     {
-                        schema_of(&all, c.table()).map_err(|why| {
+                        schema_of(&sets.all, c.table()).map_err(|why| {
                             EngineError::BadRequest(format!(
                                 "not allowed in multi-master mode: {why}; nothing of the transaction was kept"
                             ))
                         })?;
                     }
-                    let (versioned, merged): (
-                        BTreeMap<String, MmSchema>,
-                        BTreeMap<String, MmSchema>,
-                    ) = all
-                        .into_iter()
-                        .filter_map(|(t, s)| s.ok().map(|s| (t, s)))
-                        .partition(|(_, s)| s.policy == TablePolicy::Versioned);
                     let changes = self
                         .policy
-                        .internal(|| rows::capture_local(&self.conn, &merged, &cs, &stamp))
+                        .internal(|| rows::capture_local(&self.conn, &sets.merged, &cs, &stamp))
                         .map_err(mm_err)?;
                     if !changes.is_empty() {
                         items.push(Item::Rows(changes));
                     }
-                    if !versioned.is_empty() {
-                        let writes = self
-                            .policy
-                            .internal(|| capture_versioned(&self.conn, &versioned, &cs, &stamp))?;
+                    if !sets.versioned.is_empty() {
+                        let writes = self.policy.internal(|| {
+                            capture_versioned(&self.conn, &sets.versioned, &cs, &stamp)
+                        })?;
                         if !writes.is_empty() {
                             items.push(Item::Versions(writes));
                         }
@@ -615,7 +636,7 @@ impl crate::writer::Writer {
         }
         if ddl {
             // Every table must still be one whose changes can replicate.
-            for (t, s) in self.mm_schemas(true)? {
+            for (t, s) in &self.mm_schemas(true)?.all {
                 if let Err(why) = s {
                     return Err(EngineError::BadRequest(format!(
                         "not allowed in multi-master mode: table {t:?}: {why}; nothing was changed"
@@ -668,8 +689,8 @@ impl crate::writer::Writer {
                     r.id
                 )));
             };
-            let all = self.mm_schemas(false)?;
-            let sc = schema_of(&all, &table)
+            let sets = self.mm_schemas(false)?;
+            let sc = schema_of(&sets.all, &table)
                 .map_err(EngineError::Internal)?
                 .clone();
             let key: Vec<crate::Value> = serde_json::from_str::<Vec<rows::Ordered>>(&pk)
@@ -872,9 +893,10 @@ impl crate::writer::Writer {
             .map_err(|e| EngineError::Internal(format!("begin applying: {e}")))?;
         let mut done = Applied::default();
         let result = (|| -> Result<(), EngineError> {
-            for (lsn, bytes) in &records {
-                done.cursor = done.cursor.max(*lsn);
-                for step in payload::decode(bytes)? {
+            for (lsn, bytes) in records {
+                done.cursor = done.cursor.max(lsn);
+                let mut applied = false;
+                for step in payload::decode(&bytes)? {
                     let Step::MultiMaster(b) = step else {
                         return Err(EngineError::Diverged(format!(
                             "{peer} sent a record (its lsn {lsn}) that is not a multi-master record: is it started with --multi-master?"
@@ -891,7 +913,7 @@ impl crate::writer::Writer {
                     }
                     if rec.origin == node {
                         return Err(EngineError::Diverged(format!(
-                            "{peer} holds record {} of this node, which this node never wrote (it has {have}): this node's data is older than the cluster's; re-seed it",
+                            "{peer} holds record {} of this node, which this node never wrote (it has {have}): this node lost data (an emptied or older data directory); start it with its data, or under a new name",
                             rec.seq
                         )));
                     }
@@ -913,14 +935,14 @@ impl crate::writer::Writer {
                             ))
                         })?;
                     self.policy.internal(|| apply(&self.conn, &rec))?;
-                    self.log
-                        .append(
-                            self.term,
-                            crate::writer::now_us(),
-                            payload::encode(&[Step::MultiMaster(b)]),
-                        )
-                        .map_err(EngineError::from)?;
+                    applied = true;
                     done.applied += 1;
+                }
+                // The peer's payload goes into this log as it came: it streams on unchanged.
+                if applied {
+                    self.log
+                        .append(self.term, crate::writer::now_us(), bytes)
+                        .map_err(EngineError::from)?;
                 }
             }
             self.policy

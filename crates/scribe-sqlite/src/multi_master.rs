@@ -314,8 +314,7 @@ pub fn apply_delta(
     // The key's columns, then every column the state has a cell for — and, in a new life, every
     // other column too (NULL): nothing of the life before may stay in the row.
     let new_life = merged.life != before.life;
-    let mut columns: Vec<String> = t.key.clone();
-    let mut values: Vec<Value> = key.to_vec();
+    let mut given: Vec<(&String, Value)> = Vec::new();
     // Columns the new life has no cell for (added after its write, on some node) take their
     // DEFAULT, as ALTER TABLE gives a row that exists when it runs: the same on every node
     // whichever came first.
@@ -325,52 +324,13 @@ pub fn apply_delta(
             continue;
         }
         match merged.cells.get(col) {
-            Some(cell) => values.push(shown(cell)),
-            None if new_life && t.defaults.contains_key(col) => {
-                defaulted.push(col);
-                continue;
-            }
-            None if new_life => values.push(Value::Null),
-            None => continue,
+            Some(cell) => given.push((col, shown(cell))),
+            None if new_life && t.defaults.contains_key(col) => defaulted.push(col),
+            None if new_life => given.push((col, Value::Null)),
+            None => {}
         }
-        columns.push(col.clone());
     }
-    let names = columns
-        .iter()
-        .map(|c| quote(c))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let marks = (1..=columns.len())
-        .map(|i| format!("?{i}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let conflict = t
-        .key
-        .iter()
-        .map(|c| quote(c))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let set = columns[t.key.len()..]
-        .iter()
-        .map(|c| format!("{0} = excluded.{0}", quote(c)))
-        .chain(
-            defaulted
-                .iter()
-                .map(|c| format!("{} = ({})", quote(c), t.defaults[*c])),
-        )
-        .collect::<Vec<_>>();
-    let upsert = if set.is_empty() {
-        "DO NOTHING".to_string()
-    } else {
-        format!("DO UPDATE SET {}", set.join(", "))
-    };
-    crate::multi_master::cached(
-        conn,
-        &format!(
-            "INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT ({conflict}) {upsert}"
-        ),
-    )?
-    .execute(rusqlite::params_from_iter(values.iter()))?;
+    upsert(conn, t, key, given, &defaulted)?;
     Ok(merged)
 }
 
@@ -401,27 +361,39 @@ pub(crate) fn show_row(
             .execute(rusqlite::params_from_iter(key.iter()))?;
         return Ok(());
     };
-    let mut values: Vec<Value> = key.to_vec();
     // A column the version has no value for (added after it was written) takes its DEFAULT.
     let (given, defaulted): (Vec<&String>, Vec<&String>) = t
         .columns
         .iter()
         .filter(|c| !t.key.contains(c))
         .partition(|c| cols.contains_key(*c) || !t.defaults.contains_key(*c));
-    for c in &given {
-        values.push(cols.get(*c).map(|o| o.0.clone()).unwrap_or(Value::Null));
-    }
+    let given = given
+        .into_iter()
+        .map(|c| (c, cols.get(c).map(|o| o.0.clone()).unwrap_or(Value::Null)))
+        .collect();
+    upsert(conn, t, key, given, &defaulted)
+}
+
+/// Inserts the row of `t` keyed `key` with the `given` columns' values, or, if it is there,
+/// sets them and sets the `defaulted` columns to their DEFAULT (a new row gets those anyway).
+fn upsert(
+    conn: &Connection,
+    t: &MmTable,
+    key: &[Value],
+    given: Vec<(&String, Value)>,
+    defaulted: &[&String],
+) -> Result<(), MmError> {
     let names: Vec<String> = t
         .key
         .iter()
-        .chain(given.iter().copied())
+        .chain(given.iter().map(|(c, _)| *c))
         .map(|c| quote(c))
         .collect();
     let marks: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
     let conflict: Vec<String> = t.key.iter().map(|c| quote(c)).collect();
     let set: Vec<String> = given
         .iter()
-        .map(|c| format!("{0} = excluded.{0}", quote(c)))
+        .map(|(c, _)| format!("{0} = excluded.{0}", quote(c)))
         .chain(
             defaulted
                 .iter()
@@ -433,10 +405,16 @@ pub(crate) fn show_row(
     } else {
         format!("DO UPDATE SET {}", set.join(", "))
     };
+    let values: Vec<Value> = key
+        .iter()
+        .cloned()
+        .chain(given.into_iter().map(|(_, v)| v))
+        .collect();
     cached(
         conn,
         &format!(
-            "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT ({}) {upsert}",
+            "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) {upsert}",
+            quote(&t.name),
             names.join(", "),
             marks.join(", "),
             conflict.join(", ")

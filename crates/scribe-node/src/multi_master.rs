@@ -127,30 +127,84 @@ impl MultiMaster {
         }
     }
 
-    /// Why a master's hello is refused, if it is.
-    fn check_hello(&self, cluster_id: &str, from: &str, policies: &str) -> Result<(), String> {
+    /// Whether the master that sent `asked` may stream this node's log, and from which LSN:
+    /// this node has applied `held` of its records and holds its own log over `log` (first,
+    /// last). Refused: itself, another cluster, a master not in `--peers`, other table
+    /// policies, a master that lost data (it holds fewer of its own records than this node has
+    /// applied), a position past this log's end (this log was reset), or one this log no longer
+    /// holds.
+    fn admit(
+        &self,
+        asked: &Asked<'_>,
+        held: u64,
+        log: (Lsn, Lsn),
+    ) -> Result<Lsn, (RefusalCode, String)> {
+        let Asked {
+            cluster_id,
+            from,
+            policies,
+            from_lsn,
+            own_seq,
+        } = *asked;
+        let mismatch = |why: String| Err((RefusalCode::ClusterMismatch, why));
         if from == self.name {
-            return Err(format!(
+            return mismatch(format!(
                 "a master named {from} dialed {from}: it is this node (two nodes of one name, or --peers lists the node itself)"
             ));
         }
         if cluster_id != self.cluster_id {
-            return Err(format!(
+            return mismatch(format!(
                 "{from} belongs to cluster {cluster_id}, this node ({}) to {}: every master must list all the others in --peers",
                 self.name, self.cluster_id
             ));
         }
         if !self.settings.peers.iter().any(|(n, _)| n == from) {
-            return Err(format!("{from} is not in this node's --peers list"));
+            return mismatch(format!("{from} is not in this node's --peers list"));
         }
         let ours = self.settings.policies_text();
         if policies != ours {
-            return Err(format!(
+            return mismatch(format!(
                 "{from}'s table policies ({policies:?}) differ from this node's ({ours:?}): give every master the same --table-policy flags"
             ));
         }
-        Ok(())
+        if held > own_seq {
+            return mismatch(format!(
+                "{from} holds {own_seq} of its own records but {} has applied {held} of them: {from} lost data (an emptied or older data directory); its new writes would be taken for the old ones. Start it with its data, or under a new name",
+                self.name
+            ));
+        }
+        let (first, end) = log;
+        if from_lsn.0 > end.0 + 1 {
+            return Err((
+                RefusalCode::Protocol,
+                format!(
+                    "{from} asks for {}'s log from lsn {from_lsn} but it ends at {end}: this node's log was reset or replaced",
+                    self.name
+                ),
+            ));
+        }
+        let from_lsn = Lsn(from_lsn.0.max(1));
+        if from_lsn < first {
+            return Err((
+                RefusalCode::Protocol,
+                format!(
+                    "{} no longer holds its log from lsn {from_lsn} (it starts at {first}): {from} cannot catch up from it; keep more log on the masters (--max-log-size) — seeding a master from a snapshot is not built yet",
+                    self.name
+                ),
+            ));
+        }
+        Ok(from_lsn)
     }
+}
+
+/// What a master's hello asks for.
+#[derive(Debug, Clone, Copy)]
+struct Asked<'a> {
+    cluster_id: &'a str,
+    from: &'a str,
+    policies: &'a str,
+    from_lsn: Lsn,
+    own_seq: u64,
 }
 
 /// Serves this node's log to the master that sent `hello` (see the module docs).
@@ -173,42 +227,26 @@ pub(crate) async fn serve_master(
     else {
         return;
     };
-    if let Err(why) = mm.check_hello(&cluster_id, &from, &policies) {
-        tracing::warn!(peer = %addr, %from, "refused a master: {why}");
-        crate::peer_link::refuse_and_close(rd, wr, RefusalCode::ClusterMismatch, why).await;
-        return;
-    }
     let held = ctx.engine.mm_status().map_or(0, |s| s.vv.get(&from).0);
-    if held > own_seq {
-        let why = format!(
-            "{from} holds {own_seq} of its own records but {} has applied {held} of them: {from} lost data (an emptied or older data directory); its new writes would be taken for the old ones. Start it with its data, or under a new name",
-            mm.name
-        );
-        tracing::error!(peer = %addr, %from, "refused a master: {why}");
-        crate::peer_link::refuse_and_close(rd, wr, RefusalCode::ClusterMismatch, why).await;
-        return;
-    }
-    let end = ctx.engine.progress().flushed.lsn;
-    if from_lsn.0 > end.0 + 1 {
-        let why = format!(
-            "{from} asks for {}'s log from lsn {from_lsn} but it ends at {end}: this node's log was reset or replaced",
-            mm.name
-        );
-        tracing::error!(peer = %addr, %from, "refused a master: {why}");
-        crate::peer_link::refuse_and_close(rd, wr, RefusalCode::Protocol, why).await;
-        return;
-    }
-    let first = ctx.engine.log_first_lsn();
-    let from_lsn = Lsn(from_lsn.0.max(1));
-    if from_lsn < first {
-        let why = format!(
-            "{} no longer holds its log from lsn {from_lsn} (it starts at {first}): {from} cannot catch up from it; keep more log on the masters (--max-log-size) — seeding a master from a snapshot is not built yet",
-            mm.name
-        );
-        tracing::error!(peer = %addr, %from, "refused a master: {why}");
-        crate::peer_link::refuse_and_close(rd, wr, RefusalCode::Protocol, why).await;
-        return;
-    }
+    let log = (
+        ctx.engine.log_first_lsn(),
+        ctx.engine.progress().flushed.lsn,
+    );
+    let asked = Asked {
+        cluster_id: &cluster_id,
+        from: &from,
+        policies: &policies,
+        from_lsn,
+        own_seq,
+    };
+    let from_lsn = match mm.admit(&asked, held, log) {
+        Ok(lsn) => lsn,
+        Err((code, why)) => {
+            tracing::error!(peer = %addr, %from, "refused a master: {why}");
+            crate::peer_link::refuse_and_close(rd, wr, code, why).await;
+            return;
+        }
+    };
     let term = ctx
         .engine
         .progress()
@@ -472,4 +510,55 @@ fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_master_is_admitted_only_of_this_cluster_with_its_data_and_a_position_in_the_log() {
+        let settings = MultiMasterSettings {
+            peers: vec![("n2".into(), "a:1".into()), ("n3".into(), "a:2".into())],
+            policies: BTreeMap::new(),
+            max_clock_offset: Duration::from_secs(10),
+        };
+        let mm = MultiMaster::new("n1", settings, String::new());
+        let ok = Asked {
+            cluster_id: "mm-n1-n2-n3",
+            from: "n2",
+            policies: "",
+            from_lsn: Lsn(5),
+            own_seq: 3,
+        };
+        let log = (Lsn(1), Lsn(9));
+        assert_eq!(mm.admit(&ok, 3, log), Ok(Lsn(5)));
+        let from_zero = Asked {
+            from_lsn: Lsn(0),
+            ..ok
+        };
+        assert_eq!(mm.admit(&from_zero, 3, log), Ok(Lsn(1)));
+        let refused = |asked: Asked<'_>, held: u64, log: (Lsn, Lsn)| {
+            mm.admit(&asked, held, log).unwrap_err().1
+        };
+        assert!(refused(Asked { from: "n1", ..ok }, 0, log).contains("it is this node"));
+        let other = Asked {
+            cluster_id: "mm-n1-n2",
+            ..ok
+        };
+        assert!(refused(other, 0, log).contains("belongs to cluster"));
+        assert!(refused(Asked { from: "n9", ..ok }, 0, log).contains("not in this node's --peers"));
+        let policies = Asked {
+            policies: "t=lww",
+            ..ok
+        };
+        assert!(refused(policies, 0, log).contains("table policies"));
+        assert!(refused(ok, 4, log).contains("lost data"));
+        let past = Asked {
+            from_lsn: Lsn(11),
+            ..ok
+        };
+        assert!(refused(past, 3, log).contains("reset or replaced"));
+        assert!(refused(ok, 3, (Lsn(6), Lsn(9))).contains("no longer holds"));
+    }
 }

@@ -501,3 +501,37 @@ async fn a_column_written_twice_a_column_added_meanwhile_and_ddl_after_rows() {
         e.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_node_that_reaches_only_one_peer_gets_the_third_nodes_records_through_it() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let engines: Vec<Engine> = dirs
+        .iter()
+        .zip(NODES)
+        .map(|(d, n)| open(d.path(), n))
+        .collect();
+    schema(&engines[0]).await;
+    exec(&engines[0], "INSERT INTO item VALUES ('a', 'from n1', 1)")
+        .await
+        .unwrap();
+    // n3 never reads n1's log: only n2's, which relays what n2 applied from n1.
+    pull(&engines[1], "n2", &engines[0], "n1").await;
+    exec(&engines[1], "UPDATE item SET price = 2 WHERE id = 'a'")
+        .await
+        .unwrap();
+    let applied = pull(&engines[2], "n3", &engines[1], "n2").await;
+    assert_eq!(applied, 4, "n1's three records and n2's one");
+    assert_eq!(
+        rows(&engines[2], "SELECT * FROM item").await,
+        vec![vec![
+            Value::Text("a".into()),
+            Value::Text("from n1".into()),
+            Value::Integer(2),
+        ]]
+    );
+    let vv = engines[2].mm_status().unwrap().vv;
+    assert_eq!((vv.get("n1"), vv.get("n2")), (Seq(3), Seq(1)));
+    for e in engines {
+        e.shutdown().await;
+    }
+}

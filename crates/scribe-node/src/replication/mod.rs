@@ -8,12 +8,14 @@
 //! - [`follower`]: the replica's connection to its primary.
 //! - [`commit_wait`]: waiting, bounded, for semi-sync and sync.
 //! - [`retention`]: deleting log segments nobody needs.
+//! - [`snapshot`]: receiving a snapshot, and the marker of an install under way.
 
 pub mod commit_wait;
 pub mod follower;
 pub mod registry;
 pub mod retention;
 pub mod sender;
+pub mod snapshot;
 
 use std::time::Duration;
 

@@ -31,7 +31,8 @@ use crate::peer_link::{DialError, PeerReader, PeerSecurity, PeerWriter};
 mod rejoin;
 
 /// The file whose presence says the data directory is being seeded and is not usable.
-pub const SEEDING_MARKER: &str = "SEEDING";
+pub use super::snapshot::{discard_unfinished_seeding, SEEDING_MARKER};
+use super::snapshot::{remove_marker, write_marker};
 
 /// Where the replica is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -593,85 +594,22 @@ impl Follower {
     }
 
     async fn receive_snapshot_body(&self, rd: &mut Reader) -> Result<(PathBuf, Position), Ended> {
-        // Taking the snapshot can take a while on a large database.
-        let (at, total) =
-            match tokio::time::timeout(Duration::from_secs(3600), read_message(rd)).await {
-                Ok(Ok(Message::SnapshotBegin { at, bytes })) => (at, bytes),
-                Ok(Ok(other)) => {
-                    return Err(Ended::Failed(format!(
-                        "expected a snapshot, got a {} message",
-                        other.kind()
-                    )))
-                }
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_) => return Err(Ended::Failed("no snapshot within an hour".into())),
-            };
-        let path = self.data_dir.join("snapshot.incoming");
-        let mut file = tokio::fs::File::create(&path)
-            .await
-            .map_err(|e| Ended::Fatal(format!("create {}: {e}", path.display())))?;
-        tracing::info!(%at, bytes = total, "receiving a snapshot from the primary");
-        self.shared().seeding = Some((0, total));
-        let mut crc = 0u32;
-        let mut got = 0u64;
-        let mut next_report = total / 10;
-        let started = Instant::now();
-        loop {
-            let msg = match tokio::time::timeout(self.peer_timeout, read_message(rd)).await {
-                Ok(Ok(m)) => m,
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_) => return Err(Ended::Failed("the snapshot transfer stalled".into())),
-            };
-            match msg {
-                Message::SnapshotChunk(bytes) => {
-                    got += bytes.len() as u64;
-                    if got > total {
-                        return Err(Ended::Failed(format!(
-                            "the snapshot is larger than the {total} bytes announced"
-                        )));
-                    }
-                    crc = crc32c::crc32c_append(crc, &bytes);
-                    file.write_all(&bytes)
-                        .await
-                        .map_err(|e| Ended::Fatal(format!("write {}: {e}", path.display())))?;
-                    self.shared().seeding = Some((got, total));
+        use super::snapshot::{NotReceived, Received};
+        let path = self.data_dir.join(super::snapshot::INCOMING);
+        super::snapshot::receive(rd, path, None, self.peer_timeout, |r| match r {
+            Received::Bytes { got, total } => {
+                self.shared().seeding = Some((got, total));
+                if got > 0 {
                     self.contact(None);
-                    if got >= next_report && total > 0 {
-                        tracing::info!(
-                            percent = got * 100 / total,
-                            bytes = got,
-                            of = total,
-                            "receiving the snapshot"
-                        );
-                        next_report = got + total / 10;
-                    }
-                }
-                Message::SnapshotEnd { crc32c } => {
-                    if got != total || crc != crc32c {
-                        return Err(Ended::Failed(format!(
-                            "the snapshot arrived damaged ({got} of {total} bytes, checksum {crc:08x}, expected {crc32c:08x})"
-                        )));
-                    }
-                    break;
-                }
-                Message::Heartbeat { flushed } => self.contact(Some(flushed.lsn)),
-                other => {
-                    return Err(Ended::Failed(format!(
-                        "unexpected {} message during a snapshot",
-                        other.kind()
-                    )))
                 }
             }
-        }
-        file.sync_all()
-            .await
-            .map_err(|e| Ended::Fatal(format!("fsync {}: {e}", path.display())))?;
-        tracing::info!(
-            bytes = total,
-            seconds = started.elapsed().as_secs_f64(),
-            "snapshot received"
-        );
-        Ok((path, at))
+            Received::Heartbeat(lsn) => self.contact(Some(lsn)),
+        })
+        .await
+        .map_err(|e| match e {
+            NotReceived::Stream(why) => Ended::Failed(why),
+            NotReceived::Local(why) => Ended::Fatal(why),
+        })
     }
 
     async fn stream(&self, mut rd: Reader, mut wr: Writer) -> Result<(), Ended> {
@@ -838,38 +776,4 @@ fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     let st = unsafe { st.assume_init() };
     #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
     Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
-}
-
-fn write_marker(dir: &std::path::Path) -> Result<(), String> {
-    identity::write_atomically(
-        dir,
-        SEEDING_MARKER,
-        b"a snapshot is being installed; this data directory is incomplete until it is done\n",
-    )
-    .map_err(|e| format!("write {}: {e}", dir.join(SEEDING_MARKER).display()))
-}
-
-fn remove_marker(dir: &std::path::Path) -> Result<(), String> {
-    let path = dir.join(SEEDING_MARKER);
-    std::fs::remove_file(&path).map_err(|e| format!("remove {}: {e}", path.display()))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| format!("fsync {}: {e}", dir.display()))
-}
-
-/// At start-up: if an earlier snapshot install did not finish, the database and log are a mix
-/// of old and new; delete both so the replica is seeded again. Answers whether it did.
-pub fn discard_unfinished_seeding(dir: &std::path::Path) -> Result<bool, String> {
-    if !dir.join(SEEDING_MARKER).exists() {
-        return Ok(false);
-    }
-    for sub in ["db", "log"] {
-        let p = dir.join(sub);
-        if p.exists() {
-            std::fs::remove_dir_all(&p).map_err(|e| format!("remove {}: {e}", p.display()))?;
-        }
-    }
-    let _ = std::fs::remove_file(dir.join("snapshot.incoming"));
-    remove_marker(dir)?;
-    Ok(true)
 }

@@ -20,6 +20,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::path::PathBuf;
+
+use scribe_core::multi_master::{Seq, VersionVector};
 use scribe_core::{Lsn, Position};
 use scribe_sqlite::Engine;
 use scribe_wire::{read_message, write_message, Message, Progress, RefusalCode, Start, WireError};
@@ -55,6 +58,9 @@ pub struct PeerLink {
     /// cut off silently shows here before the connection times out.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_ms: Option<u64>,
+    /// While this node is seeded from the peer's snapshot: bytes received, of how many.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seeding: Option<[u64; 2]>,
     /// The last error, while not connected.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -72,12 +78,21 @@ pub struct MultiMaster {
     pub settings: MultiMasterSettings,
     /// This node's HTTP URL, sent to peers.
     pub http_url: String,
+    /// The data directory (a snapshot that seeds this node is received there).
+    data_dir: PathBuf,
+    /// Held while a snapshot is installed: one at a time.
+    seeding: tokio::sync::Mutex<()>,
     links: Mutex<BTreeMap<String, PeerLink>>,
 }
 
 impl MultiMaster {
     /// The runtime of node `name` under `settings`.
-    pub fn new(name: &str, settings: MultiMasterSettings, http_url: String) -> MultiMaster {
+    pub fn new(
+        name: &str,
+        settings: MultiMasterSettings,
+        http_url: String,
+        data_dir: PathBuf,
+    ) -> MultiMaster {
         let links = settings
             .peers
             .iter()
@@ -97,6 +112,8 @@ impl MultiMaster {
             cluster_id: settings.cluster_id(name),
             settings,
             http_url,
+            data_dir,
+            seeding: tokio::sync::Mutex::new(()),
             links: Mutex::new(links),
         }
     }
@@ -127,24 +144,26 @@ impl MultiMaster {
         }
     }
 
-    /// Whether the master that sent `asked` may stream this node's log, and from which LSN:
-    /// this node has applied `held` of its records and holds its own log over `log` (first,
-    /// last). Refused: itself, another cluster, a master not in `--peers`, other table
+    /// Whether the master that sent `asked` may stream this node's log, and from where: this
+    /// node has applied `held` of its records and holds its own log (of id `log_id`) over `log`
+    /// (first, last). Refused: itself, another cluster, a master not in `--peers`, other table
     /// policies, a master that lost data (it holds fewer of its own records than this node has
-    /// applied), a position past this log's end (this log was reset), or one this log no longer
-    /// holds.
+    /// applied), a position past this log's end (this log was reset). A position this log no
+    /// longer holds, or one in an older log of this node, is [`Serve::FromStart`].
     fn admit(
         &self,
         asked: &Asked<'_>,
         held: u64,
         log: (Lsn, Lsn),
-    ) -> Result<Lsn, (RefusalCode, String)> {
+        log_id: u64,
+    ) -> Result<Serve, (RefusalCode, String)> {
         let Asked {
             cluster_id,
             from,
             policies,
             from_lsn,
-            own_seq,
+            log_id: asked_log,
+            vv,
         } = *asked;
         let mismatch = |why: String| Err((RefusalCode::ClusterMismatch, why));
         if from == self.name {
@@ -167,14 +186,17 @@ impl MultiMaster {
                 "{from}'s table policies ({policies:?}) differ from this node's ({ours:?}): give every master the same --table-policy flags"
             ));
         }
+        let own_seq = vv.get(from).0;
         if held > own_seq {
             return mismatch(format!(
-                "{from} holds {own_seq} of its own records but {} has applied {held} of them: {from} lost data (an emptied or older data directory); its new writes would be taken for the old ones. Start it with its data, or under a new name",
+                "{from} holds {own_seq} of its own records but {} has applied {held} of them: {from} lost data (an emptied or older data directory); its new writes would be taken for the old ones. Start it with its data, or empty its data directory to have it seeded from a peer's snapshot",
                 self.name
             ));
         }
         let (first, end) = log;
-        if from_lsn.0 > end.0 + 1 {
+        // A position means something only in the log it was read from; 0 is no position.
+        let same_log = asked_log == log_id;
+        if same_log && from_lsn.0 > end.0 + 1 {
             return Err((
                 RefusalCode::Protocol,
                 format!(
@@ -183,18 +205,57 @@ impl MultiMaster {
                 ),
             ));
         }
-        let from_lsn = Lsn(from_lsn.0.max(1));
+        let from_lsn = if same_log {
+            Lsn(from_lsn.0.max(1))
+        } else {
+            Lsn(1)
+        };
         if from_lsn < first {
-            return Err((
-                RefusalCode::Protocol,
-                format!(
-                    "{} no longer holds its log from lsn {from_lsn} (it starts at {first}): {from} cannot catch up from it; keep more log on the masters (--max-log-size) — seeding a master from a snapshot is not built yet",
-                    self.name
-                ),
-            ));
+            return Ok(Serve::FromStart);
         }
-        Ok(from_lsn)
+        Ok(Serve::From(from_lsn))
     }
+
+    /// For a master whose position this node's log no longer holds: whether it can stream the
+    /// log from its start — it holds everything this node had applied before it (`before`, see
+    /// [`scribe_sqlite::Engine::mm_log_start_vv`]) — or, holding nothing at all, is seeded
+    /// from a snapshot. Otherwise it is refused until it gets what it lacks from another master.
+    fn admit_before_start(
+        &self,
+        asked: &Asked<'_>,
+        before: &VersionVector,
+        first: Lsn,
+    ) -> Result<Start, (RefusalCode, String)> {
+        if asked.vv.covers(before) {
+            return Ok(Start::Stream { from: first });
+        }
+        if asked.vv.iter().next().is_none() {
+            return Ok(Start::Snapshot);
+        }
+        let lacks: Vec<String> = before
+            .missing_in(asked.vv)
+            .iter()
+            .map(|m| format!("{} {}..={}", m.origin, m.from.0, m.to.0))
+            .collect();
+        Err((
+            RefusalCode::Protocol,
+            format!(
+                "{} no longer holds its log from before lsn {first}, and {} lacks records from before it ({}): it takes them from another master, or — emptied — is seeded from a snapshot; keep more log on the masters (--max-log-size)",
+                self.name,
+                asked.from,
+                lacks.join(", ")
+            ),
+        ))
+    }
+}
+
+/// Where an admitted master's stream starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Serve {
+    /// At this LSN.
+    From(Lsn),
+    /// Before this log's start: see [`MultiMaster::admit_before_start`].
+    FromStart,
 }
 
 /// What a master's hello asks for.
@@ -204,7 +265,8 @@ struct Asked<'a> {
     from: &'a str,
     policies: &'a str,
     from_lsn: Lsn,
-    own_seq: u64,
+    log_id: u64,
+    vv: &'a VersionVector,
 }
 
 /// Serves this node's log to the master that sent `hello` (see the module docs).
@@ -222,30 +284,47 @@ pub(crate) async fn serve_master(
         http_url,
         policies,
         from_lsn,
-        own_seq,
+        log_id,
+        vv,
     } = hello
     else {
         return;
     };
-    let held = ctx.engine.mm_status().map_or(0, |s| s.vv.get(&from).0);
-    let log = (
-        ctx.engine.log_first_lsn(),
-        ctx.engine.progress().flushed.lsn,
-    );
+    let status = ctx.engine.mm_status().unwrap_or_default();
+    let held = status.vv.get(&from).0;
+    let first = ctx.engine.log_first_lsn();
+    let log = (first, ctx.engine.progress().flushed.lsn);
+    let vv = VersionVector::from_entries(vv.into_iter().map(|(o, s)| (o, Seq(s))));
     let asked = Asked {
         cluster_id: &cluster_id,
         from: &from,
         policies: &policies,
         from_lsn,
-        own_seq,
+        log_id,
+        vv: &vv,
     };
-    let from_lsn = match mm.admit(&asked, held, log) {
-        Ok(lsn) => lsn,
+    let start = match mm.admit(&asked, held, log, status.log_id) {
+        Ok(Serve::From(lsn)) => Ok(Start::Stream { from: lsn }),
+        Ok(Serve::FromStart) => match ctx.engine.mm_log_start_vv().await {
+            Ok(before) => mm.admit_before_start(&asked, &before, first),
+            Err(e) => Err((
+                RefusalCode::Protocol,
+                format!("{} could not read its log: {e}", mm.name),
+            )),
+        },
+        Err(refused) => Err(refused),
+    };
+    let start = match start {
+        Ok(start) => start,
         Err((code, why)) => {
             tracing::error!(peer = %addr, %from, "refused a master: {why}");
             crate::peer_link::refuse_and_close(rd, wr, code, why).await;
             return;
         }
+    };
+    let from_lsn = match start {
+        Start::Stream { from } => from,
+        _ => first,
     };
     let term = ctx
         .engine
@@ -276,16 +355,24 @@ pub(crate) async fn serve_master(
     };
     let welcome = Message::MmWelcome {
         name: mm.name.clone(),
-        own_seq: ctx.engine.mm_status().map_or(0, |s| s.vv.get(&mm.name).0),
+        own_seq: status.vv.get(&mm.name).0,
+        log_id: status.log_id,
     };
     if write_message(&mut wr, &welcome).await.is_err() || wr.flush().await.is_err() {
         registry.disconnect(&from, conn, Some("closed during the handshake".into()));
         return;
     }
-    tracing::info!(master = %from, peer = %addr, %from_lsn, "a master streams this node's log");
+    match start {
+        Start::Snapshot => {
+            tracing::info!(master = %from, peer = %addr, "a master that holds nothing is seeded from this node's snapshot; its position is before this log's start")
+        }
+        _ => {
+            tracing::info!(master = %from, peer = %addr, %from_lsn, "a master streams this node's log")
+        }
+    }
     let outcome = tokio::select! {
         r = receive_acks(&mut rd, &ctx, &from, conn, term) => r,
-        r = crate::replication::sender::stream_to(&mut wr, &ctx, &registry, &from, conn, Start::Stream { from: from_lsn }) => r,
+        r = crate::replication::sender::stream_to(&mut wr, &ctx, &registry, &from, conn, start) => r,
         _ = superseded.notified() => Err("a newer connection of this master replaced it".into()),
     };
     let why = outcome
@@ -375,7 +462,7 @@ async fn pull_once(
     peer_timeout: Duration,
 ) -> String {
     let status = engine.mm_status().unwrap_or_default();
-    let cursor = status.cursors.get(peer).copied().unwrap_or(0);
+    let cursor = status.cursors.get(peer).copied().unwrap_or_default();
     let held = status.vv.get(peer).0;
     let (rd, wr) = match security.dial(addr, peer_timeout).await {
         Ok(h) => h,
@@ -388,8 +475,13 @@ async fn pull_once(
         from: mm.name.clone(),
         http_url: mm.http_url.clone(),
         policies: mm.settings.policies_text(),
-        from_lsn: Lsn(cursor + 1),
-        own_seq: status.vv.get(&mm.name).0,
+        from_lsn: Lsn(cursor.lsn + 1),
+        log_id: cursor.log_id,
+        vv: status
+            .vv
+            .iter()
+            .map(|(o, s)| (o.to_string(), s.0))
+            .collect(),
     };
     if let Err(e) = write_message(&mut wr, &hello).await {
         return format!("send the hello: {e}");
@@ -397,13 +489,13 @@ async fn pull_once(
     if let Err(e) = wr.flush().await {
         return format!("send the hello: {e}");
     }
-    match tokio::time::timeout(peer_timeout, read_message(&mut rd)).await {
-        Ok(Ok(Message::MmWelcome { name, own_seq })) if name == peer && own_seq < held => {
+    let log_id = match tokio::time::timeout(peer_timeout, read_message(&mut rd)).await {
+        Ok(Ok(Message::MmWelcome { name, own_seq, .. })) if name == peer && own_seq < held => {
             return format!(
-                "{peer} holds {own_seq} of its own records but this node has applied {held} of them: {peer} lost data (an emptied or older data directory); start it with its data, or under a new name"
+                "{peer} holds {own_seq} of its own records but this node has applied {held} of them: {peer} lost data (an emptied or older data directory); start it with its data, or empty its data directory to have it seeded from a peer's snapshot"
             )
         }
-        Ok(Ok(Message::MmWelcome { name, .. })) if name == peer => {}
+        Ok(Ok(Message::MmWelcome { name, log_id, .. })) if name == peer => log_id,
         Ok(Ok(Message::MmWelcome { name, .. })) => {
             return format!("the node at {addr} is {name}, not {peer}: check --peers")
         }
@@ -411,7 +503,13 @@ async fn pull_once(
         Ok(Ok(other)) => return format!("answered the hello with a {} message", other.kind()),
         Ok(Err(e)) => return format!("read the welcome: {e}"),
         Err(_) => return format!("no welcome within {peer_timeout:?}"),
-    }
+    };
+    // A position in an older log of the peer's (it was seeded since) is no position.
+    let cursor = if log_id == cursor.log_id {
+        cursor.lsn
+    } else {
+        0
+    };
     tracing::info!(%peer, %addr, from_lsn = cursor + 1, "streaming a master's log");
     mm.update(peer, |l| {
         l.connected = true;
@@ -455,7 +553,7 @@ async fn pull_once(
                 let (last_lsn, last_us) = (last.lsn.0, last.time_us);
                 let batch: Vec<(u64, Vec<u8>)> =
                     records.into_iter().map(|r| (r.lsn.0, r.payload)).collect();
-                match engine.mm_apply(peer.to_string(), batch).await {
+                match engine.mm_apply(peer.to_string(), log_id, batch).await {
                     Ok(done) => {
                         applied_lsn = done.cursor.max(last_lsn);
                         newest_us = newest_us.max(last_us);
@@ -487,6 +585,23 @@ async fn pull_once(
                     }
                 });
             }
+            Message::SnapshotBegin { at, bytes } => {
+                match seed(
+                    engine,
+                    mm,
+                    peer,
+                    log_id,
+                    &mut rd,
+                    &mut wr,
+                    (at, bytes),
+                    peer_timeout,
+                )
+                .await
+                {
+                    Ok(at) => applied_lsn = at.lsn.0,
+                    Err(why) => return why,
+                }
+            }
             Message::Refused(r) => return format!("refused: {}", r.message),
             other => return format!("sent an unexpected {} message", other.kind()),
         }
@@ -506,6 +621,99 @@ async fn pull_once(
     }
 }
 
+/// Receives `peer`'s snapshot, announced as `begun`, and seeds this node with it (it holds
+/// nothing yet: see [`scribe_sqlite::Engine::mm_install_snapshot`]); acknowledges meanwhile so
+/// the peer keeps hearing from this node. Answers the snapshot's position in `peer`'s log.
+#[allow(clippy::too_many_arguments)]
+async fn seed(
+    engine: &Engine,
+    mm: &MultiMaster,
+    peer: &str,
+    log_id: u64,
+    rd: &mut BufReader<PeerReader>,
+    wr: &mut BufWriter<PeerWriter>,
+    begun: (Position, u64),
+    peer_timeout: Duration,
+) -> Result<Position, String> {
+    use crate::replication::snapshot::{self, NotReceived, Received};
+    let started = Instant::now();
+    let path = mm.data_dir.join(format!("{}.{peer}", snapshot::INCOMING));
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let keepalive = async {
+        let mut tick = tokio::time::interval(crate::replication::HEARTBEAT);
+        loop {
+            tokio::select! {
+                _ = &mut stopped => return Ok::<(), String>(()),
+                _ = tick.tick() => {}
+            }
+            write_message(wr, &Message::MmAck { applied: Lsn::ZERO })
+                .await
+                .map_err(|e| format!("acknowledge: {e}"))?;
+            wr.flush().await.map_err(|e| format!("acknowledge: {e}"))?;
+        }
+    };
+    let install = async {
+        let received = snapshot::receive(rd, path.clone(), Some(begun), peer_timeout, |r| {
+            if let Received::Bytes { got, total } = r {
+                mm.update(peer, |l| {
+                    l.seeding = Some([got, total]);
+                    l.heard = Some(Instant::now());
+                });
+            }
+        })
+        .await;
+        let r = match received {
+            Ok((path, at)) => install(engine, mm, peer, log_id, path, at).await,
+            Err(NotReceived::Stream(why) | NotReceived::Local(why)) => {
+                Err(format!("receive its snapshot: {why}"))
+            }
+        };
+        let _ = std::fs::remove_file(&path);
+        mm.update(peer, |l| l.seeding = None);
+        let _ = stop.send(());
+        r
+    };
+    let (installed, kept) = tokio::join!(install, keepalive);
+    kept?;
+    let at = installed?;
+    tracing::info!(%peer, %at, seconds = started.elapsed().as_secs_f64(), "seeded from a master's snapshot; streaming its log from there");
+    Ok(at)
+}
+
+/// Installs a received snapshot under the seeding marker: a node killed meanwhile starts again
+/// empty and is seeded again.
+async fn install(
+    engine: &Engine,
+    mm: &MultiMaster,
+    peer: &str,
+    log_id: u64,
+    path: PathBuf,
+    at: Position,
+) -> Result<Position, String> {
+    use crate::replication::snapshot;
+    let _one = mm.seeding.lock().await;
+    snapshot::write_marker(&mm.data_dir)?;
+    let installed = engine
+        .mm_install_snapshot(path, peer.to_string(), log_id)
+        .await;
+    match installed {
+        Ok(installed) if installed == at => {
+            snapshot::remove_marker(&mm.data_dir)?;
+            Ok(at)
+        }
+        Ok(installed) => Err(format!(
+            "install its snapshot: it announced position {at} but holds {installed}"
+        )),
+        // Refused before anything changed (this node holds records: it was seeded from another
+        // peer meanwhile, or took a write): the data is whole.
+        Err(e @ scribe_sqlite::EngineError::BadRequest(_)) => {
+            snapshot::remove_marker(&mm.data_dir)?;
+            Err(format!("install its snapshot: {e}"))
+        }
+        Err(e) => Err(format!("install its snapshot: {e}")),
+    }
+}
+
 fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -516,6 +724,10 @@ fn now_us() -> u64 {
 mod tests {
     use super::*;
 
+    fn vv(entries: &[(&str, u64)]) -> VersionVector {
+        VersionVector::from_entries(entries.iter().map(|(o, s)| (o.to_string(), Seq(*s))))
+    }
+
     #[test]
     fn a_master_is_admitted_only_of_this_cluster_with_its_data_and_a_position_in_the_log() {
         let settings = MultiMasterSettings {
@@ -523,23 +735,25 @@ mod tests {
             policies: BTreeMap::new(),
             max_clock_offset: Duration::from_secs(10),
         };
-        let mm = MultiMaster::new("n1", settings, String::new());
+        let mm = MultiMaster::new("n1", settings, String::new(), PathBuf::new());
+        let has = vv(&[("n1", 4), ("n2", 3)]);
         let ok = Asked {
             cluster_id: "mm-n1-n2-n3",
             from: "n2",
             policies: "",
             from_lsn: Lsn(5),
-            own_seq: 3,
+            log_id: 7,
+            vv: &has,
         };
         let log = (Lsn(1), Lsn(9));
-        assert_eq!(mm.admit(&ok, 3, log), Ok(Lsn(5)));
+        assert_eq!(mm.admit(&ok, 3, log, 7), Ok(Serve::From(Lsn(5))));
         let from_zero = Asked {
             from_lsn: Lsn(0),
             ..ok
         };
-        assert_eq!(mm.admit(&from_zero, 3, log), Ok(Lsn(1)));
+        assert_eq!(mm.admit(&from_zero, 3, log, 7), Ok(Serve::From(Lsn(1))));
         let refused = |asked: Asked<'_>, held: u64, log: (Lsn, Lsn)| {
-            mm.admit(&asked, held, log).unwrap_err().1
+            mm.admit(&asked, held, log, 7).unwrap_err().1
         };
         assert!(refused(Asked { from: "n1", ..ok }, 0, log).contains("it is this node"));
         let other = Asked {
@@ -559,6 +773,43 @@ mod tests {
             ..ok
         };
         assert!(refused(past, 3, log).contains("reset or replaced"));
-        assert!(refused(ok, 3, (Lsn(6), Lsn(9))).contains("no longer holds"));
+        // Before this log's start, or in an older log of this node: decided by what it holds.
+        assert_eq!(mm.admit(&ok, 3, (Lsn(6), Lsn(9)), 7), Ok(Serve::FromStart));
+        let older_log = Asked { log_id: 6, ..past };
+        assert_eq!(mm.admit(&older_log, 3, log, 7), Ok(Serve::From(Lsn(1))));
+        assert_eq!(
+            mm.admit(&older_log, 3, (Lsn(6), Lsn(9)), 7),
+            Ok(Serve::FromStart)
+        );
+    }
+
+    #[test]
+    fn a_master_before_this_logs_start_streams_it_if_it_holds_what_came_before_or_is_seeded_if_it_holds_nothing(
+    ) {
+        let settings = MultiMasterSettings {
+            peers: vec![("n2".into(), "a:1".into()), ("n3".into(), "a:2".into())],
+            policies: BTreeMap::new(),
+            max_clock_offset: Duration::from_secs(10),
+        };
+        let mm = MultiMaster::new("n1", settings, String::new(), PathBuf::new());
+        let before = vv(&[("n1", 40), ("n3", 12)]);
+        let asked = |held: &VersionVector| {
+            let a = Asked {
+                cluster_id: "mm-n1-n2-n3",
+                from: "n2",
+                policies: "",
+                from_lsn: Lsn(1),
+                log_id: 0,
+                vv: held,
+            };
+            mm.admit_before_start(&a, &before, Lsn(100))
+        };
+        let all = vv(&[("n1", 45), ("n2", 9), ("n3", 12)]);
+        assert_eq!(asked(&all), Ok(Start::Stream { from: Lsn(100) }));
+        assert_eq!(asked(&VersionVector::new()), Ok(Start::Snapshot));
+        let lacking = vv(&[("n1", 45), ("n2", 9), ("n3", 10)]);
+        let why = asked(&lacking).unwrap_err().1;
+        assert!(why.contains("n3 11..=12"), "{why}");
+        assert!(why.contains("seeded from a snapshot"), "{why}");
     }
 }

@@ -244,11 +244,12 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("create data directory {}: {e}", config.data_dir.display()))?;
         let identity = identity::load_or_create(&config.data_dir, &config.name)?;
-        // A replica (fixed, or any member of a cluster, which may be one) killed while being
-        // seeded starts again from an empty copy and is seeded again.
-        if config.follow.is_some() || config.cluster.is_some() {
+        // A replica (fixed, or any member of a cluster, which may be one) or a master killed
+        // while being seeded starts again from an empty copy and is seeded again (a master is
+        // seeded only while it holds nothing, so nothing is lost).
+        if config.follow.is_some() || config.cluster.is_some() || config.multi_master.is_some() {
             if follower::discard_unfinished_seeding(&config.data_dir)? {
-                tracing::warn!(data = %config.data_dir.display(), "an earlier snapshot install did not finish; discarded the partial copy, the primary will seed this replica again");
+                tracing::warn!(data = %config.data_dir.display(), "an earlier snapshot install did not finish; discarded the partial copy, this node will be seeded again");
             }
         } else if config.data_dir.join(follower::SEEDING_MARKER).exists() {
             return Err(format!(
@@ -331,6 +332,7 @@ impl Node {
                 &config.name,
                 s.clone(),
                 http_url.clone(),
+                config.data_dir.clone(),
             ))
         });
         let (leadership, control) = match &config.cluster {

@@ -4,11 +4,13 @@
 //! channel. Whether it takes client writes, and in which term, is its write gate
 //! ([`crate::WriteGate`]), which the runtime sets.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use rusqlite::Connection;
+use scribe_core::multi_master::{Seq, VersionVector};
 use scribe_core::Position;
 use scribe_log::{Log, LogOptions, Recovery};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -485,9 +487,12 @@ impl Engine {
     /// record's payload)`, in the peer's order. Records this node has are skipped; the others
     /// are applied, made durable in this node's log and committed with where this node has read
     /// `peer`'s log up to.
+    ///
+    /// `log_id` is the id of `peer`'s log the LSNs are in (see [`crate::mm::LOG_TABLE`]).
     pub async fn mm_apply(
         &self,
         peer: String,
+        log_id: u64,
         records: Vec<(u64, Vec<u8>)>,
     ) -> Result<crate::mm::Applied, EngineError> {
         let (reply, rx) = oneshot::channel();
@@ -495,6 +500,7 @@ impl Engine {
             .tx
             .send(WriterMsg::MmApply {
                 peer,
+                log_id,
                 records,
                 reply,
             })
@@ -502,6 +508,62 @@ impl Engine {
             .map_err(|_| EngineError::Unavailable("the node is shutting down".into()))?;
         rx.await
             .map_err(|_| EngineError::Unavailable("the writer stopped before answering".into()))?
+    }
+
+    /// Seeds this multi-master node, which must hold nothing yet (no record of its own nor of
+    /// anyone else), from the snapshot of `peer`'s database at `path` (taken by
+    /// [`Engine::snapshot`] on `peer`, whose log has id `peer_log_id`): the database becomes the
+    /// copy, this node reads `peer`'s log on from the snapshot's position and every other peer's
+    /// from where `peer` had, and its own log starts over, under a new id, at that position.
+    /// Answers the position.
+    pub async fn mm_install_snapshot(
+        &self,
+        path: PathBuf,
+        peer: String,
+        peer_log_id: u64,
+    ) -> Result<Position, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(WriterMsg::MmInstallSnapshot {
+                path,
+                peer,
+                peer_log_id,
+                reply,
+            })
+            .await
+            .map_err(|_| EngineError::Unavailable("the node is shutting down".into()))?;
+        rx.await
+            .map_err(|_| EngineError::Unavailable("the writer stopped before answering".into()))?
+    }
+
+    /// What this multi-master node had applied from each origin just before the first record
+    /// its log still holds — what a peer must hold already to stream this log from its start
+    /// rather than from a position it no longer holds. Reads the whole log, beside the writer.
+    pub async fn mm_log_start_vv(&self) -> Result<VersionVector, EngineError> {
+        let Some(now) = self.mm_status().map(|s| s.vv) else {
+            return Err(EngineError::BadRequest(
+                "this node is not a multi-master node".into(),
+            ));
+        };
+        // Read after the vector: every record it counts is in the log by then, and whatever
+        // is appended meanwhile is read too.
+        let mut reader = self.read_log(self.log_first_lsn())?;
+        tokio::task::spawn_blocking(move || -> Result<VersionVector, EngineError> {
+            let mut first_seen = BTreeMap::new();
+            for record in reader.by_ref() {
+                let record = record?;
+                for step in crate::payload::decode(&record.payload)? {
+                    if let crate::payload::Step::MultiMaster(b) = step {
+                        let rec = crate::mm::Record::decode(&b)?;
+                        first_seen.entry(rec.origin).or_insert(Seq(rec.seq));
+                    }
+                }
+            }
+            Ok(now.before(&first_seen))
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("read the log: {e}")))?
     }
 
     /// Resolves the conflicts of a `versioned` row on a multi-master node (see

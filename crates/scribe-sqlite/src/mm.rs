@@ -32,6 +32,10 @@ pub const VV_TABLE: &str = "_scribe_mm_vv";
 pub const PEERS_TABLE: &str = "_scribe_mm_peers";
 /// Each table's conflict policy (absent: `lww`).
 pub const POLICY_TABLE: &str = "_scribe_mm_policy";
+/// The id of this node's log: new when the node's data directory is made, and again when it is
+/// seeded from a peer's snapshot (its log then starts over at the snapshot's position). A peer
+/// keeps it with its position in this log, and reads from this log's start when it changes.
+pub const LOG_TABLE: &str = "_scribe_mm_log";
 
 /// How a node takes part in a multi-master cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,10 +126,34 @@ pub fn prepare(conn: &Connection, mm: &MultiMaster) -> Result<(), EngineError> {
     crate::versioned::ensure_tables(conn).map_err(mm_err)?;
     conn.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS {VV_TABLE} (origin TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
-         CREATE TABLE IF NOT EXISTS {PEERS_TABLE} (peer TEXT PRIMARY KEY, lsn INTEGER NOT NULL) WITHOUT ROWID;
-         CREATE TABLE IF NOT EXISTS {POLICY_TABLE} (tbl TEXT PRIMARY KEY, policy TEXT NOT NULL) WITHOUT ROWID;"
+         CREATE TABLE IF NOT EXISTS {PEERS_TABLE} (peer TEXT PRIMARY KEY, lsn INTEGER NOT NULL, log_id INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS {POLICY_TABLE} (tbl TEXT PRIMARY KEY, policy TEXT NOT NULL) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS {LOG_TABLE} (id INTEGER NOT NULL);"
     ))
     .map_err(sql_err("create the multi-master tables"))?;
+    // Data directories written before peers' log ids were kept.
+    let has_log_ids = conn
+        .query_row(
+            &format!(
+                "SELECT count(*) FROM pragma_table_info('{PEERS_TABLE}') WHERE name = 'log_id'"
+            ),
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(sql_err("read the multi-master tables"))?;
+    if has_log_ids == 0 {
+        conn.execute_batch(&format!(
+            "ALTER TABLE {PEERS_TABLE} ADD COLUMN log_id INTEGER NOT NULL DEFAULT 0"
+        ))
+        .map_err(sql_err("add log ids to the peers' positions"))?;
+    }
+    if log_id(conn)? == 0 {
+        conn.execute(
+            &format!("INSERT INTO {LOG_TABLE} (id) VALUES (?1)"),
+            [new_log_id() as i64],
+        )
+        .map_err(sql_err("store the log id"))?;
+    }
     conn.execute(&format!("DELETE FROM {POLICY_TABLE}"), [])
         .map_err(sql_err("store the table policies"))?;
     for (t, p) in &mm.policies {
@@ -136,6 +164,71 @@ pub fn prepare(conn: &Connection, mm: &MultiMaster) -> Result<(), EngineError> {
         .map_err(sql_err("store the table policies"))?;
     }
     Ok(())
+}
+
+/// The id of this node's log (0 before [`prepare`]).
+pub fn log_id(conn: &Connection) -> Result<u64, EngineError> {
+    conn.query_row(&format!("SELECT id FROM {LOG_TABLE}"), [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .optional()
+    .map(|id| id.unwrap_or(0) as u64)
+    .map_err(sql_err("read the log id"))
+}
+
+/// A log id no other log has had: random, never 0.
+fn new_log_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(crate::writer::now_us());
+    h.write_u32(std::process::id());
+    (h.finish() >> 1).max(1)
+}
+
+/// Makes the snapshot of `peer`'s database at `path` this node's own before it is installed:
+/// where `peer` had read each other peer's log up to holds for the copy too (it is the same
+/// data), `peer`'s own log is read up to the snapshot's position (`at`, in the log whose id is
+/// `peer_log_id`), this node does not read its own log, and the copy's log gets a new id — this
+/// node's log starts over at `at`.
+pub fn adopt_snapshot(
+    path: &std::path::Path,
+    node: &str,
+    peer: &str,
+    peer_log_id: u64,
+) -> Result<scribe_core::Position, EngineError> {
+    let ctx = |what: &'static str| {
+        move |e: rusqlite::Error| {
+            EngineError::Internal(format!("{what} of snapshot {}: {e}", path.display()))
+        }
+    };
+    let mut copy = Connection::open(path).map_err(ctx("open"))?;
+    if !is_multi_master(&copy) {
+        return Err(EngineError::Diverged(format!(
+            "{peer}'s snapshot is not of a multi-master database"
+        )));
+    }
+    let at = crate::meta::applied(&copy).map_err(ctx("read the position"))?;
+    let tx = copy.transaction().map_err(ctx("begin adopting"))?;
+    tx.execute(
+        &format!("DELETE FROM {PEERS_TABLE} WHERE peer = ?1"),
+        [node],
+    )
+    .map_err(ctx("drop this node's own position"))?;
+    set_peer_cursor(&tx, peer, at.lsn.0, peer_log_id)?;
+    tx.execute(&format!("DELETE FROM {LOG_TABLE}"), [])
+        .and_then(|_| {
+            tx.execute(
+                &format!("INSERT INTO {LOG_TABLE} (id) VALUES (?1)"),
+                [new_log_id() as i64],
+            )
+        })
+        .map_err(ctx("give the log a new id"))?;
+    tx.commit().map_err(ctx("commit adopting"))?;
+    drop(copy);
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| EngineError::Internal(format!("fsync snapshot {}: {e}", path.display())))?;
+    Ok(at)
 }
 
 /// Whether `conn`'s database is a multi-master one.
@@ -274,13 +367,29 @@ pub(crate) fn set_applied_seq(
     .map_err(sql_err("store the version vector"))
 }
 
+/// Where this node has read a peer's log up to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cursor {
+    /// The peer's LSN.
+    pub lsn: u64,
+    /// The id of the peer's log that LSN is in.
+    pub log_id: u64,
+}
+
 /// Where this node has read each peer's log up to.
-pub fn peer_cursors(conn: &Connection) -> Result<BTreeMap<String, u64>, EngineError> {
-    let mut st = crate::multi_master::cached(conn, &format!("SELECT peer, lsn FROM {PEERS_TABLE}"))
-        .map_err(sql_err("read the peers' positions"))?;
+pub fn peer_cursors(conn: &Connection) -> Result<BTreeMap<String, Cursor>, EngineError> {
+    let mut st = crate::multi_master::cached(
+        conn,
+        &format!("SELECT peer, lsn, log_id FROM {PEERS_TABLE}"),
+    )
+    .map_err(sql_err("read the peers' positions"))?;
     let found = st
         .query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            let cursor = Cursor {
+                lsn: r.get::<_, i64>(1)? as u64,
+                log_id: r.get::<_, i64>(2)? as u64,
+            };
+            Ok((r.get::<_, String>(0)?, cursor))
         })
         .map_err(sql_err("read the peers' positions"))?;
     found
@@ -288,17 +397,36 @@ pub fn peer_cursors(conn: &Connection) -> Result<BTreeMap<String, u64>, EngineEr
         .map_err(sql_err("read the peers' positions"))
 }
 
-pub(crate) fn set_peer_cursor(conn: &Connection, peer: &str, lsn: u64) -> Result<(), EngineError> {
+/// Stores where this node has read `peer`'s log (the one of id `log_id`) up to: a position in
+/// the same log only moves forward; one in another log (the peer was seeded anew) replaces it.
+pub(crate) fn set_peer_cursor(
+    conn: &Connection,
+    peer: &str,
+    lsn: u64,
+    log_id: u64,
+) -> Result<(), EngineError> {
     crate::multi_master::cached(
         conn,
         &format!(
-            "INSERT INTO {PEERS_TABLE} (peer, lsn) VALUES (?1, ?2)
-         ON CONFLICT (peer) DO UPDATE SET lsn = max(lsn, excluded.lsn)"
+            "INSERT INTO {PEERS_TABLE} (peer, lsn, log_id) VALUES (?1, ?2, ?3)
+         ON CONFLICT (peer) DO UPDATE SET
+           lsn = CASE WHEN log_id = excluded.log_id THEN max(lsn, excluded.lsn) ELSE excluded.lsn END,
+           log_id = excluded.log_id"
         ),
     )
-    .and_then(|mut st| st.execute(params![peer, lsn as i64]))
+    .and_then(|mut st| st.execute(params![peer, lsn as i64, log_id as i64]))
     .map(|_| ())
     .map_err(sql_err("store a peer's position"))
+}
+
+/// What a multi-master node publishes, read from its database.
+fn read_status(conn: &Connection) -> Result<MmStatus, EngineError> {
+    Ok(MmStatus {
+        vv: version_vector(conn)?,
+        cursors: peer_cursors(conn)?,
+        conflicts: conflict_counts(conn)?,
+        log_id: log_id(conn)?,
+    })
 }
 
 /// Applies `record` to the database inside the caller's transaction: its schema changes and row
@@ -427,10 +555,12 @@ pub struct Resolution {
 pub struct MmStatus {
     /// What it has applied from each origin.
     pub vv: VersionVector,
-    /// Each peer's LSN it has read up to.
-    pub cursors: BTreeMap<String, u64>,
+    /// Where it has read each peer's log up to.
+    pub cursors: BTreeMap<String, Cursor>,
     /// Unresolved conflicts of `versioned` tables, by table.
     pub conflicts: BTreeMap<String, u64>,
+    /// The id of its own log.
+    pub log_id: u64,
 }
 
 /// Unresolved conflicts by table.
@@ -480,11 +610,7 @@ impl MmWriter {
     /// The writer's state over `conn`'s database: the clock starts past every stamp it holds.
     pub(crate) fn open(conn: &Connection, opts: MultiMaster) -> Result<MmWriter, EngineError> {
         let last = rows::max_stamp(conn).map_err(mm_err)?;
-        let status = MmStatus {
-            vv: version_vector(conn)?,
-            cursors: peer_cursors(conn)?,
-            conflicts: conflict_counts(conn)?,
-        };
+        let status = read_status(conn)?;
         Ok(MmWriter {
             clock: scribe_core::multi_master::Clock::new(last, opts.max_offset_ms),
             opts,
@@ -533,6 +659,57 @@ impl crate::writer::Writer {
         if let Some(mm) = &mut self.mm {
             mm.cache = None;
         }
+    }
+
+    /// Seeds this node, which must hold nothing yet, from `peer`'s snapshot at `path` (see
+    /// [`crate::Engine::mm_install_snapshot`]).
+    pub(crate) fn mm_install_snapshot(
+        &mut self,
+        path: &std::path::Path,
+        peer: &str,
+        peer_log_id: u64,
+    ) -> Result<scribe_core::Position, EngineError> {
+        if let Some(why) = self.fatal.get() {
+            return Err(EngineError::Unavailable(why.clone()));
+        }
+        let Some(node) = self.mm.as_ref().map(|m| m.opts.node.clone()) else {
+            return Err(EngineError::BadRequest(
+                "this node is not a multi-master node".into(),
+            ));
+        };
+        // A node that holds records would lose the ones the peer lacks.
+        let held = self.policy.internal(|| version_vector(&self.conn))?;
+        if held.iter().next().is_some() {
+            return Err(EngineError::BadRequest(format!(
+                "this node holds records already ({}); only a master that holds nothing is seeded from a snapshot",
+                held.iter()
+                    .map(|(o, s)| format!("{o}:{}", s.0))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let at = adopt_snapshot(path, &node, peer, peer_log_id)?;
+        let installed = self.replace_database(path).inspect_err(|e| {
+            let why = format!(
+                "a snapshot install failed halfway ({e}): restart the node; it discards the partial copy and is seeded again"
+            );
+            tracing::error!("{why}");
+            let _ = self.fatal.set(why);
+        })?;
+        if installed != at {
+            return Err(EngineError::Internal(format!(
+                "the snapshot held position {at} but {installed} was installed"
+            )));
+        }
+        let last = self
+            .policy
+            .internal(|| rows::max_stamp(&self.conn))
+            .map_err(mm_err)?;
+        let mm = self.mm.as_mut().expect("multi-master");
+        mm.cache = None;
+        mm.clock = scribe_core::multi_master::Clock::new(last, mm.opts.max_offset_ms);
+        self.mm_publish();
+        Ok(installed)
     }
 
     /// The schemas, cached by schema version. A transaction that changes the schema reads them
@@ -852,13 +1029,7 @@ impl crate::writer::Writer {
     /// Publishes the version vector and the peers' positions as committed.
     pub(crate) fn mm_publish(&self) {
         let Some(mm) = &self.mm else { return };
-        let read = self.policy.internal(|| -> Result<MmStatus, EngineError> {
-            Ok(MmStatus {
-                vv: version_vector(&self.conn)?,
-                cursors: peer_cursors(&self.conn)?,
-                conflicts: conflict_counts(&self.conn)?,
-            })
-        });
+        let read = self.policy.internal(|| read_status(&self.conn));
         match read {
             Ok(s) => *mm.status.lock().unwrap_or_else(|p| p.into_inner()) = s,
             Err(e) => tracing::warn!(error = %e, "could not read the version vector to publish it"),
@@ -872,6 +1043,7 @@ impl crate::writer::Writer {
     pub(crate) fn apply_remote(
         &mut self,
         peer: &str,
+        log_id: u64,
         records: Vec<(u64, Vec<u8>)>,
     ) -> Result<Applied, EngineError> {
         use crate::payload::{self, Step};
@@ -946,7 +1118,7 @@ impl crate::writer::Writer {
                 }
             }
             self.policy
-                .internal(|| set_peer_cursor(&self.conn, peer, done.cursor))
+                .internal(|| set_peer_cursor(&self.conn, peer, done.cursor, log_id))
         })();
         self.mm_finish(result, done.applied)?;
         Ok(done)

@@ -135,8 +135,16 @@ pub(crate) enum WriterMsg {
     /// Apply records read from a peer's log (a multi-master node's path; see [`crate::mm`]).
     MmApply {
         peer: String,
+        log_id: u64,
         records: Vec<(u64, Vec<u8>)>,
         reply: oneshot::Sender<Result<crate::mm::Applied, EngineError>>,
+    },
+    /// Seed a multi-master node that holds nothing from a peer's snapshot.
+    MmInstallSnapshot {
+        path: std::path::PathBuf,
+        peer: String,
+        peer_log_id: u64,
+        reply: oneshot::Sender<Result<Position, EngineError>>,
     },
     /// Resolve the conflicts of a `versioned` row (see [`crate::mm::Resolution`]).
     MmResolve {
@@ -233,10 +241,19 @@ impl Writer {
                 }
                 WriterMsg::MmApply {
                     peer,
+                    log_id,
                     records,
                     reply,
                 } => {
-                    let _ = reply.send(self.apply_remote(&peer, records));
+                    let _ = reply.send(self.apply_remote(&peer, log_id, records));
+                }
+                WriterMsg::MmInstallSnapshot {
+                    path,
+                    peer,
+                    peer_log_id,
+                    reply,
+                } => {
+                    let _ = reply.send(self.mm_install_snapshot(&path, &peer, peer_log_id));
                 }
                 WriterMsg::MmResolve { resolution, reply } => {
                     let _ = reply.send(self.mm_resolve(resolution));
@@ -426,6 +443,15 @@ impl Writer {
         gate::lock(&self.fence)
             .take_records()
             .map_err(EngineError::BadRequest)?;
+        self.replace_database(path)
+    }
+
+    /// Replaces the database with the copy at `path` and restarts the log empty after the
+    /// position the copy holds; answers that position.
+    pub(crate) fn replace_database(
+        &mut self,
+        path: &std::path::Path,
+    ) -> Result<Position, EngineError> {
         let ctx = |what: &str, e: rusqlite::Error| {
             EngineError::Internal(format!("{what} snapshot {}: {e}", path.display()))
         };

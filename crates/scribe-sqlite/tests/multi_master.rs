@@ -56,18 +56,26 @@ fn log_of(e: &Engine, from: u64) -> Vec<(u64, Vec<u8>)> {
 /// Streams what `to` has not read of `from`'s log into `to`, as a peer link does.
 async fn pull(to: &Engine, to_name: &str, from: &Engine, from_name: &str) -> u64 {
     let _ = to_name;
+    let log_id = from.mm_status().unwrap().log_id;
     let cursor = to
         .mm_status()
         .unwrap()
         .cursors
         .get(from_name)
         .copied()
-        .unwrap_or(0);
-    let records: Vec<(u64, Vec<u8>)> = log_of(from, cursor + 1);
+        .unwrap_or_default();
+    // A position in another log of the peer's (it was seeded since) means nothing: read its
+    // log from its start.
+    let next = if cursor.log_id == log_id {
+        cursor.lsn + 1
+    } else {
+        from.log_first_lsn().0
+    };
+    let records: Vec<(u64, Vec<u8>)> = log_of(from, next);
     if records.is_empty() {
         return 0;
     }
-    to.mm_apply(from_name.to_string(), records)
+    to.mm_apply(from_name.to_string(), log_id, records)
         .await
         .unwrap()
         .applied
@@ -204,7 +212,7 @@ async fn three_engines_merge_concurrent_writes_by_policy_and_converge() {
     }
     // A record that arrives again, from another peer, changes nothing.
     let again: Vec<(u64, Vec<u8>)> = log_of(&engines[1], 1);
-    let done = engines[2].mm_apply("n2".into(), again).await.unwrap();
+    let done = engines[2].mm_apply("n2".into(), 0, again).await.unwrap();
     assert_eq!(done.applied, 0);
     assert!(done.duplicates > 20, "{done:?}");
     assert_eq!(contents(&engines[2]).await, want);
@@ -232,7 +240,7 @@ async fn a_restarted_engine_resumes_its_sequence_its_clock_and_its_peers_positio
     let st = a.mm_status().unwrap();
     assert_eq!(st.vv.get("n1"), Seq(3));
     assert_eq!(st.vv.get("n2"), Seq(1));
-    assert!(st.cursors["n2"] > 0);
+    assert!(st.cursors["n2"].lsn > 0);
     // Its next write is stamped after everything it holds: it wins over n2's earlier one.
     exec(&a, "UPDATE item SET name = 'three' WHERE id = 'a'")
         .await
@@ -268,22 +276,22 @@ async fn a_record_of_this_node_it_never_wrote_and_a_gap_are_refused() {
     let log: Vec<(u64, Vec<u8>)> = log_of(&a, 1);
     // A gap: the third record without the first two.
     let e = b
-        .mm_apply("n1".into(), log[2..].to_vec())
+        .mm_apply("n1".into(), 0, log[2..].to_vec())
         .await
         .unwrap_err()
         .to_string();
     assert!(e.contains("applied up to 0"), "{e}");
     // A fresh n1 (its data lost) is sent n1's own records back: refused, not taken as new.
-    b.mm_apply("n1".into(), log.clone()).await.unwrap();
+    b.mm_apply("n1".into(), 0, log.clone()).await.unwrap();
     let fresh = open(dirs[2].path(), "n1");
     let e = fresh
-        .mm_apply("n2".into(), log)
+        .mm_apply("n2".into(), 0, log)
         .await
         .unwrap_err()
         .to_string();
     assert!(e.contains("never wrote"), "{e}");
     let e = b
-        .mm_apply("n2".into(), Vec::new())
+        .mm_apply("n2".into(), 0, Vec::new())
         .await
         .unwrap_err()
         .to_string();
@@ -531,6 +539,90 @@ async fn a_node_that_reaches_only_one_peer_gets_the_third_nodes_records_through_
     );
     let vv = engines[2].mm_status().unwrap().vv;
     assert_eq!((vv.get("n1"), vv.get("n2")), (Seq(3), Seq(1)));
+    for e in engines {
+        e.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_new_node_seeded_from_one_peers_snapshot_converges_with_every_peer() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let engines: Vec<Engine> = NODES
+        .iter()
+        .take(2)
+        .zip(&dirs)
+        .map(|(n, d)| open(d.path(), n))
+        .collect();
+    let (n1, n2) = (&engines[0], &engines[1]);
+    schema(n1).await;
+    pull(n2, "n2", n1, "n1").await;
+    for i in 0..20 {
+        exec(n1, &format!("INSERT INTO item VALUES ('a{i}', 'one', {i})"))
+            .await
+            .unwrap();
+        exec(n2, &format!("INSERT INTO item VALUES ('b{i}', 'two', {i})"))
+            .await
+            .unwrap();
+    }
+    // n1 has read part of n2's log: what n3 gets from n1's snapshot, and where it reads n2 on.
+    let half: Vec<(u64, Vec<u8>)> = log_of(n2, 1).into_iter().take(10).collect();
+    let n2_log = n2.mm_status().unwrap().log_id;
+    n1.mm_apply("n2".into(), n2_log, half).await.unwrap();
+    let snap = dirs[0].path().join("seed.snapshot");
+    let at = n1.snapshot(snap.clone()).await.unwrap();
+
+    // A node that holds something is not seeded: it would lose what the peer lacks.
+    let held = n2.mm_install_snapshot(snap.clone(), "n1".into(), 0).await;
+    assert!(
+        matches!(&held, Err(EngineError::BadRequest(m)) if m.contains("holds records already")),
+        "{held:?}"
+    );
+
+    let n3 = open(dirs[2].path(), "n3");
+    let n3_first_log = n3.mm_status().unwrap().log_id;
+    let n1_log = n1.mm_status().unwrap().log_id;
+    let installed = n3
+        .mm_install_snapshot(snap, "n1".into(), n1_log)
+        .await
+        .unwrap();
+    assert_eq!(installed, at);
+    let st = n3.mm_status().unwrap();
+    assert_eq!(st.vv, n1.mm_status().unwrap().vv);
+    assert_eq!(st.cursors["n1"].lsn, at.lsn.0);
+    assert_eq!(st.cursors["n1"].log_id, n1_log);
+    assert_eq!(st.cursors["n2"], n1.mm_status().unwrap().cursors["n2"]);
+    assert!(!st.cursors.contains_key("n3"));
+    assert_ne!(st.log_id, n1_log, "the seeded node's log is its own");
+    assert_ne!(st.log_id, n3_first_log);
+    assert_eq!(contents(&n3).await, contents(n1).await);
+
+    // From here it reads each peer's log on from where the snapshot left it, writes, and every
+    // node converges; its own log starts at the snapshot's position.
+    assert_eq!(n3.log_first_lsn(), at.lsn.next());
+    exec(&n3, "INSERT INTO item VALUES ('c', 'three', 3)")
+        .await
+        .unwrap();
+    let all = [n1, n2, &n3];
+    let names = ["n1", "n2", "n3"];
+    for _ in 0..2 {
+        for (i, to) in all.iter().enumerate() {
+            for (j, from) in all.iter().enumerate() {
+                if i != j {
+                    pull(to, names[i], from, names[j]).await;
+                }
+            }
+        }
+    }
+    let want = contents(n1).await;
+    assert_eq!(contents(n2).await, want);
+    assert_eq!(contents(&n3).await, want);
+    assert_eq!(want[0].len(), 41, "{want:?}");
+    assert_eq!(n3.mm_status().unwrap().vv.get("n3"), Seq(1));
+
+    // What a peer must hold to stream n3's log from its start is what the snapshot held.
+    let start = n3.mm_log_start_vv().await.unwrap();
+    assert_eq!(start, st.vv);
+    n3.shutdown().await;
     for e in engines {
         e.shutdown().await;
     }

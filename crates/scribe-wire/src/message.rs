@@ -254,8 +254,13 @@ pub enum Message {
         policies: String,
         /// The first LSN of the listener's log the dialer wants.
         from_lsn: Lsn,
-        /// How many of its own records the dialer holds (its version vector's own entry).
-        own_seq: u64,
+        /// The id of the listener's log that `from_lsn` is a position in (0: the dialer has
+        /// read none of it). A listener whose log has another id (it was seeded anew since)
+        /// streams from its start instead.
+        log_id: u64,
+        /// What the dialer holds of each origin's records (its version vector, its own entry
+        /// included).
+        vv: Vec<(String, u64)>,
     },
     /// Multi-master: the listener accepts; its records from the LSN asked for follow.
     MmWelcome {
@@ -263,6 +268,8 @@ pub enum Message {
         name: String,
         /// How many of its own records the listener holds.
         own_seq: u64,
+        /// The id of the listener's log (the dialer keeps it with its position in that log).
+        log_id: u64,
     },
     /// Multi-master, dialer → listener: what the dialer has applied of the listener's log and
     /// made durable (for semi-sync and sync commits and lag).
@@ -441,7 +448,8 @@ impl Message {
                 http_url,
                 policies,
                 from_lsn,
-                own_seq,
+                log_id,
+                vv,
             } => {
                 out.push(MM_HELLO);
                 put_str(out, cluster_id);
@@ -449,12 +457,22 @@ impl Message {
                 put_str(out, http_url);
                 put_str(out, policies);
                 put_u64(out, from_lsn.0);
-                put_u64(out, *own_seq);
+                put_u64(out, *log_id);
+                put_u32(out, vv.len() as u32);
+                for (origin, seq) in vv {
+                    put_str(out, origin);
+                    put_u64(out, *seq);
+                }
             }
-            Message::MmWelcome { name, own_seq } => {
+            Message::MmWelcome {
+                name,
+                own_seq,
+                log_id,
+            } => {
                 out.push(MM_WELCOME);
                 put_str(out, name);
                 put_u64(out, *own_seq);
+                put_u64(out, *log_id);
             }
             Message::MmAck { applied } => {
                 out.push(MM_ACK);
@@ -538,11 +556,27 @@ impl Message {
                 http_url: r.string()?,
                 policies: r.string()?,
                 from_lsn: Lsn(r.u64()?),
-                own_seq: r.u64()?,
+                log_id: r.u64()?,
+                vv: {
+                    let n = r.u32()? as usize;
+                    // Each entry takes at least 12 bytes; this bounds the allocation.
+                    if n > r.buf.len() / 12 {
+                        return Err(WireError::Malformed(format!(
+                            "{n} version vector entries cannot fit in {} bytes",
+                            r.buf.len()
+                        )));
+                    }
+                    let mut vv = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        vv.push((r.string()?, r.u64()?));
+                    }
+                    vv
+                },
             },
             MM_WELCOME => Message::MmWelcome {
                 name: r.string()?,
                 own_seq: r.u64()?,
+                log_id: r.u64()?,
             },
             MM_ACK => Message::MmAck {
                 applied: Lsn(r.u64()?),

@@ -31,6 +31,11 @@ struct Masters {
 
 impl Masters {
     fn start(net: Option<Net>, extra: &[&str]) -> Masters {
+        Masters::start_first(3, net, extra)
+    }
+
+    /// The three masters' settings, with only the first `count` started.
+    fn start_first(count: usize, net: Option<Net>, extra: &[&str]) -> Masters {
         let peers = (0..3)
             .map(|i| match &net {
                 Some(net) => format!("{}:6480", net.addr(i)),
@@ -45,8 +50,8 @@ impl Masters {
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         for i in 0..3 {
-            let n = m.spawn(i);
-            m.nodes.push(Some(n));
+            let n = (i < count).then(|| m.spawn(i));
+            m.nodes.push(n);
         }
         m
     }
@@ -101,11 +106,16 @@ impl Masters {
         Api::new(&self.nodes[i].as_ref().expect("running").url)
     }
 
+    /// The running nodes' APIs.
     fn apis(&self) -> Vec<Api> {
-        (0..3).map(|i| self.api(i)).collect()
+        self.nodes
+            .iter()
+            .flatten()
+            .map(|n| Api::new(&n.url))
+            .collect()
     }
 
-    /// Waits until every node has applied the same records from every origin.
+    /// Waits until every running node has applied the same records from every origin.
     async fn converged(&self, within: Duration) -> Value {
         let deadline = Instant::now() + within;
         loop {
@@ -290,6 +300,86 @@ async fn three_masters_writing_overlapping_keys_converge_while_one_is_killed_and
         failed.load(Ordering::Relaxed),
         first[0].len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_master_is_seeded_from_a_peers_snapshot_once_the_logs_no_longer_hold_their_start() {
+    // Small segments and log: the masters' logs soon no longer hold their first records.
+    let mut m = Masters::start_first(
+        2,
+        None,
+        &["--segment-bytes", "65536", "--max-log-size", "131072"],
+    );
+    create_schema(&m.api(0)).await;
+    m.converged(Duration::from_secs(20)).await;
+    let note = "x".repeat(300);
+    for batch in 0..60 {
+        for (i, who) in [(0, "n1"), (1, "n2")] {
+            let sql: Vec<String> = (0..20)
+                .map(|k| {
+                    format!("INSERT INTO item (id, name, price, note) VALUES ('{who}-{batch}-{k}', '{who}', {k}, '{note}')")
+                })
+                .collect();
+            let sql: Vec<&str> = sql.iter().map(String::as_str).collect();
+            let (s, b) = m.api(i).execute(&sql).await.unwrap();
+            assert_eq!(s, 200, "{b}");
+        }
+    }
+    m.converged(Duration::from_secs(30)).await;
+    // Retention runs every few seconds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut firsts = Vec::new();
+        for a in m.apis() {
+            firsts.push(a.status().await["log_first_lsn"].as_u64().unwrap());
+        }
+        if firsts.iter().all(|&f| f > 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the logs still start at their first record: {firsts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // n3 joins with an empty data directory: no peer's log can give it everything, so it is
+    // seeded from a snapshot of one of them, then streams both logs on from there.
+    let n3 = m.spawn(2);
+    m.nodes[2] = Some(n3);
+    m.converged(Duration::from_secs(60)).await;
+    let want = contents(&m.api(0)).await;
+    assert_eq!(want[0].len(), 2400);
+    for i in 1..3 {
+        assert_eq!(
+            contents(&m.api(i)).await,
+            want,
+            "n{} differs from n1",
+            i + 1
+        );
+    }
+    let st = m.api(2).status().await;
+    assert!(
+        st["log_first_lsn"].as_u64().unwrap() > 1,
+        "n3's log starts at the snapshot it was seeded from: {st}"
+    );
+    // It writes like any master, and its writes reach both.
+    let (s, b) = m
+        .api(2)
+        .execute(&["INSERT INTO item (id, name) VALUES ('from-n3', 'n3')"])
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{b}");
+    let vv = m.converged(Duration::from_secs(20)).await;
+    assert_eq!(vv["n3"], 1, "{vv}");
+    for a in m.apis() {
+        let rows = a.rows("SELECT name FROM item WHERE id = 'from-n3'").await;
+        assert_eq!(rows, vec![vec![json!("n3")]]);
+        let st = a.status().await;
+        for p in st["multi_master"]["peers"].as_array().unwrap() {
+            assert_eq!(p["connected"], true, "{p}");
+        }
+    }
 }
 
 fn net_or_skip() -> Option<Net> {

@@ -116,6 +116,23 @@ impl VersionVector {
             .collect()
     }
 
+    /// What this vector was before a run of records was applied whose first record of each
+    /// origin is `first_seen`: that origin's entry one before it, every other origin's as now.
+    /// (A node applies each origin's records in order, so its log from any point holds each
+    /// origin's records from one sequence number on.)
+    pub fn before(&self, first_seen: &BTreeMap<String, Seq>) -> VersionVector {
+        let mut out = self.clone();
+        for (o, s) in first_seen {
+            let prior = Seq(s.0.saturating_sub(1)).min(self.get(o));
+            if prior.0 == 0 {
+                out.0.remove(o);
+            } else {
+                out.0.insert(o.clone(), prior);
+            }
+        }
+        out
+    }
+
     /// The origins and their sequence numbers, in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, Seq)> {
         self.0.iter().map(|(o, s)| (o.as_str(), *s))
@@ -125,6 +142,24 @@ impl VersionVector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vector_before_a_run_of_records_steps_back_only_the_origins_in_it() {
+        let now = VersionVector::from_entries([
+            ("a".to_string(), Seq(9)),
+            ("b".to_string(), Seq(4)),
+            ("c".to_string(), Seq(2)),
+        ]);
+        let first_seen: BTreeMap<String, Seq> =
+            [("a".to_string(), Seq(7)), ("c".to_string(), Seq(1))].into();
+        let before = now.before(&first_seen);
+        assert_eq!(
+            before,
+            VersionVector::from_entries([("a".to_string(), Seq(6)), ("b".to_string(), Seq(4))])
+        );
+        assert!(now.covers(&before));
+        assert_eq!(now.before(&BTreeMap::new()), now);
+    }
 
     #[test]
     fn a_vector_from_its_entries_is_the_one_built_record_by_record() {

@@ -119,11 +119,13 @@ fn samples() -> Vec<Message> {
             http_url: "http://127.0.0.1:7002".into(),
             policies: "counters=merge(hits=sum)".into(),
             from_lsn: Lsn(9),
-            own_seq: 4,
+            log_id: 77,
+            vv: vec![("n1".into(), 3), ("n2".into(), 4)],
         },
         Message::MmWelcome {
             name: "n1".into(),
             own_seq: 7,
+            log_id: 78,
         },
         Message::MmAck { applied: Lsn(3) },
     ]

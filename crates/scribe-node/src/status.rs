@@ -95,12 +95,7 @@ impl MultiMasterStatus {
         let st = state.engine.mm_status().unwrap_or_default();
         Some(MultiMasterStatus {
             ddl_node: mm.ddl_node().to_string(),
-            policies: mm
-                .settings
-                .policies
-                .iter()
-                .map(|(t, p)| (t.clone(), p.to_string()))
-                .collect(),
+            policies: st.policies.clone(),
             version_vector: st.vv.iter().map(|(o, s)| (o.to_string(), s.0)).collect(),
             peers: mm.links(),
             conflicts: st.conflicts,

@@ -59,7 +59,7 @@ pub(crate) fn translate(toks: &[Token], session: &SessionInfo) -> Option<Command
     } else if norm.starts_with("select c.oid, n.nspname, c.relname from pg_catalog.pg_class c") {
         oid_lookup(&norm, &sig)
     } else if norm.starts_with("select c.relchecks, c.relkind") {
-        table_info(&norm, &sig)?
+        table_info(&norm, &sig, session)?
     } else if norm.starts_with("select a.attname,")
         && norm.contains("from pg_catalog.pg_attribute a where a.attrelid = '")
     {
@@ -351,8 +351,14 @@ fn oid_lookup(norm: &str, sig: &[Token]) -> String {
     sql
 }
 
-fn table_info(norm: &str, sig: &[Token]) -> Option<String> {
+fn table_info(norm: &str, sig: &[Token], session: &SessionInfo) -> Option<String> {
     let rowid = rowid_of(norm, "c.oid =")?;
+    // A multi-master table's conflict policy shows as its options (`\d+`: "Options: ...").
+    let options = if session.multi_master {
+        "CASE s.type WHEN 'table' THEN 'conflict_policy=' || COALESCE((SELECT p.policy FROM _scribe_mm_policy p WHERE p.tbl = lower(s.name)), 'lww') ELSE '' END"
+    } else {
+        "''"
+    };
     let items = map_items(sig, &|key| {
         Some(match key {
             "relchecks" | "reltablespace" => "0".into(),
@@ -362,7 +368,8 @@ fn table_info(norm: &str, sig: &[Token]) -> Option<String> {
                 .into(),
             "relhasrules" | "relhastriggers" | "relrowsecurity" | "relforcerowsecurity"
             | "relhasoids" | "relispartition" => "'f'".into(),
-            "reloptions" | "reloftype" => "''".into(),
+            "reloptions" => options.into(),
+            "reloftype" => "''".into(),
             "relpersistence" => "'p'".into(),
             "relreplident" => "'d'".into(),
             "amname" => "CASE s.type WHEN 'table' THEN 'heap' END".into(),

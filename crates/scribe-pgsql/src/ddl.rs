@@ -649,6 +649,13 @@ fn alter_action(table: &str, base: &str, action: &[Token]) -> Result<Option<Stri
             render_spaced(action)
         )));
     }
+    if c.is_kws(&["set", "policy"]) {
+        // A multi-master table's conflict policy: Scribe's own statement, passed on.
+        return Ok(Some(format!(
+            "ALTER TABLE {table} {}",
+            render_spaced(action)
+        )));
+    }
     if c.is_kws(&["owner", "to"])
         || c.is_kw("set") && c.peek_at(1).is_some_and(|t| t.kind == Tok::Open)
         || c.is_kw("reset")

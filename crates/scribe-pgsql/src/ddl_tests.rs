@@ -213,3 +213,16 @@ fn views_and_other_objects() {
         unsupported(s);
     }
 }
+
+#[test]
+fn a_multi_master_tables_policy_is_passed_on_as_written() {
+    assert_eq!(
+        translate("ALTER TABLE votes SET POLICY merge(up = sum, best = max)").unwrap(),
+        Command::Sql {
+            sql: "ALTER TABLE votes SET POLICY merge(up = sum, best = max)".into(),
+            kind: Kind::Ddl {
+                tag: "ALTER TABLE".into()
+            }
+        }
+    );
+}

@@ -52,6 +52,9 @@ pub struct SessionInfo {
     pub user: String,
     /// The id the session reports as its backend process id.
     pub backend_pid: i32,
+    /// Whether the node is a multi-master one: the catalog then shows each table's conflict
+    /// policy (as the table's options, `\d+`).
+    pub multi_master: bool,
 }
 
 impl Default for SessionInfo {
@@ -61,6 +64,7 @@ impl Default for SessionInfo {
             database: "scribe".into(),
             user: "scribe".into(),
             backend_pid: 0,
+            multi_master: false,
         }
     }
 }

@@ -59,6 +59,13 @@ pub enum Item {
     Rows(Vec<RowChange>),
     /// Writes of rows of `versioned` tables.
     Versions(Vec<crate::versioned::VersionChange>),
+    /// A table's conflict policy, set through SQL (`ALTER TABLE ... SET POLICY ...`).
+    Policy {
+        /// The table.
+        table: String,
+        /// Its policy's text.
+        policy: String,
+    },
 }
 
 /// A multi-master record: one transaction of `origin`.
@@ -127,26 +134,20 @@ pub fn prepare(conn: &Connection, mm: &MultiMaster) -> Result<(), EngineError> {
     conn.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS {VV_TABLE} (origin TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS {PEERS_TABLE} (peer TEXT PRIMARY KEY, lsn INTEGER NOT NULL, log_id INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
-         CREATE TABLE IF NOT EXISTS {POLICY_TABLE} (tbl TEXT PRIMARY KEY, policy TEXT NOT NULL) WITHOUT ROWID;
-         CREATE TABLE IF NOT EXISTS {LOG_TABLE} (id INTEGER NOT NULL);"
+         CREATE TABLE IF NOT EXISTS {POLICY_TABLE} (tbl TEXT PRIMARY KEY, policy TEXT NOT NULL, source TEXT NOT NULL DEFAULT 'config') WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS {LOG_TABLE} (id INTEGER NOT NULL);
+         CREATE VIEW IF NOT EXISTS scribe_policies AS
+            SELECT tbl AS table_name, policy, source FROM {POLICY_TABLE};"
     ))
     .map_err(sql_err("create the multi-master tables"))?;
-    // Data directories written before peers' log ids were kept.
-    let has_log_ids = conn
-        .query_row(
-            &format!(
-                "SELECT count(*) FROM pragma_table_info('{PEERS_TABLE}') WHERE name = 'log_id'"
-            ),
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .map_err(sql_err("read the multi-master tables"))?;
-    if has_log_ids == 0 {
-        conn.execute_batch(&format!(
-            "ALTER TABLE {PEERS_TABLE} ADD COLUMN log_id INTEGER NOT NULL DEFAULT 0"
-        ))
-        .map_err(sql_err("add log ids to the peers' positions"))?;
-    }
+    // Data directories written before these columns were kept.
+    add_column(conn, PEERS_TABLE, "log_id", "INTEGER NOT NULL DEFAULT 0")?;
+    add_column(
+        conn,
+        POLICY_TABLE,
+        "source",
+        "TEXT NOT NULL DEFAULT 'config'",
+    )?;
     if log_id(conn)? == 0 {
         conn.execute(
             &format!("INSERT INTO {LOG_TABLE} (id) VALUES (?1)"),
@@ -154,16 +155,135 @@ pub fn prepare(conn: &Connection, mm: &MultiMaster) -> Result<(), EngineError> {
         )
         .map_err(sql_err("store the log id"))?;
     }
-    conn.execute(&format!("DELETE FROM {POLICY_TABLE}"), [])
-        .map_err(sql_err("store the table policies"))?;
-    for (t, p) in &mm.policies {
-        conn.execute(
-            &format!("INSERT INTO {POLICY_TABLE} (tbl, policy) VALUES (?1, ?2)"),
-            params![t, p.to_string()],
+    configure_policies(conn, &mm.policies)
+}
+
+fn add_column(conn: &Connection, table: &str, column: &str, decl: &str) -> Result<(), EngineError> {
+    let has = conn
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
+            [table, column],
+            |r| r.get::<_, i64>(0),
         )
-        .map_err(sql_err("store the table policies"))?;
+        .map_err(sql_err("read the multi-master tables"))?;
+    if has == 0 {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))
+            .map_err(sql_err("add a column to the multi-master tables"))?;
     }
     Ok(())
+}
+
+/// A table's stored policy and where it was set (`config` or `sql`).
+fn stored_policies(conn: &Connection) -> Result<BTreeMap<String, (String, String)>, EngineError> {
+    let mut st = conn
+        .prepare(&format!("SELECT tbl, policy, source FROM {POLICY_TABLE}"))
+        .map_err(sql_err("read the table policies"))?;
+    let found = st
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?.to_ascii_lowercase(),
+                (r.get::<_, String>(1)?, r.get::<_, String>(2)?),
+            ))
+        })
+        .map_err(sql_err("read the table policies"))?;
+    found
+        .collect::<Result<_, _>>()
+        .map_err(sql_err("read the table policies"))
+}
+
+/// Whether client table `name` exists.
+fn table_exists(conn: &Connection, name: &str) -> Result<bool, EngineError> {
+    conn.query_row(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+        [name],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|f| f.is_some())
+    .map_err(sql_err("read the schema"))
+}
+
+/// Stores the `--table-policy` flags. A policy set through SQL (`ALTER TABLE ... SET POLICY`,
+/// replicated to every node) is kept over a flag. A table that exists keeps its policy: its rows
+/// and the records still on their way were merged by it; a flag that would change it is refused.
+fn configure_policies(
+    conn: &Connection,
+    configured: &BTreeMap<String, TablePolicy>,
+) -> Result<(), EngineError> {
+    let stored = stored_policies(conn)?;
+    let effective = |t: &str| {
+        stored
+            .get(t)
+            .and_then(|(p, _)| p.parse::<TablePolicy>().ok())
+            .unwrap_or_default()
+    };
+    let mut wanted: BTreeMap<String, TablePolicy> = configured
+        .iter()
+        .map(|(t, p)| (t.to_ascii_lowercase(), p.clone()))
+        .collect();
+    // A flag removed: the table goes back to lww.
+    for (t, (_, source)) in &stored {
+        if source == "config" && !wanted.contains_key(t) {
+            wanted.insert(t.clone(), TablePolicy::Lww);
+        }
+    }
+    for (t, p) in wanted {
+        match stored.get(&t) {
+            Some((sp, source)) if source == "sql" => {
+                if sp.parse::<TablePolicy>().ok().as_ref() != Some(&p)
+                    && configured.contains_key(&t)
+                {
+                    tracing::warn!(table = %t, flag = %p, policy = %sp, "--table-policy is ignored for a table whose policy was set through SQL");
+                }
+                continue;
+            }
+            _ => {}
+        }
+        if effective(&t) != p && table_exists(conn, &t)? {
+            return Err(EngineError::BadRequest(format!(
+                "--table-policy {t}={p}: table {t} exists with policy {}; a table's policy is fixed once it exists (its rows, and records still on their way from other nodes, were merged by it) — keep the flag as it was",
+                effective(&t)
+            )));
+        }
+        if p == TablePolicy::Lww && !configured.contains_key(&t) {
+            conn.execute(&format!("DELETE FROM {POLICY_TABLE} WHERE tbl = ?1"), [&t])
+                .map_err(sql_err("store the table policies"))?;
+        } else {
+            set_policy(conn, &t, &p, "config")?;
+        }
+    }
+    Ok(())
+}
+
+/// Stores table `table`'s policy, set by `source` (`config` or `sql`).
+pub(crate) fn set_policy(
+    conn: &Connection,
+    table: &str,
+    policy: &TablePolicy,
+    source: &str,
+) -> Result<(), EngineError> {
+    conn.execute(
+        &format!(
+            "INSERT INTO {POLICY_TABLE} (tbl, policy, source) VALUES (?1, ?2, ?3)
+             ON CONFLICT (tbl) DO UPDATE SET policy = excluded.policy, source = excluded.source"
+        ),
+        params![table.to_ascii_lowercase(), policy.to_string(), source],
+    )
+    .map(|_| ())
+    .map_err(sql_err("store a table's policy"))
+}
+
+/// Every table's policy that is not the default, by table.
+pub fn policies(conn: &Connection) -> Result<BTreeMap<String, String>, EngineError> {
+    let mut st =
+        crate::multi_master::cached(conn, &format!("SELECT tbl, policy FROM {POLICY_TABLE}"))
+            .map_err(sql_err("read the table policies"))?;
+    let found = st
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .map_err(sql_err("read the table policies"))?;
+    found
+        .collect::<Result<_, _>>()
+        .map_err(sql_err("read the table policies"))
 }
 
 /// The id of this node's log (0 before [`prepare`]).
@@ -426,6 +546,7 @@ fn read_status(conn: &Connection) -> Result<MmStatus, EngineError> {
         cursors: peer_cursors(conn)?,
         conflicts: conflict_counts(conn)?,
         log_id: log_id(conn)?,
+        policies: policies(conn)?,
     })
 }
 
@@ -481,6 +602,16 @@ pub(crate) fn apply(conn: &Connection, record: &Record) -> Result<(), EngineErro
                         })?;
                     crate::versioned::apply(conn, &sc.table, c).map_err(mm_err)?;
                 }
+            }
+            Item::Policy { table, policy } => {
+                let p = policy.parse::<TablePolicy>().map_err(|e| {
+                    EngineError::Diverged(format!(
+                        "{}'s record {} sets a policy this node cannot read: {e}",
+                        record.origin, record.seq
+                    ))
+                })?;
+                set_policy(conn, table, &p, "sql")?;
+                schemas = None;
             }
         }
     }
@@ -561,6 +692,8 @@ pub struct MmStatus {
     pub conflicts: BTreeMap<String, u64>,
     /// The id of its own log.
     pub log_id: u64,
+    /// Each table's policy that is not `lww`.
+    pub policies: BTreeMap<String, String>,
 }
 
 /// Unresolved conflicts by table.
@@ -629,6 +762,15 @@ impl crate::writer::Writer {
     /// schema change on a node other than the one that runs them all.
     pub(crate) fn mm_check_statement(&self, sql: &str) -> Result<(), EngineError> {
         let Some(mm) = &self.mm else { return Ok(()) };
+        if scribe_core::multi_master::parse_set_policy(sql).is_some() {
+            if mm.opts.node != mm.opts.ddl_node {
+                return Err(EngineError::BadRequest(format!(
+                    "a table's policy is set where schema changes run, node {:?}, so that every node takes it in one order; run it there (nothing was changed)",
+                    mm.opts.ddl_node
+                )));
+            }
+            return Ok(());
+        }
         // ANALYZE writes sqlite_stat tables, which changes the schema version: it replicates as
         // a schema change, so it runs where schema changes run.
         let analyze = sql
@@ -651,6 +793,58 @@ impl crate::writer::Writer {
             }
             scribe_core::multi_master::DdlVerdict::Allowed => Ok(()),
         }
+    }
+
+    /// Runs `ALTER TABLE name SET POLICY ...` (already checked by [`Writer::mm_check_statement`])
+    /// if `sql` is one: answers whether it was. `earlier` are the steps of the statements before
+    /// it in the transaction. A table's policy is set before the table exists, or in the
+    /// transaction that creates it: no node can then have written a row of it by another policy.
+    pub(crate) fn mm_set_policy(
+        &self,
+        sql: &str,
+        earlier: [&[crate::payload::Step]; 2],
+    ) -> Result<bool, EngineError> {
+        if self.mm.is_none() {
+            return Ok(false);
+        }
+        let (table, policy) = match scribe_core::multi_master::parse_set_policy(sql) {
+            None => return Ok(false),
+            Some(Err(why)) => return Err(EngineError::BadRequest(why)),
+            Some(Ok(set)) => set,
+        };
+        let created_here = earlier.iter().flat_map(|e| e.iter()).any(|s| {
+            matches!(s, crate::payload::Step::Sql(ddl)
+                if scribe_core::multi_master::created_table(ddl).is_some_and(|t| t.eq_ignore_ascii_case(&table)))
+        });
+        let exists = self.policy.internal(|| table_exists(&self.conn, &table))?;
+        if exists && !created_here {
+            let now = self
+                .policy
+                .internal(|| policies(&self.conn))?
+                .get(&table.to_ascii_lowercase())
+                .cloned()
+                .unwrap_or_else(|| "lww".into());
+            if now == policy.to_string() {
+                return Ok(true);
+            }
+            return Err(EngineError::BadRequest(format!(
+                "table {table} exists with policy {now}: a table's policy is set before the table is created, or in the transaction that creates it (CREATE TABLE ...; ALTER TABLE {table} SET POLICY ...) — rows other nodes wrote meanwhile by the old policy could not be merged by the new one (nothing was changed)"
+            )));
+        }
+        if exists {
+            let columns = self
+                .policy
+                .internal(|| crate::multi_master::table(&self.conn, &table))
+                .map_err(mm_err)?;
+            policy
+                .check_columns(columns.columns.iter().map(String::as_str))
+                .map_err(|why| EngineError::BadRequest(format!("table {table}: {why}")))?;
+        }
+        // The schema version does not change: the cached schemas are forgotten when the
+        // transaction is sealed.
+        self.policy
+            .internal(|| set_policy(&self.conn, &table, &policy, "sql"))?;
+        Ok(true)
     }
 
     /// Forgets the cached schemas: a rollback may have undone the schema change they were
@@ -748,6 +942,12 @@ impl crate::writer::Writer {
         let mut hlc = scribe_core::multi_master::Hlc::default();
         let mut items = Vec::with_capacity(steps.len());
         let ddl = steps.iter().any(|s| matches!(s, Step::Sql(_)));
+        if steps.iter().any(|s| {
+            matches!(s, Step::Sql(sql) if scribe_core::multi_master::parse_set_policy(sql).is_some())
+        }) {
+            // A policy changed: schemas cached by schema version no longer hold.
+            self.mm_forget_schemas();
+        }
         // Row changes are captured against the schema as it is after the whole transaction; a
         // schema change after them would make that another schema than theirs (and than the
         // one the other nodes apply them with).
@@ -763,7 +963,13 @@ impl crate::writer::Writer {
         }
         for step in steps {
             match step {
-                Step::Sql(sql) => items.push(Item::Ddl(sql)),
+                Step::Sql(sql) => match scribe_core::multi_master::parse_set_policy(&sql) {
+                    Some(Ok((table, policy))) => items.push(Item::Policy {
+                        table: table.to_ascii_lowercase(),
+                        policy: policy.to_string(),
+                    }),
+                    _ => items.push(Item::Ddl(sql)),
+                },
                 Step::Changeset(cs) => {
                     // Each statement's changes get a stamp of their own, later than the one
                     // before: a column written twice in one transaction keeps the second value.
@@ -1007,6 +1213,14 @@ impl crate::writer::Writer {
     fn mm_check_remote(&self, peer: &str, rec: &Record) -> Result<(), EngineError> {
         let ddl_node = &self.mm.as_ref().expect("multi-master").opts.ddl_node;
         for item in &rec.items {
+            if let Item::Policy { table, .. } = item {
+                if &rec.origin != ddl_node {
+                    return Err(EngineError::Diverged(format!(
+                        "{peer} sent record {} of {} setting table {table}'s policy, but schema changes run on {ddl_node} only: is {} started with the same --peers list?",
+                        rec.seq, rec.origin, rec.origin
+                    )));
+                }
+            }
             let Item::Ddl(sql) = item else { continue };
             if &rec.origin != ddl_node {
                 return Err(EngineError::Diverged(format!(
@@ -1107,6 +1321,9 @@ impl crate::writer::Writer {
                             ))
                         })?;
                     self.policy.internal(|| apply(&self.conn, &rec))?;
+                    if rec.items.iter().any(|i| matches!(i, Item::Policy { .. })) {
+                        self.mm_forget_schemas();
+                    }
                     applied = true;
                     done.applied += 1;
                 }

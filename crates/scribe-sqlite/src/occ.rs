@@ -396,7 +396,7 @@ impl Writer {
             })?;
         }
         let (mut results, steps) =
-            self.run_statements(std::slice::from_ref(&job.statement), &bounds, 0, what)?;
+            self.run_statements(std::slice::from_ref(&job.statement), &bounds, &[], what)?;
         let ddl = steps.iter().any(|s| matches!(s, Step::Sql(_)));
         let keys = changed_rows(&steps)?;
         if let Err(by) = self.locks.try_lock(job.owner, keys) {

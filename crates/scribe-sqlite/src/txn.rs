@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::budget::{Bounds, Interest, Limits};
 use crate::exec::Statement;
 use crate::metrics::EngineMetrics;
-use crate::payload::{self, Step};
+use crate::payload::Step;
 use crate::writer::{Committed, Done, Reply, StatementResult, Writer, WriterMsg};
 use crate::EngineError;
 
@@ -308,8 +308,7 @@ impl Writer {
     ) -> Result<Vec<StatementResult>, EngineError> {
         self.internal("SAVEPOINT scribe_stmt")
             .map_err(|e| EngineError::Internal(format!("open statement savepoint: {e}")))?;
-        let before = payload::steps_bytes(steps);
-        match self.run_statements(statements, bounds, before, "the statement") {
+        match self.run_statements(statements, bounds, steps, "the statement") {
             Ok((results, mut more)) => {
                 self.internal("RELEASE scribe_stmt").map_err(|e| {
                     EngineError::Internal(format!("release statement savepoint: {e}"))

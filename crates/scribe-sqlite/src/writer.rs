@@ -815,7 +815,7 @@ impl Writer {
         self.internal("SAVEPOINT scribe_txn")
             .map_err(|e| EngineError::Internal(format!("open savepoint: {e}")))?;
         let outcome = self
-            .run_statements(statements, bounds, 0, "the transaction")
+            .run_statements(statements, bounds, &[], "the transaction")
             .map_err(|e| match (expect, e) {
                 // An optimistic transaction replayed at commit: what fails now did not fail when
                 // its client ran it, so something concurrent got in the way.
@@ -867,18 +867,18 @@ impl Writer {
             .map_err(|e| EngineError::Internal(format!("read schema version: {e}")))
     }
 
-    /// Runs client statements within `bounds`; `bytes_before` is what their transaction captured
-    /// before them, and `what` names what a timeout stops ("the transaction", "the statement").
+    /// Runs client statements within `bounds`; `earlier` is what their transaction did before
+    /// them, and `what` names what a timeout stops ("the transaction", "the statement").
     pub(crate) fn run_statements(
         &self,
         statements: &[Statement],
         bounds: &Bounds,
-        bytes_before: u64,
+        earlier: &[Step],
         what: &str,
     ) -> Result<(Vec<StatementResult>, Vec<Step>), EngineError> {
         let mut results = Vec::with_capacity(statements.len());
         let mut steps = Vec::new();
-        let mut captured = bytes_before;
+        let mut captured = crate::payload::steps_bytes(earlier);
         // The results of all the request's statements count toward --max-result-bytes together.
         let mut result_bytes = 0u64;
         // Only statements run here change the schema, so the version read after one statement is
@@ -887,6 +887,18 @@ impl Writer {
         for st in statements {
             bounds.check(what)?;
             self.mm_check_statement(&st.sql)?;
+            if self.mm_set_policy(&st.sql, [earlier, &steps])? {
+                // Replicated like a schema change: its text becomes the record's policy step.
+                steps.push(Step::Sql(st.sql.clone()));
+                results.push(StatementResult {
+                    rows_affected: 0,
+                    last_insert_id: self.conn.last_insert_rowid(),
+                    columns: None,
+                    rows: None,
+                    decltypes: None,
+                });
+                continue;
+            }
             let mut prepared = exec::prepare(&self.conn, &self.policy, &st.sql)?;
             exec::bind(&mut prepared, &st.params)?;
             let readonly = prepared.readonly();

@@ -627,3 +627,127 @@ async fn a_new_node_seeded_from_one_peers_snapshot_converges_with_every_peer() {
         e.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_policy_set_through_sql_replicates_with_the_schema_and_is_fixed_once_the_table_has_it() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut engines: Vec<Engine> = NODES
+        .iter()
+        .zip(&dirs)
+        .map(|(n, d)| open(d.path(), n))
+        .collect();
+    // With the table that it creates, in one transaction; or before a table exists.
+    engines[0]
+        .execute(vec![
+            Statement::new(
+                "CREATE TABLE votes (id TEXT NOT NULL PRIMARY KEY, up INTEGER NOT NULL DEFAULT 0, who TEXT)",
+            ),
+            Statement::new("ALTER TABLE votes SET POLICY merge(up = sum)"),
+        ])
+        .await
+        .unwrap();
+    exec(&engines[0], "ALTER TABLE later SET POLICY 'versioned'")
+        .await
+        .unwrap();
+    exec(
+        &engines[0],
+        "CREATE TABLE later (id TEXT NOT NULL PRIMARY KEY, v TEXT)",
+    )
+    .await
+    .unwrap();
+    exec(
+        &engines[0],
+        "CREATE TABLE plain (id TEXT NOT NULL PRIMARY KEY)",
+    )
+    .await
+    .unwrap();
+    exec(&engines[0], "INSERT INTO votes (id) VALUES ('v')")
+        .await
+        .unwrap();
+    exchange(&engines).await;
+    for e in &engines {
+        let p = e.mm_status().unwrap().policies;
+        assert_eq!(p["votes"], "merge(up = sum)", "{p:?}");
+        assert_eq!(p["later"], "versioned", "{p:?}");
+        assert_eq!(
+            rows(
+                e,
+                "SELECT policy, source FROM scribe_policies WHERE table_name = 'votes'"
+            )
+            .await,
+            vec![vec![
+                Value::Text("merge(up = sum)".into()),
+                Value::Text("sql".into())
+            ]]
+        );
+    }
+    // Concurrent increments on every node add up: the replicated policy merges them.
+    for e in &engines {
+        for _ in 0..5 {
+            exec(e, "UPDATE votes SET up = up + 1 WHERE id = 'v'")
+                .await
+                .unwrap();
+        }
+    }
+    exchange(&engines).await;
+    for e in &engines {
+        assert_eq!(
+            rows(e, "SELECT up FROM votes").await,
+            vec![vec![Value::Integer(15)]]
+        );
+    }
+
+    // Refused, changing nothing: a table that exists keeps its policy; a rule must name a
+    // column; the policy is set where schema changes run.
+    let exists = exec(&engines[0], "ALTER TABLE votes SET POLICY lww").await;
+    assert!(
+        matches!(&exists, Err(EngineError::BadRequest(m)) if m.contains("exists with policy merge(up = sum)")),
+        "{exists:?}"
+    );
+    exec(&engines[0], "ALTER TABLE votes SET POLICY merge(up=sum)")
+        .await
+        .expect("setting the policy a table has changes nothing");
+    let column = engines[0]
+        .execute(vec![
+            Statement::new("CREATE TABLE other (id TEXT NOT NULL PRIMARY KEY)"),
+            Statement::new("ALTER TABLE other SET POLICY merge(nope = max)"),
+        ])
+        .await;
+    assert!(
+        matches!(&column, Err(EngineError::BadRequest(m)) if m.contains("\"nope\"")),
+        "{column:?}"
+    );
+    let elsewhere = exec(&engines[1], "ALTER TABLE newer SET POLICY versioned").await;
+    assert!(
+        matches!(&elsewhere, Err(EngineError::BadRequest(m)) if m.contains("\"n1\"")),
+        "{elsewhere:?}"
+    );
+    let bad = exec(&engines[0], "ALTER TABLE newer SET POLICY merge(x = avg)").await;
+    assert!(matches!(bad, Err(EngineError::BadRequest(_))), "{bad:?}");
+
+    // A restart keeps what SQL set; a flag that would change an existing table's policy is
+    // refused at start.
+    let e = engines.remove(1);
+    e.shutdown().await;
+    let reopened = open(dirs[1].path(), "n2");
+    assert_eq!(
+        reopened.mm_status().unwrap().policies["votes"],
+        "merge(up = sum)"
+    );
+    reopened.shutdown().await;
+    let mut flags = options(dirs[1].path(), "n2");
+    flags
+        .multi_master
+        .as_mut()
+        .unwrap()
+        .policies
+        .insert("plain".into(), TablePolicy::Versioned);
+    let refused = Engine::open(flags).map(|_| ());
+    assert!(
+        matches!(&refused, Err(EngineError::BadRequest(m)) if m.contains("table plain exists with policy lww")),
+        "{refused:?}"
+    );
+    for e in engines {
+        e.shutdown().await;
+    }
+}

@@ -713,6 +713,28 @@ async fn the_postgres_port_and_the_client_library_write_on_every_master() {
             );
             assert!(ok, "psql on n{}: {err}", i + 1);
         }
+        // A conflict policy set through SQL from psql, on the node that runs schema changes,
+        // shows in every node's `\d+`.
+        let (ok, _, err) = psql_as(
+            pg[0],
+            "scribe",
+            None,
+            &[
+                "-c",
+                "CREATE TABLE votes (id TEXT NOT NULL PRIMARY KEY, up INTEGER NOT NULL DEFAULT 0); ALTER TABLE votes SET POLICY merge(up = sum)",
+            ],
+        );
+        assert!(ok, "psql: {err}");
+        m.converged(Duration::from_secs(20)).await;
+        for (i, port) in pg.iter().enumerate() {
+            let (ok, out, err) = psql_as(*port, "scribe", None, &["-c", "\\d+ votes"]);
+            assert!(ok, "psql on n{}: {err}", i + 1);
+            assert!(
+                out.contains("Options: conflict_policy=merge(up = sum)"),
+                "n{}: {out}",
+                i + 1
+            );
+        }
     }
     // The client library, given one master, writes there and reads its own writes there.
     for i in 0..3 {

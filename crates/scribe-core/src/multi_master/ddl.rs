@@ -72,6 +72,26 @@ fn tokens(sql: &str) -> Vec<String> {
     out
 }
 
+/// The table `sql` creates (`CREATE TABLE [IF NOT EXISTS] [schema.]name ...`), upper-cased;
+/// `None` for any other statement.
+pub fn created_table(sql: &str) -> Option<String> {
+    let t = tokens(sql);
+    let w = |i: usize| t.get(i).map(String::as_str).unwrap_or("");
+    if w(0) != "CREATE" || w(1) != "TABLE" {
+        return None;
+    }
+    let mut i = 2;
+    if w(i) == "IF" && w(i + 1) == "NOT" && w(i + 2) == "EXISTS" {
+        i += 3;
+    }
+    if w(i + 1) == "." {
+        i += 2;
+    }
+    let name = w(i);
+    let name = name.strip_prefix('"').unwrap_or(name);
+    (!name.is_empty()).then(|| name.to_string())
+}
+
 fn has_seq(t: &[String], seq: &[&str]) -> bool {
     t.windows(seq.len())
         .any(|w| w.iter().zip(seq).all(|(a, b)| a == b))
@@ -209,6 +229,17 @@ mod tests {
             DdlVerdict::Refused(w) => w,
             other => panic!("{sql}: {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_table_a_statement_creates_is_named() {
+        assert_eq!(
+            created_table("create table if not exists main.\"Item\" (id TEXT PRIMARY KEY)"),
+            Some("ITEM".into())
+        );
+        assert_eq!(created_table("CREATE TABLE t(x)"), Some("T".into()));
+        assert_eq!(created_table("CREATE INDEX t ON u(x)"), None);
+        assert_eq!(created_table("INSERT INTO t VALUES (1)"), None);
     }
 
     #[test]

@@ -13,9 +13,9 @@ pub mod row;
 pub mod version_vector;
 pub mod versioned;
 
-pub use ddl::{check_ddl, DdlVerdict};
+pub use ddl::{check_ddl, created_table, DdlVerdict};
 pub use hlc::{Clock, ClockError, Hlc};
-pub use policy::{ParsePolicyError, TablePolicy};
+pub use policy::{parse_set_policy, ParsePolicyError, TablePolicy};
 pub use row::{Cell, ColumnRule, Row, RowError, Stamp, Write};
 pub use version_vector::{Delivery, Missing, Seq, VersionVector};
 pub use versioned::{Context, Dot, StaleContext, Version, Versions};

@@ -135,6 +135,88 @@ impl FromStr for TablePolicy {
     }
 }
 
+/// A statement that sets a table's policy through SQL:
+/// `ALTER TABLE name SET POLICY policy` (the policy as in [`TablePolicy`]'s text, bare or in
+/// single quotes; the name bare or double-quoted). Answers `None` for any other statement, and
+/// the table's name and policy, or why the statement is malformed, for this one.
+pub fn parse_set_policy(sql: &str) -> Option<Result<(String, TablePolicy), String>> {
+    let rest = sql.trim().trim_end_matches(';').trim_end();
+    let rest = keyword(rest, "ALTER")?;
+    let rest = keyword(rest, "TABLE")?;
+    let (name, rest) = identifier(rest)?;
+    let rest = keyword(rest, "SET")?;
+    let rest = keyword(rest, "POLICY")?;
+    Some(policy_text(rest).and_then(|text| {
+        text.parse::<TablePolicy>()
+            .map(|p| (name, p))
+            .map_err(|e| e.to_string())
+    }))
+}
+
+/// `s` after the keyword `word` and the whitespace after it.
+fn keyword<'a>(s: &'a str, word: &str) -> Option<&'a str> {
+    let head = s.get(..word.len())?;
+    let after = &s[word.len()..];
+    let ends = after.is_empty() || after.starts_with(|c: char| c.is_whitespace() || c == '"');
+    (head.eq_ignore_ascii_case(word) && ends).then(|| after.trim_start())
+}
+
+/// A table name, bare or double-quoted, and what follows it.
+fn identifier(s: &str) -> Option<(String, &str)> {
+    if let Some(quoted) = s.strip_prefix('"') {
+        let mut name = String::new();
+        let mut chars = quoted.char_indices();
+        while let Some((i, c)) = chars.next() {
+            if c == '"' {
+                if quoted[i + 1..].starts_with('"') {
+                    name.push('"');
+                    chars.next();
+                } else {
+                    return Some((name, quoted[i + 1..].trim_start()));
+                }
+            } else {
+                name.push(c);
+            }
+        }
+        return None;
+    }
+    let end = s
+        .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+        .unwrap_or(s.len());
+    (end > 0).then(|| (s[..end].to_string(), s[end..].trim_start()))
+}
+
+/// The policy's text: a single-quoted literal, or the rest of the statement.
+fn policy_text(s: &str) -> Result<String, String> {
+    let Some(quoted) = s.strip_prefix('\'') else {
+        return if s.is_empty() {
+            Err("SET POLICY needs a policy: lww, versioned or merge(column = rule, ...)".into())
+        } else {
+            Ok(s.to_string())
+        };
+    };
+    let mut text = String::new();
+    let mut chars = quoted.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if c == '\'' {
+            if quoted[i + 1..].starts_with('\'') {
+                text.push('\'');
+                chars.next();
+            } else if quoted[i + 1..].trim().is_empty() {
+                return Ok(text);
+            } else {
+                return Err(format!(
+                    "unexpected text after the policy: {:?}",
+                    quoted[i + 1..].trim()
+                ));
+            }
+        } else {
+            text.push(c);
+        }
+    }
+    Err("the policy's quote is not closed".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +254,37 @@ mod tests {
         assert!(p.check_columns(["id", "HITS"]).is_ok());
         assert!(p.check_columns(["id"]).unwrap_err().contains("hits"));
         assert!(TablePolicy::Lww.check_columns(["id"]).is_ok());
+    }
+
+    #[test]
+    fn a_policy_is_set_through_sql_with_a_bare_or_quoted_name_and_policy() {
+        let set = |sql: &str| parse_set_policy(sql);
+        assert_eq!(
+            set("ALTER TABLE counters SET POLICY merge(hits = sum, best = max);"),
+            Some(Ok((
+                "counters".into(),
+                "merge(hits=sum, best=max)".parse().unwrap()
+            )))
+        );
+        assert_eq!(
+            set("alter table \"My \"\"T\"\"\" set policy 'versioned'"),
+            Some(Ok(("My \"T\"".into(), TablePolicy::Versioned)))
+        );
+        assert_eq!(
+            set("  ALTER  TABLE t  SET  POLICY  lww  "),
+            Some(Ok(("t".into(), TablePolicy::Lww)))
+        );
+        assert_eq!(set("ALTER TABLE t ADD COLUMN policy TEXT"), None);
+        assert_eq!(set("ALTER TABLE t SET"), None);
+        assert_eq!(set("ALTER TABLESET POLICY lww"), None);
+        assert_eq!(set("SELECT 1"), None);
+        assert!(matches!(set("ALTER TABLE t SET POLICY"), Some(Err(_))));
+        assert!(matches!(set("ALTER TABLE t SET POLICY 'lww"), Some(Err(_))));
+        assert!(matches!(
+            set("ALTER TABLE t SET POLICY 'lww' x"),
+            Some(Err(_))
+        ));
+        let bad = set("ALTER TABLE t SET POLICY merge(hits = avg)").unwrap();
+        assert!(bad.unwrap_err().contains("sum, max, min or lww"));
     }
 }

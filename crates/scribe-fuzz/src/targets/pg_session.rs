@@ -47,7 +47,7 @@ pub fn session(input: &[u8]) -> bool {
         assert!(!name.is_empty() || text.contains('"'));
         accepted = true;
     }
-    if let Ok(p) = handler::parse(&text) {
+    if let Ok(p) = handler::parse(&text, false) {
         let _ = p.params;
         accepted = true;
     }

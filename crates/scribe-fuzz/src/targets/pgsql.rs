@@ -15,6 +15,7 @@ pub fn sql(input: &[u8]) -> bool {
         database: "db".into(),
         user: "u\"ser'".into(),
         backend_pid: 7,
+        multi_master: false,
     };
     let mut accepted = false;
     for stmt in split(&text) {

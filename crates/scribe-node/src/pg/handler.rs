@@ -44,10 +44,13 @@ pub struct Parsed {
 pub struct Parser {
     /// The connection's session: a statement that does not parse fails its transaction.
     session: Arc<Mutex<Session>>,
+    /// Whether the node is a multi-master one.
+    multi_master: bool,
 }
 
-/// Parses one PostgreSQL statement (savepoint statements are the session's own).
-pub fn parse(sql: &str) -> Result<Parsed, PgError> {
+/// Parses one PostgreSQL statement (savepoint statements are the session's own) for a node
+/// that is `multi_master` or not.
+pub fn parse(sql: &str, multi_master: bool) -> Result<Parsed, PgError> {
     let command = if savepoint_of(sql).is_some() {
         Command::Sql {
             sql: sql.trim().trim_end_matches(';').to_string(),
@@ -56,7 +59,11 @@ pub fn parse(sql: &str) -> Result<Parsed, PgError> {
             },
         }
     } else {
-        scribe_pgsql::translate(sql)?
+        let info = scribe_pgsql::SessionInfo {
+            multi_master,
+            ..scribe_pgsql::SessionInfo::default()
+        };
+        scribe_pgsql::translate_for(sql, &info)?
     };
     Ok(Parsed {
         hints: Hints::of(sql),
@@ -78,7 +85,7 @@ impl QueryParser for Parser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let p = match parse(sql) {
+        let p = match parse(sql, self.multi_master) {
             Ok(p) => p,
             Err(e) => {
                 self.session.lock().await.fail();
@@ -121,10 +128,14 @@ impl Conn {
     /// A new connection's handlers.
     pub fn new(runner: Arc<Runner>, manager: Arc<ConnectionManager>) -> Conn {
         let session = Arc::new(Mutex::new(Session::default()));
+        let multi_master = runner.state.mm.is_some();
         Conn {
             runner,
             session: session.clone(),
-            parser: Arc::new(Parser { session }),
+            parser: Arc::new(Parser {
+                session,
+                multi_master,
+            }),
             prefetched: Mutex::new(None),
             manager,
             cancel: std::sync::Mutex::new(None),
@@ -299,7 +310,9 @@ impl SimpleQueryHandler for Conn {
         let mut out = Vec::new();
         let mut s = self.session_for(client).await;
         let statements = scribe_pgsql::split(query);
-        let parsed: Vec<Result<Parsed, PgError>> = statements.iter().map(|q| parse(q)).collect();
+        let mm = self.parser.multi_master;
+        let parsed: Vec<Result<Parsed, PgError>> =
+            statements.iter().map(|q| parse(q, mm)).collect();
         // Several statements in one message outside a block run as one implicit transaction,
         // as in PostgreSQL: all or nothing.
         let implicit = parsed.len() > 1

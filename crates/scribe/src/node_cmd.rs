@@ -156,7 +156,7 @@ pub struct NodeArgs {
     /// Multi-master: the other masters, NAME=PEER_ADDR separated by commas (for example "n2=10.0.0.2:6480,n3=10.0.0.3:6480"); each node lists all the others [default: none]
     #[arg(long, env = "SCRIBE_PEERS", requires = "multi_master")]
     pub peers: Option<String>,
-    /// Multi-master: a table's conflict policy, TABLE=POLICY, repeatable: lww (the default: column-level last-writer-wins), versioned (concurrent versions kept; the losers listed by GET /v1/conflicts until resolved) or merge(COLUMN=RULE, ...) with rules sum, max, min and lww (for example "counters=merge(hits=sum,best=max)"); give every master the same policies, before the table has rows [default: every table lww]
+    /// Multi-master: a table's conflict policy, TABLE=POLICY, repeatable: lww (the default: column-level last-writer-wins), versioned (concurrent versions kept; the losers listed by GET /v1/conflicts until resolved) or merge(COLUMN=RULE, ...) with rules sum, max, min and lww (for example "counters=merge(hits=sum,best=max)"); give every master the same flags, before the table exists (a table's policy is fixed once it exists; a policy set through SQL with ALTER TABLE t SET POLICY ... on the DDL node is kept over a flag) [default: every table lww]
     #[arg(
         long = "table-policy",
         value_name = "TABLE=POLICY",

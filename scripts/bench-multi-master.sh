@@ -139,6 +139,31 @@ for run in $(seq "$RUNS"); do
   cleanup
 done
 
+echo "== seeding a new master: the peers keep 8 MiB of log, n1 takes ${DURATION}s of inserts, then n3 starts empty =="
+for run in $(seq "$RUNS"); do
+  rm -rf "$DIR"/m1 "$DIR"/m2 "$DIR"/m3
+  masters --segment-bytes 1048576 --max-log-size 8388608
+  bench_one 5601 1 >/dev/null
+  converged >/dev/null
+  kill "${pids[2]}"; wait "${pids[2]}" 2>/dev/null || true
+  rm -rf "$DIR/m3"
+  out=$(bench_one 5601 "$((CLIENTS / 3))")
+  sleep 6 # retention runs every 5 s
+  first=$(curl -s http://127.0.0.1:5601/v1/status | python3 -c 'import json,sys; print(json.load(sys.stdin)["log_first_lsn"])')
+  rows=$(curl -s http://127.0.0.1:5601/v1/query -d '{"sql":"SELECT count(*) FROM bench_insert"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["rows"][0][0])')
+  t0=$(date +%s.%N)
+  "$BIN" node --name n3 --data "$DIR/m3" --http 127.0.0.1:5603 --peer 127.0.0.1:6703 --pg 127.0.0.1:5803 --log info \
+    --multi-master --peers n1=127.0.0.1:6701,n2=127.0.0.1:6702 --segment-bytes 1048576 --max-log-size 8388608 > /dev/null 2> "$DIR/m3-seed.log" &
+  pids[2]=$!
+  wait_up 5603
+  converged >/dev/null
+  t1=$(date +%s.%N)
+  have=$(curl -s http://127.0.0.1:5603/v1/query -d '{"sql":"SELECT count(*) FROM bench_insert"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["rows"][0][0])')
+  bytes=$(grep -o 'bytes=[0-9]*' "$DIR/m3-seed.log" | head -1 | cut -d= -f2)
+  python3 -c "t = $t1 - $t0; print(f'   run $run: {$rows} rows, the peers\' logs start at lsn {$first}; n3 seeded from a {int(\"${bytes:-0}\") / 1e6:.1f} MB snapshot and converged {t:.2f} s after its start, holding {$have} rows')"
+  cleanup
+done
+
 echo "== pgbench single-row inserts (scripts/pgbench/insert-mm.sql), $PG_CLIENTS clients on each master, ${DURATION}s =="
 for run in $(seq "$RUNS"); do
   rm -rf "$DIR"/m1 "$DIR"/m2 "$DIR"/m3

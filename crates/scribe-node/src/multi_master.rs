@@ -189,13 +189,15 @@ impl MultiMaster {
         let own_seq = vv.get(from).0;
         if held > own_seq {
             return mismatch(format!(
-                "{from} holds {own_seq} of its own records but {} has applied {held} of them: {from} lost data (an emptied or older data directory); its new writes would be taken for the old ones. Start it with its data, or empty its data directory to have it seeded from a peer's snapshot",
+                "{from} holds {own_seq} of its own records but {} has applied {held} of them: {from} lost data (an emptied or older data directory); its new writes would be taken for the old ones. Start it with its data, or under a new name (listed in every master's --peers; a new name holds nothing and is seeded from a peer)",
                 self.name
             ));
         }
         let (first, end) = log;
-        // A position means something only in the log it was read from; 0 is no position.
-        let same_log = asked_log == log_id;
+        // A position means something only in the log it was read from. A position without a
+        // log id was read before masters' logs had ids (or is none, at lsn 1): this log is
+        // the one it was read in, as only seeding starts a new one.
+        let same_log = asked_log == log_id || asked_log == 0;
         if same_log && from_lsn.0 > end.0 + 1 {
             return Err((
                 RefusalCode::Protocol,
@@ -240,7 +242,7 @@ impl MultiMaster {
         Err((
             RefusalCode::Protocol,
             format!(
-                "{} no longer holds its log from before lsn {first}, and {} lacks records from before it ({}): it takes them from another master, or — emptied — is seeded from a snapshot; keep more log on the masters (--max-log-size)",
+                "{} no longer holds its log from before lsn {first}, and {} lacks records from before it ({}): it takes them from another master that has them (a master that holds nothing at all is seeded from a snapshot instead); keep more log on the masters (--max-log-size)",
                 self.name,
                 asked.from,
                 lacks.join(", ")
@@ -492,7 +494,7 @@ async fn pull_once(
     let log_id = match tokio::time::timeout(peer_timeout, read_message(&mut rd)).await {
         Ok(Ok(Message::MmWelcome { name, own_seq, .. })) if name == peer && own_seq < held => {
             return format!(
-                "{peer} holds {own_seq} of its own records but this node has applied {held} of them: {peer} lost data (an emptied or older data directory); start it with its data, or empty its data directory to have it seeded from a peer's snapshot"
+                "{peer} holds {own_seq} of its own records but this node has applied {held} of them: {peer} lost data (an emptied or older data directory); start it with its data, or under a new name (listed in every master's --peers; a new name holds nothing and is seeded from a peer)"
             )
         }
         Ok(Ok(Message::MmWelcome { name, log_id, .. })) if name == peer => log_id,
@@ -504,8 +506,9 @@ async fn pull_once(
         Ok(Err(e)) => return format!("read the welcome: {e}"),
         Err(_) => return format!("no welcome within {peer_timeout:?}"),
     };
-    // A position in an older log of the peer's (it was seeded since) is no position.
-    let cursor = if log_id == cursor.log_id {
+    // A position in an older log of the peer's (it was seeded since) is no position; one kept
+    // without a log id (before logs had ids) is in this log.
+    let cursor = if log_id == cursor.log_id || cursor.log_id == 0 {
         cursor.lsn
     } else {
         0
@@ -692,26 +695,23 @@ async fn install(
 ) -> Result<Position, String> {
     use crate::replication::snapshot;
     let _one = mm.seeding.lock().await;
-    snapshot::write_marker(&mm.data_dir)?;
-    let installed = engine
-        .mm_install_snapshot(path, peer.to_string(), log_id)
-        .await;
-    match installed {
-        Ok(installed) if installed == at => {
-            snapshot::remove_marker(&mm.data_dir)?;
-            Ok(at)
-        }
-        Ok(installed) => Err(format!(
-            "install its snapshot: it announced position {at} but holds {installed}"
-        )),
-        // Refused before anything changed (this node holds records: it was seeded from another
-        // peer meanwhile, or took a write): the data is whole.
-        Err(e @ scribe_sqlite::EngineError::BadRequest(_)) => {
-            snapshot::remove_marker(&mm.data_dir)?;
-            Err(format!("install its snapshot: {e}"))
-        }
+    let marker = mm.data_dir.join(snapshot::SEEDING_MARKER);
+    match engine
+        .mm_install_snapshot(path, peer.to_string(), log_id, marker)
+        .await
+    {
+        Ok(installed) => Ok(installed),
         Err(e) => Err(format!("install its snapshot: {e}")),
     }
+    .and_then(|installed| {
+        if installed == at {
+            Ok(at)
+        } else {
+            Err(format!(
+                "install its snapshot: it announced position {at} but holds {installed}"
+            ))
+        }
+    })
 }
 
 fn now_us() -> u64 {

@@ -116,6 +116,16 @@ struct Inner {
     limits: Limits,
     /// A multi-master node's version vector and peers' positions, published by the writer.
     mm_status: Option<crate::mm::SharedStatus>,
+    /// What [`Engine::mm_log_start_vv`] has read of the log so far, to go on from there.
+    mm_start_scan: Arc<Mutex<Option<StartScan>>>,
+}
+
+/// Each origin's first record in the log from `first` on, as read up to `upto`.
+#[derive(Debug, Clone)]
+struct StartScan {
+    first: scribe_core::Lsn,
+    upto: scribe_core::Lsn,
+    first_seen: BTreeMap<String, Seq>,
 }
 
 /// Refuses to open a data directory in the other mode than it was written in: a primary/replica
@@ -370,6 +380,7 @@ impl Engine {
                 db: db.clone(),
                 limits: opts.limits,
                 mm_status,
+                mm_start_scan: Arc::new(Mutex::new(None)),
             }),
         };
         Ok((
@@ -516,11 +527,17 @@ impl Engine {
     /// copy, this node reads `peer`'s log on from the snapshot's position and every other peer's
     /// from where `peer` had, and its own log starts over, under a new id, at that position.
     /// Answers the position.
+    ///
+    /// The file `marker` exists, durably, from just before the database is touched until the
+    /// copy is whole and durable, before any other write: a node killed meanwhile finds it at its
+    /// next start and must discard its database and log (and be seeded again). A failure in
+    /// that span stops this node's writes ([`EngineError::Unavailable`]).
     pub async fn mm_install_snapshot(
         &self,
         path: PathBuf,
         peer: String,
         peer_log_id: u64,
+        marker: PathBuf,
     ) -> Result<Position, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.inner
@@ -529,6 +546,7 @@ impl Engine {
                 path,
                 peer,
                 peer_log_id,
+                marker,
                 reply,
             })
             .await
@@ -547,20 +565,40 @@ impl Engine {
             ));
         };
         // Read after the vector: every record it counts is in the log by then, and whatever
-        // is appended meanwhile is read too.
-        let mut reader = self.read_log(self.log_first_lsn())?;
+        // is appended meanwhile is read too. The log grows only at its end, so what was read
+        // before from the same first LSN holds: only the records after it are read.
+        let first = self.log_first_lsn();
+        let upto = self.progress().flushed.lsn;
+        let scan = self
+            .inner
+            .mm_start_scan
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .filter(|s| s.first == first && s.upto <= upto)
+            .unwrap_or(StartScan {
+                first,
+                upto: first.prev(),
+                first_seen: BTreeMap::new(),
+            });
+        let mut reader =
+            scribe_log::reader::open_reader(&self.inner.log_dir, scan.upto.next(), upto)?;
+        let cache = self.inner.mm_start_scan.clone();
         tokio::task::spawn_blocking(move || -> Result<VersionVector, EngineError> {
-            let mut first_seen = BTreeMap::new();
+            let mut scan = scan;
             for record in reader.by_ref() {
                 let record = record?;
                 for step in crate::payload::decode(&record.payload)? {
                     if let crate::payload::Step::MultiMaster(b) = step {
                         let rec = crate::mm::Record::decode(&b)?;
-                        first_seen.entry(rec.origin).or_insert(Seq(rec.seq));
+                        scan.first_seen.entry(rec.origin).or_insert(Seq(rec.seq));
                     }
                 }
+                scan.upto = record.lsn;
             }
-            Ok(now.before(&first_seen))
+            let before = now.before(&scan.first_seen);
+            *cache.lock().unwrap_or_else(|p| p.into_inner()) = Some(scan);
+            Ok(before)
         })
         .await
         .map_err(|e| EngineError::Internal(format!("read the log: {e}")))?

@@ -24,8 +24,9 @@ use serde::{Deserialize, Serialize};
 use crate::multi_master::{self as rows, MmSchema, RowChange};
 use crate::EngineError;
 
-/// The version of [`Record`]'s encoding.
-const RECORD_VERSION: u8 = 1;
+/// The version of [`Record`]'s encoding: 2 for a record that sets a table's policy
+/// ([`Item::Policy`]), 1 for every other (which a node of version 1 still reads).
+const RECORD_VERSION: u8 = 2;
 /// The version vector: origin → the last sequence number applied from it.
 pub const VV_TABLE: &str = "_scribe_mm_vv";
 /// Where this node has read each peer's log up to (the peer's LSN).
@@ -91,9 +92,20 @@ impl Record {
 
     /// Decodes what [`Record::encode`] wrote.
     pub fn decode(b: &[u8]) -> Result<Record, EngineError> {
-        let r: Record = serde_json::from_slice(b)
-            .map_err(|e| EngineError::Corrupt(format!("multi-master record: {e}")))?;
-        if r.v != RECORD_VERSION {
+        let r: Record = serde_json::from_slice(b).map_err(|e| {
+            // A newer node's record may hold what this one cannot read: say so.
+            #[derive(Deserialize)]
+            struct Version {
+                v: u8,
+            }
+            match serde_json::from_slice::<Version>(b) {
+                Ok(Version { v }) if v > RECORD_VERSION => EngineError::Corrupt(format!(
+                    "multi-master record of version {v}, this node reads up to version {RECORD_VERSION}: upgrade it"
+                )),
+                _ => EngineError::Corrupt(format!("multi-master record: {e}")),
+            }
+        })?;
+        if r.v == 0 || r.v > RECORD_VERSION {
             return Err(EngineError::Corrupt(format!(
                 "multi-master record of version {}, this node reads version {RECORD_VERSION}",
                 r.v
@@ -104,8 +116,9 @@ impl Record {
 
     /// A record of `origin`.
     pub fn new(origin: &str, seq: u64, hlc: Hlc, items: Vec<Item>) -> Record {
+        let sets_policy = items.iter().any(|i| matches!(i, Item::Policy { .. }));
         Record {
-            v: RECORD_VERSION,
+            v: if sets_policy { RECORD_VERSION } else { 1 },
             origin: origin.to_string(),
             seq,
             hlc,
@@ -273,7 +286,7 @@ pub(crate) fn set_policy(
     .map_err(sql_err("store a table's policy"))
 }
 
-/// Every table's policy that is not the default, by table.
+/// Every table's stored policy, by table (a table not listed is `lww`).
 pub fn policies(conn: &Connection) -> Result<BTreeMap<String, String>, EngineError> {
     let mut st =
         crate::multi_master::cached(conn, &format!("SELECT tbl, policy FROM {POLICY_TABLE}"))
@@ -349,6 +362,36 @@ pub fn adopt_snapshot(
         .and_then(|f| f.sync_all())
         .map_err(|e| EngineError::Internal(format!("fsync snapshot {}: {e}", path.display())))?;
     Ok(at)
+}
+
+/// Writes the marker file that says a snapshot install is under way, durably.
+fn write_marker(marker: &std::path::Path) -> Result<(), EngineError> {
+    let dir = marker.parent().unwrap_or(std::path::Path::new("."));
+    let fail =
+        |e: std::io::Error| EngineError::Internal(format!("write {}: {e}", marker.display()));
+    let tmp = marker.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(fail)?;
+        f.write_all(
+            b"a snapshot is being installed; this data directory is incomplete until it is done\n",
+        )
+        .and_then(|_| f.sync_all())
+        .map_err(fail)?;
+    }
+    std::fs::rename(&tmp, marker).map_err(fail)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(fail)
+}
+
+/// Removes the marker once the install is whole and durable.
+fn remove_marker(marker: &std::path::Path) -> Result<(), EngineError> {
+    let dir = marker.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::remove_file(marker)
+        .and_then(|_| std::fs::File::open(dir))
+        .and_then(|d| d.sync_all())
+        .map_err(|e| EngineError::Internal(format!("remove {}: {e}", marker.display())))
 }
 
 /// Whether `conn`'s database is a multi-master one.
@@ -610,6 +653,24 @@ pub(crate) fn apply(conn: &Connection, record: &Record) -> Result<(), EngineErro
                         record.origin, record.seq
                     ))
                 })?;
+                // Set before the table exists or with it (the DDL node checked): a table that
+                // exists here by another policy would change how rows it holds merge.
+                let created_here = record.items.iter().any(|i| {
+                    matches!(i, Item::Ddl(sql) if scribe_core::multi_master::created_table(sql)
+                        .is_some_and(|t| t.to_uppercase() == table.to_uppercase()))
+                });
+                if !created_here && table_exists(conn, table)? {
+                    let now = policies(conn)?
+                        .get(&table.to_ascii_lowercase())
+                        .cloned()
+                        .unwrap_or_else(|| "lww".into());
+                    if now.parse::<TablePolicy>().ok() != Some(p.clone()) {
+                        return Err(EngineError::Diverged(format!(
+                            "{}'s record {} sets table {table}'s policy to {p}, but the table exists here with policy {now}: the masters' schemas differ (were they started with the same --peers?)",
+                            record.origin, record.seq
+                        )));
+                    }
+                }
                 set_policy(conn, table, &p, "sql")?;
                 schemas = None;
             }
@@ -692,7 +753,7 @@ pub struct MmStatus {
     pub conflicts: BTreeMap<String, u64>,
     /// The id of its own log.
     pub log_id: u64,
-    /// Each table's policy that is not `lww`.
+    /// Each table's stored policy (a table not listed is `lww`).
     pub policies: BTreeMap<String, String>,
 }
 
@@ -796,25 +857,26 @@ impl crate::writer::Writer {
     }
 
     /// Runs `ALTER TABLE name SET POLICY ...` (already checked by [`Writer::mm_check_statement`])
-    /// if `sql` is one: answers whether it was. `earlier` are the steps of the statements before
-    /// it in the transaction. A table's policy is set before the table exists, or in the
+    /// if `sql` is one: answers `None` if it is not, else whether it changed the policy (a
+    /// policy set again as it is changes nothing and replicates nothing). `earlier` are the
+    /// steps of the statements before it in the transaction. A table's policy is set before the table exists, or in the
     /// transaction that creates it: no node can then have written a row of it by another policy.
     pub(crate) fn mm_set_policy(
         &self,
         sql: &str,
         earlier: [&[crate::payload::Step]; 2],
-    ) -> Result<bool, EngineError> {
+    ) -> Result<Option<bool>, EngineError> {
         if self.mm.is_none() {
-            return Ok(false);
+            return Ok(None);
         }
         let (table, policy) = match scribe_core::multi_master::parse_set_policy(sql) {
-            None => return Ok(false),
+            None => return Ok(None),
             Some(Err(why)) => return Err(EngineError::BadRequest(why)),
             Some(Ok(set)) => set,
         };
         let created_here = earlier.iter().flat_map(|e| e.iter()).any(|s| {
             matches!(s, crate::payload::Step::Sql(ddl)
-                if scribe_core::multi_master::created_table(ddl).is_some_and(|t| t.eq_ignore_ascii_case(&table)))
+                if scribe_core::multi_master::created_table(ddl).is_some_and(|t| t == table.to_uppercase()))
         });
         let exists = self.policy.internal(|| table_exists(&self.conn, &table))?;
         if exists && !created_here {
@@ -825,7 +887,7 @@ impl crate::writer::Writer {
                 .cloned()
                 .unwrap_or_else(|| "lww".into());
             if now == policy.to_string() {
-                return Ok(true);
+                return Ok(Some(false));
             }
             return Err(EngineError::BadRequest(format!(
                 "table {table} exists with policy {now}: a table's policy is set before the table is created, or in the transaction that creates it (CREATE TABLE ...; ALTER TABLE {table} SET POLICY ...) — rows other nodes wrote meanwhile by the old policy could not be merged by the new one (nothing was changed)"
@@ -844,7 +906,7 @@ impl crate::writer::Writer {
         // transaction is sealed.
         self.policy
             .internal(|| set_policy(&self.conn, &table, &policy, "sql"))?;
-        Ok(true)
+        Ok(Some(true))
     }
 
     /// Forgets the cached schemas: a rollback may have undone the schema change they were
@@ -862,6 +924,7 @@ impl crate::writer::Writer {
         path: &std::path::Path,
         peer: &str,
         peer_log_id: u64,
+        marker: &std::path::Path,
     ) -> Result<scribe_core::Position, EngineError> {
         if let Some(why) = self.fatal.get() {
             return Err(EngineError::Unavailable(why.clone()));
@@ -882,18 +945,28 @@ impl crate::writer::Writer {
                     .join(", ")
             )));
         }
+        // Up to here nothing changed; from the marker on, a failure leaves a database that is
+        // neither the old one nor the copy: this node stops writing and, restarted, discards
+        // both and is seeded again.
         let at = adopt_snapshot(path, &node, peer, peer_log_id)?;
-        let installed = self.replace_database(path).inspect_err(|e| {
+        write_marker(marker)?;
+        let fail = |w: &Self, what: String| {
             let why = format!(
-                "a snapshot install failed halfway ({e}): restart the node; it discards the partial copy and is seeded again"
+                "a snapshot install failed halfway ({what}): restart the node; it discards the partial copy and is seeded again"
             );
             tracing::error!("{why}");
-            let _ = self.fatal.set(why);
-        })?;
+            let _ = w.fatal.set(why.clone());
+            EngineError::Unavailable(why)
+        };
+        let installed = match self.replace_database(path) {
+            Ok(p) => p,
+            Err(e) => return Err(fail(self, e.to_string())),
+        };
         if installed != at {
-            return Err(EngineError::Internal(format!(
-                "the snapshot held position {at} but {installed} was installed"
-            )));
+            return Err(fail(
+                self,
+                format!("the snapshot held position {at} but {installed} was installed"),
+            ));
         }
         let last = self
             .policy
@@ -902,6 +975,10 @@ impl crate::writer::Writer {
         let mm = self.mm.as_mut().expect("multi-master");
         mm.cache = None;
         mm.clock = scribe_core::multi_master::Clock::new(last, mm.opts.max_offset_ms);
+        // Before any other write: the marker goes only once the copy is whole and durable.
+        if let Err(e) = remove_marker(marker) {
+            return Err(fail(self, e.to_string()));
+        }
         self.mm_publish();
         Ok(installed)
     }

@@ -144,6 +144,7 @@ pub(crate) enum WriterMsg {
         path: std::path::PathBuf,
         peer: String,
         peer_log_id: u64,
+        marker: std::path::PathBuf,
         reply: oneshot::Sender<Result<Position, EngineError>>,
     },
     /// Resolve the conflicts of a `versioned` row (see [`crate::mm::Resolution`]).
@@ -251,9 +252,11 @@ impl Writer {
                     path,
                     peer,
                     peer_log_id,
+                    marker,
                     reply,
                 } => {
-                    let _ = reply.send(self.mm_install_snapshot(&path, &peer, peer_log_id));
+                    let _ =
+                        reply.send(self.mm_install_snapshot(&path, &peer, peer_log_id, &marker));
                 }
                 WriterMsg::MmResolve { resolution, reply } => {
                     let _ = reply.send(self.mm_resolve(resolution));
@@ -887,9 +890,11 @@ impl Writer {
         for st in statements {
             bounds.check(what)?;
             self.mm_check_statement(&st.sql)?;
-            if self.mm_set_policy(&st.sql, [earlier, &steps])? {
+            if let Some(changed) = self.mm_set_policy(&st.sql, [earlier, &steps])? {
                 // Replicated like a schema change: its text becomes the record's policy step.
-                steps.push(Step::Sql(st.sql.clone()));
+                if changed {
+                    steps.push(Step::Sql(st.sql.clone()));
+                }
                 results.push(StatementResult {
                     rows_affected: 0,
                     last_insert_id: self.conn.last_insert_rowid(),

@@ -572,20 +572,42 @@ async fn a_new_node_seeded_from_one_peers_snapshot_converges_with_every_peer() {
     let at = n1.snapshot(snap.clone()).await.unwrap();
 
     // A node that holds something is not seeded: it would lose what the peer lacks.
-    let held = n2.mm_install_snapshot(snap.clone(), "n1".into(), 0).await;
+    let marker = |i: usize| dirs[i].path().join("SEEDING");
+    let held = n2
+        .mm_install_snapshot(snap.clone(), "n1".into(), 0, marker(1))
+        .await;
     assert!(
         matches!(&held, Err(EngineError::BadRequest(m)) if m.contains("holds records already")),
         "{held:?}"
     );
+    assert!(!marker(1).exists(), "a refusal changes nothing");
 
     let n3 = open(dirs[2].path(), "n3");
     let n3_first_log = n3.mm_status().unwrap().log_id;
     let n1_log = n1.mm_status().unwrap().log_id;
+    // A copy that is not a multi-master database is refused before anything changes.
+    let stranger = dirs[2].path().join("stranger.db");
+    rusqlite::Connection::open(&stranger)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x)")
+        .unwrap();
+    let refused = n3
+        .mm_install_snapshot(stranger, "n1".into(), n1_log, marker(2))
+        .await;
+    assert!(
+        matches!(refused, Err(EngineError::Diverged(_))),
+        "{refused:?}"
+    );
+    assert!(!marker(2).exists());
     let installed = n3
-        .mm_install_snapshot(snap, "n1".into(), n1_log)
+        .mm_install_snapshot(snap, "n1".into(), n1_log, marker(2))
         .await
         .unwrap();
     assert_eq!(installed, at);
+    assert!(
+        !marker(2).exists(),
+        "the marker goes once the copy is whole"
+    );
     let st = n3.mm_status().unwrap();
     assert_eq!(st.vv, n1.mm_status().unwrap().vv);
     assert_eq!(st.cursors["n1"].lsn, at.lsn.0);

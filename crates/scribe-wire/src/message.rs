@@ -7,8 +7,9 @@ use scribe_log::Record;
 
 use crate::WireError;
 
-/// The wire version this code speaks.
-pub const WIRE_VERSION: u8 = 2;
+/// The wire version this code speaks (3: a multi-master hello carries its version vector and the
+/// id of the log its position is in).
+pub const WIRE_VERSION: u8 = 3;
 
 /// The replica's opening message.
 #[derive(Debug, Clone, PartialEq, Eq)]

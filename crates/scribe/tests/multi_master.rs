@@ -626,10 +626,33 @@ async fn masters_refuse_a_peer_of_another_cluster_or_other_policies() {
     );
     drop(stranger);
 
-    // n1's data opened with other policies: refused by its peers, which say why.
+    // A flag that would change the policy of a table that exists is refused at start.
     let mut m = m;
     m.nodes[0].take().unwrap().kill9();
     m.extra = vec!["--table-policy".into(), "item=merge(price=max)".into()];
+    let err = NodeProc::try_start(
+        "n1",
+        &m.data(0),
+        &[
+            "--peer",
+            &m.peers[0].clone(),
+            "--multi-master",
+            "--peers",
+            &format!("n2={},n3={}", m.peers[1], m.peers[2]),
+            "--table-policy",
+            POLICY,
+            "--table-policy",
+            "addr=versioned",
+            "--table-policy",
+            "item=merge(price=max)",
+        ],
+    )
+    .err()
+    .expect("a changed policy of an existing table is refused");
+    assert!(err.contains("table item exists with policy lww"), "{err}");
+    // n1 opened with other flags (for a table not created yet): refused by its peers, which
+    // say why.
+    m.extra = vec!["--table-policy".into(), "later=merge(price=max)".into()];
     let n1 = m.spawn(0);
     m.nodes[0] = Some(n1);
     let st = wait_status(

@@ -143,7 +143,11 @@ pub fn parse_set_policy(sql: &str) -> Option<Result<(String, TablePolicy), Strin
     let rest = sql.trim().trim_end_matches(';').trim_end();
     let rest = keyword(rest, "ALTER")?;
     let rest = keyword(rest, "TABLE")?;
-    let (name, rest) = identifier(rest)?;
+    let (mut name, mut rest) = identifier(rest)?;
+    // A schema before the name (`main.t`): the table is the name after it.
+    if let Some(after) = rest.strip_prefix('.') {
+        (name, rest) = identifier(after.trim_start())?;
+    }
     let rest = keyword(rest, "SET")?;
     let rest = keyword(rest, "POLICY")?;
     Some(policy_text(rest).and_then(|text| {
@@ -272,6 +276,10 @@ mod tests {
         );
         assert_eq!(
             set("  ALTER  TABLE t  SET  POLICY  lww  "),
+            Some(Ok(("t".into(), TablePolicy::Lww)))
+        );
+        assert_eq!(
+            set("ALTER TABLE main.\"t\" SET POLICY lww"),
             Some(Ok(("t".into(), TablePolicy::Lww)))
         );
         assert_eq!(set("ALTER TABLE t ADD COLUMN policy TEXT"), None);

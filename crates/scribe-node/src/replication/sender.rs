@@ -511,11 +511,30 @@ async fn send_snapshot(
     let path = ctx.snapshot_dir.join(format!("{name}-{conn}.snapshot"));
     let _cleanup = RemoveOnDrop(path.clone());
     tracing::info!(replica = %name, "taking a snapshot to seed the replica");
-    let at = ctx
-        .engine
-        .snapshot(path.clone())
-        .await
-        .map_err(|e| format!("take a snapshot: {e}"))?;
+    let taking = ctx.engine.snapshot(path.clone());
+    let at = if ctx.mm.is_some() {
+        // A master waits for its peer's word at most --peer-timeout, and a large database
+        // takes longer to copy: heartbeats meanwhile (a replica waits for the snapshot itself).
+        tokio::pin!(taking);
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        loop {
+            tokio::select! {
+                r = &mut taking => break r,
+                _ = tick.tick() => {
+                    let flushed = ctx.engine.progress().flushed;
+                    write_message(wr, &Message::Heartbeat { flushed })
+                        .await
+                        .map_err(|e| format!("send to the master: {e}"))?;
+                    wr.flush()
+                        .await
+                        .map_err(|e| format!("send to the master: {e}"))?;
+                }
+            }
+        }
+    } else {
+        taking.await
+    }
+    .map_err(|e| format!("take a snapshot: {e}"))?;
     let mut file = tokio::fs::File::open(&path)
         .await
         .map_err(|e| format!("open snapshot {}: {e}", path.display()))?;

@@ -6,7 +6,8 @@
 # and the cost per write of multi-master's metadata (CPU and change-log bytes per transaction)
 # next to a primary with two async replicas. Each configuration RUNS times (default 2).
 # Usage: scripts/bench-multi-master.sh [DIR]. Environment: CLIENTS=48 (HTTP clients in all),
-# DURATION=10 (seconds), RUNS=2, PG_CLIENTS=8 (pgbench -c per master), BIN.
+# DURATION=10 (seconds), RUNS=2, PG_CLIENTS=8 (pgbench -c per master), BIN, SECTIONS="http seed
+# pgbench" (which parts to run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -18,6 +19,8 @@ CLIENTS=${CLIENTS:-48}
 DURATION=${DURATION:-10}
 RUNS=${RUNS:-2}
 PG_CLIENTS=${PG_CLIENTS:-8}
+SECTIONS=${SECTIONS:-http seed pgbench}
+section() { [[ " $SECTIONS " == *" $1 "* ]]; }
 HZ=$(getconf CLK_TCK)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
@@ -83,8 +86,8 @@ print(f"{label:<34} run {run}: {total:>6.0f} tx/s ({per})  p50 {p50:.2f} ms  p99
 PY
 }
 bench_one() { "$BIN" bench --url "http://127.0.0.1:$1" --clients "$2" --warmup 1s --duration "${DURATION}s" --text-key --json 2>>"$DIR/bench.err"; }
-echo "== HTTP single-row inserts, $CLIENTS clients in all, ${DURATION}s, text primary key =="
-for run in $(seq "$RUNS"); do
+section http && echo "== HTTP single-row inserts, $CLIENTS clients in all, ${DURATION}s, text primary key =="
+section http && for run in $(seq "$RUNS"); do
   # Primary/replica: one primary, two async replicas; all clients on the primary.
   rm -rf "$DIR"/p "$DIR"/r1 "$DIR"/r2
   "$BIN" node --name p --data "$DIR/p" --http 127.0.0.1:5590 --peer 127.0.0.1:6690 --log warn > /dev/null 2> "$DIR/p.log" &
@@ -139,8 +142,8 @@ for run in $(seq "$RUNS"); do
   cleanup
 done
 
-echo "== seeding a new master: the peers keep 8 MiB of log, n1 takes ${DURATION}s of inserts, then n3 starts empty =="
-for run in $(seq "$RUNS"); do
+section seed && echo "== seeding a new master: the peers keep 8 MiB of log, n1 takes ${DURATION}s of inserts, then n3 starts empty =="
+section seed && for run in $(seq "$RUNS"); do
   rm -rf "$DIR"/m1 "$DIR"/m2 "$DIR"/m3
   masters --segment-bytes 1048576 --max-log-size 8388608
   bench_one 5601 1 >/dev/null
@@ -159,13 +162,13 @@ for run in $(seq "$RUNS"); do
   converged >/dev/null
   t1=$(date +%s.%N)
   have=$(curl -s http://127.0.0.1:5603/v1/query -d '{"sql":"SELECT count(*) FROM bench_insert"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["rows"][0][0])')
-  bytes=$(grep -o 'bytes=[0-9]*' "$DIR/m3-seed.log" | head -1 | cut -d= -f2)
+  bytes=$(sed 's/\x1b\[[0-9;]*m//g' "$DIR/m3-seed.log" | grep -o 'receiving a snapshot at=[0-9/]* bytes=[0-9]*' | head -1 | sed 's/.*bytes=//' || true)
   python3 -c "t = $t1 - $t0; print(f'   run $run: {$rows} rows, the peers\' logs start at lsn {$first}; n3 seeded from a {int(\"${bytes:-0}\") / 1e6:.1f} MB snapshot and converged {t:.2f} s after its start, holding {$have} rows')"
   cleanup
 done
 
-echo "== pgbench single-row inserts (scripts/pgbench/insert-mm.sql), $PG_CLIENTS clients on each master, ${DURATION}s =="
-for run in $(seq "$RUNS"); do
+section pgbench && echo "== pgbench single-row inserts (scripts/pgbench/insert-mm.sql), $PG_CLIENTS clients on each master, ${DURATION}s =="
+section pgbench && for run in $(seq "$RUNS"); do
   rm -rf "$DIR"/m1 "$DIR"/m2 "$DIR"/m3
   masters
   psql -q -h 127.0.0.1 -p 5801 -U scribe -d scribe -c 'CREATE TABLE bench_mm (k BIGINT NOT NULL PRIMARY KEY, v TEXT)' >/dev/null

@@ -917,6 +917,17 @@ impl crate::writer::Writer {
         }
     }
 
+    /// This node's name, if it is a multi-master node that still takes writes.
+    fn mm_node(&self) -> Result<String, EngineError> {
+        if let Some(why) = self.fatal.get() {
+            return Err(EngineError::Unavailable(why.clone()));
+        }
+        self.mm
+            .as_ref()
+            .map(|m| m.opts.node.clone())
+            .ok_or_else(|| EngineError::BadRequest("this node is not a multi-master node".into()))
+    }
+
     /// Seeds this node, which must hold nothing yet, from `peer`'s snapshot at `path` (see
     /// [`crate::Engine::mm_install_snapshot`]).
     pub(crate) fn mm_install_snapshot(
@@ -926,14 +937,7 @@ impl crate::writer::Writer {
         peer_log_id: u64,
         marker: &std::path::Path,
     ) -> Result<scribe_core::Position, EngineError> {
-        if let Some(why) = self.fatal.get() {
-            return Err(EngineError::Unavailable(why.clone()));
-        }
-        let Some(node) = self.mm.as_ref().map(|m| m.opts.node.clone()) else {
-            return Err(EngineError::BadRequest(
-                "this node is not a multi-master node".into(),
-            ));
-        };
+        let node = self.mm_node()?;
         // A node that holds records would lose the ones the peer lacks.
         let held = self.policy.internal(|| version_vector(&self.conn))?;
         if held.iter().next().is_some() {
@@ -1117,14 +1121,7 @@ impl crate::writer::Writer {
         r: Resolution,
     ) -> Result<scribe_core::Position, EngineError> {
         use crate::payload::{self, Step};
-        if let Some(why) = self.fatal.get() {
-            return Err(EngineError::Unavailable(why.clone()));
-        }
-        let Some(node) = self.mm.as_ref().map(|m| m.opts.node.clone()) else {
-            return Err(EngineError::BadRequest(
-                "this node is not a multi-master node".into(),
-            ));
-        };
+        let node = self.mm_node()?;
         self.admit(1)?;
         self.internal("BEGIN IMMEDIATE")
             .map_err(|e| EngineError::Internal(format!("begin the resolution: {e}")))?;
@@ -1338,14 +1335,7 @@ impl crate::writer::Writer {
         records: Vec<(u64, Vec<u8>)>,
     ) -> Result<Applied, EngineError> {
         use crate::payload::{self, Step};
-        if let Some(why) = self.fatal.get() {
-            return Err(EngineError::Unavailable(why.clone()));
-        }
-        let Some(node) = self.mm.as_ref().map(|m| m.opts.node.clone()) else {
-            return Err(EngineError::BadRequest(
-                "this node is not a multi-master node".into(),
-            ));
-        };
+        let node = self.mm_node()?;
         if peer == node {
             return Err(EngineError::BadRequest(format!(
                 "records from {peer:?}, which is this node"

@@ -253,7 +253,7 @@ impl Node {
             }
         } else if config.data_dir.join(follower::SEEDING_MARKER).exists() {
             return Err(format!(
-                "data directory {} holds an unfinished snapshot install; it can only be used as a replica (--follow), which seeds it again",
+                "data directory {} holds an unfinished snapshot install; it can only be used as a replica (--follow) or a master (--multi-master), which is seeded again",
                 config.data_dir.display()
             ));
         }

@@ -551,8 +551,16 @@ impl Engine {
             })
             .await
             .map_err(|_| EngineError::Unavailable("the node is shutting down".into()))?;
-        rx.await
-            .map_err(|_| EngineError::Unavailable("the writer stopped before answering".into()))?
+        let installed = rx
+            .await
+            .map_err(|_| EngineError::Unavailable("the writer stopped before answering".into()))?;
+        // The log started over: what was read of the old one says nothing of the new.
+        *self
+            .inner
+            .mm_start_scan
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+        installed
     }
 
     /// What this multi-master node had applied from each origin just before the first record

@@ -561,7 +561,8 @@ pub fn peer_cursors(conn: &Connection) -> Result<BTreeMap<String, Cursor>, Engin
 }
 
 /// Stores where this node has read `peer`'s log (the one of id `log_id`) up to: a position in
-/// the same log only moves forward; one in another log (the peer was seeded anew) replaces it.
+/// the same log (or one kept before logs had ids) only moves forward; one in another log (the
+/// peer was seeded anew) replaces it.
 pub(crate) fn set_peer_cursor(
     conn: &Connection,
     peer: &str,
@@ -573,7 +574,7 @@ pub(crate) fn set_peer_cursor(
         &format!(
             "INSERT INTO {PEERS_TABLE} (peer, lsn, log_id) VALUES (?1, ?2, ?3)
          ON CONFLICT (peer) DO UPDATE SET
-           lsn = CASE WHEN log_id = excluded.log_id THEN max(lsn, excluded.lsn) ELSE excluded.lsn END,
+           lsn = CASE WHEN log_id = excluded.log_id OR log_id = 0 THEN max(lsn, excluded.lsn) ELSE excluded.lsn END,
            log_id = excluded.log_id"
         ),
     )
@@ -953,7 +954,6 @@ impl crate::writer::Writer {
         // neither the old one nor the copy: this node stops writing and, restarted, discards
         // both and is seeded again.
         let at = adopt_snapshot(path, &node, peer, peer_log_id)?;
-        write_marker(marker)?;
         let fail = |w: &Self, what: String| {
             let why = format!(
                 "a snapshot install failed halfway ({what}): restart the node; it discards the partial copy and is seeded again"
@@ -962,27 +962,33 @@ impl crate::writer::Writer {
             let _ = w.fatal.set(why.clone());
             EngineError::Unavailable(why)
         };
-        let installed = match self.replace_database(path) {
+        // Once the marker may be on disk, any failure stops this node's writes: a restart finds
+        // the marker and discards what is there.
+        if let Err(e) = write_marker(marker) {
+            return Err(fail(self, e.to_string()));
+        }
+        let installed = (|| -> Result<scribe_core::Position, EngineError> {
+            let installed = self.replace_database(path)?;
+            if installed != at {
+                return Err(EngineError::Internal(format!(
+                    "the snapshot held position {at} but {installed} was installed"
+                )));
+            }
+            let last = self
+                .policy
+                .internal(|| rows::max_stamp(&self.conn))
+                .map_err(mm_err)?;
+            let mm = self.mm.as_mut().expect("multi-master");
+            mm.cache = None;
+            mm.clock = scribe_core::multi_master::Clock::new(last, mm.opts.max_offset_ms);
+            // Before any other write: the marker goes only once the copy is whole and durable.
+            remove_marker(marker)?;
+            Ok(installed)
+        })();
+        let installed = match installed {
             Ok(p) => p,
             Err(e) => return Err(fail(self, e.to_string())),
         };
-        if installed != at {
-            return Err(fail(
-                self,
-                format!("the snapshot held position {at} but {installed} was installed"),
-            ));
-        }
-        let last = self
-            .policy
-            .internal(|| rows::max_stamp(&self.conn))
-            .map_err(mm_err)?;
-        let mm = self.mm.as_mut().expect("multi-master");
-        mm.cache = None;
-        mm.clock = scribe_core::multi_master::Clock::new(last, mm.opts.max_offset_ms);
-        // Before any other write: the marker goes only once the copy is whole and durable.
-        if let Err(e) = remove_marker(marker) {
-            return Err(fail(self, e.to_string()));
-        }
         self.mm_publish();
         Ok(installed)
     }

@@ -7,9 +7,8 @@ use scribe_log::Record;
 
 use crate::WireError;
 
-/// The wire version this code speaks (3: a multi-master hello carries its version vector and the
-/// id of the log its position is in).
-pub const WIRE_VERSION: u8 = 3;
+/// The wire version this code speaks.
+pub const WIRE_VERSION: u8 = 2;
 
 /// The replica's opening message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,8 +296,10 @@ const AUTH_HELLO: u8 = 13;
 const AUTH_CHALLENGE: u8 = 14;
 const AUTH_PROOF: u8 = 15;
 const AUTH_ACCEPTED: u8 = 16;
-const MM_HELLO: u8 = 21;
-const MM_WELCOME: u8 = 22;
+// The multi-master hello and welcome of the first multi-master build (21, 22) carried no version
+// vector nor log id; those kinds are no longer read, so such a peer is refused as unknown.
+const MM_HELLO: u8 = 24;
+const MM_WELCOME: u8 = 25;
 const MM_ACK: u8 = 23;
 
 impl Message {

@@ -144,9 +144,15 @@ pub fn parse_set_policy(sql: &str) -> Option<Result<(String, TablePolicy), Strin
     let rest = keyword(rest, "ALTER")?;
     let rest = keyword(rest, "TABLE")?;
     let (mut name, mut rest) = identifier(rest)?;
-    // A schema before the name (`main.t`): the table is the name after it.
+    // A schema before the name: `main.t` is `t`; no other schema is replicated.
     if let Some(after) = rest.strip_prefix('.') {
+        let schema = std::mem::take(&mut name);
         (name, rest) = identifier(after.trim_start())?;
+        if !schema.eq_ignore_ascii_case("main") {
+            return Some(Err(format!(
+                "only tables of the main schema have a policy, not {schema}.{name}"
+            )));
+        }
     }
     let rest = keyword(rest, "SET")?;
     let rest = keyword(rest, "POLICY")?;
@@ -282,6 +288,10 @@ mod tests {
             set("ALTER TABLE main.\"t\" SET POLICY lww"),
             Some(Ok(("t".into(), TablePolicy::Lww)))
         );
+        assert!(matches!(
+            set("ALTER TABLE temp.t SET POLICY lww"),
+            Some(Err(_))
+        ));
         assert_eq!(set("ALTER TABLE t ADD COLUMN policy TEXT"), None);
         assert_eq!(set("ALTER TABLE t SET"), None);
         assert_eq!(set("ALTER TABLESET POLICY lww"), None);

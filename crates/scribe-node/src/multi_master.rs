@@ -724,18 +724,23 @@ fn now_us() -> u64 {
 mod tests {
     use super::*;
 
+    /// Master n1 of n1, n2, n3.
+    fn n1_of_three() -> MultiMaster {
+        let settings = MultiMasterSettings {
+            peers: vec![("n2".into(), "a:1".into()), ("n3".into(), "a:2".into())],
+            policies: BTreeMap::new(),
+            max_clock_offset: Duration::from_secs(10),
+        };
+        MultiMaster::new("n1", settings, String::new(), PathBuf::new())
+    }
+
     fn vv(entries: &[(&str, u64)]) -> VersionVector {
         VersionVector::from_entries(entries.iter().map(|(o, s)| (o.to_string(), Seq(*s))))
     }
 
     #[test]
     fn a_master_is_admitted_only_of_this_cluster_with_its_data_and_a_position_in_the_log() {
-        let settings = MultiMasterSettings {
-            peers: vec![("n2".into(), "a:1".into()), ("n3".into(), "a:2".into())],
-            policies: BTreeMap::new(),
-            max_clock_offset: Duration::from_secs(10),
-        };
-        let mm = MultiMaster::new("n1", settings, String::new(), PathBuf::new());
+        let mm = n1_of_three();
         let has = vv(&[("n1", 4), ("n2", 3)]);
         let ok = Asked {
             cluster_id: "mm-n1-n2-n3",
@@ -786,12 +791,7 @@ mod tests {
     #[test]
     fn a_master_before_this_logs_start_streams_it_if_it_holds_what_came_before_or_is_seeded_if_it_holds_nothing(
     ) {
-        let settings = MultiMasterSettings {
-            peers: vec![("n2".into(), "a:1".into()), ("n3".into(), "a:2".into())],
-            policies: BTreeMap::new(),
-            max_clock_offset: Duration::from_secs(10),
-        };
-        let mm = MultiMaster::new("n1", settings, String::new(), PathBuf::new());
+        let mm = n1_of_three();
         let before = vv(&[("n1", 40), ("n3", 12)]);
         let asked = |held: &VersionVector| {
             let a = Asked {

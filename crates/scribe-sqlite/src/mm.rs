@@ -437,19 +437,10 @@ impl SchemaSets {
 
 /// Reads the schemas of every client table (not `sqlite_*` nor `_scribe_*`).
 pub fn schemas(conn: &Connection) -> Result<Schemas, EngineError> {
-    let mut policies: BTreeMap<String, String> = BTreeMap::new();
-    {
-        let mut st =
-            crate::multi_master::cached(conn, &format!("SELECT tbl, policy FROM {POLICY_TABLE}"))
-                .map_err(sql_err("read the table policies"))?;
-        let found = st
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .map_err(sql_err("read the table policies"))?;
-        for f in found {
-            let (t, p) = f.map_err(sql_err("read the table policies"))?;
-            policies.insert(t.to_ascii_lowercase(), p);
-        }
-    }
+    let policies: BTreeMap<String, String> = policies(conn)?
+        .into_iter()
+        .map(|(t, p)| (t.to_ascii_lowercase(), p))
+        .collect();
     let names: Vec<String> = {
         let mut st = crate::multi_master::cached(conn,
                 "SELECT name FROM sqlite_master WHERE type = 'table'
@@ -583,8 +574,21 @@ pub(crate) fn set_peer_cursor(
     .map_err(sql_err("store a peer's position"))
 }
 
-/// What a multi-master node publishes, read from its database.
-fn read_status(conn: &Connection) -> Result<MmStatus, EngineError> {
+/// What a multi-master node publishes, read from its database. `kept` is the log id and the
+/// policies it published last, when they cannot have changed since.
+fn read_status(
+    conn: &Connection,
+    kept: Option<(u64, BTreeMap<String, String>)>,
+) -> Result<MmStatus, EngineError> {
+    if let Some((log_id, policies)) = kept {
+        return Ok(MmStatus {
+            vv: version_vector(conn)?,
+            cursors: peer_cursors(conn)?,
+            conflicts: conflict_counts(conn)?,
+            log_id,
+            policies,
+        });
+    }
     Ok(MmStatus {
         vv: version_vector(conn)?,
         cursors: peer_cursors(conn)?,
@@ -799,18 +803,22 @@ pub(crate) struct MmWriter {
     /// The schemas as of a schema version.
     pub cache: Option<(i64, std::sync::Arc<SchemaSets>)>,
     pub status: SharedStatus,
+    /// Whether the next publication reads the log id and the policies again (set whenever the
+    /// cached schemas are forgotten).
+    pub reread: std::cell::Cell<bool>,
 }
 
 impl MmWriter {
     /// The writer's state over `conn`'s database: the clock starts past every stamp it holds.
     pub(crate) fn open(conn: &Connection, opts: MultiMaster) -> Result<MmWriter, EngineError> {
         let last = rows::max_stamp(conn).map_err(mm_err)?;
-        let status = read_status(conn)?;
+        let status = read_status(conn, None)?;
         Ok(MmWriter {
             clock: scribe_core::multi_master::Clock::new(last, opts.max_offset_ms),
             opts,
             cache: None,
             status: std::sync::Arc::new(std::sync::Mutex::new(status)),
+            reread: std::cell::Cell::new(false),
         })
     }
 }
@@ -915,6 +923,7 @@ impl crate::writer::Writer {
     pub(crate) fn mm_forget_schemas(&mut self) {
         if let Some(mm) = &mut self.mm {
             mm.cache = None;
+            mm.reread.set(true);
         }
     }
 
@@ -978,8 +987,8 @@ impl crate::writer::Writer {
                 .policy
                 .internal(|| rows::max_stamp(&self.conn))
                 .map_err(mm_err)?;
+            self.mm_forget_schemas();
             let mm = self.mm.as_mut().expect("multi-master");
-            mm.cache = None;
             mm.clock = scribe_core::multi_master::Clock::new(last, mm.opts.max_offset_ms);
             // Before any other write: the marker goes only once the copy is whole and durable.
             remove_marker(marker)?;
@@ -1323,7 +1332,14 @@ impl crate::writer::Writer {
     /// Publishes the version vector and the peers' positions as committed.
     pub(crate) fn mm_publish(&self) {
         let Some(mm) = &self.mm else { return };
-        let read = self.policy.internal(|| read_status(&self.conn));
+        // The log id and the policies change only with a policy or a snapshot install, both of
+        // which forget the cached schemas: otherwise the last status has them.
+        let reread = mm.reread.replace(false);
+        let kept = (!reread).then(|| {
+            let s = mm.status.lock().unwrap_or_else(|p| p.into_inner());
+            (s.log_id, s.policies.clone())
+        });
+        let read = self.policy.internal(|| read_status(&self.conn, kept));
         match read {
             Ok(s) => *mm.status.lock().unwrap_or_else(|p| p.into_inner()) = s,
             Err(e) => tracing::warn!(error = %e, "could not read the version vector to publish it"),
